@@ -1,0 +1,203 @@
+//! `user.*`: accounts, tags, templates, address lists and limits.
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use crate::auth;
+use crate::listing::ListQuery;
+use crate::names::{normalize_path, normalize_prefix, ROOT};
+use crate::node::{now_rfc3339, Node};
+use crate::rpc::{Params, RpcError, RpcResult, ERR_INVALID_PARAMS, ERR_METHOD_NOT_FOUND};
+use crate::session::Conn;
+use crate::state::{Command, UserChange};
+
+const NAME_LEN: std::ops::RangeInclusive<usize> = 3..=500;
+const PASS_LEN: std::ops::RangeInclusive<usize> = 4..=500;
+
+pub async fn call(node: &Arc<Node>, conn: &Rc<Conn>, name: &str, p: &Params<'_>) -> RpcResult {
+    let method = format!("user.{name}");
+    let require = |path: &str| conn.require(path, &method);
+    match name {
+        "create" => {
+            let user = user_name(p, "user")?;
+            let pass = password(p)?;
+            require(&user)?;
+            let hash = super::blocking(move || auth::hash_password(&pass)).await?;
+            propose(
+                node,
+                Command::UserCreate {
+                    user,
+                    hash,
+                    at: now_rfc3339(),
+                },
+            )
+            .await
+        }
+        "delete" => {
+            let user = existing_name(p, "user")?;
+            require(&user)?;
+            propose(node, Command::UserDelete { user }).await
+        }
+        "rename" => {
+            let user = existing_name(p, "user")?;
+            let new = user_name(p, "new")?;
+            require(&user)?;
+            require(&new)?;
+            propose(node, Command::UserRename { user, new }).await
+        }
+        "list" => {
+            let q = ListQuery::from_params(p)?;
+            require(list_path(&q))?;
+            Ok(node.read(|s| {
+                Value::Array(q.select(s.users.iter().map(|(n, u)| (n.as_str(), u.to_public(n)))))
+            }))
+        }
+        "count" => {
+            let q = ListQuery::from_params(p)?;
+            require(list_path(&q))?;
+            Ok(node.read(|s| q.count(s.users.names())))
+        }
+        "setTags" => {
+            let user = existing_name(p, "user")?;
+            let prefix = tag_prefix(p)?;
+            let tags = p.object("tags")?.clone();
+            require(&prefix)?;
+            update(node, user, UserChange::SetTags { prefix, tags }).await
+        }
+        "delTags" => {
+            let user = existing_name(p, "user")?;
+            let prefix = tag_prefix(p)?;
+            let tags = p.strings("tags")?;
+            require(&prefix)?;
+            update(node, user, UserChange::DelTags { prefix, tags }).await
+        }
+        "getTags" => {
+            let user = existing_name(p, "user")?;
+            if user != conn.user() {
+                require(&user)?;
+            }
+            let tags = node
+                .read(|s| s.users.get(&user).map(|u| json!(u.tags)))
+                .ok_or_else(|| RpcError::invalid_params("user"))?;
+            Ok(json!({"tags": tags}))
+        }
+        "getEffectiveTags" => {
+            let user = existing_name(p, "user")?;
+            let prefix = tag_prefix(p)?;
+            if user != conn.user() {
+                require(&user)?;
+            }
+            let tags = node.read(|s| {
+                s.users
+                    .get(&user)
+                    .map(|_| auth::tags_at(&s.users.effective_tags(&user), &prefix))
+            });
+            let tags = tags.ok_or_else(|| RpcError::invalid_params("user"))?;
+            Ok(json!({"tags": tags}))
+        }
+        "setPass" => {
+            let user = existing_name(p, "user")?;
+            let pass = password(p)?;
+            let own_allowed = user == conn.user()
+                && auth::tags_at(&conn.auth.borrow().tags, &user).get("@user.setPass")
+                    != Some(&Value::Bool(false));
+            if !own_allowed {
+                require(&user)?;
+            }
+            let hash = super::blocking(move || auth::hash_password(&pass)).await?;
+            update(node, user, UserChange::SetPass { hash }).await
+        }
+        "addTemplate" | "delTemplate" => {
+            let user = existing_name(p, "user")?;
+            let template = existing_name(p, "template")?;
+            require(&user)?;
+            conn.require(&template, "user.useTemplate")?;
+            let change = if name == "addTemplate" {
+                UserChange::AddTemplate { template }
+            } else {
+                UserChange::DelTemplate { template }
+            };
+            update(node, user, change).await
+        }
+        "addWhitelist" | "delWhitelist" | "addBlacklist" | "delBlacklist" => {
+            let user = existing_name(p, "user")?;
+            let ip = p.str("ip")?.to_string();
+            if regex::Regex::new(&ip).is_err() {
+                return Err(RpcError::detail(ERR_INVALID_PARAMS, "ip: invalid regexp"));
+            }
+            require(&user)?;
+            let change = match name {
+                "addWhitelist" => UserChange::AddWhitelist { ip },
+                "delWhitelist" => UserChange::DelWhitelist { ip },
+                "addBlacklist" => UserChange::AddBlacklist { ip },
+                _ => UserChange::DelBlacklist { ip },
+            };
+            update(node, user, change).await
+        }
+        "setMaxSessions" => {
+            let user = existing_name(p, "user")?;
+            let maxsessions = p.i64("maxsessions")?;
+            require(&user)?;
+            update(node, user, UserChange::SetMaxSessions { maxsessions }).await
+        }
+        "setDisabled" => {
+            let user = existing_name(p, "user")?;
+            let disabled = p.bool("disabled")?;
+            require(&user)?;
+            update(node, user, UserChange::SetDisabled { disabled }).await
+        }
+        _ => Err(RpcError::new(ERR_METHOD_NOT_FOUND)),
+    }
+}
+
+async fn propose(node: &Node, cmd: Command) -> RpcResult {
+    node.raft.propose(cmd).await
+}
+
+async fn update(node: &Node, user: String, change: UserChange) -> RpcResult {
+    propose(node, Command::UserUpdate { user, change }).await
+}
+
+/// The permission path of a list/count: its prefix, the root for `""`.
+fn list_path(q: &ListQuery) -> &str {
+    if q.prefix.is_empty() {
+        ROOT
+    } else {
+        &q.prefix
+    }
+}
+
+/// A new user name: a valid label path of 3..500 chars.
+fn user_name(p: &Params, field: &str) -> Result<String, RpcError> {
+    let raw = p.str(field)?;
+    if !NAME_LEN.contains(&raw.chars().count()) {
+        return Err(RpcError::detail(
+            ERR_INVALID_PARAMS,
+            format!("{field}: 3 to 500 characters"),
+        ));
+    }
+    normalize_path(raw)
+        .ok_or_else(|| RpcError::detail(ERR_INVALID_PARAMS, format!("{field}: invalid name")))
+}
+
+/// The name of a user that should exist (validity only; existence is checked in apply).
+fn existing_name(p: &Params, field: &str) -> Result<String, RpcError> {
+    normalize_path(p.str(field)?).ok_or_else(|| RpcError::invalid_params(field))
+}
+
+fn password(p: &Params) -> Result<String, RpcError> {
+    let pass = p.str("pass")?;
+    if !PASS_LEN.contains(&pass.chars().count()) {
+        return Err(RpcError::detail(
+            ERR_INVALID_PARAMS,
+            "pass: 4 to 500 characters",
+        ));
+    }
+    Ok(pass.to_string())
+}
+
+fn tag_prefix(p: &Params) -> Result<String, RpcError> {
+    normalize_prefix(p.str("prefix")?).ok_or_else(|| RpcError::invalid_params("prefix"))
+}

@@ -1,0 +1,209 @@
+//! Command line and configuration: every listener, timeout and limit with its default.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::telemetry::LogFormat;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "nexus",
+    version,
+    about = "Nexus-rs: a clustered JSON-RPC message broker (Nexus API 1.9)"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a node.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Where the node keeps its Raft log and state.
+    #[arg(long, default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// Listener URL, repeatable: tcp://, ssl://, http://, https://, health://host:port.
+    /// Default: tcp://127.0.0.1:1717 and http://127.0.0.1:8080.
+    #[arg(short = 'l', long = "listen", value_name = "URL")]
+    pub listen: Vec<String>,
+
+    /// root's password at the first boot of a fresh cluster (default "root", with a warning).
+    #[arg(long, env = "NEXUS_ROOT_PASSWORD", hide_env_values = true)]
+    pub root_password: Option<String>,
+
+    /// PEM certificate chain for ssl:// and https:// listeners.
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for ssl:// and https:// listeners.
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Largest accepted message in bytes; bigger ones are refused and the connection closed.
+    #[arg(long, default_value_t = 32 * 1024 * 1024)]
+    pub max_message_size: usize,
+
+    /// Requests one connection may have running at once; reading pauses beyond that.
+    #[arg(long, default_value_t = 1024)]
+    pub max_inflight: usize,
+
+    /// Default idle seconds before a connection is closed (sys.watchdog changes it per session).
+    #[arg(long, default_value_t = 90)]
+    pub watchdog: u64,
+
+    /// Raft tick in milliseconds (elections take 10 ticks, heartbeats 3).
+    #[arg(long, default_value_t = 100)]
+    pub raft_tick_ms: u64,
+
+    /// Applied Raft entries between state snapshots (each compacts the log).
+    #[arg(long, default_value_t = 10_000)]
+    pub snapshot_every: u64,
+
+    /// Seconds to wait for sessions to close cleanly on SIGTERM/SIGINT.
+    #[arg(long, default_value_t = 5)]
+    pub shutdown_grace: u64,
+
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+
+    /// Debug logging.
+    #[arg(short, long)]
+    pub verbose: bool,
+}
+
+impl ServeArgs {
+    /// The defaults, as `nexus serve` with no flags, rooted at `data_dir`.
+    pub fn with_data_dir(data_dir: PathBuf) -> Self {
+        let mut args = Cli::parse_from(["nexus", "serve"]);
+        let Command::Serve(ref mut a) = args.command;
+        a.data_dir = data_dir;
+        a.clone()
+    }
+
+    pub fn listeners(&self) -> Result<Vec<Listener>, String> {
+        if self.listen.is_empty() {
+            return Ok(vec![
+                Listener::parse("tcp://127.0.0.1:1717")?,
+                Listener::parse("http://127.0.0.1:8080")?,
+            ]);
+        }
+        self.listen.iter().map(|l| Listener::parse(l)).collect()
+    }
+
+    pub fn raft_tick(&self) -> Duration {
+        Duration::from_millis(self.raft_tick_ms.max(1))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Tcp,
+    Ssl,
+    Http,
+    Https,
+    Health,
+}
+
+impl Scheme {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scheme::Tcp => "tcp",
+            Scheme::Ssl => "ssl",
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+            Scheme::Health => "health",
+        }
+    }
+
+    fn default_port(self) -> u16 {
+        match self {
+            Scheme::Tcp => 1717,
+            Scheme::Ssl => 1718,
+            Scheme::Http => 8080,
+            Scheme::Https => 8443,
+            Scheme::Health => 8081,
+        }
+    }
+
+    pub fn uses_tls(self) -> bool {
+        matches!(self, Scheme::Ssl | Scheme::Https)
+    }
+}
+
+/// One `-l` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    pub scheme: Scheme,
+    pub addr: SocketAddr,
+}
+
+impl Listener {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let url = url::Url::parse(raw).map_err(|e| format!("listener {raw:?}: {e}"))?;
+        let scheme = match url.scheme() {
+            "tcp" => Scheme::Tcp,
+            "ssl" => Scheme::Ssl,
+            "http" => Scheme::Http,
+            "https" => Scheme::Https,
+            "health" => Scheme::Health,
+            other => return Err(format!(
+                "listener {raw:?}: unknown scheme {other:?} (use tcp, ssl, http, https or health)"
+            )),
+        };
+        let host = url
+            .host_str()
+            .ok_or_else(|| format!("listener {raw:?}: missing host"))?
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let port = url.port().unwrap_or(scheme.default_port());
+        let ip = host
+            .parse()
+            .or_else(|_| {
+                if host == "localhost" {
+                    Ok("127.0.0.1".parse().expect("literal"))
+                } else {
+                    Err(())
+                }
+            })
+            .map_err(|_| format!("listener {raw:?}: host must be an IP address"))?;
+        Ok(Listener {
+            scheme,
+            addr: SocketAddr::new(ip, port),
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("{}://{}", self.scheme.name(), self.addr)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listeners_parse_with_default_ports() {
+        let l = Listener::parse("tcp://127.0.0.1:1999").unwrap();
+        assert_eq!((l.scheme, l.addr.port()), (Scheme::Tcp, 1999));
+        assert_eq!(Listener::parse("ssl://0.0.0.0").unwrap().addr.port(), 1718);
+        assert_eq!(
+            Listener::parse("health://localhost:9").unwrap().url(),
+            "health://127.0.0.1:9"
+        );
+        assert!(Listener::parse("ftp://1.2.3.4:1").is_err());
+        assert!(Listener::parse("tcp://example.com:1").is_err());
+        let a = ServeArgs::with_data_dir("/tmp/x".into());
+        assert_eq!(a.listeners().unwrap().len(), 2);
+        assert_eq!(a.max_message_size, 32 << 20);
+    }
+}

@@ -1,0 +1,26 @@
+//! Nexus-rs: a clustered message broker speaking the Nexus JSON-RPC 2.0 API (1.9).
+//!
+//! Layering (each module only uses the ones above it):
+//! `rpc`, `names`, `auth`, `listing` (pure) → `state` (replicated state machine) →
+//! `store`, `consensus` (RocksDB + raft-rs) → `node`, `session`, `api`, `transport` →
+//! `server`, `config`, `telemetry`.
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod consensus;
+pub mod listing;
+pub mod names;
+pub mod node;
+pub mod rpc;
+pub mod server;
+pub mod session;
+pub mod state;
+pub mod store;
+pub mod telemetry;
+pub mod transport;
+
+/// Node-to-node messages generated from `proto/nexus.proto`.
+pub mod proto {
+    include!(concat!(env!("OUT_DIR"), "/nexus.rs"));
+}

@@ -1,0 +1,20 @@
+use clap::Parser;
+use nexus::config::{Cli, Command};
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => {
+            nexus::telemetry::init(args.log_format, args.verbose);
+            let result = actix_rt::System::new().block_on(nexus::server::run_until_signal(args));
+            match result {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    eprintln!("nexus: {e:#}");
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,322 @@
+//! The Session actor: one per connection, whatever the transport. It owns the connection's
+//! identity and auth state, runs every request concurrently (a blocking call never holds up
+//! the next), bounds the requests in flight, enforces the watchdog and tears down cleanly.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use serde_json::value::RawValue;
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tracing::debug;
+
+use crate::auth::Tags;
+use crate::node::{now_rfc3339, Control, Node};
+use crate::rpc::{self, Incoming, Response, RpcError};
+use crate::state::{Command, SessionRecord};
+
+pub const NOBODY: &str = "nobody";
+pub const WATCHDOG_MIN: u64 = 10;
+pub const WATCHDOG_MAX: u64 = 1800;
+
+/// Who the connection is logged in as, and the tags in force for it (by prefix).
+#[derive(Debug, Clone)]
+pub struct AuthState {
+    pub user: String,
+    pub tags: Tags,
+    /// A login plugin's tag mask, reapplied on reload.
+    pub mask: Option<Tags>,
+    pub metadata: Value,
+}
+
+impl AuthState {
+    fn nobody() -> Self {
+        AuthState {
+            user: NOBODY.to_string(),
+            tags: Tags::new(),
+            mask: None,
+            metadata: Value::Null,
+        }
+    }
+
+    pub fn logged_in(&self) -> bool {
+        self.user != NOBODY
+    }
+}
+
+/// The per-connection data request handlers use.
+pub struct Conn {
+    pub connid: String,
+    pub remote: String,
+    pub protocol: &'static str,
+    pub auth: RefCell<AuthState>,
+    pub watchdog: Cell<u64>,
+    last_activity: Cell<Instant>,
+    out: mpsc::UnboundedSender<String>,
+}
+
+impl Conn {
+    /// Queues one serialised response for the transport writer.
+    pub fn send(&self, text: String) {
+        self.last_activity.set(Instant::now());
+        let _ = self.out.send(text);
+    }
+
+    pub fn user(&self) -> String {
+        self.auth.borrow().user.clone()
+    }
+
+    /// Fails with `-32010` unless the tags in force at `path` allow `method`.
+    pub fn require(&self, path: &str, method: &str) -> Result<(), RpcError> {
+        if crate::auth::may(&self.auth.borrow().tags, path, method) {
+            Ok(())
+        } else {
+            Err(RpcError::permission_denied())
+        }
+    }
+}
+
+/// Where the answers to an `Incoming` go.
+pub enum Reply {
+    /// The connection's stream (TCP, WebSocket).
+    Stream,
+    /// One HTTP bridge answer: the serialised response, or `None` for a notification.
+    Once(oneshot::Sender<Option<String>>),
+}
+
+/// One complete JSON value read from the connection.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Inbound {
+    pub raw: Box<RawValue>,
+    pub permit: OwnedSemaphorePermit,
+    pub reply: Reply,
+}
+
+/// Transport-level events.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub enum TransportEvent {
+    /// Bytes that are not JSON: answered with -32700; the connection reads on.
+    ParseError(String),
+    /// A message over the size limit: answered, then the connection is closed.
+    Oversize,
+    /// The peer went away.
+    Closed,
+}
+
+pub struct Session {
+    node: Arc<Node>,
+    conn: Rc<Conn>,
+    /// Closed when the actor stops, so the transport reader stops too.
+    stop_tx: Option<oneshot::Sender<()>>,
+}
+
+/// What a transport gets back when it opens a session.
+pub struct Opened {
+    pub addr: Addr<Session>,
+    pub out: mpsc::UnboundedReceiver<String>,
+    /// Resolves when the session has stopped.
+    pub stopped: oneshot::Receiver<()>,
+    /// Taken once per request before handing it to the session: bounds requests in flight.
+    pub permits: Arc<Semaphore>,
+}
+
+impl Session {
+    /// Starts a session actor on the current arbiter.
+    pub fn open(node: Arc<Node>, remote: String, protocol: &'static str) -> Opened {
+        let (out_tx, out) = mpsc::unbounded_channel();
+        let (stop_tx, stopped) = oneshot::channel();
+        let permits = Arc::new(Semaphore::new(node.args.max_inflight.max(1)));
+        let conn = Rc::new(Conn {
+            connid: node.new_connid(),
+            remote,
+            protocol,
+            auth: RefCell::new(AuthState::nobody()),
+            watchdog: Cell::new(node.args.watchdog.clamp(WATCHDOG_MIN, WATCHDOG_MAX)),
+            last_activity: Cell::new(Instant::now()),
+            out: out_tx,
+        });
+        let addr = Session {
+            node,
+            conn,
+            stop_tx: Some(stop_tx),
+        }
+        .start();
+        Opened {
+            addr,
+            out,
+            stopped,
+            permits,
+        }
+    }
+
+    fn answer(&self, reply: Reply, resp: Option<Response>) {
+        match reply {
+            Reply::Stream => {
+                if let Some(r) = resp {
+                    self.conn.send(r.to_json());
+                }
+            }
+            Reply::Once(tx) => {
+                let _ = tx.send(resp.map(|r| r.to_json()));
+            }
+        }
+    }
+}
+
+impl Actor for Session {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let c = &self.conn;
+        self.node
+            .register_session(&c.connid, ctx.address().recipient());
+        // Proposed before anything this session can propose, so it is applied first.
+        self.node.raft.propose_detached(Command::SessionOpen {
+            session: SessionRecord {
+                connid: c.connid.clone(),
+                node_id: self.node.raft_id,
+                incarnation: self.node.incarnation.clone(),
+                user: NOBODY.to_string(),
+                remote_address: c.remote.clone(),
+                protocol: c.protocol.to_string(),
+                creation_time: now_rfc3339(),
+                internal: false,
+            },
+        });
+        ctx.run_interval(Duration::from_secs(1), |act, ctx| {
+            let idle = act.conn.last_activity.get().elapsed();
+            if idle >= Duration::from_secs(act.conn.watchdog.get()) {
+                debug!(connid = %act.conn.connid, "watchdog expired");
+                ctx.stop();
+            }
+        });
+        debug!(connid = %c.connid, remote = %c.remote, protocol = c.protocol, "session opened");
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        self.node.unregister_session(&self.conn.connid);
+        self.node.raft.propose_detached(Command::SessionClose {
+            connid: self.conn.connid.clone(),
+        });
+        if let Some(tx) = self.stop_tx.take() {
+            let _ = tx.send(());
+        }
+        debug!(connid = %self.conn.connid, "session closed");
+    }
+}
+
+impl Handler<Inbound> for Session {
+    type Result = ();
+
+    fn handle(&mut self, msg: Inbound, ctx: &mut Self::Context) {
+        self.conn.last_activity.set(Instant::now());
+        let Inbound { raw, permit, reply } = msg;
+        match rpc::parse_incoming(&raw) {
+            Incoming::Single(Err(resp)) => self.answer(reply, Some(resp)),
+            Incoming::Single(Ok(req)) => {
+                let fut = crate::api::dispatch(self.node.clone(), self.conn.clone(), req);
+                ctx.spawn(
+                    async move {
+                        let resp = fut.await;
+                        drop(permit);
+                        resp
+                    }
+                    .into_actor(self)
+                    .map(|resp, act, _| act.answer(reply, resp)),
+                );
+            }
+            Incoming::Batch(items) => {
+                let futs: Vec<_> = items
+                    .into_iter()
+                    .map(|item| {
+                        let node = self.node.clone();
+                        let conn = self.conn.clone();
+                        async move {
+                            match item {
+                                Ok(req) => crate::api::dispatch(node, conn, req).await,
+                                Err(resp) => Some(resp),
+                            }
+                        }
+                    })
+                    .collect();
+                ctx.spawn(
+                    async move {
+                        let answers: Vec<Response> = futures_util::future::join_all(futs)
+                            .await
+                            .into_iter()
+                            .flatten()
+                            .collect();
+                        drop(permit);
+                        answers
+                    }
+                    .into_actor(self)
+                    .map(|answers, act, _| {
+                        let text = (!answers.is_empty())
+                            .then(|| serde_json::to_string(&answers).expect("responses serialise"));
+                        match reply {
+                            Reply::Stream => {
+                                if let Some(t) = text {
+                                    act.conn.send(t);
+                                }
+                            }
+                            Reply::Once(tx) => {
+                                let _ = tx.send(text);
+                            }
+                        }
+                    }),
+                );
+            }
+        }
+    }
+}
+
+impl Handler<TransportEvent> for Session {
+    type Result = ();
+
+    fn handle(&mut self, msg: TransportEvent, ctx: &mut Self::Context) {
+        match msg {
+            TransportEvent::ParseError(detail) => {
+                self.conn.last_activity.set(Instant::now());
+                let err = RpcError::detail(rpc::ERR_PARSE, detail);
+                self.conn.send(Response::error(Value::Null, err).to_json());
+            }
+            TransportEvent::Oversize => {
+                let err = RpcError::detail(
+                    rpc::ERR_INVALID_REQUEST,
+                    format!(
+                        "message larger than {} bytes, closing",
+                        self.node.args.max_message_size
+                    ),
+                );
+                self.conn.send(Response::error(Value::Null, err).to_json());
+                ctx.stop();
+            }
+            TransportEvent::Closed => ctx.stop(),
+        }
+    }
+}
+
+impl Handler<Control> for Session {
+    type Result = ();
+
+    fn handle(&mut self, msg: Control, ctx: &mut Self::Context) {
+        match msg {
+            Control::Close => ctx.stop(),
+            Control::Reload => {
+                let node = self.node.clone();
+                let conn = self.conn.clone();
+                ctx.spawn(
+                    async move {
+                        let _ = crate::api::sys::reload_user(&node, &conn);
+                    }
+                    .into_actor(self),
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! Replicated session records: one per open connection, cluster-wide, so that session
+//! limits and session listings see every node.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionRecord {
+    pub connid: String,
+    /// Raft id of the node holding the connection.
+    pub node_id: u64,
+    /// Incarnation of that node's process (also the first 8 chars of `connid`).
+    pub incarnation: String,
+    pub user: String,
+    pub remote_address: String,
+    pub protocol: String,
+    pub creation_time: String,
+    /// Server-internal sessions are not listed.
+    #[serde(default)]
+    pub internal: bool,
+}
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct Sessions {
+    by_connid: BTreeMap<String, SessionRecord>,
+    /// user → connids; derived from `by_connid`, rebuilt after a snapshot restore.
+    #[serde(skip)]
+    by_user: HashMap<String, BTreeSet<String>>,
+}
+
+impl Sessions {
+    pub fn open(&mut self, rec: SessionRecord) {
+        self.close(&rec.connid);
+        self.by_user
+            .entry(rec.user.clone())
+            .or_default()
+            .insert(rec.connid.clone());
+        self.by_connid.insert(rec.connid.clone(), rec);
+    }
+
+    /// Removes a session; false when it was not there.
+    pub fn close(&mut self, connid: &str) -> bool {
+        let Some(rec) = self.by_connid.remove(connid) else {
+            return false;
+        };
+        self.unindex(&rec.user, connid);
+        true
+    }
+
+    fn unindex(&mut self, user: &str, connid: &str) {
+        if let Some(set) = self.by_user.get_mut(user) {
+            set.remove(connid);
+            if set.is_empty() {
+                self.by_user.remove(user);
+            }
+        }
+    }
+
+    pub fn set_user(&mut self, connid: &str, user: &str) {
+        let Some(rec) = self.by_connid.get_mut(connid) else {
+            return;
+        };
+        let old = std::mem::replace(&mut rec.user, user.to_string());
+        self.unindex(&old, connid);
+        self.by_user
+            .entry(user.to_string())
+            .or_default()
+            .insert(connid.to_string());
+    }
+
+    /// Sessions of `user` other than `except`.
+    pub fn count_of(&self, user: &str, except: &str) -> usize {
+        self.by_user
+            .get(user)
+            .map_or(0, |set| set.len() - usize::from(set.contains(except)))
+    }
+
+    pub fn get(&self, connid: &str) -> Option<&SessionRecord> {
+        self.by_connid.get(connid)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &SessionRecord> {
+        self.by_connid.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_connid.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_connid.is_empty()
+    }
+
+    /// Drops the sessions of `node_id`'s earlier incarnations; returns their connids.
+    pub fn remove_stale(&mut self, node_id: u64, incarnation: &str) -> Vec<String> {
+        let stale: Vec<String> = self
+            .by_connid
+            .values()
+            .filter(|r| r.node_id == node_id && r.incarnation != incarnation)
+            .map(|r| r.connid.clone())
+            .collect();
+        for connid in &stale {
+            self.close(connid);
+        }
+        stale
+    }
+
+    pub fn rebuild_index(&mut self) {
+        self.by_user.clear();
+        for rec in self.by_connid.values() {
+            self.by_user
+                .entry(rec.user.clone())
+                .or_default()
+                .insert(rec.connid.clone());
+        }
+    }
+}

@@ -1,0 +1,203 @@
+use serde_json::json;
+
+use super::*;
+use crate::rpc::{ERR_INVALID_USER, ERR_PERMISSION_DENIED, ERR_USER_EXISTS};
+
+fn session(connid: &str, node_id: u64, incarnation: &str) -> SessionRecord {
+    SessionRecord {
+        connid: connid.into(),
+        node_id,
+        incarnation: incarnation.into(),
+        user: "nobody".into(),
+        remote_address: "127.0.0.1:1".into(),
+        protocol: "tcp".into(),
+        creation_time: "t".into(),
+        internal: false,
+    }
+}
+
+fn create(state: &mut State, user: &str) -> Outcome {
+    state
+        .apply(Command::UserCreate {
+            user: user.into(),
+            hash: "h".into(),
+            at: "t".into(),
+        })
+        .0
+}
+
+#[test]
+fn create_delete_rename() {
+    let mut s = State::default();
+    assert!(create(&mut s, "alice").is_ok());
+    assert_eq!(create(&mut s, "alice").unwrap_err().code, ERR_USER_EXISTS);
+    assert!(create(&mut s, "bob").is_ok());
+    let rename = |s: &mut State, a: &str, b: &str| {
+        s.apply(Command::UserRename {
+            user: a.into(),
+            new: b.into(),
+        })
+        .0
+    };
+    assert_eq!(
+        rename(&mut s, "alice", "bob").unwrap_err().code,
+        ERR_USER_EXISTS
+    );
+    assert_eq!(
+        rename(&mut s, "nope", "x").unwrap_err().code,
+        ERR_INVALID_USER
+    );
+    assert!(rename(&mut s, "alice", "carol").is_ok());
+    assert!(s.users.get("alice").is_none() && s.users.get("carol").is_some());
+    let (out, events) = s.apply(Command::UserDelete {
+        user: "carol".into(),
+    });
+    assert!(out.is_ok());
+    assert_eq!(
+        events,
+        vec![Event::User {
+            action: "delete",
+            user: "carol".into()
+        }]
+    );
+    assert_eq!(
+        s.apply(Command::UserDelete {
+            user: "carol".into()
+        })
+        .0
+        .unwrap_err()
+        .code,
+        ERR_INVALID_USER
+    );
+}
+
+#[test]
+fn tags_merge_and_delete_empty_prefix() {
+    let mut s = State::default();
+    create(&mut s, "u1").unwrap();
+    let set = |s: &mut State, tags: serde_json::Value| {
+        s.apply(Command::UserUpdate {
+            user: "u1".into(),
+            change: UserChange::SetTags {
+                prefix: "a".into(),
+                tags: tags.as_object().unwrap().clone(),
+            },
+        })
+        .0
+        .unwrap()
+    };
+    set(&mut s, json!({"x": 1}));
+    set(&mut s, json!({"y": 2}));
+    assert_eq!(
+        json!(s.users.get("u1").unwrap().tags),
+        json!({"a": {"x": 1, "y": 2}})
+    );
+    s.apply(Command::UserUpdate {
+        user: "u1".into(),
+        change: UserChange::DelTags {
+            prefix: "a".into(),
+            tags: vec!["x".into(), "y".into()],
+        },
+    })
+    .0
+    .unwrap();
+    assert!(s.users.get("u1").unwrap().tags.is_empty());
+}
+
+#[test]
+fn login_enforces_disabled_and_maxsessions_cluster_wide() {
+    let mut s = State::default();
+    create(&mut s, "u").unwrap();
+    s.apply(Command::UserUpdate {
+        user: "u".into(),
+        change: UserChange::SetMaxSessions { maxsessions: 2 },
+    });
+    for (i, node) in [(1, 1u64), (2, 2), (3, 2)] {
+        s.apply(Command::SessionOpen {
+            session: session(&format!("c{i}"), node, "inc"),
+        });
+    }
+    let login = |s: &mut State, c: &str| {
+        s.apply(Command::SessionLogin {
+            connid: c.into(),
+            user: "u".into(),
+        })
+        .0
+    };
+    assert!(login(&mut s, "c1").is_ok());
+    assert!(login(&mut s, "c2").is_ok());
+    assert!(login(&mut s, "c2").is_ok(), "re-login of a counted session");
+    assert_eq!(login(&mut s, "c3").unwrap_err().code, ERR_PERMISSION_DENIED);
+    s.apply(Command::SessionClose {
+        connid: "c1".into(),
+    });
+    assert!(login(&mut s, "c3").is_ok());
+    s.apply(Command::UserUpdate {
+        user: "u".into(),
+        change: UserChange::SetDisabled { disabled: true },
+    });
+    assert_eq!(login(&mut s, "c3").unwrap_err().code, ERR_PERMISSION_DENIED);
+    assert_eq!(
+        s.apply(Command::SessionLogin {
+            connid: "c3".into(),
+            user: "ghost".into()
+        })
+        .0
+        .unwrap_err()
+        .code,
+        ERR_PERMISSION_DENIED
+    );
+}
+
+#[test]
+fn node_restart_drops_sessions_of_old_incarnations_only() {
+    let mut s = State::default();
+    s.apply(Command::SessionOpen {
+        session: session("old", 1, "aaaa"),
+    });
+    s.apply(Command::SessionOpen {
+        session: session("other", 2, "aaaa"),
+    });
+    let (_, events) = s.apply(Command::NodeStarted {
+        node_id: 1,
+        incarnation: "bbbb".into(),
+    });
+    assert_eq!(
+        events,
+        vec![Event::SessionClosed {
+            connid: "old".into()
+        }]
+    );
+    assert_eq!(s.sessions.len(), 1);
+}
+
+#[test]
+fn bootstrap_once_and_snapshot_roundtrip() {
+    let mut s = State::default();
+    s.apply(Command::Bootstrap {
+        root_hash: "h1".into(),
+        at: "t".into(),
+    });
+    s.apply(Command::UserDelete {
+        user: "root".into(),
+    });
+    s.apply(Command::Bootstrap {
+        root_hash: "h2".into(),
+        at: "t".into(),
+    });
+    assert!(s.users.get("root").is_none(), "bootstrap happens once");
+    create(&mut s, "u").unwrap();
+    s.apply(Command::SessionOpen {
+        session: session("c", 1, "i"),
+    });
+    s.apply(Command::SessionLogin {
+        connid: "c".into(),
+        user: "u".into(),
+    })
+    .0
+    .unwrap();
+    let restored = State::from_snapshot(&s.to_snapshot()).unwrap();
+    assert_eq!(restored.users.get("u"), s.users.get("u"));
+    assert_eq!(restored.sessions.count_of("u", ""), 1);
+    assert!(restored.bootstrapped);
+}

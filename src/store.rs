@@ -1,0 +1,464 @@
+//! RocksDB-backed storage: the Raft log, Raft metadata (hard state, conf state, the latest
+//! snapshot) and node metadata (the persistent raft id). Implements raft-rs `Storage`.
+
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+use protobuf::Message as PbMessage;
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
+use raft::{GetEntriesContext, RaftState, Storage, StorageError};
+use rocksdb::{
+    ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB,
+};
+
+const CF_LOG: &str = "raft_log";
+const CF_META: &str = "raft_meta";
+const KEY_HARD_STATE: &[u8] = b"hard_state";
+const KEY_CONF_STATE: &[u8] = b"conf_state";
+const KEY_SNAPSHOT: &[u8] = b"snapshot";
+const KEY_RAFT_ID: &[u8] = b"raft_id";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("rocksdb: {0}")]
+    Db(#[from] rocksdb::Error),
+    #[error("corrupt record {0}: {1}")]
+    Corrupt(&'static str, String),
+}
+
+/// Opens (creating if needed) the node's database under `dir`.
+pub fn open_db(dir: &Path) -> Result<Arc<DB>, StoreError> {
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    opts.create_missing_column_families(true);
+    let cfs = [CF_LOG, CF_META].map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+    Ok(Arc::new(DB::open_cf_descriptors(&opts, dir, cfs)?))
+}
+
+fn cf<'a>(db: &'a DB, name: &str) -> &'a rocksdb::ColumnFamily {
+    db.cf_handle(name)
+        .expect("column families are created at open")
+}
+
+/// The raft id of this node, created (random, non-zero) on first use and kept forever.
+pub fn raft_id(db: &DB) -> Result<u64, StoreError> {
+    let meta = cf(db, CF_META);
+    if let Some(v) = db.get_cf(meta, KEY_RAFT_ID)? {
+        let bytes: [u8; 8] = v
+            .as_slice()
+            .try_into()
+            .map_err(|_| StoreError::Corrupt("raft_id", "length".into()))?;
+        return Ok(u64::from_be_bytes(bytes));
+    }
+    let id = rand::random::<u64>().max(1) >> 1; // keep it positive for JSON consumers
+    let id = id.max(1);
+    let mut wo = WriteOptions::default();
+    wo.set_sync(true);
+    db.put_cf_opt(meta, KEY_RAFT_ID, id.to_be_bytes(), &wo)?;
+    Ok(id)
+}
+
+fn decode<M: PbMessage>(what: &'static str, bytes: &[u8]) -> Result<M, StoreError> {
+    M::parse_from_bytes(bytes).map_err(|e| StoreError::Corrupt(what, e.to_string()))
+}
+
+fn encode<M: PbMessage>(m: &M) -> Vec<u8> {
+    m.write_to_bytes()
+        .expect("protobuf encoding of an in-memory message")
+}
+
+fn log_key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+/// What `Storage` answers from memory; the log itself is read from RocksDB.
+#[derive(Default, Clone)]
+struct Cached {
+    hard_state: HardState,
+    conf_state: ConfState,
+    snapshot_meta: SnapshotMetadata,
+    /// Index of the first entry present (snapshot index + 1 when the log is empty).
+    first: u64,
+    /// Index of the last entry (snapshot index when the log is empty).
+    last: u64,
+}
+
+/// One atomic write to the Raft storage.
+#[derive(Default)]
+pub struct RaftWrite<'a> {
+    pub entries: &'a [Entry],
+    pub hard_state: Option<&'a HardState>,
+    pub conf_state: Option<&'a ConfState>,
+    /// fsync the WAL before returning (entries and votes must be durable before acting).
+    pub sync: bool,
+}
+
+#[derive(Clone)]
+pub struct RaftStorage {
+    db: Arc<DB>,
+    cached: Arc<RwLock<Cached>>,
+}
+
+impl RaftStorage {
+    /// Loads the persisted Raft state; `initial_voters` seeds the conf state of a fresh log.
+    pub fn open(db: Arc<DB>, initial_voters: &[u64]) -> Result<Self, StoreError> {
+        let meta = cf(&db, CF_META);
+        let hard_state = match db.get_cf(meta, KEY_HARD_STATE)? {
+            Some(b) => decode("hard_state", &b)?,
+            None => HardState::default(),
+        };
+        let snapshot_meta = match db.get_cf(meta, KEY_SNAPSHOT)? {
+            Some(b) => decode::<Snapshot>("snapshot", &b)?.take_metadata(),
+            None => SnapshotMetadata::default(),
+        };
+        let conf_state = match db.get_cf(meta, KEY_CONF_STATE)? {
+            Some(b) => decode("conf_state", &b)?,
+            None => {
+                let cs = ConfState::from((initial_voters.to_vec(), vec![]));
+                db.put_cf(meta, KEY_CONF_STATE, encode(&cs))?;
+                cs
+            }
+        };
+        let log = cf(&db, CF_LOG);
+        let index_of = |item: Result<(Box<[u8]>, Box<[u8]>), rocksdb::Error>| -> Result<Option<u64>, StoreError> {
+            let (k, _) = item?;
+            let bytes: [u8; 8] = k[..]
+                .try_into()
+                .map_err(|_| StoreError::Corrupt("log key", "length".into()))?;
+            Ok(Some(u64::from_be_bytes(bytes)))
+        };
+        let first = match db.iterator_cf(log, IteratorMode::Start).next() {
+            Some(item) => index_of(item)?.unwrap_or(snapshot_meta.index + 1),
+            None => snapshot_meta.index + 1,
+        };
+        let last = match db.iterator_cf(log, IteratorMode::End).next() {
+            Some(item) => index_of(item)?.unwrap_or(snapshot_meta.index),
+            None => snapshot_meta.index,
+        };
+        let cached = Cached {
+            hard_state,
+            conf_state,
+            snapshot_meta,
+            first,
+            last,
+        };
+        Ok(RaftStorage {
+            db,
+            cached: Arc::new(RwLock::new(cached)),
+        })
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Cached> {
+        self.cached.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write_cache(&self) -> std::sync::RwLockWriteGuard<'_, Cached> {
+        self.cached.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Appends entries (replacing any conflicting tail) and updates hard/conf state, in one
+    /// RocksDB write batch.
+    pub fn write(&self, w: RaftWrite) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        let log = cf(&self.db, CF_LOG);
+        let meta = cf(&self.db, CF_META);
+        let mut new_last = None;
+        if let (Some(first), Some(last)) = (w.entries.first(), w.entries.last()) {
+            let old_last = self.read().last;
+            if first.index <= old_last {
+                batch.delete_range_cf(log, log_key(first.index), log_key(old_last + 1));
+            }
+            for e in w.entries {
+                batch.put_cf(log, log_key(e.index), encode(e));
+            }
+            new_last = Some(last.index);
+        }
+        if let Some(hs) = w.hard_state {
+            batch.put_cf(meta, KEY_HARD_STATE, encode(hs));
+        }
+        if let Some(cs) = w.conf_state {
+            batch.put_cf(meta, KEY_CONF_STATE, encode(cs));
+        }
+        let mut wo = WriteOptions::default();
+        wo.set_sync(w.sync);
+        self.db.write_opt(batch, &wo)?;
+        let mut c = self.write_cache();
+        if let Some(last) = new_last {
+            c.last = last;
+        }
+        if let Some(hs) = w.hard_state {
+            c.hard_state = hs.clone();
+        }
+        if let Some(cs) = w.conf_state {
+            c.conf_state = cs.clone();
+        }
+        Ok(())
+    }
+
+    /// Records a new commit index (not synced: a lost commit index is re-learned).
+    pub fn set_commit(&self, commit: u64) -> Result<(), StoreError> {
+        let mut hs = self.read().hard_state.clone();
+        hs.commit = commit;
+        self.write(RaftWrite {
+            hard_state: Some(&hs),
+            ..Default::default()
+        })
+    }
+
+    /// Stores a snapshot of the applied state at `index` and drops the log up to it.
+    pub fn compact_to_snapshot(&self, index: u64, data: Vec<u8>) -> Result<(), StoreError> {
+        let term = self
+            .term(index)
+            .map_err(|e| StoreError::Corrupt("term", e.to_string()))?;
+        let (conf_state, first) = {
+            let c = self.read();
+            (c.conf_state.clone(), c.first)
+        };
+        let mut snap = Snapshot::default();
+        snap.set_data(data.into());
+        let m = snap.mut_metadata();
+        m.index = index;
+        m.term = term;
+        m.set_conf_state(conf_state);
+        let mut batch = WriteBatch::default();
+        batch.put_cf(cf(&self.db, CF_META), KEY_SNAPSHOT, encode(&snap));
+        batch.delete_range_cf(cf(&self.db, CF_LOG), log_key(first), log_key(index + 1));
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db.write_opt(batch, &wo)?;
+        let mut c = self.write_cache();
+        c.snapshot_meta = snap.take_metadata();
+        c.first = index + 1;
+        c.last = c.last.max(index);
+        Ok(())
+    }
+
+    /// Replaces everything with a snapshot received from the leader.
+    pub fn apply_snapshot(&self, snap: &Snapshot) -> Result<(), StoreError> {
+        let meta = snap.get_metadata();
+        let (first, last, mut hs) = {
+            let c = self.read();
+            (c.first, c.last, c.hard_state.clone())
+        };
+        hs.term = hs.term.max(meta.term);
+        hs.commit = meta.index;
+        let mut batch = WriteBatch::default();
+        let meta_cf = cf(&self.db, CF_META);
+        batch.put_cf(meta_cf, KEY_SNAPSHOT, encode(snap));
+        batch.put_cf(meta_cf, KEY_HARD_STATE, encode(&hs));
+        batch.put_cf(meta_cf, KEY_CONF_STATE, encode(meta.get_conf_state()));
+        batch.delete_range_cf(
+            cf(&self.db, CF_LOG),
+            log_key(first),
+            log_key(last.max(first) + 1),
+        );
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db.write_opt(batch, &wo)?;
+        let mut c = self.write_cache();
+        c.snapshot_meta = meta.clone();
+        c.conf_state = meta.get_conf_state().clone();
+        c.hard_state = hs;
+        c.first = meta.index + 1;
+        c.last = meta.index;
+        Ok(())
+    }
+
+    /// The stored snapshot, if any (used at start to restore the state machine).
+    pub fn stored_snapshot(&self) -> Result<Option<Snapshot>, StoreError> {
+        match self.db.get_cf(cf(&self.db, CF_META), KEY_SNAPSHOT)? {
+            Some(b) => Ok(Some(decode("snapshot", &b)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn conf_state(&self) -> ConfState {
+        self.read().conf_state.clone()
+    }
+
+    fn storage_error(e: impl std::fmt::Display) -> raft::Error {
+        raft::Error::Store(StorageError::Other(e.to_string().into()))
+    }
+}
+
+impl Storage for RaftStorage {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        let c = self.read();
+        Ok(RaftState::new(c.hard_state.clone(), c.conf_state.clone()))
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        let (first, last) = {
+            let c = self.read();
+            (c.first, c.last)
+        };
+        if low < first {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if high > last + 1 {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        let max_size = max_size.into();
+        let mut out = Vec::with_capacity((high - low) as usize);
+        let mut size = 0u64;
+        let iter = self.db.iterator_cf(
+            cf(&self.db, CF_LOG),
+            IteratorMode::From(&log_key(low), Direction::Forward),
+        );
+        for item in iter {
+            let (k, v) = item.map_err(Self::storage_error)?;
+            let idx = u64::from_be_bytes(k[..].try_into().map_err(Self::storage_error)?);
+            if idx >= high {
+                break;
+            }
+            let e: Entry = decode("entry", &v).map_err(Self::storage_error)?;
+            size += v.len() as u64;
+            if !out.is_empty() && max_size.is_some_and(|m| size > m) {
+                break;
+            }
+            out.push(e);
+        }
+        if out.len() as u64 != high - low && max_size.is_none() {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        Ok(out)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        let (snap_index, snap_term, first, last) = {
+            let c = self.read();
+            (c.snapshot_meta.index, c.snapshot_meta.term, c.first, c.last)
+        };
+        if idx == snap_index {
+            return Ok(snap_term);
+        }
+        if idx < first {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if idx > last {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        match self
+            .db
+            .get_cf(cf(&self.db, CF_LOG), log_key(idx))
+            .map_err(Self::storage_error)?
+        {
+            Some(v) => Ok(decode::<Entry>("entry", &v)
+                .map_err(Self::storage_error)?
+                .term),
+            None => Err(raft::Error::Store(StorageError::Unavailable)),
+        }
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.read().first)
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.read().last)
+    }
+
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        match self.stored_snapshot().map_err(Self::storage_error)? {
+            Some(s) if s.get_metadata().index >= request_index => Ok(s),
+            _ => Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable,
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(index: u64, term: u64) -> Entry {
+        let mut e = Entry::default();
+        e.index = index;
+        e.term = term;
+        e.data = vec![index as u8].into();
+        e
+    }
+
+    #[test]
+    fn log_survives_reopen_and_truncates_conflicts() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = open_db(dir.path()).unwrap();
+            let s = RaftStorage::open(db, &[7]).unwrap();
+            let ents: Vec<Entry> = (1..=5).map(|i| entry(i, 1)).collect();
+            let mut hs = HardState::default();
+            hs.term = 1;
+            hs.commit = 3;
+            s.write(RaftWrite {
+                entries: &ents,
+                hard_state: Some(&hs),
+                sync: true,
+                ..Default::default()
+            })
+            .unwrap();
+            // A new leader overwrites the tail from index 4.
+            s.write(RaftWrite {
+                entries: &[entry(4, 2)],
+                sync: true,
+                ..Default::default()
+            })
+            .unwrap();
+            assert_eq!(s.last_index().unwrap(), 4);
+        }
+        let db = open_db(dir.path()).unwrap();
+        let s = RaftStorage::open(db, &[99]).unwrap();
+        let st = s.initial_state().unwrap();
+        assert_eq!(st.hard_state.commit, 3);
+        assert_eq!(
+            st.conf_state.voters,
+            vec![7],
+            "initial voters only seed a fresh log"
+        );
+        assert_eq!((s.first_index().unwrap(), s.last_index().unwrap()), (1, 4));
+        assert_eq!(s.term(4).unwrap(), 2);
+        let got = s
+            .entries(2, 5, None, GetEntriesContext::empty(false))
+            .unwrap();
+        assert_eq!(
+            got.iter().map(|e| e.index).collect::<Vec<_>>(),
+            vec![2, 3, 4]
+        );
+    }
+
+    #[test]
+    fn snapshot_compacts_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open_db(dir.path()).unwrap();
+        let s = RaftStorage::open(db.clone(), &[1]).unwrap();
+        let ents: Vec<Entry> = (1..=10).map(|i| entry(i, 3)).collect();
+        s.write(RaftWrite {
+            entries: &ents,
+            sync: true,
+            ..Default::default()
+        })
+        .unwrap();
+        s.compact_to_snapshot(6, b"state".to_vec()).unwrap();
+        assert_eq!(s.first_index().unwrap(), 7);
+        assert_eq!(s.term(6).unwrap(), 3);
+        assert!(s.term(5).is_err());
+        assert!(s
+            .entries(5, 8, None, GetEntriesContext::empty(false))
+            .is_err());
+        drop(s);
+        let s = RaftStorage::open(db, &[1]).unwrap();
+        assert_eq!((s.first_index().unwrap(), s.last_index().unwrap()), (7, 10));
+        let snap = s.stored_snapshot().unwrap().unwrap();
+        assert_eq!(&snap.data[..], b"state");
+        assert_eq!(
+            raft_id(&open_db(tempfile::tempdir().unwrap().path()).unwrap()).unwrap() > 0,
+            true
+        );
+    }
+}

@@ -1,0 +1,115 @@
+//! Byte-stream transports (`tcp://`, `ssl://`): a stream of JSON values in, one JSON
+//! document plus `\r\n` per response out.
+
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use super::jsonstream::{Item, JsonStream};
+use super::tls::TlsAcceptor;
+use crate::node::Node;
+use crate::session::{Inbound, Reply, Session, TransportEvent};
+
+/// Responses gathered into one socket write when several are ready together.
+const WRITE_BATCH: usize = 256 * 1024;
+
+/// Accepts connections until the listener task is dropped.
+pub async fn accept_loop(node: Arc<Node>, listener: TcpListener, tls: Option<TlsAcceptor>) {
+    loop {
+        let (sock, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                warn!("accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = sock.set_nodelay(true);
+        let node = node.clone();
+        let tls = tls.clone();
+        actix_rt::spawn(async move {
+            match tls {
+                None => serve(node, sock, peer.to_string(), "tcp").await,
+                Some(acceptor) => match acceptor.accept(sock).await {
+                    Ok(s) => serve(node, s, peer.to_string(), "ssl").await,
+                    Err(e) => debug!(%peer, "TLS handshake failed: {e}"),
+                },
+            }
+        });
+    }
+}
+
+/// Runs one connection to its end.
+pub async fn serve<S>(node: Arc<Node>, stream: S, remote: String, protocol: &'static str)
+where
+    S: AsyncRead + AsyncWrite + Unpin + 'static,
+{
+    let max = node.args.max_message_size;
+    let opened = Session::open(node, remote, protocol);
+    let (mut rd, wr) = tokio::io::split(stream);
+    let writer = actix_rt::spawn(write_loop(wr, opened.out));
+    let addr = opened.addr;
+    let permits = opened.permits;
+    let mut stopped = opened.stopped;
+    let mut parser = JsonStream::new(max);
+    let mut buf = vec![0u8; 64 * 1024];
+    'read: loop {
+        let n = tokio::select! {
+            _ = &mut stopped => break 'read,
+            r = rd.read(&mut buf) => match r {
+                Ok(0) | Err(_) => { addr.do_send(TransportEvent::Closed); break 'read; }
+                Ok(n) => n,
+            },
+        };
+        for item in parser.push(&buf[..n]) {
+            match item {
+                Item::Value(raw) => {
+                    // Waiting for a permit is the backpressure: we stop reading the socket.
+                    let permit = tokio::select! {
+                        _ = &mut stopped => break 'read,
+                        p = permits.clone().acquire_owned() => match p {
+                            Ok(p) => p,
+                            Err(_) => break 'read,
+                        },
+                    };
+                    addr.do_send(Inbound {
+                        raw,
+                        permit,
+                        reply: Reply::Stream,
+                    });
+                }
+                Item::ParseError(e) => addr.do_send(TransportEvent::ParseError(e)),
+                Item::Oversize => {
+                    addr.do_send(TransportEvent::Oversize);
+                    break 'read;
+                }
+            }
+        }
+    }
+    let _ = writer.await;
+}
+
+async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, mut out: mpsc::UnboundedReceiver<String>) {
+    let mut buf = Vec::with_capacity(4096);
+    while let Some(first) = out.recv().await {
+        buf.clear();
+        buf.extend_from_slice(first.as_bytes());
+        buf.extend_from_slice(b"\r\n");
+        while buf.len() < WRITE_BATCH {
+            match out.try_recv() {
+                Ok(more) => {
+                    buf.extend_from_slice(more.as_bytes());
+                    buf.extend_from_slice(b"\r\n");
+                }
+                Err(_) => break,
+            }
+        }
+        if wr.write_all(&buf).await.is_err() || wr.flush().await.is_err() {
+            return;
+        }
+    }
+    let _ = wr.shutdown().await;
+}
