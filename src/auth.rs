@@ -16,6 +16,8 @@ use crate::names::prefixes;
 pub type TagMap = Map<String, Value>;
 /// Prefix → tags set there: everything a user has been granted.
 pub type Tags = BTreeMap<String, TagMap>;
+/// Finds a user's own tags and template list by name.
+pub type UserLookup<'a> = dyn Fn(&str) -> Option<(&'a Tags, &'a [String])> + 'a;
 
 /// scrypt N=2^14, r=8, p=1 — the floor the spec sets.
 fn scrypt_params() -> scrypt::Params {
@@ -41,19 +43,12 @@ pub fn verify_password(pass: &str, hash: &str) -> bool {
 
 /// A user's tags with its templates merged in underneath (own tags win), recursively;
 /// `lookup` returns a user's own tags and template list. Cycles are ignored.
-pub fn with_templates<'a>(
-    name: &str,
-    lookup: &dyn Fn(&str) -> Option<(&'a Tags, &'a [String])>,
-) -> Tags {
+pub fn with_templates<'a>(name: &str, lookup: &UserLookup<'a>) -> Tags {
     let mut seen = HashSet::new();
     merge_user(name, lookup, &mut seen)
 }
 
-fn merge_user<'a>(
-    name: &str,
-    lookup: &dyn Fn(&str) -> Option<(&'a Tags, &'a [String])>,
-    seen: &mut HashSet<String>,
-) -> Tags {
+fn merge_user<'a>(name: &str, lookup: &UserLookup<'a>, seen: &mut HashSet<String>) -> Tags {
     if !seen.insert(name.to_string()) {
         return Tags::new();
     }

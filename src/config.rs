@@ -156,9 +156,11 @@ impl Listener {
             "http" => Scheme::Http,
             "https" => Scheme::Https,
             "health" => Scheme::Health,
-            other => return Err(format!(
+            other => {
+                return Err(format!(
                 "listener {raw:?}: unknown scheme {other:?} (use tcp, ssl, http, https or health)"
-            )),
+            ))
+            }
         };
         let host = url
             .host_str()

@@ -109,55 +109,57 @@ pub struct Request {
 /// What one JSON value read from a connection turned out to be.
 #[derive(Debug)]
 pub enum Incoming {
-    Single(Result<Request, Response>),
+    Single(Result<Request, Box<Response>>),
     /// A batch: each element is a request or an immediate error response.
-    Batch(Vec<Result<Request, Response>>),
+    Batch(Vec<Result<Request, Box<Response>>>),
 }
 
 /// Interprets one complete JSON text as a request or a batch of requests.
 pub fn parse_incoming(raw: &RawValue) -> Incoming {
     match serde_json::from_str::<Value>(raw.get()) {
-        Err(e) => Incoming::Single(Err(Response::error(
+        Err(e) => Incoming::Single(Err(Box::new(Response::error(
             Value::Null,
             RpcError::detail(ERR_PARSE, e),
-        ))),
-        Ok(Value::Array(items)) if items.is_empty() => Incoming::Single(Err(Response::error(
-            Value::Null,
-            RpcError::detail(ERR_INVALID_REQUEST, "empty batch"),
-        ))),
+        )))),
+        Ok(Value::Array(items)) if items.is_empty() => {
+            Incoming::Single(Err(Box::new(Response::error(
+                Value::Null,
+                RpcError::detail(ERR_INVALID_REQUEST, "empty batch"),
+            ))))
+        }
         Ok(Value::Array(items)) => Incoming::Batch(items.into_iter().map(parse_request).collect()),
         Ok(v) => Incoming::Single(parse_request(v)),
     }
 }
 
 /// Validates one request object.
-pub fn parse_request(v: Value) -> Result<Request, Response> {
+pub fn parse_request(v: Value) -> Result<Request, Box<Response>> {
     let mut obj = match v {
         Value::Object(m) => m,
         _ => {
-            return Err(Response::error(
+            return Err(Box::new(Response::error(
                 Value::Null,
                 RpcError::detail(ERR_INVALID_REQUEST, "not an object"),
-            ))
+            )))
         }
     };
     let id = obj.remove("id");
     let reply_id = id.clone().unwrap_or(Value::Null);
     if let Some(ver) = obj.get("jsonrpc") {
         if ver != "2.0" {
-            return Err(Response::error(
+            return Err(Box::new(Response::error(
                 reply_id,
                 RpcError::detail(ERR_INVALID_REQUEST, "jsonrpc"),
-            ));
+            )));
         }
     }
     let method = match obj.remove("method") {
         Some(Value::String(m)) if !m.is_empty() => m,
         _ => {
-            return Err(Response::error(
+            return Err(Box::new(Response::error(
                 reply_id,
                 RpcError::detail(ERR_INVALID_REQUEST, "method"),
-            ))
+            )))
         }
     };
     let params = obj.remove("params").unwrap_or(Value::Null);

@@ -217,7 +217,7 @@ impl Handler<Inbound> for Session {
         self.conn.last_activity.set(Instant::now());
         let Inbound { raw, permit, reply } = msg;
         match rpc::parse_incoming(&raw) {
-            Incoming::Single(Err(resp)) => self.answer(reply, Some(resp)),
+            Incoming::Single(Err(resp)) => self.answer(reply, Some(*resp)),
             Incoming::Single(Ok(req)) => {
                 let fut = crate::api::dispatch(self.node.clone(), self.conn.clone(), req);
                 ctx.spawn(
@@ -239,7 +239,7 @@ impl Handler<Inbound> for Session {
                         async move {
                             match item {
                                 Ok(req) => crate::api::dispatch(node, conn, req).await,
-                                Err(resp) => Some(resp),
+                                Err(resp) => Some(*resp),
                             }
                         }
                     })

@@ -120,7 +120,8 @@ impl RaftStorage {
             }
         };
         let log = cf(&db, CF_LOG);
-        let index_of = |item: Result<(Box<[u8]>, Box<[u8]>), rocksdb::Error>| -> Result<Option<u64>, StoreError> {
+        type KeyValue = (Box<[u8]>, Box<[u8]>);
+        let index_of = |item: Result<KeyValue, rocksdb::Error>| -> Result<Option<u64>, StoreError> {
             let (k, _) = item?;
             let bytes: [u8; 8] = k[..]
                 .try_into()
@@ -379,11 +380,12 @@ mod tests {
     use super::*;
 
     fn entry(index: u64, term: u64) -> Entry {
-        let mut e = Entry::default();
-        e.index = index;
-        e.term = term;
-        e.data = vec![index as u8].into();
-        e
+        Entry {
+            index,
+            term,
+            data: vec![index as u8].into(),
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -393,9 +395,11 @@ mod tests {
             let db = open_db(dir.path()).unwrap();
             let s = RaftStorage::open(db, &[7]).unwrap();
             let ents: Vec<Entry> = (1..=5).map(|i| entry(i, 1)).collect();
-            let mut hs = HardState::default();
-            hs.term = 1;
-            hs.commit = 3;
+            let hs = HardState {
+                term: 1,
+                commit: 3,
+                ..Default::default()
+            };
             s.write(RaftWrite {
                 entries: &ents,
                 hard_state: Some(&hs),
@@ -456,9 +460,10 @@ mod tests {
         assert_eq!((s.first_index().unwrap(), s.last_index().unwrap()), (7, 10));
         let snap = s.stored_snapshot().unwrap().unwrap();
         assert_eq!(&snap.data[..], b"state");
-        assert_eq!(
-            raft_id(&open_db(tempfile::tempdir().unwrap().path()).unwrap()).unwrap() > 0,
-            true
-        );
+        let fresh = tempfile::tempdir().unwrap();
+        let fresh_db = open_db(fresh.path()).unwrap();
+        let id = raft_id(&fresh_db).unwrap();
+        assert!(id > 0);
+        assert_eq!(raft_id(&fresh_db).unwrap(), id, "the raft id is stable");
     }
 }

@@ -43,5 +43,5 @@ pub async fn blocking<T: Send + 'static>(
 ) -> Result<T, RpcError> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| RpcError::internal(e))
+        .map_err(RpcError::internal)
 }

@@ -16,6 +16,12 @@ fn session(connid: &str, node_id: u64, incarnation: &str) -> SessionRecord {
     }
 }
 
+/// Applies a command that must succeed.
+fn must(state: &mut State, cmd: Command) {
+    let (outcome, _) = state.apply(cmd);
+    assert!(outcome.is_ok(), "{outcome:?}");
+}
+
 fn create(state: &mut State, user: &str) -> Outcome {
     state
         .apply(Command::UserCreate {
@@ -108,14 +114,20 @@ fn tags_merge_and_delete_empty_prefix() {
 fn login_enforces_disabled_and_maxsessions_cluster_wide() {
     let mut s = State::default();
     create(&mut s, "u").unwrap();
-    s.apply(Command::UserUpdate {
-        user: "u".into(),
-        change: UserChange::SetMaxSessions { maxsessions: 2 },
-    });
+    must(
+        &mut s,
+        Command::UserUpdate {
+            user: "u".into(),
+            change: UserChange::SetMaxSessions { maxsessions: 2 },
+        },
+    );
     for (i, node) in [(1, 1u64), (2, 2), (3, 2)] {
-        s.apply(Command::SessionOpen {
-            session: session(&format!("c{i}"), node, "inc"),
-        });
+        must(
+            &mut s,
+            Command::SessionOpen {
+                session: session(&format!("c{i}"), node, "inc"),
+            },
+        );
     }
     let login = |s: &mut State, c: &str| {
         s.apply(Command::SessionLogin {
@@ -128,14 +140,20 @@ fn login_enforces_disabled_and_maxsessions_cluster_wide() {
     assert!(login(&mut s, "c2").is_ok());
     assert!(login(&mut s, "c2").is_ok(), "re-login of a counted session");
     assert_eq!(login(&mut s, "c3").unwrap_err().code, ERR_PERMISSION_DENIED);
-    s.apply(Command::SessionClose {
-        connid: "c1".into(),
-    });
+    must(
+        &mut s,
+        Command::SessionClose {
+            connid: "c1".into(),
+        },
+    );
     assert!(login(&mut s, "c3").is_ok());
-    s.apply(Command::UserUpdate {
-        user: "u".into(),
-        change: UserChange::SetDisabled { disabled: true },
-    });
+    must(
+        &mut s,
+        Command::UserUpdate {
+            user: "u".into(),
+            change: UserChange::SetDisabled { disabled: true },
+        },
+    );
     assert_eq!(login(&mut s, "c3").unwrap_err().code, ERR_PERMISSION_DENIED);
     assert_eq!(
         s.apply(Command::SessionLogin {
@@ -152,12 +170,18 @@ fn login_enforces_disabled_and_maxsessions_cluster_wide() {
 #[test]
 fn node_restart_drops_sessions_of_old_incarnations_only() {
     let mut s = State::default();
-    s.apply(Command::SessionOpen {
-        session: session("old", 1, "aaaa"),
-    });
-    s.apply(Command::SessionOpen {
-        session: session("other", 2, "aaaa"),
-    });
+    must(
+        &mut s,
+        Command::SessionOpen {
+            session: session("old", 1, "aaaa"),
+        },
+    );
+    must(
+        &mut s,
+        Command::SessionOpen {
+            session: session("other", 2, "aaaa"),
+        },
+    );
     let (_, events) = s.apply(Command::NodeStarted {
         node_id: 1,
         incarnation: "bbbb".into(),
@@ -174,22 +198,34 @@ fn node_restart_drops_sessions_of_old_incarnations_only() {
 #[test]
 fn bootstrap_once_and_snapshot_roundtrip() {
     let mut s = State::default();
-    s.apply(Command::Bootstrap {
-        root_hash: "h1".into(),
-        at: "t".into(),
-    });
-    s.apply(Command::UserDelete {
-        user: "root".into(),
-    });
-    s.apply(Command::Bootstrap {
-        root_hash: "h2".into(),
-        at: "t".into(),
-    });
+    must(
+        &mut s,
+        Command::Bootstrap {
+            root_hash: "h1".into(),
+            at: "t".into(),
+        },
+    );
+    must(
+        &mut s,
+        Command::UserDelete {
+            user: "root".into(),
+        },
+    );
+    must(
+        &mut s,
+        Command::Bootstrap {
+            root_hash: "h2".into(),
+            at: "t".into(),
+        },
+    );
     assert!(s.users.get("root").is_none(), "bootstrap happens once");
     create(&mut s, "u").unwrap();
-    s.apply(Command::SessionOpen {
-        session: session("c", 1, "i"),
-    });
+    must(
+        &mut s,
+        Command::SessionOpen {
+            session: session("c", 1, "i"),
+        },
+    );
     s.apply(Command::SessionLogin {
         connid: "c".into(),
         user: "u".into(),

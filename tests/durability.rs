@@ -1,0 +1,212 @@
+//! Durability and process behaviour: kill -9 and restart, snapshots, clean SIGTERM, the
+//! first-boot root password, group commit — against the real `nexus` binary where it matters.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use nexus::config::Scheme;
+use nexus::rpc::*;
+use nexus::server::Background;
+use serde_json::json;
+
+struct Proc {
+    child: Child,
+    tcp: SocketAddr,
+}
+
+fn spawn_node(dir: &std::path::Path, extra: &[&str]) -> Proc {
+    let port = free_port();
+    let tcp: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_nexus"))
+        .args([
+            "serve",
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "-l",
+            &format!("tcp://{tcp}"),
+        ])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(tcp).is_err() {
+        assert!(Instant::now() < deadline, "node did not start listening");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Proc { child, tcp }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proc {
+    fn kill9(mut self) {
+        self.child.kill().unwrap(); // SIGKILL
+        self.child.wait().unwrap();
+    }
+}
+
+#[test]
+fn acknowledged_users_tags_and_passwords_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = spawn_node(dir.path(), &["--root-password", "first-secret"]);
+    let mut root = Client::tcp(node.tcp);
+    expect_code(root.login("root", "root"), ERR_PERMISSION_DENIED);
+    expect_ok(root.login("root", "first-secret"));
+    for i in 0..20 {
+        create_user(&mut root, &format!("keep.u{i}"), "initialpw");
+    }
+    expect_ok(root.call(
+        "user.setTags",
+        json!({"user": "keep.u3", "prefix": "app", "tags": {"@task.push": true, "n": 3}}),
+    ));
+    expect_ok(root.call(
+        "user.setPass",
+        json!({"user": "keep.u4", "pass": "changedpw"}),
+    ));
+    expect_ok(root.call(
+        "user.setMaxSessions",
+        json!({"user": "keep.u5", "maxsessions": 1}),
+    ));
+    expect_ok(root.call("user.delete", json!({"user": "keep.u6"})));
+    let mut u5 = Client::tcp(node.tcp);
+    expect_ok(u5.login("keep.u5", "initialpw"));
+    node.kill9();
+
+    // The first-boot password flag no longer applies: the cluster exists.
+    let node = spawn_node(dir.path(), &["--root-password", "ignored-now"]);
+    let mut root = Client::tcp(node.tcp);
+    expect_ok(root.login("root", "first-secret"));
+    assert_eq!(
+        expect_ok(root.call("user.count", json!({"prefix": "keep"}))),
+        json!({"count": 19})
+    );
+    assert_eq!(
+        expect_ok(root.call("user.getTags", json!({"user": "keep.u3"}))),
+        json!({"tags": {"app": {"@task.push": true, "n": 3}}})
+    );
+    let mut c = Client::tcp(node.tcp);
+    expect_code(c.login("keep.u4", "initialpw"), ERR_PERMISSION_DENIED);
+    expect_ok(c.login("keep.u4", "changedpw"));
+    expect_code(c.login("keep.u6", "initialpw"), ERR_PERMISSION_DENIED);
+    // The session keep.u5 held in the killed process is gone, so its one slot is free.
+    expect_ok(Client::tcp(node.tcp).login("keep.u5", "initialpw"));
+}
+
+#[test]
+fn sigterm_closes_sessions_and_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = spawn_node(dir.path(), &[]);
+    let mut c = Client::tcp(node.tcp);
+    expect_ok(c.login("root", "root"));
+    create_user(&mut c, "before.term", "termpw");
+    let status = Command::new("kill")
+        .args(["-TERM", &node.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(
+        c.closed_within(Duration::from_secs(10)),
+        "session closed on shutdown"
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let exit = loop {
+        if let Some(s) = node.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "node did not exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(exit.success(), "exit status {exit:?}");
+    drop(node);
+    let node = spawn_node(dir.path(), &[]);
+    expect_ok(Client::tcp(node.tcp).login("before.term", "termpw"));
+}
+
+#[test]
+fn version_flag_prints_program_version() {
+    let out = Command::new(env!("CARGO_BIN_EXE_nexus"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap().trim(),
+        format!("nexus {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn state_is_restored_from_snapshot_plus_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = || Background::start(args_for(dir.path(), &["--snapshot-every", "7"])).unwrap();
+    let server = start();
+    let mut root = Client::tcp(server.addr(Scheme::Tcp));
+    expect_ok(root.login("root", "root"));
+    for i in 0..25 {
+        create_user(&mut root, &format!("snap.u{i}"), "snappass");
+    }
+    assert!(
+        server
+            .node
+            .raft
+            .stats
+            .snapshots
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 2
+    );
+    drop(root);
+    server.stop();
+
+    let server = start();
+    let mut root = Client::tcp(server.addr(Scheme::Tcp));
+    expect_ok(root.login("root", "root"));
+    assert_eq!(
+        expect_ok(root.call("user.count", json!({"prefix": "snap"}))),
+        json!({"count": 25})
+    );
+    expect_ok(Client::tcp(server.addr(Scheme::Tcp)).login("snap.u24", "snappass"));
+}
+
+#[test]
+fn concurrent_proposals_share_fsyncs() {
+    let node = TestNode::start();
+    let mut root = node.root();
+    create_user(&mut root, "busy", "busypass");
+    let stats = &node.server.node.raft.stats;
+    let writes_before = stats
+        .synced_writes
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let n = 400;
+    let ids: Vec<_> = (0..n)
+        .map(|i| {
+            root.send(
+                "user.setTags",
+                json!({"user": "busy", "prefix": format!("p{i}"), "tags": {"i": i}}),
+            )
+        })
+        .collect();
+    for id in &ids {
+        assert_eq!(root.wait(id)["result"], json!({"ok": true}));
+    }
+    let writes = stats
+        .synced_writes
+        .load(std::sync::atomic::Ordering::Relaxed)
+        - writes_before;
+    assert!(
+        writes < n / 4,
+        "{n} proposals took {writes} fsyncs: no group commit"
+    );
+    let tags = expect_ok(root.call("user.getTags", json!({"user": "busy"})));
+    assert_eq!(tags["tags"].as_object().unwrap().len(), n as usize);
+}

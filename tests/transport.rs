@@ -1,0 +1,417 @@
+//! Wire protocol and transports: TCP stream framing, JSON-RPC rules, batches, limits, the
+//! watchdog, WebSocket, the HTTP bridge, health, and TLS — all against a real node.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use nexus::config::Scheme;
+use nexus::rpc::*;
+use serde_json::{json, Value};
+use tungstenite::Message;
+
+#[test]
+fn tcp_reads_back_to_back_and_split_requests() {
+    let node = TestNode::start();
+    let mut c = node.tcp();
+    c.send_raw(br#"{"id":1,"method":"sys.ping"}{"id":2,"method":"sys.version"}"#);
+    c.send_raw(b"\r\n{\"id\":3,\"meth");
+    std::thread::sleep(Duration::from_millis(100));
+    c.send_raw(b"od\":\"sys.ping\",\"jsonrpc\":\"2.0\"}");
+    let mut got: Vec<Value> = (0..3).map(|_| c.read_value().unwrap()).collect();
+    got.sort_by_key(|v| v["id"].as_i64());
+    assert_eq!(
+        got[0],
+        json!({"jsonrpc": "2.0", "id": 1, "result": {"ok": true}})
+    );
+    assert_eq!(got[1]["result"], json!({"version": "1.9.0"}));
+    assert_eq!(got[2]["result"], json!({"ok": true}));
+}
+
+#[test]
+fn parse_errors_answer_null_id_and_keep_the_connection() {
+    let node = TestNode::start();
+    let mut c = node.tcp();
+    c.send_raw(b"this is not json ");
+    let v = c.read_value().unwrap();
+    assert_eq!(v["id"], Value::Null);
+    assert_eq!(v["error"]["code"], json!(ERR_PARSE));
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("Parse error"));
+    c.send_raw(br#"{"id":"a","method":"sys.ping","params":{]}"#);
+    assert_eq!(c.read_value().unwrap()["error"]["code"], json!(ERR_PARSE));
+    expect_ok(c.call("sys.ping", json!({})));
+}
+
+#[test]
+fn invalid_requests_and_unknown_methods() {
+    let node = TestNode::start();
+    let mut c = node.tcp();
+    c.send_raw(br#"{"id":7,"params":{}}"#);
+    let v = c.read_value().unwrap();
+    assert_eq!(
+        (v["id"].clone(), v["error"]["code"].clone()),
+        (json!(7), json!(ERR_INVALID_REQUEST))
+    );
+    c.send_raw(br#"{"id":8,"method":"sys.ping","jsonrpc":"1.0"}"#);
+    assert_eq!(
+        c.read_value().unwrap()["error"]["code"],
+        json!(ERR_INVALID_REQUEST)
+    );
+    c.send_raw(br#"{"id":9,"method":""}"#);
+    assert_eq!(
+        c.read_value().unwrap()["error"]["code"],
+        json!(ERR_INVALID_REQUEST)
+    );
+    c.send_raw(b"42");
+    c.send_raw(b" ");
+    assert_eq!(
+        c.read_value().unwrap()["error"]["code"],
+        json!(ERR_INVALID_REQUEST)
+    );
+    let e = expect_code(c.call("no.such", json!({})), ERR_METHOD_NOT_FOUND);
+    assert_eq!(e.message, "Method not found");
+    expect_code(c.call("sys.ping", json!([1, 2])), ERR_INVALID_PARAMS);
+}
+
+#[test]
+fn notifications_are_executed_but_never_answered() {
+    let node = TestNode::start();
+    let mut root = node.root();
+    root.send_raw(br#"{"method":"user.create","params":{"user":"quiet","pass":"quietpw"}}"#);
+    root.send_raw(br#"{"method":"no.such.method"}"#);
+    // The only answer is the ping's; the user was created by the notification.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let v = expect_ok(root.call("user.list", json!({"prefix": "quiet"})));
+        if v.as_array().unwrap().len() == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "notification was not executed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let id = root.send("sys.ping", json!({}));
+    let v = root.read_value().unwrap();
+    assert_eq!(v["id"], id, "nothing but the ping is answered: {v}");
+}
+
+#[test]
+fn batches_answer_as_arrays() {
+    let node = TestNode::start();
+    let mut c = node.tcp();
+    c.send_raw(
+        br#"[{"id":1,"method":"sys.ping"},{"method":"sys.ping"},{"id":3,"method":"x.y"},{"id":4}]"#,
+    );
+    let v = c.read_value().unwrap();
+    let mut items = v.as_array().unwrap().clone();
+    items.sort_by_key(|i| i["id"].as_i64());
+    assert_eq!(items.len(), 3);
+    assert_eq!(items[0]["result"], json!({"ok": true}));
+    assert_eq!(items[1]["error"]["code"], json!(ERR_METHOD_NOT_FOUND));
+    assert_eq!(items[2]["error"]["code"], json!(ERR_INVALID_REQUEST));
+    c.send_raw(b"[]");
+    assert_eq!(
+        c.read_value().unwrap()["error"]["code"],
+        json!(ERR_INVALID_REQUEST)
+    );
+    // A batch of notifications gets no answer at all.
+    c.send_raw(br#"[{"method":"sys.ping"}]"#);
+    let id = c.send("sys.version", json!({}));
+    assert_eq!(c.read_value().unwrap()["id"], id);
+}
+
+#[test]
+fn oversize_message_is_refused_and_closes_only_that_connection() {
+    let node = TestNode::start_with(&["--max-message-size", "1024"]);
+    let mut other = node.tcp();
+    let mut c = node.tcp();
+    let big = json!({"id": 1, "method": "sys.ping", "params": {"pad": "x".repeat(2000)}});
+    c.send_raw(big.to_string().as_bytes());
+    let v = c.read_value().unwrap();
+    assert_eq!(v["error"]["code"], json!(ERR_INVALID_REQUEST));
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("1024"),
+        "{v}"
+    );
+    assert!(c.read_value().is_none(), "connection closed");
+    expect_ok(other.call("sys.ping", json!({})));
+    expect_ok(node.tcp().call("sys.ping", json!({})));
+}
+
+#[test]
+fn a_slow_request_does_not_hold_up_the_next() {
+    let node = TestNode::start();
+    let mut c = node.tcp();
+    // Password checking (scrypt) is slow; the ping sent after it must not wait for it.
+    let login = c.send("sys.login", json!({"user": "root", "pass": "root"}));
+    let ping = c.send("sys.ping", json!({}));
+    let first = c.read_value().unwrap();
+    assert_eq!(first["id"], ping, "ping answered before the login finished");
+    assert_eq!(c.wait(&login)["result"]["user"], json!("root"));
+}
+
+#[test]
+fn watchdog_closes_idle_connections() {
+    let node = TestNode::start();
+    let mut idle = node.tcp();
+    let mut busy = node.tcp();
+    assert_eq!(
+        expect_ok(idle.call("sys.watchdog", json!({"watchdog": 10}))),
+        json!({"watchdog": 10})
+    );
+    assert_eq!(
+        expect_ok(busy.call("sys.watchdog", json!({"watchdog": 10}))),
+        json!({"watchdog": 10})
+    );
+    let start = Instant::now();
+    // Keep one connection busy past the deadline of the other.
+    while start.elapsed() < Duration::from_secs(12) {
+        expect_ok(busy.call("sys.ping", json!({})));
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    assert!(
+        idle.closed_within(Duration::from_secs(3)),
+        "idle connection closed by the watchdog"
+    );
+    expect_ok(busy.call("sys.ping", json!({})));
+}
+
+fn ws_connect(
+    addr: std::net::SocketAddr,
+) -> tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<TcpStream>> {
+    let (ws, resp) = tungstenite::connect(format!("ws://{addr}/any/path")).unwrap();
+    assert_eq!(resp.status(), 101);
+    ws
+}
+
+fn ws_read(ws: &mut tungstenite::WebSocket<impl Read + Write>) -> Value {
+    loop {
+        match ws.read().unwrap() {
+            Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("unexpected frame {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn websocket_frames_are_one_json_stream() {
+    let node = TestNode::start();
+    let mut ws = ws_connect(node.http_addr());
+    ws.send(Message::text(
+        r#"{"id":1,"method":"sys.ping"}{"id":2,"method":"sys.version"}"#,
+    ))
+    .unwrap();
+    let mut ids = vec![
+        ws_read(&mut ws)["id"].clone(),
+        ws_read(&mut ws)["id"].clone(),
+    ];
+    ids.sort_by_key(|v| v.as_i64());
+    assert_eq!(ids, vec![json!(1), json!(2)]);
+    ws.send(Message::text(r#"{"id":3,"method":"sys.lo"#))
+        .unwrap();
+    ws.send(Message::text(
+        r#"gin","params":{"user":"root","pass":"root"}}"#,
+    ))
+    .unwrap();
+    let v = ws_read(&mut ws);
+    assert_eq!(
+        (v["id"].clone(), v["result"]["user"].clone()),
+        (json!(3), json!("root"))
+    );
+    ws.send(Message::text("{oops}")).unwrap();
+    assert_eq!(ws_read(&mut ws)["error"]["code"], json!(ERR_PARSE));
+
+    // The foundation's acceptance path: root over WebSocket creates a user who logs in over TCP.
+    ws.send(Message::text(
+        r#"{"id":4,"method":"user.create","params":{"user":"wsmade","pass":"wsmadepw"}}"#,
+    ))
+    .unwrap();
+    assert_eq!(
+        ws_read(&mut ws),
+        json!({"jsonrpc": "2.0", "id": 4, "result": {"ok": true}})
+    );
+    let mut t = node.tcp();
+    assert_eq!(
+        expect_ok(t.login("wsmade", "wsmadepw"))["user"],
+        json!("wsmade")
+    );
+    ws.close(None).unwrap();
+}
+
+#[test]
+fn http_bridge_with_basic_auth_and_cors() {
+    let node = TestNode::start();
+    let addr = node.http_addr();
+    let (status, headers, body) = http_request(
+        addr,
+        "POST",
+        &[("Content-Type", "application/json")],
+        br#"{"id":1,"method":"sys.ping"}"#,
+    );
+    assert_eq!(status, 200);
+    assert_eq!(header(&headers, "content-type"), Some("application/json"));
+    assert_eq!(header(&headers, "access-control-allow-origin"), Some("*"));
+    assert_eq!(
+        serde_json::from_slice::<Value>(&body).unwrap(),
+        json!({"jsonrpc": "2.0", "id": 1, "result": {"ok": true}})
+    );
+
+    let list = br#"{"id":2,"method":"user.list","params":{"prefix":""}}"#;
+    let (_, _, body) = http_request(addr, "POST", &[], list);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&body).unwrap()["error"]["code"],
+        json!(ERR_PERMISSION_DENIED)
+    );
+    let good = "Basic cm9vdDpyb290"; // root:root
+    let (_, _, body) = http_request(addr, "POST", &[("Authorization", good)], list);
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["id"], json!(2));
+    assert_eq!(v["result"][0]["user"], json!("root"));
+    let bad = "Basic cm9vdDp3cm9uZw=="; // root:wrong
+    let (_, _, body) = http_request(addr, "POST", &[("Authorization", bad)], list);
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        (v["id"].clone(), v["error"]["code"].clone()),
+        (json!(2), json!(ERR_PERMISSION_DENIED))
+    );
+
+    // GET with a body is the bridge too.
+    let (status, _, body) = http_request(addr, "GET", &[], br#"{"id":3,"method":"sys.version"}"#);
+    assert_eq!(status, 200);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&body).unwrap()["result"]["version"],
+        json!("1.9.0")
+    );
+    let (_, _, body) = http_request(addr, "POST", &[], b"{nope");
+    assert_eq!(
+        serde_json::from_slice::<Value>(&body).unwrap()["error"]["code"],
+        json!(ERR_PARSE)
+    );
+    let (status, _, body) = http_request(addr, "POST", &[], br#"{"method":"sys.ping"}"#);
+    assert_eq!(
+        (status, body.len()),
+        (204, 0),
+        "a notification gets no body"
+    );
+    let (status, headers, _) =
+        http_request(addr, "OPTIONS", &[("Origin", "http://example.org")], b"");
+    assert_eq!(status, 200);
+    assert!(header(&headers, "access-control-allow-methods")
+        .unwrap()
+        .contains("POST"));
+}
+
+#[test]
+fn health_answers_200() {
+    let node = TestNode::start();
+    let (status, _, body) = http_request(node.server.addr(Scheme::Health), "GET", &[], b"");
+    assert_eq!((status, body.as_slice()), (200, b"ok\n".as_slice()));
+}
+
+fn tls_files(dir: &std::path::Path) -> (String, String, Vec<u8>) {
+    let rcgen::CertifiedKey { cert, key_pair } =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let cert_path = dir.join("cert.pem");
+    let key_path = dir.join("key.pem");
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key_pair.serialize_pem()).unwrap();
+    (
+        cert_path.to_str().unwrap().to_string(),
+        key_path.to_str().unwrap().to_string(),
+        cert.der().to_vec(),
+    )
+}
+
+fn tls_connect(
+    addr: std::net::SocketAddr,
+    cert_der: &[u8],
+) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from(cert_der.to_vec()))
+        .unwrap();
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let conn = rustls::ClientConnection::new(Arc::new(cfg), name).unwrap();
+    let sock = TcpStream::connect(addr).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    rustls::StreamOwned::new(conn, sock)
+}
+
+#[test]
+fn tls_listeners_serve_ssl_https_and_wss() {
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key, der) = tls_files(certs.path());
+    let node = TestNode::start_with(&[
+        "-l",
+        "ssl://127.0.0.1:0",
+        "-l",
+        "https://127.0.0.1:0",
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+    ]);
+
+    let mut s = tls_connect(node.server.addr(Scheme::Ssl), &der);
+    s.write_all(br#"{"id":1,"method":"sys.login","params":{"user":"root","pass":"root"}}"#)
+        .unwrap();
+    let mut buf = Vec::new();
+    while !buf.ends_with(b"\r\n") {
+        let mut chunk = [0u8; 4096];
+        let n = s.read(&mut chunk).unwrap();
+        assert!(n > 0);
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    assert_eq!(
+        serde_json::from_slice::<Value>(&buf).unwrap()["result"]["user"],
+        json!("root")
+    );
+
+    let https = node.server.addr(Scheme::Https);
+    let mut h = tls_connect(https, &der);
+    let body = br#"{"id":5,"method":"sys.ping"}"#;
+    write!(
+        h,
+        "POST / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    h.write_all(body).unwrap();
+    let mut resp = Vec::new();
+    let _ = h.read_to_end(&mut resp);
+    let text = String::from_utf8_lossy(&resp);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains(r#""result":{"ok":true}"#), "{text}");
+
+    let stream = tls_connect(https, &der);
+    let (mut ws, _) =
+        tungstenite::client(format!("wss://localhost:{}/", https.port()), stream).unwrap();
+    ws.send(Message::text(r#"{"id":6,"method":"sys.version"}"#))
+        .unwrap();
+    assert_eq!(ws_read(&mut ws)["result"]["version"], json!("1.9.0"));
+}
+
+#[test]
+fn tls_listener_without_certificate_fails_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = args_for(dir.path(), &["-l", "ssl://127.0.0.1:0"]);
+    let err = nexus::server::Background::start(args)
+        .err()
+        .expect("refuses to start");
+    assert!(err.to_string().contains("--tls-cert"), "{err}");
+}
