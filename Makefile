@@ -8,7 +8,7 @@ export ROCKSDB_LIB_DIR ?= /usr/lib/$(shell gcc -print-multiarch 2>/dev/null || e
 
 ARGS ?=
 
-.PHONY: deps build run test unit lint fmt clean-data
+.PHONY: deps build run test interop lint fmt clean-data
 
 deps:
 	@./scripts/deps.sh
@@ -20,13 +20,18 @@ build: deps
 run: build
 	$(CARGO_TARGET_DIR)/release/nexus serve $(ARGS)
 
-## The whole suite: formatting, clippy, unit and integration tests.
+## The whole suite: formatting, clippy, unit and integration tests, pynexus2 interop.
 test: deps lint
 	@if cargo nextest --version >/dev/null 2>&1; then \
 		cargo nextest run --no-fail-fast; \
 	else \
 		cargo test --no-fail-fast; \
 	fi
+	./scripts/interop.sh
+
+## A real node driven by the published Python client pynexus2.
+interop: deps
+	./scripts/interop.sh
 
 lint:
 	cargo fmt --check

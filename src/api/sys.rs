@@ -60,13 +60,14 @@ async fn login(node: &Arc<Node>, conn: &Rc<Conn>, p: &Params<'_>) -> RpcResult {
         Some((admin, other)) => (admin, Some(other)),
         None => (given, None),
     };
-    // Names are case-insensitive but never trimmed: " root" is not "root".
-    let who = normalize_path(who).ok_or_else(|| denied("unknown user"))?;
+    // Names are case-insensitive but never trimmed: " root" is not "root". Unknown users
+    // and wrong passwords answer alike, so names cannot be probed.
+    let who = normalize_path(who).ok_or_else(RpcError::permission_denied)?;
     let hash = node
         .read(|s| s.users.get(&who).map(|u| u.pass_hash.clone()))
-        .ok_or_else(|| denied("unknown user"))?;
+        .ok_or_else(RpcError::permission_denied)?;
     if !super::blocking(move || auth::verify_password(&pass, &hash)).await? {
-        return Err(denied("wrong password"));
+        return Err(RpcError::permission_denied());
     }
     let user = match target {
         None => who,

@@ -1,0 +1,48 @@
+"""Drives a running node with the published Python client pynexus2 (not written here), to
+catch wire-format mistakes. Usage: pynexus_check.py TCP_PORT HTTP_PORT. Exits non-zero on
+the first mismatch."""
+import sys
+
+import pynexus
+
+tcp_port, http_port = sys.argv[1], sys.argv[2]
+
+
+def check(cond, what):
+    if not cond:
+        print("FAIL:", what)
+        sys.exit(1)
+    print("ok:", what)
+
+
+for url in (f"tcp://root:root@127.0.0.1:{tcp_port}", f"ws://root:root@127.0.0.1:{http_port}/"):
+    scheme = url.split(":")[0]
+    c = pynexus.Client(url)
+    check(c.is_logged, f"{scheme}: root logs in through the URL ({c.login_error})")
+    check(len(c.connid) == 16, f"{scheme}: connid has 16 chars")
+    check(c.nexus_version == "1.9.0" and c.is_version_compatible, f"{scheme}: version {c.nexus_version} compatible")
+    user = f"py.{scheme}.user"
+    res, err = c.userCreate(user, "pypass1")
+    check(err is None and res == {"ok": True}, f"{scheme}: userCreate -> {res} {err}")
+    res, err = c.userCreate(user, "pypass1")
+    check(err is not None and err["code"] == -32005, f"{scheme}: duplicate userCreate -> {err}")
+    res, err = c.userSetTags(user, "py", {"@user.list": True})
+    check(err is None, f"{scheme}: userSetTags -> {err}")
+    res, err = c.userSetPass(user, "pypass2")
+    check(err is None, f"{scheme}: userSetPass -> {err}")
+    err = c.ping(5)
+    check(err is None, f"{scheme}: ping")
+    c.close()
+
+    u = pynexus.Client(url.replace("root:root", f"{user}:pypass2"))
+    check(u.is_logged, f"{scheme}: new user logs in ({u.login_error})")
+    res, err = u.execute("user.list", {"prefix": "py"})
+    check(err is None and sorted(x["user"] for x in res)[-1].startswith("py."), f"{scheme}: user.list -> {err}")
+    res, err = u.userDelete(user)
+    check(err is not None and err["code"] == -32010, f"{scheme}: delete without permission -> {err}")
+    u.close()
+
+    bad = pynexus.Client(url.replace("root:root", "root:wrong"))
+    check(not bad.is_logged and bad.login_error["code"] == -32010, f"{scheme}: wrong password -> {bad.login_error}")
+    bad.close()
+print("pynexus2 interop: all checks passed")
