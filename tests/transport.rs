@@ -415,3 +415,45 @@ fn tls_listener_without_certificate_fails_to_start() {
         .expect("refuses to start");
     assert!(err.to_string().contains("--tls-cert"), "{err}");
 }
+
+#[test]
+fn max_inflight_bounds_concurrent_requests_per_connection() {
+    // With one request allowed in flight, the ping waits for the slow login before it runs.
+    let node = TestNode::start_with(&["--max-inflight", "1"]);
+    let mut c = node.tcp();
+    let login = c.send("sys.login", json!({"user": "root", "pass": "root"}));
+    let ping = c.send("sys.ping", json!({}));
+    assert_eq!(c.read_value().unwrap()["id"], login);
+    assert_eq!(c.read_value().unwrap()["id"], ping);
+}
+
+#[test]
+fn oversize_websocket_and_http_messages_are_refused() {
+    let node = TestNode::start_with(&["--max-message-size", "1024"]);
+    let mut ws = ws_connect(node.http_addr());
+    let big =
+        json!({"id": 1, "method": "sys.ping", "params": {"pad": "x".repeat(4000)}}).to_string();
+    ws.send(Message::text(big.clone())).unwrap();
+    let mut closed = false;
+    for _ in 0..5 {
+        match ws.read() {
+            Ok(Message::Text(t)) => {
+                let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                assert_eq!(v["error"]["code"], json!(ERR_INVALID_REQUEST));
+            }
+            Ok(Message::Close(_)) | Err(_) => {
+                closed = true;
+                break;
+            }
+            Ok(_) => {}
+        }
+    }
+    assert!(closed, "the websocket is closed after an oversize message");
+    let (status, _, body) = http_request(node.http_addr(), "POST", &[], big.as_bytes());
+    assert_eq!(status, 413);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&body).unwrap()["error"]["code"],
+        json!(ERR_INVALID_REQUEST)
+    );
+    expect_ok(node.tcp().call("sys.ping", json!({})));
+}
