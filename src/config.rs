@@ -68,6 +68,10 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 10_000)]
     pub snapshot_every: u64,
 
+    /// How often the leader checks task and pull deadlines, in milliseconds.
+    #[arg(long, default_value_t = 100)]
+    pub expire_tick_ms: u64,
+
     /// Seconds to wait for sessions to close cleanly on SIGTERM/SIGINT.
     #[arg(long, default_value_t = 5)]
     pub shutdown_grace: u64,

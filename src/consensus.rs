@@ -56,6 +56,8 @@ pub struct RaftStats {
     /// Entries applied to the state machine.
     pub applied: AtomicU64,
     pub snapshots: AtomicU64,
+    /// Whether this node currently leads (it then proposes deadline expiries).
+    pub leader: std::sync::atomic::AtomicBool,
 }
 
 /// The handle the rest of the node uses to change durable state.
@@ -210,6 +212,9 @@ impl Driver {
                 self.fail_waiters("storage failure");
                 break;
             }
+            self.stats
+                .leader
+                .store(self.raw.raft.state == StateRole::Leader, Ordering::Relaxed);
             if let Some(done) = shutdown.take() {
                 let _ = done.send(());
                 break;

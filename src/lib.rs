@@ -12,6 +12,7 @@ pub mod consensus;
 pub mod listing;
 pub mod names;
 pub mod node;
+pub mod pipe;
 pub mod rpc;
 pub mod server;
 pub mod session;

@@ -66,6 +66,15 @@ impl ListQuery {
         }
     }
 
+    /// The permission path of a list/count: its prefix, the root for `""`.
+    pub fn permission_path(&self) -> &str {
+        if self.prefix.is_empty() {
+            crate::names::ROOT
+        } else {
+            &self.prefix
+        }
+    }
+
     /// Prefix, depth and filter all accept `name`.
     pub fn matches(&self, name: &str) -> bool {
         let Some(rest) = self.below(name) else {
@@ -102,7 +111,7 @@ impl ListQuery {
     }
 
     /// The label right below the prefix that groups `name` for `subprefixes`.
-    fn group_of(&self, name: &str) -> Option<String> {
+    pub fn group_of(&self, name: &str) -> Option<String> {
         let rest = self.below(name)?;
         let label = rest.split('.').next().filter(|l| !l.is_empty())?;
         Some(if self.prefix.is_empty() {

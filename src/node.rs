@@ -4,18 +4,24 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 
-use actix::{Message, Recipient};
+use actix::{Addr, Message, Recipient};
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
 
 use crate::config::ServeArgs;
 use crate::consensus::RaftHandle;
-use crate::state::State;
+use crate::pipe::{self, Pipe};
+use crate::rpc::RpcResult;
+use crate::state::{Event, State};
 
 /// Requests other parts of the node send to a session actor.
 #[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "()")]
 pub enum Control {
-    /// Close the connection (kick, shutdown).
+    /// Close the connection now (shutdown).
     Close,
+    /// Close the connection shortly, after answers in flight (sys.session.kick).
+    Kick,
     /// Reload the session's user data.
     Reload,
 }
@@ -27,7 +33,30 @@ pub struct Node {
     pub incarnation: String,
     pub raft: RaftHandle,
     pub state: Arc<RwLock<State>>,
+    /// The listener URLs, for `sys.node.list`.
+    pub listening: Mutex<Vec<String>>,
     sessions: Mutex<HashMap<String, Recipient<Control>>>,
+    /// This node's pipes by pipeid.
+    pipes: Mutex<HashMap<String, Addr<Pipe>>>,
+    /// Requests waiting for an applied event: pushes by task id, pulls by pull id.
+    waiters: Mutex<HashMap<String, oneshot::Sender<RpcResult>>>,
+}
+
+/// Removes a waiter when the waiting request goes away (answered, cancelled, or its
+/// connection closed).
+pub struct WaiterGuard<'a> {
+    node: &'a Node,
+    key: String,
+}
+
+impl Drop for WaiterGuard<'_> {
+    fn drop(&mut self) {
+        lock(&self.node.waiters).remove(&self.key);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Node {
@@ -44,7 +73,95 @@ impl Node {
             incarnation,
             raft,
             state,
+            listening: Mutex::new(Vec::new()),
             sessions: Mutex::new(HashMap::new()),
+            pipes: Mutex::new(HashMap::new()),
+            waiters: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Registers interest in the event that ends request `key`; the guard unregisters.
+    pub fn wait_for(&self, key: &str) -> (oneshot::Receiver<RpcResult>, WaiterGuard<'_>) {
+        let (tx, rx) = oneshot::channel();
+        lock(&self.waiters).insert(key.to_string(), tx);
+        (
+            rx,
+            WaiterGuard {
+                node: self,
+                key: key.to_string(),
+            },
+        )
+    }
+
+    fn wake(&self, key: &str, result: RpcResult) {
+        if let Some(tx) = lock(&self.waiters).remove(key) {
+            let _ = tx.send(result);
+        }
+    }
+
+    pub fn add_pipe(&self, pipeid: &str, addr: Addr<Pipe>) {
+        lock(&self.pipes).insert(pipeid.to_string(), addr);
+    }
+
+    pub fn pipe(&self, pipeid: &str) -> Option<Addr<Pipe>> {
+        lock(&self.pipes).get(pipeid).cloned()
+    }
+
+    /// Unregisters and stops a pipe; false when it was not here.
+    pub fn close_pipe(&self, pipeid: &str) -> bool {
+        match lock(&self.pipes).remove(pipeid) {
+            Some(addr) => {
+                addr.do_send(pipe::Close);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Delivers `msg` published on `topic` to the subscribed pipes of this node; answers how
+    /// many pipes are subscribed cluster-wide.
+    pub fn publish(&self, topic: &str, msg: &Value) -> usize {
+        let targets: Vec<String> = self.read(|s| {
+            s.topics
+                .matching(topic)
+                .into_iter()
+                .map(str::to_string)
+                .collect()
+        });
+        let envelope = json!({"topic": topic, "msg": msg});
+        let pipes = lock(&self.pipes);
+        for pipeid in &targets {
+            if let Some(addr) = pipes.get(pipeid) {
+                addr.do_send(pipe::Write(vec![envelope.clone()]));
+            }
+        }
+        targets.len()
+    }
+
+    /// Reacts to applied events that concern this node's connections.
+    pub fn handle_events(&self, events: Vec<Event>) {
+        for event in events {
+            match event {
+                Event::TaskAssigned {
+                    pull_id, answer, ..
+                } => self.wake(&pull_id, Ok(answer)),
+                Event::TaskEnded {
+                    taskid, outcome, ..
+                } => self.wake(&taskid, outcome),
+                Event::PullEnded { pull_id, error, .. } => self.wake(&pull_id, Err(error)),
+                Event::Kick { connid } => self.control(&connid, Control::Kick),
+                Event::Reload { connid } => self.control(&connid, Control::Reload),
+                Event::Hook { topic, msg } => {
+                    self.publish(&topic, &msg);
+                }
+                Event::User { .. } | Event::SessionOpened { .. } | Event::SessionClosed { .. } => {}
+            }
+        }
+    }
+
+    fn control(&self, connid: &str, c: Control) {
+        if let Some(r) = self.sessions_lock().get(connid) {
+            r.do_send(c);
         }
     }
 
@@ -81,6 +198,11 @@ impl Node {
         self.sessions.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
+
+/// A connid: incarnation (8 hex) + 8 hex.
+pub const CONNID_LEN: usize = 16;
+/// Random hex after the connid in task, pull and pipe ids.
+pub const ID_SUFFIX_LEN: usize = 20;
 
 /// `n` random lowercase hex chars.
 pub fn random_hex(n: usize) -> String {

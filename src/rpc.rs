@@ -230,6 +230,18 @@ impl<'a> Params<'a> {
         self.map.and_then(|m| m.get(name)).filter(|v| !v.is_null())
     }
 
+    /// All the parameters as an object (empty when none were sent).
+    pub fn object_or_empty(&self) -> Map<String, Value> {
+        self.map.cloned().unwrap_or_default()
+    }
+
+    /// A parameter that may legitimately be `null` (message payloads).
+    pub fn payload(&self, name: &str) -> Result<&'a Value, RpcError> {
+        self.map
+            .and_then(|m| m.get(name))
+            .ok_or_else(|| RpcError::invalid_params(name))
+    }
+
     pub fn value(&self, name: &str) -> Result<&'a Value, RpcError> {
         self.get(name).ok_or_else(|| RpcError::invalid_params(name))
     }

@@ -47,12 +47,6 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
     let storage = RaftStorage::open(db, &[raft_id])?;
     let state = Arc::new(RwLock::new(State::default()));
     let (events_tx, mut events_rx) = tokio::sync::mpsc::unbounded_channel();
-    actix_rt::spawn(async move {
-        // Local reactions to applied events (hooks, kicks) plug in here.
-        while let Some(events) = events_rx.recv().await {
-            debug!(?events, "applied");
-        }
-    });
     let raft_cfg = RaftConfig {
         tick: args.raft_tick(),
         snapshot_every: args.snapshot_every.max(1),
@@ -74,6 +68,13 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         state,
     ));
     info!(raft_id, %incarnation, data_dir = %args.data_dir.display(), "node starting");
+    let events_node = node.clone();
+    let events_task = actix_rt::spawn(async move {
+        // Local reactions to applied events: answering pushes and pulls, kicks, hooks.
+        while let Some(events) = events_rx.recv().await {
+            events_node.handle_events(events);
+        }
+    });
 
     announce_start(&node).await?;
     bootstrap_root(&node).await?;
@@ -82,7 +83,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         node: node.clone(),
         listening: Vec::new(),
         http_servers: Vec::new(),
-        tcp_tasks: Vec::new(),
+        tcp_tasks: vec![events_task, actix_rt::spawn(expire_deadlines(node.clone()))],
     };
     let tls_config = if listeners.iter().any(|l| l.scheme.uses_tls()) {
         let (cert, key) = match (&args.tls_cert, &args.tls_key) {
@@ -159,7 +160,33 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         running.http_servers.push(server.handle());
         actix_rt::spawn(server);
     }
+    *node.listening.lock().unwrap_or_else(|e| e.into_inner()) =
+        running.listening.iter().map(Listener::url).collect();
     Ok(running)
+}
+
+/// While this node leads, proposes `Expire` whenever a task or pull deadline has passed, so
+/// every node ends the same tasks at the same point of the log.
+async fn expire_deadlines(node: Arc<Node>) {
+    let tick = Duration::from_millis(node.args.expire_tick_ms.max(1));
+    loop {
+        tokio::time::sleep(tick).await;
+        if !node
+            .raft
+            .stats
+            .leader
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            continue;
+        }
+        let now_ms = crate::api::now_ms();
+        let due = node.read(|s| s.tasks.next_deadline().is_some_and(|d| d <= now_ms));
+        if due {
+            if let Err(e) = node.raft.propose(Command::Expire { now_ms }).await {
+                debug!("expiry proposal failed: {e}");
+            }
+        }
+    }
 }
 
 /// Tells the cluster this incarnation is up (dropping sessions of earlier ones). Retries

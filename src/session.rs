@@ -56,6 +56,11 @@ pub struct Conn {
     pub watchdog: Cell<u64>,
     last_activity: Cell<Instant>,
     out: mpsc::UnboundedSender<String>,
+    /// Pending pushes and pulls by JSON-RPC request id (serialised): their task or pull id,
+    /// so that `task.cancel` can find them.
+    pub pending: RefCell<std::collections::HashMap<String, String>>,
+    /// Pipes this connection owns; closed with it.
+    pub pipes: RefCell<std::collections::BTreeSet<String>>,
 }
 
 impl Conn {
@@ -139,6 +144,8 @@ impl Session {
             watchdog: Cell::new(node.args.watchdog.clamp(WATCHDOG_MIN, WATCHDOG_MAX)),
             last_activity: Cell::new(Instant::now()),
             out: out_tx,
+            pending: RefCell::new(Default::default()),
+            pipes: RefCell::new(Default::default()),
         });
         let addr = Session {
             node,
@@ -200,6 +207,9 @@ impl Actor for Session {
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
         self.node.unregister_session(&self.conn.connid);
+        for pipeid in self.conn.pipes.take() {
+            self.node.close_pipe(&pipeid);
+        }
         self.node.raft.propose_detached(Command::SessionClose {
             connid: self.conn.connid.clone(),
         });
@@ -307,12 +317,16 @@ impl Handler<Control> for Session {
     fn handle(&mut self, msg: Control, ctx: &mut Self::Context) {
         match msg {
             Control::Close => ctx.stop(),
+            Control::Kick => {
+                // Let the kick's own answer (maybe on this very connection) go out first.
+                ctx.run_later(Duration::from_millis(50), |_, ctx| ctx.stop());
+            }
             Control::Reload => {
                 let node = self.node.clone();
                 let conn = self.conn.clone();
                 ctx.spawn(
                     async move {
-                        let _ = crate::api::sys::reload_user(&node, &conn);
+                        crate::api::sys::reload_user(&node, &conn);
                     }
                     .into_actor(self),
                 );

@@ -1,7 +1,13 @@
 //! Method dispatch: one module per namespace. Each handler validates its parameters,
 //! checks permission, then reads the applied state or proposes a command.
 
+pub mod login;
+pub mod pipe;
+pub mod sessions;
+pub mod sync;
 pub mod sys;
+pub mod task;
+pub mod topic;
 pub mod user;
 
 use std::rc::Rc;
@@ -33,8 +39,44 @@ async fn call(node: &Arc<Node>, conn: &Rc<Conn>, req: &Request) -> RpcResult {
     match method.split_once('.') {
         Some(("sys", name)) => sys::call(node, conn, name, &p).await,
         Some(("user", name)) => user::call(node, conn, name, &p).await,
+        Some(("pipe", name)) => pipe::call(node, conn, name, &p).await,
+        Some(("topic", name)) => topic::call(node, conn, name, &p).await,
+        Some(("sync", name)) => sync::call(node, conn, name, &p).await,
+        Some(("task", name)) => task::call(node, conn, name, &p, req.id.as_ref()).await,
         _ => Err(RpcError::new(ERR_METHOD_NOT_FOUND)),
     }
+}
+
+/// Milliseconds since the Unix epoch on this node's clock.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// RFC 3339 UTC with milliseconds for a Unix time in ms.
+pub fn rfc3339_ms(ms: u64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms.min(i64::MAX as u64) as i64)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// A new id owned by the connection: connid + 20 random hex chars.
+pub fn owned_id(conn: &Conn) -> String {
+    format!(
+        "{}{}",
+        conn.connid,
+        crate::node::random_hex(crate::node::ID_SUFFIX_LEN)
+    )
+}
+
+/// A seconds parameter: absent, zero or negative → `default`.
+pub fn seconds(p: &Params, name: &str, default: f64) -> Result<f64, RpcError> {
+    Ok(match p.opt_f64(name)? {
+        Some(s) if s > 0.0 => s,
+        _ => default,
+    })
 }
 
 /// Runs CPU-heavy work (password hashing) off the session's thread.

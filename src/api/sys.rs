@@ -1,4 +1,5 @@
-//! `sys.*`: ping, version, watchdog, login, reload.
+//! `sys.*`: ping, version, watchdog, reload, node list; login and session administration
+//! live in their own modules.
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -6,14 +7,9 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use crate::auth;
-use crate::names::normalize_path;
 use crate::node::Node;
-use crate::rpc::{
-    self, Params, RpcError, RpcResult, ERR_INVALID_REQUEST, ERR_METHOD_NOT_FOUND,
-    ERR_PERMISSION_DENIED,
-};
-use crate::session::{AuthState, Conn, WATCHDOG_MAX, WATCHDOG_MIN};
-use crate::state::Command;
+use crate::rpc::{self, Params, RpcError, RpcResult, ERR_INVALID_REQUEST, ERR_METHOD_NOT_FOUND};
+use crate::session::{Conn, WATCHDOG_MAX, WATCHDOG_MIN};
 
 /// The API level implemented.
 pub const API_VERSION: &str = "1.9.0";
@@ -23,13 +19,17 @@ pub async fn call(node: &Arc<Node>, conn: &Rc<Conn>, name: &str, p: &Params<'_>)
         "ping" => Ok(rpc::ok()),
         "version" => Ok(json!({"version": API_VERSION})),
         "watchdog" => watchdog(conn, p),
-        "login" => login(node, conn, p).await,
+        "login" => super::login::login(node, conn, p).await,
         "reload" => {
             if !conn.auth.borrow().logged_in() {
                 return Err(RpcError::detail(ERR_INVALID_REQUEST, "not logged in"));
             }
-            reload_user(node, conn)?;
+            reload_user(node, conn);
             Ok(rpc::ok())
+        }
+        "node.list" => node_list(node, conn, p),
+        "session.list" | "session.count" | "session.kick" | "session.reload" => {
+            super::sessions::call(node, conn, name, p).await
         }
         _ => Err(RpcError::new(ERR_METHOD_NOT_FOUND)),
     }
@@ -43,87 +43,50 @@ fn watchdog(conn: &Conn, p: &Params) -> RpcResult {
     Ok(json!({"watchdog": conn.watchdog.get()}))
 }
 
-fn denied(detail: &str) -> RpcError {
-    RpcError::detail(ERR_PERMISSION_DENIED, detail)
-}
-
-async fn login(node: &Arc<Node>, conn: &Rc<Conn>, p: &Params<'_>) -> RpcResult {
-    let method = p.opt_str("method")?.unwrap_or("basic");
-    if method != "basic" {
-        // Login plugins authenticate through a worker pulling `sys.login.<method>.login`;
-        // the task queue they need is not in this build, so no worker can answer.
-        return Err(denied("no worker for this login method"));
-    }
-    let given = p.str("user")?;
-    let pass = p.str("pass")?.to_string();
-    let (who, target) = match given.split_once('>') {
-        Some((admin, other)) => (admin, Some(other)),
-        None => (given, None),
-    };
-    // Names are case-insensitive but never trimmed: " root" is not "root". Unknown users
-    // and wrong passwords answer alike, so names cannot be probed.
-    let who = normalize_path(who).ok_or_else(RpcError::permission_denied)?;
-    let hash = node
-        .read(|s| s.users.get(&who).map(|u| u.pass_hash.clone()))
-        .ok_or_else(RpcError::permission_denied)?;
-    if !super::blocking(move || auth::verify_password(&pass, &hash)).await? {
-        return Err(RpcError::permission_denied());
-    }
-    let user = match target {
-        None => who,
-        Some(other) => {
-            let other = normalize_path(other).ok_or_else(|| denied("unknown user"))?;
-            let admin_tags = node.read(|s| s.users.effective_tags(&who));
-            if !auth::may(&admin_tags, &other, "admin") {
-                return Err(denied("not an admin of that user"));
-            }
-            other
-        }
-    };
-    let lists = node.read(|s| {
-        s.users
-            .get(&user)
-            .map(|u| (u.whitelist.clone(), u.blacklist.clone()))
-    });
-    let (white, black) = lists.ok_or_else(|| denied("unknown user"))?;
-    if !auth::address_allowed(&white, &black, &conn.remote) {
-        return Err(denied("address not allowed"));
-    }
-    // Existence, disabled and maxsessions are checked again inside apply, atomically with
-    // every other session change in the cluster.
-    node.raft
-        .propose(Command::SessionLogin {
-            connid: conn.connid.clone(),
-            user: user.clone(),
-        })
-        .await?;
-    let tags = node.read(|s| s.users.effective_tags(&user));
-    *conn.auth.borrow_mut() = AuthState {
-        user: user.clone(),
-        tags: tags.clone(),
-        mask: None,
-        metadata: Value::Null,
-    };
-    Ok(json!({
-        "ok": true,
-        "connid": conn.connid,
-        "user": user,
-        "tags": tags,
-        "metadata": Value::Null,
-    }))
-}
-
 /// Re-reads the session user's tags (templates and mask applied). A user deleted since
 /// login keeps no tags.
-pub fn reload_user(node: &Node, conn: &Conn) -> Result<(), RpcError> {
+pub fn reload_user(node: &Node, conn: &Conn) {
     let mut auth = conn.auth.borrow_mut();
     if !auth.logged_in() {
-        return Ok(());
+        return;
     }
     let tags = node.read(|s| s.users.effective_tags(&auth.user));
     auth.tags = match &auth.mask {
         Some(mask) => auth::apply_mask(&tags, mask),
         None => tags,
     };
-    Ok(())
+}
+
+/// This node (the cluster issue adds the others, from gossip).
+fn node_list(node: &Node, conn: &Conn, p: &Params) -> RpcResult {
+    conn.require("sys.node", "sys.node.list")?;
+    let limit = match p.opt_i64("limit")?.unwrap_or(100) {
+        n if n <= 0 => usize::MAX,
+        n => n as usize,
+    };
+    let skip = p.opt_i64("skip")?.unwrap_or(0).max(0) as usize;
+    let (load1, load5, load15) = load_average();
+    let me = json!({
+        "id": node.incarnation,
+        "version": env!("CARGO_PKG_VERSION"),
+        "clients": node.local_session_count(),
+        "load": {"load1": load1, "load5": load5, "load15": load15},
+        "listening": *node.listening.lock().unwrap_or_else(|e| e.into_inner()),
+    });
+    Ok(Value::Array(
+        std::iter::once(me).skip(skip).take(limit).collect(),
+    ))
+}
+
+/// The 1, 5 and 15 minute load averages (zeros where /proc is unavailable).
+fn load_average() -> (f64, f64, f64) {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let mut it = text
+        .split_whitespace()
+        .map(|v| v.parse::<f64>().unwrap_or(0.0));
+    (
+        it.next().unwrap_or(0.0),
+        it.next().unwrap_or(0.0),
+        it.next().unwrap_or(0.0),
+    )
 }

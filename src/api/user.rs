@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 
 use crate::auth;
 use crate::listing::ListQuery;
-use crate::names::{normalize_path, normalize_prefix, ROOT};
+use crate::names::{normalize_path, normalize_prefix};
 use crate::node::{now_rfc3339, Node};
 use crate::rpc::{Params, RpcError, RpcResult, ERR_INVALID_PARAMS, ERR_METHOD_NOT_FOUND};
 use crate::session::Conn;
@@ -31,6 +31,7 @@ pub async fn call(node: &Arc<Node>, conn: &Rc<Conn>, name: &str, p: &Params<'_>)
                     user,
                     hash,
                     at: now_rfc3339(),
+                    actor: conn.user(),
                 },
             )
             .await
@@ -38,25 +39,40 @@ pub async fn call(node: &Arc<Node>, conn: &Rc<Conn>, name: &str, p: &Params<'_>)
         "delete" => {
             let user = existing_name(p, "user")?;
             require(&user)?;
-            propose(node, Command::UserDelete { user }).await
+            propose(
+                node,
+                Command::UserDelete {
+                    user,
+                    actor: conn.user(),
+                },
+            )
+            .await
         }
         "rename" => {
             let user = existing_name(p, "user")?;
             let new = user_name(p, "new")?;
             require(&user)?;
             require(&new)?;
-            propose(node, Command::UserRename { user, new }).await
+            propose(
+                node,
+                Command::UserRename {
+                    user,
+                    new,
+                    actor: conn.user(),
+                },
+            )
+            .await
         }
         "list" => {
             let q = ListQuery::from_params(p)?;
-            require(list_path(&q))?;
+            require(q.permission_path())?;
             Ok(node.read(|s| {
                 Value::Array(q.select(s.users.iter().map(|(n, u)| (n.as_str(), u.to_public(n)))))
             }))
         }
         "count" => {
             let q = ListQuery::from_params(p)?;
-            require(list_path(&q))?;
+            require(q.permission_path())?;
             Ok(node.read(|s| q.count(s.users.names())))
         }
         "setTags" => {
@@ -64,14 +80,14 @@ pub async fn call(node: &Arc<Node>, conn: &Rc<Conn>, name: &str, p: &Params<'_>)
             let prefix = tag_prefix(p)?;
             let tags = p.object("tags")?.clone();
             require(&prefix)?;
-            update(node, user, UserChange::SetTags { prefix, tags }).await
+            update(node, conn, user, UserChange::SetTags { prefix, tags }).await
         }
         "delTags" => {
             let user = existing_name(p, "user")?;
             let prefix = tag_prefix(p)?;
             let tags = p.strings("tags")?;
             require(&prefix)?;
-            update(node, user, UserChange::DelTags { prefix, tags }).await
+            update(node, conn, user, UserChange::DelTags { prefix, tags }).await
         }
         "getTags" => {
             let user = existing_name(p, "user")?;
@@ -107,7 +123,7 @@ pub async fn call(node: &Arc<Node>, conn: &Rc<Conn>, name: &str, p: &Params<'_>)
                 require(&user)?;
             }
             let hash = super::blocking(move || auth::hash_password(&pass)).await?;
-            update(node, user, UserChange::SetPass { hash }).await
+            update(node, conn, user, UserChange::SetPass { hash }).await
         }
         "addTemplate" | "delTemplate" => {
             let user = existing_name(p, "user")?;
@@ -119,7 +135,7 @@ pub async fn call(node: &Arc<Node>, conn: &Rc<Conn>, name: &str, p: &Params<'_>)
             } else {
                 UserChange::DelTemplate { template }
             };
-            update(node, user, change).await
+            update(node, conn, user, change).await
         }
         "addWhitelist" | "delWhitelist" | "addBlacklist" | "delBlacklist" => {
             let user = existing_name(p, "user")?;
@@ -134,19 +150,19 @@ pub async fn call(node: &Arc<Node>, conn: &Rc<Conn>, name: &str, p: &Params<'_>)
                 "addBlacklist" => UserChange::AddBlacklist { ip },
                 _ => UserChange::DelBlacklist { ip },
             };
-            update(node, user, change).await
+            update(node, conn, user, change).await
         }
         "setMaxSessions" => {
             let user = existing_name(p, "user")?;
             let maxsessions = p.i64("maxsessions")?;
             require(&user)?;
-            update(node, user, UserChange::SetMaxSessions { maxsessions }).await
+            update(node, conn, user, UserChange::SetMaxSessions { maxsessions }).await
         }
         "setDisabled" => {
             let user = existing_name(p, "user")?;
             let disabled = p.bool("disabled")?;
             require(&user)?;
-            update(node, user, UserChange::SetDisabled { disabled }).await
+            update(node, conn, user, UserChange::SetDisabled { disabled }).await
         }
         _ => Err(RpcError::new(ERR_METHOD_NOT_FOUND)),
     }
@@ -156,17 +172,17 @@ async fn propose(node: &Node, cmd: Command) -> RpcResult {
     node.raft.propose(cmd).await
 }
 
-async fn update(node: &Node, user: String, change: UserChange) -> RpcResult {
-    propose(node, Command::UserUpdate { user, change }).await
-}
-
-/// The permission path of a list/count: its prefix, the root for `""`.
-fn list_path(q: &ListQuery) -> &str {
-    if q.prefix.is_empty() {
-        ROOT
-    } else {
-        &q.prefix
-    }
+async fn update(node: &Node, conn: &Conn, user: String, change: UserChange) -> RpcResult {
+    let actor = conn.user();
+    propose(
+        node,
+        Command::UserUpdate {
+            user,
+            change,
+            actor,
+        },
+    )
+    .await
 }
 
 /// A new user name: a valid label path of 3..500 chars.

@@ -2,7 +2,10 @@
 //! same order and reaches the same state. `apply` is deterministic: no clock, no
 //! randomness, no I/O — ids, hashes and timestamps travel inside the command.
 
+mod locks;
 mod sessions;
+mod tasks;
+mod topics;
 mod users;
 
 use serde::{Deserialize, Serialize};
@@ -10,8 +13,13 @@ use serde_json::Value;
 
 use crate::rpc::RpcError;
 
+pub use locks::Locks;
 pub use sessions::{SessionRecord, Sessions};
+pub use tasks::{Ending, Pull, Task, Tasks};
+pub use topics::Topics;
 pub use users::{User, UserChange, Users};
+
+use crate::rpc::{ERR_INVALID_PIPE, ERR_LOCK_NOT_OWNED};
 
 /// A change to durable state, proposed through Raft.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -39,30 +47,123 @@ pub enum Command {
     SessionClose {
         connid: String,
     },
+    /// Close these sessions on whatever node holds them.
+    SessionKick {
+        connids: Vec<String>,
+    },
+    /// Make these sessions reload their user data.
+    SessionReload {
+        connids: Vec<String>,
+    },
     UserCreate {
         user: String,
         hash: String,
         at: String,
+        #[serde(default)]
+        actor: String,
     },
     UserDelete {
         user: String,
+        #[serde(default)]
+        actor: String,
     },
     UserRename {
         user: String,
         new: String,
+        #[serde(default)]
+        actor: String,
     },
     UserUpdate {
         user: String,
         change: UserChange,
+        #[serde(default)]
+        actor: String,
+    },
+    TaskPush {
+        task: Task,
+    },
+    TaskPull {
+        pull: Pull,
+    },
+    TaskFinish {
+        taskid: String,
+        ending: Ending,
+    },
+    TaskReject {
+        taskid: String,
+    },
+    /// Cancel `connid`'s own pending push (by task id) or pull (by pull id).
+    TaskCancel {
+        id: String,
+        connid: String,
+    },
+    /// Proposed by the leader when deadlines have passed, stamped with its clock.
+    Expire {
+        now_ms: u64,
+    },
+    Lock {
+        lock: String,
+        connid: String,
+    },
+    Unlock {
+        lock: String,
+        connid: String,
+    },
+    Subscribe {
+        pipeid: String,
+        topic: String,
+    },
+    Unsubscribe {
+        pipeid: String,
+        topic: String,
+    },
+    PipeClosed {
+        pipeid: String,
     },
 }
 
 /// What applying a command changed, for the local reactions of each node.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    User { action: &'static str, user: String },
-    SessionOpened { connid: String },
-    SessionClosed { connid: String },
+    User {
+        action: &'static str,
+        user: String,
+    },
+    SessionOpened {
+        connid: String,
+    },
+    SessionClosed {
+        connid: String,
+    },
+    Kick {
+        connid: String,
+    },
+    Reload {
+        connid: String,
+    },
+    /// A waiting pull got a task: the puller's node answers the pull with `answer`.
+    TaskAssigned {
+        pull_id: String,
+        puller: String,
+        answer: Value,
+    },
+    /// A non-detached task ended: the pusher's node answers the push.
+    TaskEnded {
+        taskid: String,
+        pusher: String,
+        outcome: Outcome,
+    },
+    /// A waiting pull ended without a task (cancel, timeout).
+    PullEnded {
+        pull_id: String,
+        connid: String,
+        error: RpcError,
+    },
+    /// Publish `msg` on `topic` to the local subscribed pipes (hooks).
+    Hook {
+        topic: String,
+        msg: Value,
+    },
 }
 
 pub type Outcome = Result<Value, RpcError>;
@@ -71,6 +172,12 @@ pub type Outcome = Result<Value, RpcError>;
 pub struct State {
     pub users: Users,
     pub sessions: Sessions,
+    #[serde(default)]
+    pub tasks: Tasks,
+    #[serde(default)]
+    pub locks: Locks,
+    #[serde(default)]
+    pub topics: Topics,
     /// Set once `root` has been created, so that deleting it later does not recreate it.
     pub bootstrapped: bool,
 }
@@ -84,8 +191,8 @@ impl State {
                 node_id,
                 incarnation,
             } => {
-                for connid in self.sessions.remove_stale(node_id, &incarnation) {
-                    events.push(Event::SessionClosed { connid });
+                for connid in self.sessions.stale(node_id, &incarnation) {
+                    self.close_session(&connid, &mut events);
                 }
                 Ok(crate::rpc::ok())
             }
@@ -113,23 +220,196 @@ impl State {
                     .login_check(&user, |u| self.sessions.count_of(u, &connid));
                 if result.is_ok() {
                     self.sessions.set_user(&connid, &user);
+                    self.user_hook("login", &user, &user, None, &mut events);
                 }
                 result
             }
             Command::SessionClose { connid } => {
-                if self.sessions.close(&connid) {
-                    events.push(Event::SessionClosed { connid });
-                }
+                self.close_session(&connid, &mut events);
                 Ok(crate::rpc::ok())
             }
-            Command::UserCreate { user, hash, at } => {
-                self.users.create(&user, hash, at, &mut events)
+            Command::SessionKick { connids } => {
+                let mut n = 0;
+                for connid in connids
+                    .into_iter()
+                    .filter(|c| self.sessions.get(c).is_some())
+                {
+                    events.push(Event::Kick { connid });
+                    n += 1;
+                }
+                Ok(serde_json::json!({ "kicked": n }))
             }
-            Command::UserDelete { user } => self.users.delete(&user, &mut events),
-            Command::UserRename { user, new } => self.users.rename(&user, &new, &mut events),
-            Command::UserUpdate { user, change } => self.users.update(&user, change, &mut events),
+            Command::SessionReload { connids } => {
+                let mut n = 0;
+                for connid in connids
+                    .into_iter()
+                    .filter(|c| self.sessions.get(c).is_some())
+                {
+                    events.push(Event::Reload { connid });
+                    n += 1;
+                }
+                Ok(serde_json::json!({ "reloaded": n }))
+            }
+            Command::UserCreate {
+                user,
+                hash,
+                at,
+                actor,
+            } => {
+                let r = self.users.create(&user, hash, at, &mut events);
+                self.user_hook_if(&r, "create", &user, &actor, None, &mut events);
+                r
+            }
+            Command::UserDelete { user, actor } => {
+                let r = self.users.delete(&user, &mut events);
+                self.user_hook_if(&r, "delete", &user, &actor, None, &mut events);
+                r
+            }
+            Command::UserRename { user, new, actor } => {
+                let r = self.users.rename(&user, &new, &mut events);
+                let detail = Some(serde_json::json!({ "new": new }));
+                self.user_hook_if(&r, "rename", &user, &actor, detail, &mut events);
+                r
+            }
+            Command::UserUpdate {
+                user,
+                change,
+                actor,
+            } => {
+                let action = change.action();
+                let detail = change.hook_detail();
+                let r = self.users.update(&user, change, &mut events);
+                self.user_hook_if(&r, action, &user, &actor, detail, &mut events);
+                r
+            }
+            Command::TaskPush { task } => {
+                if self.sessions.get(&task.pusher).is_none() {
+                    return (Err(unknown_session()), events);
+                }
+                let mut emit = tasks::Emit::new(&mut events, self.topics.any_under("hook"));
+                self.tasks.push(task, &mut emit)
+            }
+            Command::TaskPull { pull } => {
+                if self.sessions.get(&pull.connid).is_none() {
+                    return (Err(unknown_session()), events);
+                }
+                let mut emit = tasks::Emit::new(&mut events, self.topics.any_under("hook"));
+                self.tasks.pull(pull, &mut emit)
+            }
+            Command::TaskFinish { taskid, ending } => {
+                let mut emit = tasks::Emit::new(&mut events, self.topics.any_under("hook"));
+                self.tasks.finish(&taskid, ending, &mut emit)
+            }
+            Command::TaskReject { taskid } => {
+                let mut emit = tasks::Emit::new(&mut events, self.topics.any_under("hook"));
+                self.tasks.reject(&taskid, &mut emit)
+            }
+            Command::TaskCancel { id, connid } => {
+                let mut emit = tasks::Emit::new(&mut events, self.topics.any_under("hook"));
+                self.tasks.cancel(&id, &connid, &mut emit)
+            }
+            Command::Expire { now_ms } => {
+                let mut emit = tasks::Emit::new(&mut events, self.topics.any_under("hook"));
+                self.tasks.expire(now_ms, &mut emit);
+                Ok(crate::rpc::ok())
+            }
+            Command::Lock { lock, connid } => {
+                if self.sessions.get(&connid).is_none() {
+                    return (Err(unknown_session()), events);
+                }
+                if self.locks.lock(&lock, &connid) {
+                    Ok(crate::rpc::ok())
+                } else {
+                    Err(RpcError::new(ERR_LOCK_NOT_OWNED))
+                }
+            }
+            Command::Unlock { lock, connid } => {
+                if self.locks.unlock(&lock, &connid) {
+                    Ok(crate::rpc::ok())
+                } else {
+                    Err(RpcError::new(ERR_LOCK_NOT_OWNED))
+                }
+            }
+            Command::Subscribe { pipeid, topic } => {
+                if !self.pipe_owner_alive(&pipeid) {
+                    return (Err(RpcError::new(ERR_INVALID_PIPE)), events);
+                }
+                self.topics.subscribe(&pipeid, &topic);
+                Ok(crate::rpc::ok())
+            }
+            Command::Unsubscribe { pipeid, topic } => {
+                self.topics.unsubscribe(&pipeid, &topic);
+                Ok(crate::rpc::ok())
+            }
+            Command::PipeClosed { pipeid } => {
+                self.topics.unsubscribe_prefix(&pipeid);
+                Ok(crate::rpc::ok())
+            }
         };
         (outcome, events)
+    }
+
+    /// A pipe can be subscribed while the connection owning it is open.
+    fn pipe_owner_alive(&self, pipeid: &str) -> bool {
+        pipeid.len() > crate::node::CONNID_LEN
+            && pipeid.is_char_boundary(crate::node::CONNID_LEN)
+            && self
+                .sessions
+                .get(&pipeid[..crate::node::CONNID_LEN])
+                .is_some()
+    }
+
+    /// Everything a connection owned goes with it: its session record, pulls, non-detached
+    /// pushes, locks and pipe subscriptions; tasks it was working on are requeued.
+    fn close_session(&mut self, connid: &str, events: &mut Vec<Event>) {
+        if !self.sessions.close(connid) {
+            return;
+        }
+        events.push(Event::SessionClosed {
+            connid: connid.to_string(),
+        });
+        let mut emit = tasks::Emit::new(events, self.topics.any_under("hook"));
+        self.tasks.connection_closed(connid, &mut emit);
+        self.locks.release_all(connid);
+        self.topics.unsubscribe_prefix(connid);
+    }
+
+    fn user_hook_if(
+        &self,
+        result: &Outcome,
+        action: &str,
+        user: &str,
+        actor: &str,
+        detail: Option<Value>,
+        events: &mut Vec<Event>,
+    ) {
+        if result.is_ok() {
+            self.user_hook(action, user, actor, detail, events);
+        }
+    }
+
+    /// `hook.user.<user>.<actor>`; never carries a password or hash.
+    fn user_hook(
+        &self,
+        action: &str,
+        user: &str,
+        actor: &str,
+        detail: Option<Value>,
+        events: &mut Vec<Event>,
+    ) {
+        if !self.topics.any_under("hook") {
+            return;
+        }
+        let mut msg = serde_json::json!({"action": action, "user": user, "actor": actor});
+        if let Some(Value::Object(extra)) = detail {
+            for (k, v) in extra {
+                msg[k] = v;
+            }
+        }
+        events.push(Event::Hook {
+            topic: format!("hook.user.{user}.{actor}"),
+            msg,
+        });
     }
 
     pub fn to_snapshot(&self) -> Vec<u8> {
@@ -139,8 +419,15 @@ impl State {
     pub fn from_snapshot(data: &[u8]) -> Result<State, serde_json::Error> {
         let mut state: State = serde_json::from_slice(data)?;
         state.sessions.rebuild_index();
+        state.tasks.rebuild_index();
+        state.locks.rebuild_index();
+        state.topics.rebuild_index();
         Ok(state)
     }
+}
+
+fn unknown_session() -> RpcError {
+    RpcError::internal("unknown session")
 }
 
 #[cfg(test)]

@@ -93,18 +93,13 @@ impl Sessions {
         self.by_connid.is_empty()
     }
 
-    /// Drops the sessions of `node_id`'s earlier incarnations; returns their connids.
-    pub fn remove_stale(&mut self, node_id: u64, incarnation: &str) -> Vec<String> {
-        let stale: Vec<String> = self
-            .by_connid
+    /// The sessions of `node_id`'s earlier incarnations.
+    pub fn stale(&self, node_id: u64, incarnation: &str) -> Vec<String> {
+        self.by_connid
             .values()
             .filter(|r| r.node_id == node_id && r.incarnation != incarnation)
             .map(|r| r.connid.clone())
-            .collect();
-        for connid in &stale {
-            self.close(connid);
-        }
-        stale
+            .collect()
     }
 
     pub fn rebuild_index(&mut self) {

@@ -25,6 +25,7 @@ fn must(state: &mut State, cmd: Command) {
 fn create(state: &mut State, user: &str) -> Outcome {
     state
         .apply(Command::UserCreate {
+            actor: String::new(),
             user: user.into(),
             hash: "h".into(),
             at: "t".into(),
@@ -40,6 +41,7 @@ fn create_delete_rename() {
     assert!(create(&mut s, "bob").is_ok());
     let rename = |s: &mut State, a: &str, b: &str| {
         s.apply(Command::UserRename {
+            actor: String::new(),
             user: a.into(),
             new: b.into(),
         })
@@ -56,6 +58,7 @@ fn create_delete_rename() {
     assert!(rename(&mut s, "alice", "carol").is_ok());
     assert!(s.users.get("alice").is_none() && s.users.get("carol").is_some());
     let (out, events) = s.apply(Command::UserDelete {
+        actor: String::new(),
         user: "carol".into(),
     });
     assert!(out.is_ok());
@@ -68,6 +71,7 @@ fn create_delete_rename() {
     );
     assert_eq!(
         s.apply(Command::UserDelete {
+            actor: String::new(),
             user: "carol".into()
         })
         .0
@@ -83,6 +87,7 @@ fn tags_merge_and_delete_empty_prefix() {
     create(&mut s, "u1").unwrap();
     let set = |s: &mut State, tags: serde_json::Value| {
         s.apply(Command::UserUpdate {
+            actor: String::new(),
             user: "u1".into(),
             change: UserChange::SetTags {
                 prefix: "a".into(),
@@ -99,6 +104,7 @@ fn tags_merge_and_delete_empty_prefix() {
         json!({"a": {"x": 1, "y": 2}})
     );
     s.apply(Command::UserUpdate {
+        actor: String::new(),
         user: "u1".into(),
         change: UserChange::DelTags {
             prefix: "a".into(),
@@ -117,6 +123,7 @@ fn login_enforces_disabled_and_maxsessions_cluster_wide() {
     must(
         &mut s,
         Command::UserUpdate {
+            actor: String::new(),
             user: "u".into(),
             change: UserChange::SetMaxSessions { maxsessions: 2 },
         },
@@ -150,6 +157,7 @@ fn login_enforces_disabled_and_maxsessions_cluster_wide() {
     must(
         &mut s,
         Command::UserUpdate {
+            actor: String::new(),
             user: "u".into(),
             change: UserChange::SetDisabled { disabled: true },
         },
@@ -208,6 +216,7 @@ fn bootstrap_once_and_snapshot_roundtrip() {
     must(
         &mut s,
         Command::UserDelete {
+            actor: String::new(),
             user: "root".into(),
         },
     );

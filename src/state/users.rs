@@ -75,6 +75,24 @@ pub enum UserChange {
 }
 
 impl UserChange {
+    /// What a hook may tell about the change (never a password hash).
+    pub fn hook_detail(&self) -> Option<Value> {
+        Some(match self {
+            UserChange::SetTags { prefix, tags } => json!({"prefix": prefix, "tags": tags}),
+            UserChange::DelTags { prefix, tags } => json!({"prefix": prefix, "tags": tags}),
+            UserChange::SetPass { .. } => return None,
+            UserChange::AddTemplate { template } | UserChange::DelTemplate { template } => {
+                json!({"template": template})
+            }
+            UserChange::AddWhitelist { ip }
+            | UserChange::DelWhitelist { ip }
+            | UserChange::AddBlacklist { ip }
+            | UserChange::DelBlacklist { ip } => json!({"ip": ip}),
+            UserChange::SetMaxSessions { maxsessions } => json!({"maxsessions": maxsessions}),
+            UserChange::SetDisabled { disabled } => json!({"disabled": disabled}),
+        })
+    }
+
     /// The hook action name of this change.
     pub fn action(&self) -> &'static str {
         match self {

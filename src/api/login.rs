@@ -1,0 +1,151 @@
+//! `sys.login`: basic (with `admin>user` impersonation) and login plugins (a worker
+//! answering the internal task `sys.login.<method>.login`).
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::auth::{self, Tags};
+use crate::names::normalize_path;
+use crate::node::Node;
+use crate::rpc::{Params, RpcError, RpcResult, ERR_PERMISSION_DENIED};
+use crate::session::{AuthState, Conn};
+use crate::state::Command;
+
+/// How long a login plugin worker has to answer.
+const PLUGIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn denied(detail: &str) -> RpcError {
+    RpcError::detail(ERR_PERMISSION_DENIED, detail)
+}
+
+pub async fn login(node: &Arc<Node>, conn: &Rc<Conn>, p: &Params<'_>) -> RpcResult {
+    let method = p.opt_str("method")?.unwrap_or("basic");
+    let (user, mask, metadata) = if method == "basic" {
+        (basic(node, p).await?, None, Value::Null)
+    } else {
+        plugin(node, conn, method, p).await?
+    };
+    finish(node, conn, user, mask, metadata).await
+}
+
+/// Checks `user`/`pass`; answers the user the session becomes.
+async fn basic(node: &Node, p: &Params<'_>) -> Result<String, RpcError> {
+    let given = p.str("user")?;
+    let pass = p.str("pass")?.to_string();
+    let (who, target) = match given.split_once('>') {
+        Some((admin, other)) => (admin, Some(other)),
+        None => (given, None),
+    };
+    // Names are case-insensitive but never trimmed: " root" is not "root". Unknown users
+    // and wrong passwords answer alike, so names cannot be probed.
+    let who = normalize_path(who).ok_or_else(RpcError::permission_denied)?;
+    let hash = node
+        .read(|s| s.users.get(&who).map(|u| u.pass_hash.clone()))
+        .ok_or_else(RpcError::permission_denied)?;
+    if !super::blocking(move || auth::verify_password(&pass, &hash)).await? {
+        return Err(RpcError::permission_denied());
+    }
+    match target {
+        None => Ok(who),
+        Some(other) => {
+            let other = normalize_path(other).ok_or_else(|| denied("unknown user"))?;
+            let admin_tags = node.read(|s| s.users.effective_tags(&who));
+            if !auth::may(&admin_tags, &other, "admin") {
+                return Err(denied("not an admin of that user"));
+            }
+            Ok(other)
+        }
+    }
+}
+
+/// Pushes `sys.login.<method>.login` with the whole params and waits for a worker's
+/// `{"user", "tags"?, "metadata"?}`.
+async fn plugin(
+    node: &Node,
+    conn: &Rc<Conn>,
+    method: &str,
+    p: &Params<'_>,
+) -> Result<(String, Option<Tags>, Value), RpcError> {
+    let method = normalize_path(method)
+        .filter(|m| !m.contains('.'))
+        .ok_or_else(|| RpcError::invalid_params("method"))?;
+    let params = Value::Object(p.object_or_empty());
+    let path = format!("sys.login.{method}");
+    let task = super::task::build_task(
+        conn,
+        &path,
+        "login",
+        params,
+        0,
+        1,
+        PLUGIN_TIMEOUT.as_secs_f64(),
+        false,
+    );
+    // Internal: the server pushes on the connection's behalf, whoever it is logged in as.
+    let answer = tokio::time::timeout(PLUGIN_TIMEOUT, super::task::push(node, conn, task, None))
+        .await
+        .map_err(|_| denied("login worker timeout"))?
+        .map_err(|e| denied(&format!("login worker: {}", e.message)))?;
+    let user = answer
+        .get("user")
+        .and_then(Value::as_str)
+        .and_then(normalize_path)
+        .ok_or_else(|| denied("login worker returned no user"))?;
+    let mask = match answer.get("tags") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            serde_json::from_value::<Tags>(v.clone())
+                .map_err(|_| denied("login worker returned invalid tags"))?,
+        ),
+    };
+    let metadata = answer.get("metadata").cloned().unwrap_or(Value::Null);
+    Ok((user, mask, metadata))
+}
+
+/// The checks after authentication, then the session switches user.
+async fn finish(
+    node: &Node,
+    conn: &Conn,
+    user: String,
+    mask: Option<Tags>,
+    metadata: Value,
+) -> RpcResult {
+    let lists = node.read(|s| {
+        s.users
+            .get(&user)
+            .map(|u| (u.whitelist.clone(), u.blacklist.clone()))
+    });
+    let (white, black) = lists.ok_or_else(|| denied("unknown user"))?;
+    if !auth::address_allowed(&white, &black, &conn.remote) {
+        return Err(denied("address not allowed"));
+    }
+    // Existence, disabled and maxsessions are checked again inside apply, atomically with
+    // every other session change in the cluster.
+    node.raft
+        .propose(Command::SessionLogin {
+            connid: conn.connid.clone(),
+            user: user.clone(),
+        })
+        .await?;
+    let own = node.read(|s| s.users.effective_tags(&user));
+    let tags = match &mask {
+        Some(m) => auth::apply_mask(&own, m),
+        None => own,
+    };
+    *conn.auth.borrow_mut() = AuthState {
+        user: user.clone(),
+        tags: tags.clone(),
+        mask,
+        metadata: metadata.clone(),
+    };
+    Ok(json!({
+        "ok": true,
+        "connid": conn.connid,
+        "user": user,
+        "tags": tags,
+        "metadata": metadata,
+    }))
+}

@@ -1,0 +1,50 @@
+//! `sync.*`: cluster-wide locks owned by a connection.
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use crate::listing::ListQuery;
+use crate::names::normalize_path;
+use crate::node::Node;
+use crate::rpc::{Params, RpcError, RpcResult, ERR_METHOD_NOT_FOUND};
+use crate::session::Conn;
+use crate::state::Command;
+
+pub async fn call(node: &Arc<Node>, conn: &Rc<Conn>, name: &str, p: &Params<'_>) -> RpcResult {
+    match name {
+        "lock" | "unlock" => {
+            let lock =
+                normalize_path(p.str("lock")?).ok_or_else(|| RpcError::invalid_params("lock"))?;
+            let connid = conn.connid.clone();
+            let cmd = if name == "lock" {
+                conn.require(&lock, "sync.lock")?;
+                Command::Lock { lock, connid }
+            } else {
+                // Only the holder can unlock: ownership is the check.
+                Command::Unlock { lock, connid }
+            };
+            node.raft.propose(cmd).await
+        }
+        "list" => {
+            let q = ListQuery::from_params(p)?;
+            conn.require(q.permission_path(), "sync.list")?;
+            Ok(node.read(|s| {
+                Value::Array(
+                    q.select(
+                        s.locks
+                            .iter()
+                            .map(|(l, o)| (l, json!({"id": l, "owner": o}))),
+                    ),
+                )
+            }))
+        }
+        "count" => {
+            let q = ListQuery::from_params(p)?;
+            conn.require(q.permission_path(), "sync.count")?;
+            Ok(node.read(|s| q.count(s.locks.iter().map(|(l, _)| l))))
+        }
+        _ => Err(RpcError::new(ERR_METHOD_NOT_FOUND)),
+    }
+}

@@ -1,0 +1,273 @@
+//! `task.*`: RPC through the replicated, prioritised work queue. Pushes and pulls wait for
+//! the applied event that ends them (`TaskEnded`, `TaskAssigned`, `PullEnded`).
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use crate::auth;
+use crate::listing::ListQuery;
+use crate::names::normalize_path;
+use crate::node::{now_rfc3339, Node};
+use crate::rpc::{
+    standard_text, Params, RpcError, RpcResult, ERR_INTERNAL, ERR_INVALID_PARAMS, ERR_INVALID_TASK,
+    ERR_METHOD_NOT_FOUND,
+};
+use crate::session::Conn;
+use crate::state::{Command, Ending, Pull, Task};
+
+/// Default push and pull timeout: 10 days.
+pub const DEFAULT_TIMEOUT_SECS: f64 = 10.0 * 24.0 * 3600.0;
+pub const DEFAULT_TTL: i64 = 5;
+
+pub async fn call(
+    node: &Arc<Node>,
+    conn: &Rc<Conn>,
+    name: &str,
+    p: &Params<'_>,
+    req_id: Option<&Value>,
+) -> RpcResult {
+    match name {
+        "push" => {
+            let full = method_path(p.str("method")?)?;
+            conn.require(&full, "task.push")?;
+            let task = new_task(conn, &full, p)?;
+            let tags = json!(auth::tags_at(&conn.auth.borrow().tags, &full));
+            push(node, conn, Task { tags, ..task }, req_id).await
+        }
+        "pull" => {
+            let raw = p.str("prefix")?.to_lowercase();
+            let prefix = normalize_path(raw.trim_end_matches('.'))
+                .ok_or_else(|| RpcError::invalid_params("prefix"))?;
+            conn.require(&prefix, "task.pull")?;
+            let timeout = super::seconds(p, "timeout", DEFAULT_TIMEOUT_SECS)?;
+            let now = super::now_ms();
+            let deadline_ms = now.saturating_add((timeout * 1000.0) as u64);
+            let pull = Pull {
+                id: super::owned_id(conn),
+                connid: conn.connid.clone(),
+                path: format!("{prefix}."),
+                user: conn.user(),
+                creation_time: super::rfc3339_ms(now),
+                deadline: super::rfc3339_ms(deadline_ms),
+                deadline_ms,
+                seq: 0,
+            };
+            let (rx, _waiter) = node.wait_for(&pull.id);
+            let _pending = Pending::new(conn, req_id, &pull.id);
+            node.raft.propose(Command::TaskPull { pull }).await?;
+            rx.await.map_err(|_| RpcError::internal("pull abandoned"))?
+        }
+        "result" => {
+            let taskid = p.str("taskid")?.to_string();
+            let result = p.payload("result")?.clone();
+            finish(node, taskid, Ending::Result(result)).await
+        }
+        "error" => {
+            let taskid = p.str("taskid")?.to_string();
+            let code = p.opt_i64("code")?.unwrap_or(ERR_INTERNAL);
+            let message = match p.opt_str("message")? {
+                Some(m) => m.to_string(),
+                None => standard_text(code).unwrap_or("").to_string(),
+            };
+            let data = p.get("data").cloned();
+            finish(
+                node,
+                taskid,
+                Ending::Error(RpcError {
+                    code,
+                    message,
+                    data,
+                }),
+            )
+            .await
+        }
+        "reject" => {
+            let taskid = p.str("taskid")?.to_string();
+            node.raft.propose(Command::TaskReject { taskid }).await
+        }
+        "cancel" => {
+            // The JSON-RPC id of one of this connection's own pending pushes or pulls; some
+            // clients send the task id instead.
+            let target = if let Some(id) = p.get("id") {
+                conn.pending.borrow().get(&id.to_string()).cloned()
+            } else if let Some(taskid) = p.opt_str("taskid")? {
+                conn.pending
+                    .borrow()
+                    .values()
+                    .find(|v| v.as_str() == taskid)
+                    .cloned()
+            } else {
+                return Err(RpcError::invalid_params("id"));
+            };
+            let id = target.ok_or_else(|| RpcError::new(ERR_INVALID_TASK))?;
+            node.raft
+                .propose(Command::TaskCancel {
+                    id,
+                    connid: conn.connid.clone(),
+                })
+                .await
+        }
+        "list" => {
+            let q = ListQuery::from_params(p)?;
+            conn.require(q.permission_path(), "task.list")?;
+            let items = node.read(|s| s.tasks.listing());
+            Ok(Value::Array(q.select(
+                items.iter().map(|(n, v, _)| (n.as_str(), v.clone())),
+            )))
+        }
+        "count" => {
+            let q = ListQuery::from_params(p)?;
+            conn.require(q.permission_path(), "task.count")?;
+            let items = node.read(|s| s.tasks.listing());
+            Ok(count(&q, &items))
+        }
+        _ => Err(RpcError::new(ERR_METHOD_NOT_FOUND)),
+    }
+}
+
+/// `a.b.name` → validated, lower-cased; it needs a path and a method name.
+fn method_path(raw: &str) -> Result<String, RpcError> {
+    let full = normalize_path(raw).ok_or_else(|| RpcError::invalid_params("method"))?;
+    if !full.contains('.') || full.starts_with('@') {
+        return Err(RpcError::detail(
+            ERR_INVALID_PARAMS,
+            "method: needs a path like a.b.name",
+        ));
+    }
+    Ok(full)
+}
+
+/// A task for `full` (`a.b.name`) from this connection, tags not yet attached.
+pub fn new_task(conn: &Conn, full: &str, p: &Params) -> Result<Task, RpcError> {
+    let (path, method) = full
+        .rsplit_once('.')
+        .expect("method_path checked for a dot");
+    let params = p.payload("params")?.clone();
+    let prio = p.opt_i64("prio")?.unwrap_or(0);
+    let ttl = match p.opt_i64("ttl")? {
+        Some(t) if t > 0 => t,
+        _ => DEFAULT_TTL,
+    };
+    let timeout = super::seconds(p, "timeout", DEFAULT_TIMEOUT_SECS)?;
+    let detach = p.opt_bool("detach")?.unwrap_or(false);
+    Ok(build_task(
+        conn, path, method, params, prio, ttl, timeout, detach,
+    ))
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn build_task(
+    conn: &Conn,
+    path: &str,
+    method: &str,
+    params: Value,
+    prio: i64,
+    ttl: i64,
+    timeout_secs: f64,
+    detach: bool,
+) -> Task {
+    let now = super::now_ms();
+    let deadline_ms = now.saturating_add((timeout_secs * 1000.0) as u64);
+    Task {
+        id: super::owned_id(conn),
+        path: format!("{path}."),
+        method: method.to_string(),
+        params,
+        prio,
+        ttl,
+        detach,
+        user: conn.user(),
+        tags: Value::Null,
+        pusher: conn.connid.clone(),
+        creation_time: now_rfc3339(),
+        deadline: super::rfc3339_ms(deadline_ms),
+        deadline_ms,
+        seq: 0,
+        working: None,
+    }
+}
+
+/// Proposes a push and, unless detached, waits for its end.
+pub async fn push(node: &Node, conn: &Rc<Conn>, task: Task, req_id: Option<&Value>) -> RpcResult {
+    let detach = task.detach;
+    let taskid = task.id.clone();
+    let waiter = (!detach).then(|| node.wait_for(&taskid));
+    let _pending = Pending::new(conn, req_id, &taskid);
+    node.raft.propose(Command::TaskPush { task }).await?;
+    match waiter {
+        None => Ok(crate::rpc::ok()),
+        Some((rx, _guard)) => rx.await.map_err(|_| RpcError::internal("push abandoned"))?,
+    }
+}
+
+async fn finish(node: &Node, taskid: String, ending: Ending) -> RpcResult {
+    node.raft
+        .propose(Command::TaskFinish { taskid, ending })
+        .await
+}
+
+fn count(q: &ListQuery, items: &[(String, Value, bool)]) -> Value {
+    let tally = |it: &mut dyn Iterator<Item = &(String, Value, bool)>| {
+        let (mut pushes, mut pulls) = (0usize, 0usize);
+        for (_, _, is_push) in it {
+            if *is_push {
+                pushes += 1;
+            } else {
+                pulls += 1;
+            }
+        }
+        (pushes + pulls, pushes, pulls)
+    };
+    let matching = || items.iter().filter(|(n, _, _)| q.matches(n));
+    if !q.subprefixes {
+        let (count, push, pull) = tally(&mut matching());
+        return json!({"count": count, "pushCount": push, "pullCount": pull});
+    }
+    let mut groups: std::collections::BTreeMap<String, Vec<&(String, Value, bool)>> =
+        Default::default();
+    for item in matching() {
+        if let Some(g) = q.group_of(&item.0) {
+            groups.entry(g).or_default().push(item);
+        }
+    }
+    Value::Array(
+        groups
+            .into_iter()
+            .map(|(prefix, its)| {
+                let (count, push, pull) = tally(&mut its.into_iter());
+                json!({"prefix": prefix, "count": count, "pushCount": push, "pullCount": pull})
+            })
+            .collect(),
+    )
+}
+
+/// Records a pending push/pull under its JSON-RPC id for `task.cancel`, until dropped.
+struct Pending {
+    conn: Rc<Conn>,
+    key: Option<String>,
+}
+
+impl Pending {
+    fn new(conn: &Rc<Conn>, req_id: Option<&Value>, target: &str) -> Self {
+        let key = req_id.map(|id| id.to_string());
+        if let Some(k) = &key {
+            conn.pending
+                .borrow_mut()
+                .insert(k.clone(), target.to_string());
+        }
+        Pending {
+            conn: conn.clone(),
+            key,
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(k) = &self.key {
+            self.conn.pending.borrow_mut().remove(k);
+        }
+    }
+}

@@ -1,0 +1,78 @@
+//! `topic.*`: publish/subscribe onto pipes.
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use crate::listing::ListQuery;
+use crate::names::{normalize_path, ROOT};
+use crate::node::Node;
+use crate::rpc::{Params, RpcError, RpcResult, ERR_INVALID_PIPE, ERR_METHOD_NOT_FOUND};
+use crate::session::Conn;
+use crate::state::Command;
+
+pub async fn call(node: &Arc<Node>, conn: &Rc<Conn>, name: &str, p: &Params<'_>) -> RpcResult {
+    match name {
+        "sub" | "unsub" => {
+            let pipeid = p.str("pipeid")?.to_string();
+            let (topic, path) = pattern(p.str("topic")?)?;
+            if name == "sub" {
+                conn.require(&path, "topic.sub")?;
+            }
+            // Pipes live on their owner's node; this node knows its own.
+            if node.pipe(&pipeid).is_none() {
+                return Err(RpcError::new(ERR_INVALID_PIPE));
+            }
+            let cmd = if name == "sub" {
+                Command::Subscribe { pipeid, topic }
+            } else {
+                Command::Unsubscribe { pipeid, topic }
+            };
+            node.raft.propose(cmd).await
+        }
+        "pub" => {
+            let topic =
+                normalize_path(p.str("topic")?).ok_or_else(|| RpcError::invalid_params("topic"))?;
+            let msg = p.payload("msg")?;
+            conn.require(&topic, "topic.pub")?;
+            let sent = node.publish(&topic, msg);
+            Ok(json!({"ok": true, "sent": sent}))
+        }
+        "list" => {
+            let q = ListQuery::from_params(p)?;
+            conn.require(q.permission_path(), "topic.list")?;
+            Ok(node.read(|s| {
+                Value::Array(
+                    q.select(
+                        s.topics
+                            .iter()
+                            .map(|(t, n)| (t, json!({"topic": t, "subscribers": n}))),
+                    ),
+                )
+            }))
+        }
+        "count" => {
+            let q = ListQuery::from_params(p)?;
+            conn.require(q.permission_path(), "topic.count")?;
+            Ok(node.read(|s| q.count(s.topics.iter().map(|(t, _)| t))))
+        }
+        _ => Err(RpcError::new(ERR_METHOD_NOT_FOUND)),
+    }
+}
+
+/// A subscription pattern (`a.b`, `a.b.*`, `.*`) and the path its permission is checked on.
+fn pattern(raw: &str) -> Result<(String, String), RpcError> {
+    let lower = raw.to_lowercase();
+    if lower == ".*" || lower == "*" {
+        return Ok((".*".to_string(), ROOT.to_string()));
+    }
+    let base = lower.strip_suffix(".*").unwrap_or(&lower);
+    let base = normalize_path(base).ok_or_else(|| RpcError::invalid_params("topic"))?;
+    let topic = if lower.ends_with(".*") {
+        format!("{base}.*")
+    } else {
+        base.clone()
+    };
+    Ok((topic, base))
+}

@@ -1,0 +1,151 @@
+//! The Pipe actor: an ephemeral bounded mailbox owned by one connection. Writes past the
+//! capacity are dropped and counted; reads wait (with an optional timeout) until something
+//! is there.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use actix::prelude::*;
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+
+pub const DEFAULT_LEN: i64 = 1000;
+pub const MAX_LEN: i64 = 100_000;
+
+/// Capacity from `pipe.create`'s `len`: ≤ 0 → default, above the maximum → the maximum.
+pub fn capacity(len: Option<i64>) -> usize {
+    match len {
+        None => DEFAULT_LEN as usize,
+        Some(n) if n <= 0 => DEFAULT_LEN as usize,
+        Some(n) => n.min(MAX_LEN) as usize,
+    }
+}
+
+struct Reader {
+    id: u64,
+    max: usize,
+    tx: oneshot::Sender<Value>,
+}
+
+pub struct Pipe {
+    cap: usize,
+    queue: VecDeque<(Value, u64)>,
+    /// Sequence number of the last message written (dropped ones included).
+    count: u64,
+    drops: u64,
+    readers: VecDeque<Reader>,
+    next_reader: u64,
+}
+
+impl Pipe {
+    pub fn new(cap: usize) -> Self {
+        Pipe {
+            cap,
+            queue: VecDeque::new(),
+            count: 0,
+            drops: 0,
+            readers: VecDeque::new(),
+            next_reader: 0,
+        }
+    }
+
+    /// Takes up to `max` messages; resets the drop counter.
+    fn take(&mut self, max: usize) -> Value {
+        let n = max.min(self.queue.len());
+        let msgs: Vec<Value> = self
+            .queue
+            .drain(..n)
+            .map(|(msg, count)| json!({"msg": msg, "count": count}))
+            .collect();
+        let drops = std::mem::take(&mut self.drops);
+        json!({"msgs": msgs, "waiting": self.queue.len(), "drops": drops})
+    }
+
+    /// Serves waiting readers while there are messages.
+    fn serve(&mut self) {
+        while !self.queue.is_empty() {
+            let Some(reader) = self.readers.pop_front() else {
+                return;
+            };
+            if reader.tx.is_closed() {
+                continue; // its connection is gone
+            }
+            let answer = self.take(reader.max);
+            let _ = reader.tx.send(answer);
+        }
+    }
+}
+
+impl Actor for Pipe {
+    type Context = Context<Self>;
+}
+
+/// Writes messages in order.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Write(pub Vec<Value>);
+
+impl Handler<Write> for Pipe {
+    type Result = ();
+
+    fn handle(&mut self, msg: Write, _: &mut Self::Context) {
+        for m in msg.0 {
+            self.count += 1;
+            if self.queue.len() >= self.cap {
+                self.drops += 1;
+            } else {
+                self.queue.push_back((m, self.count));
+            }
+        }
+        self.serve();
+    }
+}
+
+/// Reads up to `max` messages, waiting up to `timeout` (forever when `None`).
+#[derive(Message)]
+#[rtype(result = "oneshot::Receiver<Value>")]
+pub struct Read {
+    pub max: usize,
+    pub timeout: Option<Duration>,
+}
+
+impl Handler<Read> for Pipe {
+    type Result = MessageResult<Read>;
+
+    fn handle(&mut self, msg: Read, ctx: &mut Self::Context) -> Self::Result {
+        let (tx, rx) = oneshot::channel();
+        let max = msg.max.max(1);
+        if !self.queue.is_empty() && self.readers.is_empty() {
+            let _ = tx.send(self.take(max));
+            return MessageResult(rx);
+        }
+        self.next_reader += 1;
+        let id = self.next_reader;
+        self.readers.push_back(Reader { id, max, tx });
+        if let Some(timeout) = msg.timeout {
+            ctx.run_later(timeout, move |pipe, _| {
+                if let Some(pos) = pipe.readers.iter().position(|r| r.id == id) {
+                    if let Some(reader) = pipe.readers.remove(pos) {
+                        let answer = pipe.take(0);
+                        let _ = reader.tx.send(answer);
+                    }
+                }
+            });
+        }
+        self.serve();
+        MessageResult(rx)
+    }
+}
+
+/// Closes the pipe: pending reads end, later messages to it fail.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Close;
+
+impl Handler<Close> for Pipe {
+    type Result = ();
+
+    fn handle(&mut self, _: Close, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}

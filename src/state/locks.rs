@@ -1,0 +1,66 @@
+//! Cluster-wide locks, each owned by one connection.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct Locks {
+    /// lock → owner connid.
+    owners: BTreeMap<String, String>,
+    /// connid → its locks; derived.
+    #[serde(skip)]
+    by_owner: HashMap<String, BTreeSet<String>>,
+}
+
+impl Locks {
+    /// Takes `lock` for `connid`; false when anyone (this connection included) holds it.
+    pub fn lock(&mut self, lock: &str, connid: &str) -> bool {
+        if self.owners.contains_key(lock) {
+            return false;
+        }
+        self.owners.insert(lock.to_string(), connid.to_string());
+        self.by_owner
+            .entry(connid.to_string())
+            .or_default()
+            .insert(lock.to_string());
+        true
+    }
+
+    /// Releases `lock` if `connid` holds it.
+    pub fn unlock(&mut self, lock: &str, connid: &str) -> bool {
+        if self.owners.get(lock).map(String::as_str) != Some(connid) {
+            return false;
+        }
+        self.owners.remove(lock);
+        if let Some(set) = self.by_owner.get_mut(connid) {
+            set.remove(lock);
+            if set.is_empty() {
+                self.by_owner.remove(connid);
+            }
+        }
+        true
+    }
+
+    /// Releases everything `connid` holds.
+    pub fn release_all(&mut self, connid: &str) {
+        for lock in self.by_owner.remove(connid).unwrap_or_default() {
+            self.owners.remove(&lock);
+        }
+    }
+
+    /// (lock, owner), sorted by lock.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.owners.iter().map(|(l, o)| (l.as_str(), o.as_str()))
+    }
+
+    pub fn rebuild_index(&mut self) {
+        self.by_owner.clear();
+        for (lock, owner) in &self.owners {
+            self.by_owner
+                .entry(owner.clone())
+                .or_default()
+                .insert(lock.clone());
+        }
+    }
+}

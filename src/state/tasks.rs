@@ -1,0 +1,503 @@
+//! The task queue: pushed tasks, waiting pulls, and their matching. Matching happens here,
+//! inside apply, so every node agrees on which puller got which task: highest `prio` first,
+//! then oldest (log order), and pulls are served in arrival order.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::{Event, Outcome};
+use crate::rpc::{self, RpcError, ERR_CANCEL, ERR_INVALID_TASK, ERR_TIMEOUT, ERR_TTL_EXPIRED};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Task {
+    /// pusher connid + 20 hex.
+    pub id: String,
+    /// `a.b.` (with the trailing dot).
+    pub path: String,
+    pub method: String,
+    pub params: Value,
+    pub prio: i64,
+    pub ttl: i64,
+    pub detach: bool,
+    pub user: String,
+    /// The pusher's tags in force at the task's full method path.
+    pub tags: Value,
+    pub pusher: String,
+    pub creation_time: String,
+    pub deadline: String,
+    pub deadline_ms: u64,
+    /// Log order, assigned by apply: "oldest first" without trusting clocks.
+    #[serde(default)]
+    pub seq: u64,
+    /// The connid working on it, when pulled.
+    #[serde(default)]
+    pub working: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Pull {
+    /// puller connid + 20 hex.
+    pub id: String,
+    pub connid: String,
+    pub path: String,
+    pub user: String,
+    pub creation_time: String,
+    pub deadline: String,
+    pub deadline_ms: u64,
+    #[serde(default)]
+    pub seq: u64,
+}
+
+/// How a worker ended a task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Ending {
+    Result(Value),
+    Error(RpcError),
+}
+
+type WaitKey = (Reverse<i64>, u64, String);
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct Tasks {
+    tasks: BTreeMap<String, Task>,
+    pulls: BTreeMap<String, Pull>,
+    seq: u64,
+    /// path → waiting tasks, best first. Derived, like the indexes below.
+    #[serde(skip)]
+    waiting: HashMap<String, BTreeSet<WaitKey>>,
+    /// path → waiting pulls in arrival order.
+    #[serde(skip)]
+    pulls_by_path: HashMap<String, BTreeSet<(u64, String)>>,
+    /// puller connid → tasks it is working on.
+    #[serde(skip)]
+    working_by: HashMap<String, BTreeSet<String>>,
+    /// (deadline ms, task or pull id).
+    #[serde(skip)]
+    deadlines: BTreeSet<(u64, String)>,
+}
+
+/// Where task changes report to: events for the nodes, and hooks when someone listens.
+pub struct Emit<'a> {
+    pub events: &'a mut Vec<Event>,
+    pub hooks: bool,
+}
+
+impl<'a> Emit<'a> {
+    pub fn new(events: &'a mut Vec<Event>, hooks: bool) -> Self {
+        Emit { events, hooks }
+    }
+
+    fn hook(&mut self, action: &str, task: &Task, extra: Option<(&str, Value)>) {
+        if !self.hooks {
+            return;
+        }
+        let mut msg = json!({
+            "action": action,
+            "id": task.id,
+            "path": task.path,
+            "method": task.method,
+            "user": task.user,
+            "prio": task.prio,
+            "ttl": task.ttl,
+            "detach": task.detach,
+        });
+        if let Some((k, v)) = extra {
+            msg[k] = v;
+        }
+        self.events.push(Event::Hook {
+            topic: format!("hook.task.{}{}.{}", task.path, task.method, task.user),
+            msg,
+        });
+    }
+}
+
+fn wait_key(t: &Task) -> WaitKey {
+    (Reverse(t.prio), t.seq, t.id.clone())
+}
+
+/// What `task.pull` answers (note `deadLine`).
+fn pull_answer(t: &Task) -> Value {
+    json!({
+        "taskid": t.id,
+        "path": t.path,
+        "method": t.method,
+        "params": t.params,
+        "tags": t.tags,
+        "prio": t.prio,
+        "detach": t.detach,
+        "user": t.user,
+        "ttl": t.ttl,
+        "creationTime": t.creation_time,
+        "deadLine": t.deadline,
+    })
+}
+
+impl Tasks {
+    pub fn push(&mut self, mut task: Task, emit: &mut Emit) -> Outcome {
+        if self.tasks.contains_key(&task.id) {
+            return Err(RpcError::detail(ERR_INVALID_TASK, "duplicate task id"));
+        }
+        self.seq += 1;
+        task.seq = self.seq;
+        task.working = None;
+        emit.hook("push", &task, None);
+        self.deadlines.insert((task.deadline_ms, task.id.clone()));
+        self.enqueue(task, emit);
+        Ok(rpc::ok())
+    }
+
+    pub fn pull(&mut self, mut pull: Pull, emit: &mut Emit) -> Outcome {
+        if self.pulls.contains_key(&pull.id) {
+            return Err(RpcError::detail(ERR_INVALID_TASK, "duplicate pull id"));
+        }
+        self.seq += 1;
+        pull.seq = self.seq;
+        let best = self
+            .waiting
+            .get(&pull.path)
+            .and_then(|set| set.first())
+            .map(|(_, _, id)| id.clone());
+        match best {
+            Some(taskid) => self.assign(&taskid, &pull, emit),
+            None => {
+                self.deadlines.insert((pull.deadline_ms, pull.id.clone()));
+                self.pulls_by_path
+                    .entry(pull.path.clone())
+                    .or_default()
+                    .insert((pull.seq, pull.id.clone()));
+                self.pulls.insert(pull.id.clone(), pull);
+            }
+        }
+        Ok(rpc::ok())
+    }
+
+    /// A task (new or requeued) becomes waiting, or goes straight to the first waiting pull.
+    fn enqueue(&mut self, task: Task, emit: &mut Emit) {
+        let first_pull = self
+            .pulls_by_path
+            .get(&task.path)
+            .and_then(|set| set.first())
+            .map(|(_, id)| id.clone());
+        let id = task.id.clone();
+        self.waiting
+            .entry(task.path.clone())
+            .or_default()
+            .insert(wait_key(&task));
+        self.tasks.insert(id.clone(), task);
+        if let Some(pull_id) = first_pull {
+            if let Some(pull) = self.remove_pull(&pull_id) {
+                self.assign(&id, &pull, emit);
+            }
+        }
+    }
+
+    fn remove_pull(&mut self, pull_id: &str) -> Option<Pull> {
+        let pull = self.pulls.remove(pull_id)?;
+        self.deadlines.remove(&(pull.deadline_ms, pull.id.clone()));
+        if let Some(set) = self.pulls_by_path.get_mut(&pull.path) {
+            set.remove(&(pull.seq, pull.id.clone()));
+            if set.is_empty() {
+                self.pulls_by_path.remove(&pull.path);
+            }
+        }
+        Some(pull)
+    }
+
+    fn unwait(&mut self, task: &Task) {
+        if let Some(set) = self.waiting.get_mut(&task.path) {
+            set.remove(&wait_key(task));
+            if set.is_empty() {
+                self.waiting.remove(&task.path);
+            }
+        }
+    }
+
+    /// Hands a waiting task to a pull (already removed from the waiting pulls).
+    fn assign(&mut self, taskid: &str, pull: &Pull, emit: &mut Emit) {
+        let Some(task) = self.tasks.get(taskid).cloned() else {
+            return;
+        };
+        self.unwait(&task);
+        self.working_by
+            .entry(pull.connid.clone())
+            .or_default()
+            .insert(task.id.clone());
+        let mut task = task;
+        task.working = Some(pull.connid.clone());
+        emit.events.push(Event::TaskAssigned {
+            pull_id: pull.id.clone(),
+            puller: pull.connid.clone(),
+            answer: pull_answer(&task),
+        });
+        emit.hook("pull", &task, Some(("puller", json!(pull.connid))));
+        self.tasks.insert(task.id.clone(), task);
+    }
+
+    /// Removes a task wherever it is and tells its pusher how it ended.
+    fn end(&mut self, taskid: &str, outcome: Outcome, action: &str, emit: &mut Emit) {
+        let Some(task) = self.tasks.remove(taskid) else {
+            return;
+        };
+        self.unwait(&task);
+        self.deadlines.remove(&(task.deadline_ms, task.id.clone()));
+        if let Some(puller) = &task.working {
+            if let Some(set) = self.working_by.get_mut(puller) {
+                set.remove(&task.id);
+                if set.is_empty() {
+                    self.working_by.remove(puller);
+                }
+            }
+        }
+        let extra = match &outcome {
+            Err(e) => Some(("code", json!(e.code))),
+            Ok(_) => None,
+        };
+        emit.hook(action, &task, extra);
+        if !task.detach {
+            emit.events.push(Event::TaskEnded {
+                taskid: task.id,
+                pusher: task.pusher,
+                outcome,
+            });
+        }
+    }
+
+    fn working_task(&self, taskid: &str) -> Result<&Task, RpcError> {
+        match self.tasks.get(taskid) {
+            Some(t) if t.working.is_some() => Ok(t),
+            _ => Err(RpcError::new(ERR_INVALID_TASK)),
+        }
+    }
+
+    /// `task.result` / `task.error`: only a task being worked on can end, once.
+    pub fn finish(&mut self, taskid: &str, ending: Ending, emit: &mut Emit) -> Outcome {
+        self.working_task(taskid)?;
+        let (outcome, action) = match ending {
+            Ending::Result(v) => (Ok(v), "result"),
+            Ending::Error(e) => (Err(e), "error"),
+        };
+        self.end(taskid, outcome, action, emit);
+        Ok(rpc::ok())
+    }
+
+    /// Back to waiting with ttl-1; at 0 the task ends with -32011.
+    fn requeue(&mut self, taskid: &str, action: &str, emit: &mut Emit) {
+        let Some(mut task) = self.tasks.get(taskid).cloned() else {
+            return;
+        };
+        if let Some(puller) = task.working.take() {
+            if let Some(set) = self.working_by.get_mut(&puller) {
+                set.remove(taskid);
+                if set.is_empty() {
+                    self.working_by.remove(&puller);
+                }
+            }
+        }
+        task.ttl -= 1;
+        emit.hook(action, &task, None);
+        if task.ttl <= 0 {
+            self.tasks.insert(task.id.clone(), task);
+            self.end(
+                taskid,
+                Err(RpcError::new(ERR_TTL_EXPIRED)),
+                "ttlExpired",
+                emit,
+            );
+            return;
+        }
+        self.enqueue(task, emit);
+    }
+
+    pub fn reject(&mut self, taskid: &str, emit: &mut Emit) -> Outcome {
+        self.working_task(taskid)?;
+        self.requeue(taskid, "reject", emit);
+        Ok(rpc::ok())
+    }
+
+    /// Cancels a pending push (its task) or a pending pull of `connid`.
+    pub fn cancel(&mut self, id: &str, connid: &str, emit: &mut Emit) -> Outcome {
+        if self.tasks.get(id).is_some_and(|t| t.pusher == connid) {
+            self.end(id, Err(RpcError::new(ERR_CANCEL)), "cancel", emit);
+            return Ok(rpc::ok());
+        }
+        if self.pulls.get(id).is_some_and(|p| p.connid == connid) {
+            if let Some(pull) = self.remove_pull(id) {
+                emit.events.push(Event::PullEnded {
+                    pull_id: pull.id,
+                    connid: pull.connid,
+                    error: RpcError::new(ERR_CANCEL),
+                });
+            }
+            return Ok(rpc::ok());
+        }
+        Err(RpcError::new(ERR_INVALID_TASK))
+    }
+
+    /// Ends every task and pull whose deadline is at or before `now_ms` with -32000.
+    pub fn expire(&mut self, now_ms: u64, emit: &mut Emit) {
+        while let Some((at, id)) = self.deadlines.first().cloned() {
+            if at > now_ms {
+                break;
+            }
+            self.deadlines.remove(&(at, id.clone()));
+            if self.tasks.contains_key(&id) {
+                self.end(&id, Err(RpcError::new(ERR_TIMEOUT)), "timeout", emit);
+            } else if let Some(pull) = self.remove_pull(&id) {
+                emit.events.push(Event::PullEnded {
+                    pull_id: pull.id,
+                    connid: pull.connid,
+                    error: RpcError::new(ERR_TIMEOUT),
+                });
+            }
+        }
+    }
+
+    pub fn next_deadline(&self) -> Option<u64> {
+        self.deadlines.first().map(|(at, _)| *at)
+    }
+
+    /// A connection is gone: its pulls vanish, its non-detached pushes are deleted, the
+    /// tasks it was working on go back to waiting with ttl-1.
+    pub fn connection_closed(&mut self, connid: &str, emit: &mut Emit) {
+        let pulls: Vec<String> = self
+            .pulls
+            .range(connid.to_string()..)
+            .take_while(|(id, _)| id.starts_with(connid))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in pulls {
+            self.remove_pull(&id);
+        }
+        let pushed: Vec<String> = self
+            .tasks
+            .range(connid.to_string()..)
+            .take_while(|(id, _)| id.starts_with(connid))
+            .filter(|(_, t)| !t.detach && t.pusher == connid)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in pushed {
+            if let Some(task) = self.tasks.get_mut(&id) {
+                // Nobody is left to answer: end quietly.
+                task.detach = true;
+            }
+            self.end(
+                &id,
+                Err(RpcError::new(ERR_CANCEL)),
+                "pusherDisconnect",
+                emit,
+            );
+        }
+        let working: Vec<String> = self
+            .working_by
+            .get(connid)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default();
+        for id in working {
+            self.requeue(&id, "pullerDisconnect", emit);
+        }
+    }
+
+    pub fn get(&self, taskid: &str) -> Option<&Task> {
+        self.tasks.get(taskid)
+    }
+
+    /// (name for listing, `task.list` entry, is a push) for tasks and waiting pulls, sorted
+    /// by path then age.
+    pub fn listing(&self) -> Vec<(String, Value, bool)> {
+        let mut out: Vec<(String, u64, Value, bool)> =
+            Vec::with_capacity(self.tasks.len() + self.pulls.len());
+        for t in self.tasks.values() {
+            out.push((
+                t.path.trim_end_matches('.').to_string(),
+                t.seq,
+                json!({
+                    "id": t.id,
+                    "state": if t.working.is_some() { "working" } else { "waiting" },
+                    "path": t.path,
+                    "priority": t.prio,
+                    "ttl": t.ttl,
+                    "detached": t.detach,
+                    "user": t.user,
+                    "method": t.method,
+                    "params": t.params,
+                    "targetSession": t.working.clone().unwrap_or_default(),
+                    "result": null,
+                    "errCode": null,
+                    "errString": "",
+                    "errObject": null,
+                    "tags": t.tags,
+                    "creationTime": t.creation_time,
+                    "deadline": t.deadline,
+                }),
+                true,
+            ));
+        }
+        for p in self.pulls.values() {
+            out.push((
+                p.path.trim_end_matches('.').to_string(),
+                p.seq,
+                json!({
+                    "id": p.id,
+                    "state": "waiting",
+                    "path": p.path,
+                    "priority": 0,
+                    "ttl": 0,
+                    "detached": false,
+                    "user": p.user,
+                    "method": "",
+                    "params": null,
+                    "targetSession": "",
+                    "result": null,
+                    "errCode": null,
+                    "errString": "",
+                    "errObject": null,
+                    "tags": null,
+                    "creationTime": p.creation_time,
+                    "deadline": p.deadline,
+                }),
+                false,
+            ));
+        }
+        out.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+        out.into_iter()
+            .map(|(n, _, v, push)| (n, v, push))
+            .collect()
+    }
+
+    pub fn rebuild_index(&mut self) {
+        self.waiting.clear();
+        self.pulls_by_path.clear();
+        self.working_by.clear();
+        self.deadlines.clear();
+        for t in self.tasks.values() {
+            self.deadlines.insert((t.deadline_ms, t.id.clone()));
+            match &t.working {
+                Some(c) => {
+                    self.working_by
+                        .entry(c.clone())
+                        .or_default()
+                        .insert(t.id.clone());
+                }
+                None => {
+                    self.waiting
+                        .entry(t.path.clone())
+                        .or_default()
+                        .insert(wait_key(t));
+                }
+            }
+        }
+        for p in self.pulls.values() {
+            self.deadlines.insert((p.deadline_ms, p.id.clone()));
+            self.pulls_by_path
+                .entry(p.path.clone())
+                .or_default()
+                .insert((p.seq, p.id.clone()));
+        }
+    }
+}
