@@ -116,6 +116,8 @@ pub enum TransportEvent {
 pub struct Session {
     node: Arc<Node>,
     conn: Rc<Conn>,
+    /// Set when the session stops: every request still running is abandoned.
+    cancel: tokio::sync::watch::Sender<bool>,
     /// Closed when the actor stops, so the transport reader stops too.
     stop_tx: Option<oneshot::Sender<()>>,
 }
@@ -150,6 +152,7 @@ impl Session {
         let addr = Session {
             node,
             conn,
+            cancel: tokio::sync::watch::channel(false).0,
             stop_tx: Some(stop_tx),
         }
         .start();
@@ -161,17 +164,32 @@ impl Session {
         }
     }
 
-    fn answer(&self, reply: Reply, resp: Option<Response>) {
-        match reply {
-            Reply::Stream => {
-                if let Some(r) = resp {
-                    self.conn.send(r.to_json());
+    /// Runs a request on this arbiter's task queue. Tasks start in the order they are
+    /// spawned (tokio's local queue is FIFO), so one connection's proposals and publishes
+    /// keep their order; each ends early when the session stops.
+    fn run<F>(&self, fut: F, permit: OwnedSemaphorePermit, conn: Rc<Conn>, reply: Reply)
+    where
+        F: std::future::Future<Output = Option<String>> + 'static,
+    {
+        let mut cancel = self.cancel.subscribe();
+        actix_rt::spawn(async move {
+            let text = tokio::select! {
+                biased;
+                _ = cancel.wait_for(|stopped| *stopped) => return,
+                text = fut => text,
+            };
+            drop(permit);
+            match reply {
+                Reply::Stream => {
+                    if let Some(t) = text {
+                        conn.send(t);
+                    }
+                }
+                Reply::Once(tx) => {
+                    let _ = tx.send(text);
                 }
             }
-            Reply::Once(tx) => {
-                let _ = tx.send(resp.map(|r| r.to_json()));
-            }
-        }
+        });
     }
 }
 
@@ -213,6 +231,7 @@ impl Actor for Session {
         self.node.raft.propose_detached(Command::SessionClose {
             connid: self.conn.connid.clone(),
         });
+        let _ = self.cancel.send(true);
         if let Some(tx) = self.stop_tx.take() {
             let _ = tx.send(());
         }
@@ -223,22 +242,18 @@ impl Actor for Session {
 impl Handler<Inbound> for Session {
     type Result = ();
 
-    fn handle(&mut self, msg: Inbound, ctx: &mut Self::Context) {
+    fn handle(&mut self, msg: Inbound, _ctx: &mut Self::Context) {
         self.conn.last_activity.set(Instant::now());
         let Inbound { raw, permit, reply } = msg;
         match rpc::parse_incoming(&raw) {
-            Incoming::Single(Err(resp)) => self.answer(reply, Some(*resp)),
+            Incoming::Single(Err(resp)) => {
+                let text = Some(resp.to_json());
+                self.run(async move { text }, permit, self.conn.clone(), reply);
+            }
             Incoming::Single(Ok(req)) => {
                 let fut = crate::api::dispatch(self.node.clone(), self.conn.clone(), req);
-                ctx.spawn(
-                    async move {
-                        let resp = fut.await;
-                        drop(permit);
-                        resp
-                    }
-                    .into_actor(self)
-                    .map(|resp, act, _| act.answer(reply, resp)),
-                );
+                let fut = async move { fut.await.map(|r| r.to_json()) };
+                self.run(fut, permit, self.conn.clone(), reply);
             }
             Incoming::Batch(items) => {
                 let futs: Vec<_> = items
@@ -254,32 +269,16 @@ impl Handler<Inbound> for Session {
                         }
                     })
                     .collect();
-                ctx.spawn(
-                    async move {
-                        let answers: Vec<Response> = futures_util::future::join_all(futs)
-                            .await
-                            .into_iter()
-                            .flatten()
-                            .collect();
-                        drop(permit);
-                        answers
-                    }
-                    .into_actor(self)
-                    .map(|answers, act, _| {
-                        let text = (!answers.is_empty())
-                            .then(|| serde_json::to_string(&answers).expect("responses serialise"));
-                        match reply {
-                            Reply::Stream => {
-                                if let Some(t) = text {
-                                    act.conn.send(t);
-                                }
-                            }
-                            Reply::Once(tx) => {
-                                let _ = tx.send(text);
-                            }
-                        }
-                    }),
-                );
+                let fut = async move {
+                    let answers: Vec<Response> = futures_util::future::join_all(futs)
+                        .await
+                        .into_iter()
+                        .flatten()
+                        .collect();
+                    (!answers.is_empty())
+                        .then(|| serde_json::to_string(&answers).expect("responses serialise"))
+                };
+                self.run(fut, permit, self.conn.clone(), reply);
             }
         }
     }
