@@ -210,3 +210,61 @@ fn concurrent_proposals_share_fsyncs() {
     let tags = expect_ok(root.call("user.getTags", json!({"user": "busy"})));
     assert_eq!(tags["tags"].as_object().unwrap().len(), n as usize);
 }
+
+#[test]
+fn detached_tasks_survive_kill_9_and_state_of_dead_connections_is_cleaned() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = spawn_node(dir.path(), &[]);
+    let mut c = Client::tcp(node.tcp);
+    expect_ok(c.login("root", "root"));
+    for i in 0..10 {
+        expect_ok(c.call(
+            "task.push",
+            json!({"method": "durable.job", "params": {"i": i}, "prio": i, "detach": true}),
+        ));
+    }
+    // Non-detached work, a pending pull and a lock belong to a connection that dies.
+    c.send(
+        "task.push",
+        json!({"method": "durable.owned", "params": {}}),
+    );
+    c.send("task.pull", json!({"prefix": "durable.nothing"}));
+    expect_ok(c.call("sync.lock", json!({"lock": "durable.lock"})));
+    let pipe = expect_ok(c.call("pipe.create", json!({})))["pipeid"].clone();
+    expect_ok(c.call(
+        "topic.sub",
+        json!({"pipeid": pipe, "topic": "durable.topic"}),
+    ));
+    assert_eq!(
+        expect_ok(c.call("task.count", json!({"prefix": "durable"})))["count"],
+        json!(12)
+    );
+    node.kill9();
+
+    let node = spawn_node(dir.path(), &[]);
+    let mut w = Client::tcp(node.tcp);
+    expect_ok(w.login("root", "root"));
+    assert_eq!(
+        expect_ok(w.call("task.count", json!({"prefix": "durable"}))),
+        json!({"count": 10, "pushCount": 10, "pullCount": 0})
+    );
+    expect_ok(w.call("sync.lock", json!({"lock": "durable.lock"})));
+    assert_eq!(
+        expect_ok(w.call("topic.count", json!({"prefix": "durable"}))),
+        json!({"count": 0})
+    );
+    let mut got = Vec::new();
+    for _ in 0..10 {
+        let t = expect_ok(w.call("task.pull", json!({"prefix": "durable", "timeout": 5})));
+        got.push(t["params"]["i"].as_i64().unwrap());
+        expect_ok(w.call(
+            "task.result",
+            json!({"taskid": t["taskid"], "result": null}),
+        ));
+    }
+    assert_eq!(
+        got,
+        (0..10).rev().collect::<Vec<_>>(),
+        "highest prio first, all there"
+    );
+}
