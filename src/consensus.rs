@@ -42,7 +42,7 @@ impl Default for RaftConfig {
 
 enum Msg {
     Propose {
-        cmd: Command,
+        cmd: Box<Command>,
         reply: oneshot::Sender<Outcome>,
     },
     Shutdown(oneshot::Sender<()>),
@@ -73,7 +73,10 @@ impl RaftHandle {
     pub async fn propose(&self, cmd: Command) -> Outcome {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Msg::Propose { cmd, reply })
+            .send(Msg::Propose {
+                cmd: Box::new(cmd),
+                reply,
+            })
             .map_err(|_| RpcError::internal("node is shutting down"))?;
         rx.await
             .map_err(|_| RpcError::internal("proposal was not applied"))?
@@ -82,7 +85,10 @@ impl RaftHandle {
     /// Proposes without waiting for the outcome (teardown paths).
     pub fn propose_detached(&self, cmd: Command) {
         let (reply, _rx) = oneshot::channel();
-        let _ = self.tx.send(Msg::Propose { cmd, reply });
+        let _ = self.tx.send(Msg::Propose {
+            cmd: Box::new(cmd),
+            reply,
+        });
     }
 
     /// Stops the driver after it has written what it holds.
@@ -237,7 +243,7 @@ impl Driver {
         }
     }
 
-    fn propose(&mut self, cmd: Command, reply: oneshot::Sender<Outcome>) {
+    fn propose(&mut self, cmd: Box<Command>, reply: oneshot::Sender<Outcome>) {
         if self.raw.raft.state != StateRole::Leader {
             // Forwarding to the leader arrives with the cluster; until then say so plainly.
             let _ = reply.send(Err(RpcError::internal("no raft leader, retry")));
