@@ -23,6 +23,8 @@ pub struct Cli {
 pub enum Command {
     /// Run a node.
     Serve(ServeArgs),
+    /// Load a running node over WebSocket and report throughput and latency.
+    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -89,9 +91,13 @@ impl ServeArgs {
     /// The defaults, as `nexus serve` with no flags, rooted at `data_dir`.
     pub fn with_data_dir(data_dir: PathBuf) -> Self {
         let mut args = Cli::parse_from(["nexus", "serve"]);
-        let Command::Serve(ref mut a) = args.command;
-        a.data_dir = data_dir;
-        a.clone()
+        match args.command {
+            Command::Serve(ref mut a) => {
+                a.data_dir = data_dir;
+                a.clone()
+            }
+            Command::Bench(_) => unreachable!("parsed `serve`"),
+        }
     }
 
     pub fn listeners(&self) -> Result<Vec<Listener>, String> {

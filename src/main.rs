@@ -16,5 +16,12 @@ fn main() -> std::process::ExitCode {
                 }
             }
         }
+        Command::Bench(args) => match nexus::bench::run(args) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("nexus bench: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        },
     }
 }

@@ -35,8 +35,10 @@ pub fn args_for(dir: &Path, extra: &[&str]) -> ServeArgs {
     ];
     argv.extend_from_slice(extra);
     let cli = <nexus::config::Cli as clap::Parser>::parse_from(argv);
-    let nexus::config::Command::Serve(args) = cli.command;
-    args
+    match cli.command {
+        nexus::config::Command::Serve(args) => args,
+        other => panic!("not serve: {other:?}"),
+    }
 }
 
 impl TestNode {

@@ -1,0 +1,272 @@
+//! `nexus bench`: drives a running node over WebSocket and reports throughput and latency.
+//! Numbers from here go to docs/benchmarks.md; nothing in the test suite times anything.
+
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+use tungstenite::stream::MaybeTlsStream;
+use tungstenite::{Message, WebSocket};
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub kind: BenchKind,
+    /// WebSocket URL of the node.
+    #[arg(long, default_value = "ws://127.0.0.1:8080/", global = true)]
+    pub url: String,
+    #[arg(long, default_value = "root", global = true)]
+    pub user: String,
+    #[arg(long, default_value = "root", global = true, env = "NEXUS_BENCH_PASS")]
+    pub pass: String,
+    /// How long to measure.
+    #[arg(long, default_value_t = 10, global = true)]
+    pub seconds: u64,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum BenchKind {
+    /// Task round trips: callers push (each waits for its answer), workers pull and answer.
+    Tasks {
+        /// Concurrent callers, each with one push in flight.
+        #[arg(long, default_value_t = 64)]
+        callers: usize,
+        #[arg(long, default_value_t = 16)]
+        workers: usize,
+    },
+    /// Topic publish → pipe read: publishers publish, subscribers read their pipes.
+    Topics {
+        #[arg(long, default_value_t = 4)]
+        publishers: usize,
+        /// Publishes each publisher keeps in flight.
+        #[arg(long, default_value_t = 32)]
+        window: usize,
+        #[arg(long, default_value_t = 2)]
+        subscribers: usize,
+    },
+}
+
+struct Ws {
+    ws: WebSocket<MaybeTlsStream<TcpStream>>,
+    next_id: u64,
+}
+
+impl Ws {
+    fn connect(args: &BenchArgs) -> anyhow::Result<Ws> {
+        let (ws, _) = tungstenite::connect(args.url.as_str())?;
+        let mut c = Ws { ws, next_id: 0 };
+        let r = c.call("sys.login", json!({"user": args.user, "pass": args.pass}))?;
+        if r.get("error").is_some() {
+            anyhow::bail!("login failed: {r}");
+        }
+        Ok(c)
+    }
+
+    fn send(&mut self, method: &str, params: Value) -> anyhow::Result<u64> {
+        self.next_id += 1;
+        let req = json!({"jsonrpc": "2.0", "id": self.next_id, "method": method, "params": params});
+        self.ws.send(Message::text(req.to_string()))?;
+        Ok(self.next_id)
+    }
+
+    fn recv(&mut self) -> anyhow::Result<Value> {
+        loop {
+            match self.ws.read()? {
+                Message::Text(t) => return Ok(serde_json::from_str(t.as_str())?),
+                Message::Close(_) => anyhow::bail!("connection closed"),
+                _ => continue,
+            }
+        }
+    }
+
+    /// One request, one answer (nothing else in flight on this connection).
+    fn call(&mut self, method: &str, params: Value) -> anyhow::Result<Value> {
+        self.send(method, params)?;
+        self.recv()
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+/// Prints the running count every second until `stop`.
+fn progress(label: &'static str, count: Arc<AtomicU64>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let start = Instant::now();
+        let mut last = 0;
+        while !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_secs(1));
+            let now = count.load(Ordering::Relaxed);
+            eprintln!("  [{:>3.0}s] {label}: {} in the last second, {now} total", start.elapsed().as_secs_f64(), now - last);
+            last = now;
+        }
+    })
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    match args.kind {
+        BenchKind::Tasks { callers, workers } => tasks(&args, callers, workers),
+        BenchKind::Topics {
+            publishers,
+            window,
+            subscribers,
+        } => topics(&args, publishers, window, subscribers),
+    }
+}
+
+fn tasks(args: &BenchArgs, callers: usize, workers: usize) -> anyhow::Result<()> {
+    let prefix = format!("bench.tasks.r{}", crate::node::random_hex(6));
+    eprintln!("task round trips: {callers} callers, {workers} workers, {}s against {}", args.seconds, args.url);
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let latencies = Arc::new(Mutex::new(Vec::new()));
+    let mut worker_threads = Vec::new();
+    for _ in 0..workers {
+        let (args, stop, prefix) = (args.clone(), stop.clone(), prefix.clone());
+        worker_threads.push(std::thread::spawn(move || -> anyhow::Result<()> {
+            let mut c = Ws::connect(&args)?;
+            while !stop.load(Ordering::Relaxed) {
+                let t = c.call("task.pull", json!({"prefix": prefix, "timeout": 1}))?;
+                if let Some(id) = t["result"]["taskid"].as_str() {
+                    let params = t["result"]["params"].clone();
+                    c.call("task.result", json!({"taskid": id, "result": params}))?;
+                }
+            }
+            Ok(())
+        }));
+    }
+    let deadline = Instant::now() + Duration::from_secs(args.seconds);
+    let mut caller_threads = Vec::new();
+    for i in 0..callers {
+        let (args, done, latencies, method) = (args.clone(), done.clone(), latencies.clone(), format!("{prefix}.echo"));
+        caller_threads.push(std::thread::spawn(move || -> anyhow::Result<()> {
+            let mut c = Ws::connect(&args)?;
+            let mut mine = Vec::new();
+            while Instant::now() < deadline {
+                let t0 = Instant::now();
+                let r = c.call("task.push", json!({"method": method, "params": {"caller": i}}))?;
+                if r.get("result").is_none() {
+                    anyhow::bail!("push failed: {r}");
+                }
+                mine.push(t0.elapsed());
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            latencies.lock().unwrap_or_else(|e| e.into_inner()).extend(mine);
+            Ok(())
+        }));
+    }
+    let start = Instant::now();
+    let prog_stop = Arc::new(AtomicBool::new(false));
+    let prog = progress("round trips", done.clone(), prog_stop.clone());
+    for t in caller_threads {
+        t.join().map_err(|_| anyhow::anyhow!("caller panicked"))??;
+    }
+    let elapsed = start.elapsed();
+    prog_stop.store(true, Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
+    let _ = prog.join();
+    for t in worker_threads {
+        t.join().map_err(|_| anyhow::anyhow!("worker panicked"))??;
+    }
+    let mut lat = latencies.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    lat.sort();
+    let n = lat.len();
+    println!(
+        "tasks: {n} round trips in {:.1}s = {:.0}/s, p50 {:.2} ms, p99 {:.2} ms ({callers} callers, {workers} workers)",
+        elapsed.as_secs_f64(),
+        n as f64 / elapsed.as_secs_f64(),
+        percentile(&lat, 0.50).as_secs_f64() * 1e3,
+        percentile(&lat, 0.99).as_secs_f64() * 1e3,
+    );
+    Ok(())
+}
+
+fn topics(args: &BenchArgs, publishers: usize, window: usize, subscribers: usize) -> anyhow::Result<()> {
+    let topic = format!("bench.topic.r{}", crate::node::random_hex(6));
+    eprintln!(
+        "topic pub → pipe read: {publishers} publishers (window {window}), {subscribers} subscribers, {}s against {}",
+        args.seconds, args.url
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let delivered = Arc::new(AtomicU64::new(0));
+    let dropped = Arc::new(AtomicU64::new(0));
+    let mut sub_threads = Vec::new();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    for _ in 0..subscribers {
+        let (args, stop, topic, delivered, dropped, ready) =
+            (args.clone(), stop.clone(), topic.clone(), delivered.clone(), dropped.clone(), ready_tx.clone());
+        sub_threads.push(std::thread::spawn(move || -> anyhow::Result<()> {
+            let mut c = Ws::connect(&args)?;
+            let pipe = c.call("pipe.create", json!({"len": 100000}))?["result"]["pipeid"].clone();
+            c.call("topic.sub", json!({"pipeid": pipe, "topic": topic}))?;
+            let _ = ready.send(());
+            while !stop.load(Ordering::Relaxed) {
+                let r = c.call("pipe.read", json!({"pipeid": pipe, "max": 10000, "timeout": 0.5}))?;
+                let n = r["result"]["msgs"].as_array().map_or(0, Vec::len);
+                delivered.fetch_add(n as u64, Ordering::Relaxed);
+                dropped.fetch_add(r["result"]["drops"].as_u64().unwrap_or(0), Ordering::Relaxed);
+            }
+            Ok(())
+        }));
+    }
+    for _ in 0..subscribers {
+        ready_rx.recv()?;
+    }
+    let published = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(args.seconds);
+    let mut pub_threads = Vec::new();
+    for _ in 0..publishers {
+        let (args, topic, published) = (args.clone(), topic.clone(), published.clone());
+        pub_threads.push(std::thread::spawn(move || -> anyhow::Result<()> {
+            let mut c = Ws::connect(&args)?;
+            let payload = json!({"data": "x".repeat(64)});
+            for _ in 0..window {
+                c.send("topic.pub", json!({"topic": topic, "msg": payload}))?;
+            }
+            let mut in_flight = window;
+            while in_flight > 0 {
+                c.recv()?;
+                in_flight -= 1;
+                published.fetch_add(1, Ordering::Relaxed);
+                if Instant::now() < deadline {
+                    c.send("topic.pub", json!({"topic": topic, "msg": payload}))?;
+                    in_flight += 1;
+                }
+            }
+            Ok(())
+        }));
+    }
+    let start = Instant::now();
+    let prog_stop = Arc::new(AtomicBool::new(false));
+    let prog = progress("messages read", delivered.clone(), prog_stop.clone());
+    for t in pub_threads {
+        t.join().map_err(|_| anyhow::anyhow!("publisher panicked"))??;
+    }
+    let elapsed = start.elapsed();
+    // Let subscribers drain what is queued.
+    std::thread::sleep(Duration::from_secs(1));
+    prog_stop.store(true, Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
+    let _ = prog.join();
+    for t in sub_threads {
+        t.join().map_err(|_| anyhow::anyhow!("subscriber panicked"))??;
+    }
+    let p = published.load(Ordering::Relaxed);
+    let d = delivered.load(Ordering::Relaxed);
+    println!(
+        "topics: {p} publishes in {:.1}s = {:.0}/s; {d} messages read by {subscribers} subscribers = {:.0}/s; {} dropped",
+        elapsed.as_secs_f64(),
+        p as f64 / elapsed.as_secs_f64(),
+        d as f64 / elapsed.as_secs_f64(),
+        dropped.load(Ordering::Relaxed),
+    );
+    Ok(())
+}
