@@ -98,14 +98,22 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 /// Prints the running count every second until `stop`.
-fn progress(label: &'static str, count: Arc<AtomicU64>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+fn progress(
+    label: &'static str,
+    count: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let start = Instant::now();
         let mut last = 0;
         while !stop.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_secs(1));
             let now = count.load(Ordering::Relaxed);
-            eprintln!("  [{:>3.0}s] {label}: {} in the last second, {now} total", start.elapsed().as_secs_f64(), now - last);
+            eprintln!(
+                "  [{:>3.0}s] {label}: {} in the last second, {now} total",
+                start.elapsed().as_secs_f64(),
+                now - last
+            );
             last = now;
         }
     })
@@ -124,7 +132,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
 
 fn tasks(args: &BenchArgs, callers: usize, workers: usize) -> anyhow::Result<()> {
     let prefix = format!("bench.tasks.r{}", crate::node::random_hex(6));
-    eprintln!("task round trips: {callers} callers, {workers} workers, {}s against {}", args.seconds, args.url);
+    eprintln!(
+        "task round trips: {callers} callers, {workers} workers, {}s against {}",
+        args.seconds, args.url
+    );
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
     let latencies = Arc::new(Mutex::new(Vec::new()));
@@ -146,20 +157,31 @@ fn tasks(args: &BenchArgs, callers: usize, workers: usize) -> anyhow::Result<()>
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
     let mut caller_threads = Vec::new();
     for i in 0..callers {
-        let (args, done, latencies, method) = (args.clone(), done.clone(), latencies.clone(), format!("{prefix}.echo"));
+        let (args, done, latencies, method) = (
+            args.clone(),
+            done.clone(),
+            latencies.clone(),
+            format!("{prefix}.echo"),
+        );
         caller_threads.push(std::thread::spawn(move || -> anyhow::Result<()> {
             let mut c = Ws::connect(&args)?;
             let mut mine = Vec::new();
             while Instant::now() < deadline {
                 let t0 = Instant::now();
-                let r = c.call("task.push", json!({"method": method, "params": {"caller": i}}))?;
+                let r = c.call(
+                    "task.push",
+                    json!({"method": method, "params": {"caller": i}}),
+                )?;
                 if r.get("result").is_none() {
                     anyhow::bail!("push failed: {r}");
                 }
                 mine.push(t0.elapsed());
                 done.fetch_add(1, Ordering::Relaxed);
             }
-            latencies.lock().unwrap_or_else(|e| e.into_inner()).extend(mine);
+            latencies
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(mine);
             Ok(())
         }));
     }
@@ -189,7 +211,12 @@ fn tasks(args: &BenchArgs, callers: usize, workers: usize) -> anyhow::Result<()>
     Ok(())
 }
 
-fn topics(args: &BenchArgs, publishers: usize, window: usize, subscribers: usize) -> anyhow::Result<()> {
+fn topics(
+    args: &BenchArgs,
+    publishers: usize,
+    window: usize,
+    subscribers: usize,
+) -> anyhow::Result<()> {
     let topic = format!("bench.topic.r{}", crate::node::random_hex(6));
     eprintln!(
         "topic pub → pipe read: {publishers} publishers (window {window}), {subscribers} subscribers, {}s against {}",
@@ -201,18 +228,30 @@ fn topics(args: &BenchArgs, publishers: usize, window: usize, subscribers: usize
     let mut sub_threads = Vec::new();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     for _ in 0..subscribers {
-        let (args, stop, topic, delivered, dropped, ready) =
-            (args.clone(), stop.clone(), topic.clone(), delivered.clone(), dropped.clone(), ready_tx.clone());
+        let (args, stop, topic, delivered, dropped, ready) = (
+            args.clone(),
+            stop.clone(),
+            topic.clone(),
+            delivered.clone(),
+            dropped.clone(),
+            ready_tx.clone(),
+        );
         sub_threads.push(std::thread::spawn(move || -> anyhow::Result<()> {
             let mut c = Ws::connect(&args)?;
             let pipe = c.call("pipe.create", json!({"len": 100000}))?["result"]["pipeid"].clone();
             c.call("topic.sub", json!({"pipeid": pipe, "topic": topic}))?;
             let _ = ready.send(());
             while !stop.load(Ordering::Relaxed) {
-                let r = c.call("pipe.read", json!({"pipeid": pipe, "max": 10000, "timeout": 0.5}))?;
+                let r = c.call(
+                    "pipe.read",
+                    json!({"pipeid": pipe, "max": 10000, "timeout": 0.5}),
+                )?;
                 let n = r["result"]["msgs"].as_array().map_or(0, Vec::len);
                 delivered.fetch_add(n as u64, Ordering::Relaxed);
-                dropped.fetch_add(r["result"]["drops"].as_u64().unwrap_or(0), Ordering::Relaxed);
+                dropped.fetch_add(
+                    r["result"]["drops"].as_u64().unwrap_or(0),
+                    Ordering::Relaxed,
+                );
             }
             Ok(())
         }));
@@ -248,7 +287,8 @@ fn topics(args: &BenchArgs, publishers: usize, window: usize, subscribers: usize
     let prog_stop = Arc::new(AtomicBool::new(false));
     let prog = progress("messages read", delivered.clone(), prog_stop.clone());
     for t in pub_threads {
-        t.join().map_err(|_| anyhow::anyhow!("publisher panicked"))??;
+        t.join()
+            .map_err(|_| anyhow::anyhow!("publisher panicked"))??;
     }
     let elapsed = start.elapsed();
     // Let subscribers drain what is queued.
@@ -257,7 +297,8 @@ fn topics(args: &BenchArgs, publishers: usize, window: usize, subscribers: usize
     stop.store(true, Ordering::Relaxed);
     let _ = prog.join();
     for t in sub_threads {
-        t.join().map_err(|_| anyhow::anyhow!("subscriber panicked"))??;
+        t.join()
+            .map_err(|_| anyhow::anyhow!("subscriber panicked"))??;
     }
     let p = published.load(Ordering::Relaxed);
     let d = delivered.load(Ordering::Relaxed);

@@ -25,6 +25,8 @@ struct Reader {
     id: u64,
     max: usize,
     tx: oneshot::Sender<Value>,
+    /// The read's timeout, cancelled when the read is served first.
+    timer: Option<SpawnHandle>,
 }
 
 pub struct Pipe {
@@ -62,11 +64,14 @@ impl Pipe {
     }
 
     /// Serves waiting readers while there are messages.
-    fn serve(&mut self) {
+    fn serve(&mut self, ctx: &mut Context<Self>) {
         while !self.queue.is_empty() {
             let Some(reader) = self.readers.pop_front() else {
                 return;
             };
+            if let Some(timer) = reader.timer {
+                ctx.cancel_future(timer);
+            }
             if reader.tx.is_closed() {
                 continue; // its connection is gone
             }
@@ -88,7 +93,7 @@ pub struct Write(pub Vec<Value>);
 impl Handler<Write> for Pipe {
     type Result = ();
 
-    fn handle(&mut self, msg: Write, _: &mut Self::Context) {
+    fn handle(&mut self, msg: Write, ctx: &mut Self::Context) {
         for m in msg.0 {
             self.count += 1;
             if self.queue.len() >= self.cap {
@@ -97,7 +102,7 @@ impl Handler<Write> for Pipe {
                 self.queue.push_back((m, self.count));
             }
         }
-        self.serve();
+        self.serve(ctx);
     }
 }
 
@@ -121,8 +126,7 @@ impl Handler<Read> for Pipe {
         }
         self.next_reader += 1;
         let id = self.next_reader;
-        self.readers.push_back(Reader { id, max, tx });
-        if let Some(timeout) = msg.timeout {
+        let timer = msg.timeout.map(|timeout| {
             ctx.run_later(timeout, move |pipe, _| {
                 if let Some(pos) = pipe.readers.iter().position(|r| r.id == id) {
                     if let Some(reader) = pipe.readers.remove(pos) {
@@ -130,9 +134,10 @@ impl Handler<Read> for Pipe {
                         let _ = reader.tx.send(answer);
                     }
                 }
-            });
-        }
-        self.serve();
+            })
+        });
+        self.readers.push_back(Reader { id, max, tx, timer });
+        self.serve(ctx);
         MessageResult(rx)
     }
 }

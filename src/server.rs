@@ -134,6 +134,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
                 .app_data(data.clone())
                 .default_service(actix_web::web::to(http::entry))
         })
+        .on_connect(http::record_peer_fd)
         .disable_signals()
         .shutdown_timeout(1);
         for (scheme, l) in web {

@@ -55,7 +55,7 @@ pub struct Conn {
     pub auth: RefCell<AuthState>,
     pub watchdog: Cell<u64>,
     last_activity: Cell<Instant>,
-    out: mpsc::UnboundedSender<String>,
+    out: mpsc::UnboundedSender<Outgoing>,
     /// Pending pushes and pulls by JSON-RPC request id (serialised): their task or pull id,
     /// so that `task.cancel` can find them.
     pub pending: RefCell<std::collections::HashMap<String, String>>,
@@ -63,11 +63,26 @@ pub struct Conn {
     pub pipes: RefCell<std::collections::BTreeSet<String>>,
 }
 
+/// One serialised response on its way to the socket. It holds its request's in-flight
+/// permit until the writer has written it, so a client that stops reading its answers
+/// stops being read too: queued output is bounded by `--max-inflight`.
+pub struct Outgoing {
+    pub text: String,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
 impl Conn {
     /// Queues one serialised response for the transport writer.
     pub fn send(&self, text: String) {
+        self.send_held(text, None);
+    }
+
+    fn send_held(&self, text: String, permit: Option<OwnedSemaphorePermit>) {
         self.last_activity.set(Instant::now());
-        let _ = self.out.send(text);
+        let _ = self.out.send(Outgoing {
+            text,
+            _permit: permit,
+        });
     }
 
     pub fn user(&self) -> String {
@@ -118,6 +133,8 @@ pub struct Session {
     conn: Rc<Conn>,
     /// Set when the session stops: every request still running is abandoned.
     cancel: tokio::sync::watch::Sender<bool>,
+    /// The connection's in-flight permits (shared with its transport reader).
+    permits: Arc<Semaphore>,
     /// Closed when the actor stops, so the transport reader stops too.
     stop_tx: Option<oneshot::Sender<()>>,
 }
@@ -125,7 +142,7 @@ pub struct Session {
 /// What a transport gets back when it opens a session.
 pub struct Opened {
     pub addr: Addr<Session>,
-    pub out: mpsc::UnboundedReceiver<String>,
+    pub out: mpsc::UnboundedReceiver<Outgoing>,
     /// Resolves when the session has stopped.
     pub stopped: oneshot::Receiver<()>,
     /// Taken once per request before handing it to the session: bounds requests in flight.
@@ -153,6 +170,7 @@ impl Session {
             node,
             conn,
             cancel: tokio::sync::watch::channel(false).0,
+            permits: permits.clone(),
             stop_tx: Some(stop_tx),
         }
         .start();
@@ -178,14 +196,14 @@ impl Session {
                 _ = cancel.wait_for(|stopped| *stopped) => return,
                 text = fut => text,
             };
-            drop(permit);
             match reply {
                 Reply::Stream => {
                     if let Some(t) = text {
-                        conn.send(t);
+                        conn.send_held(t, Some(permit));
                     }
                 }
                 Reply::Once(tx) => {
+                    drop(permit);
                     let _ = tx.send(text);
                 }
             }
@@ -213,7 +231,12 @@ impl Actor for Session {
                 internal: false,
             },
         });
-        ctx.run_interval(Duration::from_secs(1), |act, ctx| {
+        // An HTTP bridge session lives for one request, however long that request waits.
+        let bridged = matches!(c.protocol, "http" | "https");
+        ctx.run_interval(Duration::from_secs(1), move |act, ctx| {
+            if bridged {
+                return;
+            }
             let idle = act.conn.last_activity.get().elapsed();
             if idle >= Duration::from_secs(act.conn.watchdog.get()) {
                 debug!(connid = %act.conn.connid, "watchdog expired");
@@ -255,7 +278,20 @@ impl Handler<Inbound> for Session {
                 let fut = async move { fut.await.map(|r| r.to_json()) };
                 self.run(fut, permit, self.conn.clone(), reply);
             }
+            Incoming::Batch(items) if items.len() > self.node.args.max_inflight.max(1) => {
+                let err = RpcError::detail(
+                    rpc::ERR_INVALID_REQUEST,
+                    format!("batch larger than {} requests", self.node.args.max_inflight),
+                );
+                let text = Some(Response::error(Value::Null, err).to_json());
+                self.run(async move { text }, permit, self.conn.clone(), reply);
+            }
             Incoming::Batch(items) => {
+                // A batch holds one in-flight permit per request, like single requests.
+                let extra = self
+                    .permits
+                    .clone()
+                    .acquire_many_owned(items.len() as u32 - 1);
                 let futs: Vec<_> = items
                     .into_iter()
                     .map(|item| {
@@ -270,6 +306,7 @@ impl Handler<Inbound> for Session {
                     })
                     .collect();
                 let fut = async move {
+                    let _extra = extra.await.ok()?;
                     let answers: Vec<Response> = futures_util::future::join_all(futs)
                         .await
                         .into_iter()
@@ -290,9 +327,15 @@ impl Handler<TransportEvent> for Session {
     fn handle(&mut self, msg: TransportEvent, ctx: &mut Self::Context) {
         match msg {
             TransportEvent::ParseError(detail) => {
-                self.conn.last_activity.set(Instant::now());
+                // Error answers count against the in-flight bound too; a client that sends
+                // garbage and reads nothing back is cut off.
+                let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+                    ctx.stop();
+                    return;
+                };
                 let err = RpcError::detail(rpc::ERR_PARSE, detail);
-                self.conn.send(Response::error(Value::Null, err).to_json());
+                let text = Response::error(Value::Null, err).to_json();
+                self.conn.send_held(text, Some(permit));
             }
             TransportEvent::Oversize => {
                 let err = RpcError::detail(

@@ -457,3 +457,72 @@ fn oversize_websocket_and_http_messages_are_refused() {
     );
     expect_ok(node.tcp().call("sys.ping", json!({})));
 }
+
+#[test]
+fn batches_count_against_max_inflight() {
+    let node = TestNode::start_with(&["--max-inflight", "3"]);
+    let mut c = node.tcp();
+    c.send_raw(br#"[{"id":1,"method":"sys.ping"},{"id":2,"method":"sys.ping"},{"id":3,"method":"sys.ping"}]"#);
+    assert_eq!(c.read_value().unwrap().as_array().unwrap().len(), 3);
+    c.send_raw(br#"[{"id":1,"method":"sys.ping"},{"id":2,"method":"sys.ping"},{"id":3,"method":"sys.ping"},{"id":4,"method":"sys.ping"}]"#);
+    let v = c.read_value().unwrap();
+    assert_eq!(v["error"]["code"], json!(ERR_INVALID_REQUEST), "{v}");
+    expect_ok(c.call("sys.ping", json!({})));
+}
+
+#[test]
+fn http_bridge_requests_outlive_the_watchdog() {
+    let node = TestNode::start_with(&["--watchdog", "10"]);
+    let body = br#"{"id":1,"method":"task.pull","params":{"prefix":"slow.q","timeout":11}}"#;
+    let start = Instant::now();
+    let (status, _, body) = http_request(
+        node.http_addr(),
+        "POST",
+        &[("Authorization", "Basic cm9vdDpyb290")],
+        body,
+    );
+    assert!(start.elapsed() >= Duration::from_secs(10));
+    assert_eq!(status, 200);
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["error"]["code"], json!(ERR_TIMEOUT), "{v}");
+}
+
+#[test]
+fn http_bridge_session_ends_when_the_client_hangs_up() {
+    let node = TestNode::start();
+    let mut root = node.root();
+    let count = |root: &mut Client| {
+        expect_ok(root.call("sys.session.count", json!({"prefix": "root"})))["count"]
+            .as_i64()
+            .unwrap()
+    };
+    assert_eq!(count(&mut root), 1);
+    {
+        let mut s = TcpStream::connect(node.http_addr()).unwrap();
+        let body = br#"{"id":1,"method":"task.pull","params":{"prefix":"never.here"}}"#;
+        write!(
+            s,
+            "POST / HTTP/1.1\r\nHost: x\r\nAuthorization: Basic cm9vdDpyb290\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .unwrap();
+        s.write_all(body).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while count(&mut root) < 2 {
+            assert!(Instant::now() < deadline, "bridge session never logged in");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while count(&mut root) != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "bridge session outlived its client"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        expect_ok(root.call("task.count", json!({"prefix": "never"})))["pullCount"],
+        json!(0)
+    );
+}

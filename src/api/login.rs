@@ -85,10 +85,21 @@ async fn plugin(
         false,
     );
     // Internal: the server pushes on the connection's behalf, whoever it is logged in as.
-    let answer = tokio::time::timeout(PLUGIN_TIMEOUT, super::task::push(node, conn, task, None))
-        .await
-        .map_err(|_| denied("login worker timeout"))?
-        .map_err(|e| denied(&format!("login worker: {}", e.message)))?;
+    let taskid = task.id.clone();
+    let answer =
+        match tokio::time::timeout(PLUGIN_TIMEOUT, super::task::push(node, conn, task, None)).await
+        {
+            Ok(answer) => answer.map_err(|e| denied(&format!("login worker: {}", e.message)))?,
+            Err(_) => {
+                // Withdraw the task now rather than leave it to its deadline.
+                let cancel = Command::TaskCancel {
+                    id: taskid,
+                    connid: conn.connid.clone(),
+                };
+                let _ = node.raft.propose(cancel).await;
+                return Err(denied("login worker timeout"));
+            }
+        };
     let user = answer
         .get("user")
         .and_then(Value::as_str)

@@ -247,6 +247,7 @@ fn count(q: &ListQuery, items: &[(String, Value, bool)]) -> Value {
 struct Pending {
     conn: Rc<Conn>,
     key: Option<String>,
+    target: String,
 }
 
 impl Pending {
@@ -260,14 +261,19 @@ impl Pending {
         Pending {
             conn: conn.clone(),
             key,
+            target: target.to_string(),
         }
     }
 }
 
 impl Drop for Pending {
     fn drop(&mut self) {
+        // A client reusing request ids may have replaced our entry; leave theirs alone.
         if let Some(k) = &self.key {
-            self.conn.pending.borrow_mut().remove(k);
+            let mut pending = self.conn.pending.borrow_mut();
+            if pending.get(k) == Some(&self.target) {
+                pending.remove(k);
+            }
         }
     }
 }

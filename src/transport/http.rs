@@ -80,7 +80,9 @@ fn websocket(
         let mut writer_ws = session.clone();
         let mut out = opened.out;
         let writer = actix_rt::spawn(async move {
-            while let Some(text) = out.recv().await {
+            // Each answer keeps its in-flight permit until it is handed to the socket.
+            while let Some(mut answer) = out.recv().await {
+                let text = std::mem::take(&mut answer.text);
                 if writer_ws.text(text).await.is_err() {
                     return;
                 }
@@ -139,7 +141,7 @@ fn websocket(
                 }
             }
         }
-        let _ = writer.await;
+        super::stream::finish_writer(writer).await;
     });
     resp
 }
@@ -158,16 +160,78 @@ fn basic_credentials(req: &HttpRequest) -> Option<(String, String)> {
     Some((user.to_string(), pass.to_string()))
 }
 
-/// Hands one JSON text to the session and waits for its single answer.
-async fn ask(opened: &crate::session::Opened, raw: Box<RawValue>) -> Option<String> {
-    let permit = opened.permits.clone().acquire_owned().await.ok()?;
+/// Hands one JSON text to the session and waits for its single answer: `Ok(None)` for a
+/// notification, `Err` when the session went away without answering.
+async fn ask(opened: &crate::session::Opened, raw: Box<RawValue>) -> Result<Option<String>, ()> {
+    let permit = opened
+        .permits
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| ())?;
     let (tx, rx) = oneshot::channel();
     opened.addr.do_send(Inbound {
         raw,
         permit,
         reply: Reply::Once(tx),
     });
-    rx.await.ok().flatten()
+    rx.await.map_err(|_| ())
+}
+
+/// The socket under an HTTP connection, so a bridge request can notice its client leaving
+/// (actix-web keeps running a handler after the client has gone).
+#[derive(Clone, Copy)]
+pub struct PeerFd(std::os::fd::RawFd);
+
+/// `HttpServer::on_connect` hook: remembers each connection's socket.
+pub fn record_peer_fd(io: &dyn std::any::Any, ext: &mut actix_web::dev::Extensions) {
+    use actix_tls::accept::rustls_0_23::TlsStream;
+    use std::os::fd::AsRawFd;
+    if let Some(s) = io.downcast_ref::<actix_rt::net::TcpStream>() {
+        ext.insert(PeerFd(s.as_raw_fd()));
+    } else if let Some(s) = io.downcast_ref::<TlsStream<actix_rt::net::TcpStream>>() {
+        ext.insert(PeerFd(s.get_ref().0.as_raw_fd()));
+    }
+}
+
+/// Resolves once the client has closed its side of the connection.
+async fn hung_up(fd: Option<PeerFd>) {
+    let Some(PeerFd(fd)) = fd else {
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        let mut byte = 0u8;
+        // SAFETY: `fd` is the socket of the connection actix-web holds open while this
+        // handler runs; MSG_PEEK leaves any bytes in place for actix-web.
+        let n = unsafe {
+            libc::recv(
+                fd,
+                (&mut byte as *mut u8).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        let err = std::io::Error::last_os_error().kind();
+        if n == 0
+            || (n < 0
+                && !matches!(
+                    err,
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+                ))
+        {
+            return;
+        }
+    }
+}
+
+/// Closes a bridge session however its request ends, the client hanging up included.
+struct CloseOnDrop(actix::Addr<Session>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.do_send(Control::Close);
+    }
 }
 
 async fn bridge(
@@ -207,15 +271,17 @@ async fn bridge(
         }
     };
     let opened = Session::open(node, remote_of(&req), protocol);
+    let _close = CloseOnDrop(opened.addr.clone());
     if let Some((user, pass)) = basic_credentials(&req) {
         let login = json!({"id": 0, "method": "sys.login", "params": {"user": user, "pass": pass}});
         let login = RawValue::from_string(login.to_string()).expect("valid JSON");
         let ok = ask(&opened, login)
             .await
+            .ok()
+            .flatten()
             .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
             .is_some_and(|v| v.get("result").is_some());
         if !ok {
-            opened.addr.do_send(Control::Close);
             let id = serde_json::from_str::<serde_json::Value>(raw.get())
                 .ok()
                 .and_then(|v| v.get("id").cloned())
@@ -223,11 +289,18 @@ async fn bridge(
             return json_response(Response::error(id, RpcError::permission_denied()).to_json());
         }
     }
-    let answer = ask(&opened, raw).await;
-    opened.addr.do_send(Control::Close);
+    let answer = tokio::select! {
+        a = ask(&opened, raw) => a,
+        _ = hung_up(req.conn_data::<PeerFd>().copied()) => return HttpResponse::Gone().finish(),
+    };
     match answer {
-        Some(text) => json_response(text),
-        None => cors(&mut HttpResponse::NoContent()).finish(),
+        Ok(Some(text)) => json_response(text),
+        Ok(None) => cors(&mut HttpResponse::NoContent()).finish(),
+        Err(()) => {
+            let err =
+                RpcError::internal("the request ended without an answer (node shutting down?)");
+            json_response(Response::error(json!(null), err).to_json())
+        }
     }
 }
 

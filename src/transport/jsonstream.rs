@@ -25,6 +25,9 @@ pub struct JsonStream {
     escaped: bool,
 }
 
+/// The longest incomplete top-level scalar kept waiting for more input.
+const MAX_SCALAR: usize = 64 * 1024;
+
 fn is_ws(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\r' | b'\n')
 }
@@ -66,6 +69,13 @@ impl JsonStream {
                         Scalar::Value(v, end) => {
                             items.push(Item::Value(v));
                             start = end;
+                            continue;
+                        }
+                        // No request is a bare scalar: a long one is garbage, not worth
+                        // re-parsing as more of it arrives.
+                        Scalar::Incomplete if self.buf.len() - start > MAX_SCALAR => {
+                            items.push(Item::ParseError("top-level value too long".into()));
+                            start = self.buf.len();
                             continue;
                         }
                         Scalar::Incomplete => break,
@@ -208,6 +218,23 @@ mod tests {
             vec!["ERR", "ERR", r#"{"id":2}"#]
         );
         assert_eq!(texts(&s.push(b"12 ")), vec!["12"]);
+    }
+
+    #[test]
+    fn long_bare_scalars_are_dropped_not_rescanned() {
+        let mut s = JsonStream::new(1 << 30);
+        let mut items = s.push(b"\"");
+        let chunk = vec![b'a'; 16 * 1024];
+        for _ in 0..5 {
+            items.extend(s.push(&chunk));
+        }
+        // Dropped once past the limit; what follows is garbage until the next request.
+        assert!(!items.is_empty() && texts(&items).iter().all(|t| t == "ERR"));
+        assert!(s.buf.len() <= MAX_SCALAR + 16 * 1024);
+        assert_eq!(
+            texts(&s.push(br#"aaa" {"id":1}"#)),
+            vec!["ERR", r#"{"id":1}"#]
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@ use tracing::{debug, warn};
 use super::jsonstream::{Item, JsonStream};
 use super::tls::TlsAcceptor;
 use crate::node::Node;
-use crate::session::{Inbound, Reply, Session, TransportEvent};
+use crate::session::{Inbound, Outgoing, Reply, Session, TransportEvent};
 
 /// Responses gathered into one socket write when several are ready together.
 const WRITE_BATCH: usize = 256 * 1024;
@@ -89,20 +89,36 @@ where
             }
         }
     }
-    let _ = writer.await;
+    finish_writer(writer).await;
 }
 
-async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, mut out: mpsc::UnboundedReceiver<String>) {
+/// Gives the writer a moment to flush the last answers; a peer that does not read them
+/// does not keep the socket open.
+pub async fn finish_writer(writer: actix_rt::task::JoinHandle<()>) {
+    let abort = writer.abort_handle();
+    if tokio::time::timeout(WRITER_GRACE, writer).await.is_err() {
+        abort.abort();
+    }
+}
+
+/// How long a closing connection's writer may take to flush.
+const WRITER_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, mut out: mpsc::UnboundedReceiver<Outgoing>) {
     let mut buf = Vec::with_capacity(4096);
+    // Answers (with their in-flight permits) are released only once written.
+    let mut written: Vec<Outgoing> = Vec::new();
     while let Some(first) = out.recv().await {
         buf.clear();
-        buf.extend_from_slice(first.as_bytes());
+        buf.extend_from_slice(first.text.as_bytes());
         buf.extend_from_slice(b"\r\n");
+        written.push(first);
         while buf.len() < WRITE_BATCH {
             match out.try_recv() {
                 Ok(more) => {
-                    buf.extend_from_slice(more.as_bytes());
+                    buf.extend_from_slice(more.text.as_bytes());
                     buf.extend_from_slice(b"\r\n");
+                    written.push(more);
                 }
                 Err(_) => break,
             }
@@ -110,6 +126,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, mut out: mpsc::UnboundedRe
         if wr.write_all(&buf).await.is_err() || wr.flush().await.is_err() {
             return;
         }
+        written.clear();
     }
     let _ = wr.shutdown().await;
 }
