@@ -37,7 +37,35 @@ impl Running {
 
 /// Starts a node on the current actix system.
 pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
+    // Everything that can fail on bad configuration fails before storage opens.
     let listeners = args.listeners().map_err(|e| anyhow!(e))?;
+    let tls_config = if listeners.iter().any(|l| l.scheme.uses_tls()) {
+        let (cert, key) = match (&args.tls_cert, &args.tls_key) {
+            (Some(c), Some(k)) => (c, k),
+            _ => {
+                return Err(anyhow!(
+                    "ssl:// and https:// listeners need --tls-cert and --tls-key"
+                ))
+            }
+        };
+        Some(tls::server_config(cert, key).map_err(|e| anyhow!(e))?)
+    } else {
+        None
+    };
+    let mut bound = Vec::new();
+    for l in &listeners {
+        let std_listener =
+            std::net::TcpListener::bind(l.addr).with_context(|| format!("binding {}", l.url()))?;
+        std_listener.set_nonblocking(true)?;
+        let addr = std_listener.local_addr()?;
+        bound.push((
+            Listener {
+                scheme: l.scheme,
+                addr,
+            },
+            std_listener,
+        ));
+    }
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
     let db = store::open_db(&args.data_dir)
@@ -76,8 +104,15 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         }
     });
 
-    announce_start(&node).await?;
-    bootstrap_root(&node).await?;
+    let ready = async {
+        announce_start(&node).await?;
+        bootstrap_root(&node).await
+    };
+    if let Err(e) = ready.await {
+        // Release storage before reporting: nothing may outlive a failed start.
+        node.raft.shutdown().await;
+        return Err(e);
+    }
 
     let mut running = Running {
         node: node.clone(),
@@ -85,31 +120,26 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         http_servers: Vec::new(),
         tcp_tasks: vec![events_task, actix_rt::spawn(expire_deadlines(node.clone()))],
     };
-    let tls_config = if listeners.iter().any(|l| l.scheme.uses_tls()) {
-        let (cert, key) = match (&args.tls_cert, &args.tls_key) {
-            (Some(c), Some(k)) => (c, k),
-            _ => {
-                return Err(anyhow!(
-                    "ssl:// and https:// listeners need --tls-cert and --tls-key"
-                ))
-            }
-        };
-        Some(tls::server_config(cert, key).map_err(|e| anyhow!(e))?)
-    } else {
-        None
-    };
+    if let Err(e) = serve_listeners(&mut running, bound, tls_config) {
+        running.stop().await;
+        return Err(e);
+    }
+    *node.listening.lock().unwrap_or_else(|e| e.into_inner()) =
+        running.listening.iter().map(Listener::url).collect();
+    Ok(running)
+}
+
+/// Starts serving on the bound listeners.
+fn serve_listeners(
+    running: &mut Running,
+    bound: Vec<(Listener, std::net::TcpListener)>,
+    tls_config: Option<rustls::ServerConfig>,
+) -> anyhow::Result<()> {
     let mut web = Vec::new();
     let mut health = Vec::new();
-    for l in &listeners {
-        let std_listener =
-            std::net::TcpListener::bind(l.addr).with_context(|| format!("binding {}", l.url()))?;
-        std_listener.set_nonblocking(true)?;
-        let bound = Listener {
-            scheme: l.scheme,
-            addr: std_listener.local_addr()?,
-        };
-        info!("listening on {}", bound.url());
-        running.listening.push(bound);
+    for (l, std_listener) in bound {
+        info!("listening on {}", l.url());
+        running.listening.push(l.clone());
         match l.scheme {
             Scheme::Tcp | Scheme::Ssl => {
                 let listener = tokio::net::TcpListener::from_std(std_listener)?;
@@ -118,7 +148,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
                     _ => None,
                 };
                 running.tcp_tasks.push(actix_rt::spawn(stream::accept_loop(
-                    node.clone(),
+                    running.node.clone(),
                     listener,
                     acceptor,
                 )));
@@ -128,7 +158,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         }
     }
     if !web.is_empty() {
-        let data = actix_web::web::Data::new(node.clone());
+        let data = actix_web::web::Data::new(running.node.clone());
         let mut server = actix_web::HttpServer::new(move || {
             actix_web::App::new()
                 .app_data(data.clone())
@@ -161,9 +191,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         running.http_servers.push(server.handle());
         actix_rt::spawn(server);
     }
-    *node.listening.lock().unwrap_or_else(|e| e.into_inner()) =
-        running.listening.iter().map(Listener::url).collect();
-    Ok(running)
+    Ok(())
 }
 
 /// While this node leads, proposes `Expire` whenever a task or pull deadline has passed, so
