@@ -23,7 +23,9 @@ use crate::rpc::{ERR_INVALID_PIPE, ERR_LOCK_NOT_OWNED};
 
 /// A change to durable state, proposed through Raft.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "camelCase")]
+// Externally tagged: internally tagged enums deserialize through a buffered copy (slow on
+// the apply path).
+#[serde(rename_all = "camelCase")]
 pub enum Command {
     /// A node process started: sessions of its earlier incarnations are gone.
     NodeStarted {

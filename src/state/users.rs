@@ -59,7 +59,7 @@ impl User {
 
 /// One change to an existing user.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 pub enum UserChange {
     SetTags { prefix: String, tags: TagMap },
     DelTags { prefix: String, tags: Vec<String> },
