@@ -8,17 +8,6 @@ use common::*;
 use nexus::rpc::*;
 use serde_json::{json, Value};
 
-fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
-}
-
 fn connid(c: &mut Client, user: &str, pass: &str) -> String {
     expect_ok(c.login(user, pass))["connid"]
         .as_str()

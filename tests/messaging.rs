@@ -173,18 +173,6 @@ fn only_the_owner_reads_and_closes() {
     );
 }
 
-/// Polls `f` until it is true or `within` passes.
-fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
-}
-
 #[test]
 fn pipes_close_with_their_connection() {
     let node = TestNode::start();

@@ -14,17 +14,6 @@ fn pull(c: &mut Client, prefix: &str, timeout: f64) -> Answer {
     c.call("task.pull", json!({"prefix": prefix, "timeout": timeout}))
 }
 
-fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
-}
-
 #[test]
 fn push_pull_result_round_trip() {
     let node = TestNode::start();

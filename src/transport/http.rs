@@ -13,7 +13,7 @@ use serde_json::json;
 use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 
-use super::jsonstream::{Item, JsonStream};
+use super::jsonstream::JsonStream;
 use crate::node::{Control, Node};
 use crate::rpc::{self, Response, RpcError};
 use crate::session::{Inbound, Reply, Session, TransportEvent};
@@ -117,28 +117,8 @@ fn websocket(
                     break 'read;
                 }
             };
-            for item in parser.push(&data) {
-                match item {
-                    Item::Value(raw) => {
-                        let permit = tokio::select! {
-                            _ = &mut stopped => break 'read,
-                            p = permits.clone().acquire_owned() => match p {
-                                Ok(p) => p,
-                                Err(_) => break 'read,
-                            },
-                        };
-                        addr.do_send(Inbound {
-                            raw,
-                            permit,
-                            reply: Reply::Stream,
-                        });
-                    }
-                    Item::ParseError(e) => addr.do_send(TransportEvent::ParseError(e)),
-                    Item::Oversize => {
-                        addr.do_send(TransportEvent::Oversize);
-                        break 'read;
-                    }
-                }
+            if !super::feed(&mut parser, &data, &addr, &permits, &mut stopped).await {
+                break 'read;
             }
         }
         super::stream::finish_writer(writer).await;

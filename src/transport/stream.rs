@@ -8,10 +8,10 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use super::jsonstream::{Item, JsonStream};
+use super::jsonstream::JsonStream;
 use super::tls::TlsAcceptor;
 use crate::node::Node;
-use crate::session::{Inbound, Outgoing, Reply, Session, TransportEvent};
+use crate::session::{Outgoing, Session, TransportEvent};
 
 /// Responses gathered into one socket write when several are ready together.
 const WRITE_BATCH: usize = 256 * 1024;
@@ -64,29 +64,8 @@ where
                 Ok(n) => n,
             },
         };
-        for item in parser.push(&buf[..n]) {
-            match item {
-                Item::Value(raw) => {
-                    // Waiting for a permit is the backpressure: we stop reading the socket.
-                    let permit = tokio::select! {
-                        _ = &mut stopped => break 'read,
-                        p = permits.clone().acquire_owned() => match p {
-                            Ok(p) => p,
-                            Err(_) => break 'read,
-                        },
-                    };
-                    addr.do_send(Inbound {
-                        raw,
-                        permit,
-                        reply: Reply::Stream,
-                    });
-                }
-                Item::ParseError(e) => addr.do_send(TransportEvent::ParseError(e)),
-                Item::Oversize => {
-                    addr.do_send(TransportEvent::Oversize);
-                    break 'read;
-                }
-            }
+        if !super::feed(&mut parser, &buf[..n], &addr, &permits, &mut stopped).await {
+            break 'read;
         }
     }
     finish_writer(writer).await;
