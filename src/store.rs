@@ -1,6 +1,7 @@
 //! RocksDB-backed storage: the Raft log, Raft metadata (hard state, conf state, the latest
 //! snapshot) and node metadata (the persistent raft id). Implements raft-rs `Storage`.
 
+use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
@@ -81,6 +82,8 @@ struct Cached {
     first: u64,
     /// Index of the last entry (snapshot index when the log is empty).
     last: u64,
+    /// Terms of the entries `first..=last`.
+    terms: VecDeque<u64>,
 }
 
 /// One atomic write to the Raft storage.
@@ -119,29 +122,30 @@ impl RaftStorage {
                 cs
             }
         };
-        let log = cf(&db, CF_LOG);
-        type KeyValue = (Box<[u8]>, Box<[u8]>);
-        let index_of = |item: Result<KeyValue, rocksdb::Error>| -> Result<Option<u64>, StoreError> {
-            let (k, _) = item?;
-            let bytes: [u8; 8] = k[..]
-                .try_into()
-                .map_err(|_| StoreError::Corrupt("log key", "length".into()))?;
-            Ok(Some(u64::from_be_bytes(bytes)))
-        };
-        let first = match db.iterator_cf(log, IteratorMode::Start).next() {
-            Some(item) => index_of(item)?.unwrap_or(snapshot_meta.index + 1),
-            None => snapshot_meta.index + 1,
-        };
-        let last = match db.iterator_cf(log, IteratorMode::End).next() {
-            Some(item) => index_of(item)?.unwrap_or(snapshot_meta.index),
-            None => snapshot_meta.index,
-        };
+        // One pass over the log: its bounds, and every entry's term (kept in memory so
+        // raft's frequent term lookups never decode an entry).
+        let mut terms = VecDeque::new();
+        let mut first = snapshot_meta.index + 1;
+        for item in db.iterator_cf(cf(&db, CF_LOG), IteratorMode::Start) {
+            let (k, v) = item?;
+            let index = u64::from_be_bytes(
+                k[..]
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("log key", "length".into()))?,
+            );
+            if terms.is_empty() {
+                first = index;
+            }
+            terms.push_back(decode::<Entry>("entry", &v)?.term);
+        }
+        let last = first + terms.len() as u64 - 1;
         let cached = Cached {
             hard_state,
             conf_state,
             snapshot_meta,
             first,
             last,
+            terms,
         };
         Ok(RaftStorage {
             db,
@@ -185,6 +189,9 @@ impl RaftStorage {
         self.db.write_opt(batch, &wo)?;
         let mut c = self.write_cache();
         if let Some(last) = new_last {
+            let keep = w.entries[0].index.saturating_sub(c.first) as usize;
+            c.terms.truncate(keep);
+            c.terms.extend(w.entries.iter().map(|e| e.term));
             c.last = last;
         }
         if let Some(hs) = w.hard_state {
@@ -229,6 +236,8 @@ impl RaftStorage {
         self.db.write_opt(batch, &wo)?;
         let mut c = self.write_cache();
         c.snapshot_meta = snap.take_metadata();
+        let dropped = ((index + 1).saturating_sub(c.first) as usize).min(c.terms.len());
+        c.terms.drain(..dropped);
         c.first = index + 1;
         c.last = c.last.max(index);
         Ok(())
@@ -262,6 +271,7 @@ impl RaftStorage {
         c.hard_state = hs;
         c.first = meta.index + 1;
         c.last = meta.index;
+        c.terms.clear();
         Ok(())
     }
 
@@ -332,29 +342,17 @@ impl Storage for RaftStorage {
     }
 
     fn term(&self, idx: u64) -> raft::Result<u64> {
-        let (snap_index, snap_term, first, last) = {
-            let c = self.read();
-            (c.snapshot_meta.index, c.snapshot_meta.term, c.first, c.last)
-        };
-        if idx == snap_index {
-            return Ok(snap_term);
+        let c = self.read();
+        if idx == c.snapshot_meta.index {
+            return Ok(c.snapshot_meta.term);
         }
-        if idx < first {
+        if idx < c.first {
             return Err(raft::Error::Store(StorageError::Compacted));
         }
-        if idx > last {
-            return Err(raft::Error::Store(StorageError::Unavailable));
-        }
-        match self
-            .db
-            .get_cf(cf(&self.db, CF_LOG), log_key(idx))
-            .map_err(Self::storage_error)?
-        {
-            Some(v) => Ok(decode::<Entry>("entry", &v)
-                .map_err(Self::storage_error)?
-                .term),
-            None => Err(raft::Error::Store(StorageError::Unavailable)),
-        }
+        c.terms
+            .get((idx - c.first) as usize)
+            .copied()
+            .ok_or(raft::Error::Store(StorageError::Unavailable))
     }
 
     fn first_index(&self) -> raft::Result<u64> {
@@ -415,6 +413,9 @@ mod tests {
             })
             .unwrap();
             assert_eq!(s.last_index().unwrap(), 4);
+            assert_eq!(s.term(4).unwrap(), 2, "the overwritten tail's term");
+            assert_eq!(s.term(3).unwrap(), 1);
+            assert!(s.term(5).is_err());
         }
         let db = open_db(dir.path()).unwrap();
         let s = RaftStorage::open(db, &[99]).unwrap();
