@@ -8,7 +8,7 @@ export ROCKSDB_LIB_DIR ?= /usr/lib/$(shell gcc -print-multiarch 2>/dev/null || e
 
 ARGS ?=
 
-.PHONY: deps build run test interop lint fmt clean-data
+.PHONY: deps build run test interop bench lint fmt clean-data
 
 deps:
 	@./scripts/deps.sh
@@ -28,6 +28,10 @@ test: deps lint
 		cargo test --no-fail-fast; \
 	fi
 	./scripts/interop.sh
+
+## Throughput and latency of a fresh release node (figures: docs/benchmarks.md).
+bench: deps
+	./scripts/bench.sh
 
 ## A real node driven by the published Python client pynexus2.
 interop: deps

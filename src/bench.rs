@@ -139,11 +139,16 @@ fn tasks(args: &BenchArgs, callers: usize, workers: usize) -> anyhow::Result<()>
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
     let latencies = Arc::new(Mutex::new(Vec::new()));
+    // Connections and logins (scrypt) happen before the clock starts.
+    let barrier = Arc::new(std::sync::Barrier::new(callers + workers + 1));
     let mut worker_threads = Vec::new();
     for _ in 0..workers {
-        let (args, stop, prefix) = (args.clone(), stop.clone(), prefix.clone());
+        let (args, stop, prefix, barrier) =
+            (args.clone(), stop.clone(), prefix.clone(), barrier.clone());
         worker_threads.push(std::thread::spawn(move || -> anyhow::Result<()> {
-            let mut c = Ws::connect(&args)?;
+            let c = Ws::connect(&args);
+            barrier.wait();
+            let mut c = c?;
             while !stop.load(Ordering::Relaxed) {
                 let t = c.call("task.pull", json!({"prefix": prefix, "timeout": 1}))?;
                 if let Some(id) = t["result"]["taskid"].as_str() {
@@ -154,17 +159,20 @@ fn tasks(args: &BenchArgs, callers: usize, workers: usize) -> anyhow::Result<()>
             Ok(())
         }));
     }
-    let deadline = Instant::now() + Duration::from_secs(args.seconds);
     let mut caller_threads = Vec::new();
     for i in 0..callers {
-        let (args, done, latencies, method) = (
+        let (args, done, latencies, method, barrier) = (
             args.clone(),
             done.clone(),
             latencies.clone(),
             format!("{prefix}.echo"),
+            barrier.clone(),
         );
         caller_threads.push(std::thread::spawn(move || -> anyhow::Result<()> {
-            let mut c = Ws::connect(&args)?;
+            let c = Ws::connect(&args);
+            barrier.wait();
+            let mut c = c?;
+            let deadline = Instant::now() + Duration::from_secs(args.seconds);
             let mut mine = Vec::new();
             while Instant::now() < deadline {
                 let t0 = Instant::now();
@@ -185,6 +193,7 @@ fn tasks(args: &BenchArgs, callers: usize, workers: usize) -> anyhow::Result<()>
             Ok(())
         }));
     }
+    barrier.wait();
     let start = Instant::now();
     let prog_stop = Arc::new(AtomicBool::new(false));
     let prog = progress("round trips", done.clone(), prog_stop.clone());
@@ -260,12 +269,20 @@ fn topics(
         ready_rx.recv()?;
     }
     let published = Arc::new(AtomicU64::new(0));
-    let deadline = Instant::now() + Duration::from_secs(args.seconds);
+    let barrier = Arc::new(std::sync::Barrier::new(publishers + 1));
     let mut pub_threads = Vec::new();
     for _ in 0..publishers {
-        let (args, topic, published) = (args.clone(), topic.clone(), published.clone());
+        let (args, topic, published, barrier) = (
+            args.clone(),
+            topic.clone(),
+            published.clone(),
+            barrier.clone(),
+        );
         pub_threads.push(std::thread::spawn(move || -> anyhow::Result<()> {
-            let mut c = Ws::connect(&args)?;
+            let c = Ws::connect(&args);
+            barrier.wait();
+            let mut c = c?;
+            let deadline = Instant::now() + Duration::from_secs(args.seconds);
             let payload = json!({"data": "x".repeat(64)});
             for _ in 0..window {
                 c.send("topic.pub", json!({"topic": topic, "msg": payload}))?;
@@ -283,6 +300,7 @@ fn topics(
             Ok(())
         }));
     }
+    barrier.wait();
     let start = Instant::now();
     let prog_stop = Arc::new(AtomicBool::new(false));
     let prog = progress("messages read", delivered.clone(), prog_stop.clone());
