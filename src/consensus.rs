@@ -60,6 +60,10 @@ pub struct RaftStats {
     pub leader: std::sync::atomic::AtomicBool,
 }
 
+/// Receives what each applied batch changed. Called on the Raft thread, after the state
+/// lock is released: it must only hand work on (wake a waiter, message an actor).
+pub type EventSink = Arc<dyn Fn(Vec<Event>) + Send + Sync>;
+
 /// The handle the rest of the node uses to change durable state.
 #[derive(Clone)]
 pub struct RaftHandle {
@@ -111,7 +115,7 @@ pub fn start(
     raft_id: u64,
     incarnation: String,
     state: Arc<RwLock<State>>,
-    events: tokio::sync::mpsc::UnboundedSender<Vec<Event>>,
+    events: EventSink,
     cfg: RaftConfig,
 ) -> Result<RaftHandle, StoreError> {
     let mut applied = 0;
@@ -171,7 +175,7 @@ struct Driver {
     raft_id: u64,
     incarnation: String,
     state: Arc<RwLock<State>>,
-    events: tokio::sync::mpsc::UnboundedSender<Vec<Event>>,
+    events: EventSink,
     waiters: HashMap<u64, oneshot::Sender<Outcome>>,
     next_proposal: u64,
     last_snapshot: u64,
@@ -213,10 +217,12 @@ impl Driver {
                 next_tick = Instant::now() + self.cfg.tick;
             }
             if let Err(e) = self.on_ready() {
-                // Storage failure: we cannot make progress safely. Fail every waiter and stop.
-                error!("raft storage failure, stopping the raft driver: {e}");
+                // The log cannot be written (disk full, I/O error): nothing this node
+                // acknowledges could be trusted. Fail every waiter and exit so that the
+                // supervisor restarts the node and it recovers from what is on disk.
+                error!("raft storage failure, exiting: {e}");
                 self.fail_waiters("storage failure");
-                break;
+                std::process::exit(70);
             }
             self.stats
                 .leader
@@ -373,7 +379,7 @@ impl Driver {
             }
         }
         if !all_events.is_empty() {
-            let _ = self.events.send(all_events);
+            (self.events)(all_events);
         }
         Ok(())
     }

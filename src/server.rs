@@ -74,7 +74,16 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
     let incarnation = random_hex(8);
     let storage = RaftStorage::open(db, &[raft_id])?;
     let state = Arc::new(RwLock::new(State::default()));
-    let (events_tx, mut events_rx) = tokio::sync::mpsc::unbounded_channel();
+    // Applied events reach the node straight from the Raft thread (one hop fewer than an
+    // event loop); events applied before the node exists (replay at start) concern no
+    // live connection.
+    let node_slot: Arc<std::sync::OnceLock<std::sync::Weak<Node>>> = Arc::default();
+    let slot = node_slot.clone();
+    let events_sink: consensus::EventSink = Arc::new(move |events| {
+        if let Some(node) = slot.get().and_then(std::sync::Weak::upgrade) {
+            node.handle_events(events);
+        }
+    });
     let raft_cfg = RaftConfig {
         tick: args.raft_tick(),
         snapshot_every: args.snapshot_every.max(1),
@@ -85,7 +94,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         raft_id,
         incarnation.clone(),
         state.clone(),
-        events_tx,
+        events_sink,
         raft_cfg,
     )?;
     let node = Arc::new(Node::new(
@@ -96,13 +105,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         state,
     ));
     info!(raft_id, %incarnation, data_dir = %args.data_dir.display(), "node starting");
-    let events_node = node.clone();
-    let events_task = actix_rt::spawn(async move {
-        // Local reactions to applied events: answering pushes and pulls, kicks, hooks.
-        while let Some(events) = events_rx.recv().await {
-            events_node.handle_events(events);
-        }
-    });
+    let _ = node_slot.set(Arc::downgrade(&node));
 
     let ready = async {
         announce_start(&node).await?;
@@ -118,7 +121,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         node: node.clone(),
         listening: Vec::new(),
         http_servers: Vec::new(),
-        tcp_tasks: vec![events_task, actix_rt::spawn(expire_deadlines(node.clone()))],
+        tcp_tasks: vec![actix_rt::spawn(expire_deadlines(node.clone()))],
     };
     if let Err(e) = serve_listeners(&mut running, bound, tls_config) {
         running.stop().await;
