@@ -240,6 +240,10 @@ fn create_validates_and_checks_permission() {
         root.call("user.create", json!({"user": "frank", "pass": "abc"})),
         ERR_INVALID_PARAMS,
     );
+    expect_code(
+        root.call("user.create", json!({"user": "Nobody", "pass": "abcd"})),
+        ERR_INVALID_PARAMS,
+    );
     let e = expect_code(
         root.call("user.create", json!({"pass": "abcd"})),
         ERR_INVALID_PARAMS,

@@ -185,7 +185,7 @@ async fn update(node: &Node, conn: &Conn, user: String, change: UserChange) -> R
     .await
 }
 
-/// A new user name: a valid label path of 3..500 chars.
+/// A new user name: a valid label path of 3..500 chars, not `nobody`.
 fn user_name(p: &Params, field: &str) -> Result<String, RpcError> {
     let raw = p.str(field)?;
     if !NAME_LEN.contains(&raw.chars().count()) {
@@ -194,8 +194,16 @@ fn user_name(p: &Params, field: &str) -> Result<String, RpcError> {
             format!("{field}: 3 to 500 characters"),
         ));
     }
-    normalize_path(raw)
-        .ok_or_else(|| RpcError::detail(ERR_INVALID_PARAMS, format!("{field}: invalid name")))
+    let name = normalize_path(raw)
+        .ok_or_else(|| RpcError::detail(ERR_INVALID_PARAMS, format!("{field}: invalid name")))?;
+    // `nobody` is what every unauthenticated connection is; no account may take the name.
+    if name == crate::session::NOBODY {
+        return Err(RpcError::detail(
+            ERR_INVALID_PARAMS,
+            format!("{field}: {name} is reserved"),
+        ));
+    }
+    Ok(name)
 }
 
 /// The name of a user that should exist (validity only; existence is checked in apply).
