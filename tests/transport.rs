@@ -526,3 +526,52 @@ fn http_bridge_session_ends_when_the_client_hangs_up() {
         json!(0)
     );
 }
+
+#[test]
+fn a_client_that_stops_reading_stops_being_read() {
+    // Answers hold their request's in-flight permit until written: once this client's
+    // unread answers fill the socket, the node stops reading its requests, instead of
+    // queueing answers in memory without bound.
+    let node = TestNode::start_with(&["--max-inflight", "8"]);
+    let mut root = node.root();
+    expect_ok(root.call(
+        "user.setTags",
+        json!({"user": "root", "prefix": "big", "tags": {"blob": "x".repeat(1024)}}),
+    ));
+    let mut c = node.tcp();
+    expect_ok(c.login("root", "root"));
+    c.stream
+        .set_write_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let pad = "p".repeat(1024);
+    let mut batch = Vec::new();
+    for i in 0..100 {
+        let req =
+            json!({"id": i, "method": "user.getTags", "params": {"user": "root", "pad": pad}});
+        batch.extend_from_slice(req.to_string().as_bytes());
+    }
+    let limit = 120 << 20;
+    let mut written = 0usize;
+    let mut blocked = false;
+    while written < limit {
+        match c.stream.write_all(&batch) {
+            Ok(()) => written += batch.len(),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                blocked = true;
+                break;
+            }
+            Err(e) => panic!("write failed: {e}"),
+        }
+    }
+    assert!(
+        blocked,
+        "the node read {written} bytes of requests whose answers nobody read"
+    );
+    // Everyone else is served meanwhile.
+    expect_ok(root.call("sys.ping", json!({})));
+}
