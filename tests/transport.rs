@@ -575,3 +575,37 @@ fn a_client_that_stops_reading_stops_being_read() {
     // Everyone else is served meanwhile.
     expect_ok(root.call("sys.ping", json!({})));
 }
+
+#[test]
+fn random_bytes_never_take_the_node_down() {
+    use rand::{Rng, SeedableRng};
+    let node = TestNode::start_with(&["--max-message-size", "65536"]);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
+    let alphabet: &[u8] = b"{}[]\":,\\ 0123456789abcdefnulltruefalse.\r\n\x00\xff";
+    for conn in 0..8 {
+        let mut s = TcpStream::connect(node.server.addr(Scheme::Tcp)).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        for _ in 0..50 {
+            let len = rng.gen_range(1..4096);
+            let chunk: Vec<u8> = (0..len)
+                .map(|_| {
+                    if conn % 2 == 0 {
+                        alphabet[rng.gen_range(0..alphabet.len())]
+                    } else {
+                        rng.gen()
+                    }
+                })
+                .collect();
+            if s.write_all(&chunk).is_err() {
+                break; // the node may close a connection that sent too much garbage
+            }
+        }
+        let mut sink = [0u8; 65536];
+        while matches!(s.read(&mut sink), Ok(n) if n > 0) {}
+    }
+    // Afterwards new connections are served as usual.
+    expect_ok(node.tcp().call("sys.ping", json!({})));
+    let mut root = node.root();
+    expect_ok(root.call("user.count", json!({"prefix": ""})));
+}
