@@ -126,6 +126,8 @@ pub enum TransportEvent {
     Oversize,
     /// The peer went away.
     Closed,
+    /// Transport-level traffic (WebSocket ping/pong): the connection is not idle.
+    Activity,
 }
 
 pub struct Session {
@@ -349,6 +351,7 @@ impl Handler<TransportEvent> for Session {
                 ctx.stop();
             }
             TransportEvent::Closed => ctx.stop(),
+            TransportEvent::Activity => self.conn.last_activity.set(Instant::now()),
         }
     }
 }

@@ -609,3 +609,28 @@ fn random_bytes_never_take_the_node_down() {
     let mut root = node.root();
     expect_ok(root.call("user.count", json!({"prefix": ""})));
 }
+
+#[test]
+fn websocket_pings_keep_a_connection_alive() {
+    let node = TestNode::start_with(&["--watchdog", "10"]);
+    let mut pinging = ws_connect(node.http_addr());
+    let mut silent = ws_connect(node.http_addr());
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(12) {
+        pinging.send(Message::Ping(vec![1].into())).unwrap();
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    pinging
+        .send(Message::text(r#"{"id":1,"method":"sys.ping"}"#))
+        .unwrap();
+    assert_eq!(ws_read(&mut pinging)["result"], json!({"ok": true}));
+    // The silent one was closed by the watchdog.
+    let closed = loop {
+        match silent.read() {
+            Ok(Message::Close(_)) | Err(_) => break true,
+            Ok(Message::Text(t)) => panic!("unexpected {t}"),
+            Ok(_) => continue,
+        }
+    };
+    assert!(closed);
+}

@@ -104,10 +104,14 @@ fn websocket(
                 Some(Ok(AggregatedMessage::Text(t))) => t.into_bytes(),
                 Some(Ok(AggregatedMessage::Binary(b))) => b,
                 Some(Ok(AggregatedMessage::Ping(p))) => {
+                    addr.do_send(TransportEvent::Activity);
                     let _ = pong_ws.pong(&p).await;
                     continue;
                 }
-                Some(Ok(AggregatedMessage::Pong(_))) => continue,
+                Some(Ok(AggregatedMessage::Pong(_))) => {
+                    addr.do_send(TransportEvent::Activity);
+                    continue;
+                }
                 Some(Err(ProtocolError::Overflow)) => {
                     addr.do_send(TransportEvent::Oversize);
                     break 'read;
