@@ -70,6 +70,11 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 10_000)]
     pub snapshot_every: u64,
 
+    /// After a TCP client stops sending (EOF), how long its requests in flight may still be
+    /// answered before the connection closes, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    pub eof_grace_ms: u64,
+
     /// How often the leader checks task and pull deadlines, in milliseconds.
     #[arg(long, default_value_t = 100)]
     pub expire_tick_ms: u64,

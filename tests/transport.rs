@@ -634,3 +634,18 @@ fn websocket_pings_keep_a_connection_alive() {
     };
     assert!(closed);
 }
+
+#[test]
+fn half_closed_tcp_clients_get_their_answers() {
+    let node = TestNode::start();
+    let mut c = node.tcp();
+    // A slow request (scrypt) and a quick one, then the client stops sending.
+    c.send_raw(br#"{"id":1,"method":"sys.login","params":{"user":"root","pass":"root"}}{"id":2,"method":"sys.version"}"#);
+    c.stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut ids = Vec::new();
+    while let Some(v) = c.read_value() {
+        ids.push(v["id"].as_i64().unwrap());
+    }
+    ids.sort();
+    assert_eq!(ids, vec![1, 2], "both answered before the close");
+}

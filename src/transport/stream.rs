@@ -48,6 +48,8 @@ where
     S: AsyncRead + AsyncWrite + Unpin + 'static,
 {
     let max = node.args.max_message_size;
+    let inflight = node.args.max_inflight.max(1) as u32;
+    let eof_grace = std::time::Duration::from_millis(node.args.eof_grace_ms);
     let opened = Session::open(node, remote, protocol);
     let (mut rd, wr) = tokio::io::split(stream);
     let writer = actix_rt::spawn(write_loop(wr, opened.out));
@@ -60,7 +62,18 @@ where
         let n = tokio::select! {
             _ = &mut stopped => break 'read,
             r = rd.read(&mut buf) => match r {
-                Ok(0) | Err(_) => { addr.do_send(TransportEvent::Closed); break 'read; }
+                Ok(0) => {
+                    // The client may only have shut down its sending side (`nc -N`, scripts):
+                    // answer what is in flight, for a short while, then close. All permits
+                    // back means every answer has been written.
+                    tokio::select! {
+                        _ = &mut stopped => {}
+                        _ = tokio::time::timeout(eof_grace, permits.acquire_many(inflight)) => {}
+                    }
+                    addr.do_send(TransportEvent::Closed);
+                    break 'read;
+                }
+                Err(_) => { addr.do_send(TransportEvent::Closed); break 'read; }
                 Ok(n) => n,
             },
         };
