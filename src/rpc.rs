@@ -74,6 +74,15 @@ impl RpcError {
         Self::detail(ERR_INVALID_PARAMS, name)
     }
 
+    /// `Invalid params:[name]`, with the reason in `data` (the detail stays the bare
+    /// parameter name, as clients expect).
+    pub fn invalid_param_because(name: &str, why: impl Into<String>) -> Self {
+        RpcError {
+            data: Some(Value::String(why.into())),
+            ..Self::invalid_params(name)
+        }
+    }
+
     pub fn internal(detail: impl std::fmt::Display) -> Self {
         Self::detail(ERR_INTERNAL, detail)
     }
@@ -219,9 +228,9 @@ impl<'a> Params<'a> {
         match params {
             Value::Object(m) => Ok(Params { map: Some(m) }),
             Value::Null => Ok(Params { map: None }),
-            _ => Err(RpcError::detail(
-                ERR_INVALID_PARAMS,
-                "params must be an object",
+            _ => Err(RpcError::invalid_param_because(
+                "params",
+                "must be an object",
             )),
         }
     }

@@ -316,3 +316,26 @@ fn hooks_publish_task_and_user_events() {
     assert_eq!(msgs.len(), 1);
     assert_eq!(msgs[0]["msg"]["msg"]["action"], json!("setDisabled"));
 }
+
+#[test]
+fn login_methods_may_be_dotted_paths() {
+    let node = TestNode::start();
+    let mut root = node.root();
+    create_user(&mut root, "oauth.user", "oauthpw");
+    let mut worker = node.root();
+    let mut c = node.tcp();
+    let login_id = c.send(
+        "sys.login",
+        json!({"method": "oauth.google", "code": "abc"}),
+    );
+    let t = expect_ok(worker.call(
+        "task.pull",
+        json!({"prefix": "sys.login.oauth.google", "timeout": 5}),
+    ));
+    assert_eq!(t["method"], json!("login"));
+    expect_ok(worker.call(
+        "task.result",
+        json!({"taskid": t["taskid"], "result": {"user": "oauth.user"}}),
+    ));
+    assert_eq!(c.wait(&login_id)["result"]["user"], json!("oauth.user"));
+}

@@ -518,3 +518,16 @@ fn many_pushers_and_workers_run_each_task_exactly_once() {
     let unique: HashSet<&String> = all.iter().collect();
     assert_eq!(unique.len(), pushers * per_pusher);
 }
+
+#[test]
+fn cancel_accepts_the_request_id_under_taskid_too() {
+    let node = TestNode::start();
+    let mut c = node.root();
+    let mut watcher = node.root();
+    let push_id = c.send("task.push", json!({"method": "k.job", "params": {}}));
+    assert!(eventually(Duration::from_secs(5), || {
+        expect_ok(watcher.call("task.count", json!({"prefix": "k"})))["pushCount"] == json!(1)
+    }));
+    expect_ok(c.call("task.cancel", json!({"taskid": push_id})));
+    assert_eq!(c.wait(&push_id)["error"]["code"], json!(ERR_CANCEL));
+}

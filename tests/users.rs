@@ -89,6 +89,21 @@ fn login_basic_rules() {
     let r = expect_ok(c.login("root>alice", "root"));
     assert_eq!(r["user"], json!("alice"));
     expect_code(c.login("alice>root", "alicepw"), ERR_PERMISSION_DENIED);
+    // The admin's own account must be usable: disabled, it cannot act for others.
+    create_user(&mut root, "helper", "helperpw");
+    expect_ok(root.call(
+        "user.setTags",
+        json!({"user": "helper", "prefix": "alice", "tags": {"@admin": true}}),
+    ));
+    assert_eq!(
+        expect_ok(c.login("helper>alice", "helperpw"))["user"],
+        json!("alice")
+    );
+    expect_ok(root.call(
+        "user.setDisabled",
+        json!({"user": "helper", "disabled": true}),
+    ));
+    expect_code(c.login("helper>alice", "helperpw"), ERR_PERMISSION_DENIED);
     expect_code(c.login("root>alice", "wrong"), ERR_PERMISSION_DENIED);
 }
 
@@ -214,10 +229,12 @@ fn reload_applies_changed_tags() {
 fn create_validates_and_checks_permission() {
     let node = TestNode::start();
     let mut root = node.root();
-    expect_code(
+    // The detail is the bare parameter name; the reason travels in `data`.
+    let e = expect_code(
         root.call("user.create", json!({"user": "ab", "pass": "goodpass"})),
         ERR_INVALID_PARAMS,
     );
+    assert_eq!(e.message, "Invalid params:[user]");
     expect_code(
         root.call("user.create", json!({"user": "a..b", "pass": "goodpass"})),
         ERR_INVALID_PARAMS,
@@ -500,6 +517,15 @@ fn tags_templates_and_effective_tags() {
             json!({"user": "ivan", "prefix": "a"})
         ))["tags"],
         json!({"yes": false, "k": 2, "fromtmpl": true})
+    );
+    // getTags shows the merge by prefix; user.list keeps the user's own tags.
+    assert_eq!(
+        expect_ok(root.call("user.getTags", json!({"user": "ivan"}))),
+        json!({"tags": {"a": {"yes": true, "k": 2, "fromtmpl": true}, ".": {"yes": false}}})
+    );
+    assert_eq!(
+        expect_ok(root.call("user.list", json!({"prefix": "ivan"})))[0]["tags"],
+        json!({"a": {"yes": true, "k": 2}, ".": {"yes": false}})
     );
     expect_ok(root.call(
         "user.delTemplate",

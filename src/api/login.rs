@@ -24,7 +24,7 @@ fn denied(detail: &str) -> RpcError {
 pub async fn login(node: &Arc<Node>, conn: &Rc<Conn>, p: &Params<'_>) -> RpcResult {
     let method = p.opt_str("method")?.unwrap_or("basic");
     let (user, mask, metadata) = if method == "basic" {
-        (basic(node, p).await?, None, Value::Null)
+        (basic(node, p, &conn.remote).await?, None, Value::Null)
     } else {
         plugin(node, conn, method, p).await?
     };
@@ -32,7 +32,7 @@ pub async fn login(node: &Arc<Node>, conn: &Rc<Conn>, p: &Params<'_>) -> RpcResu
 }
 
 /// Checks `user`/`pass`; answers the user the session becomes.
-async fn basic(node: &Node, p: &Params<'_>) -> Result<String, RpcError> {
+async fn basic(node: &Node, p: &Params<'_>, remote: &str) -> Result<String, RpcError> {
     let given = p.str("user")?;
     let pass = p.str("pass")?.to_string();
     let (who, target) = match given.split_once('>') {
@@ -52,6 +52,15 @@ async fn basic(node: &Node, p: &Params<'_>) -> Result<String, RpcError> {
         None => Ok(who),
         Some(other) => {
             let other = normalize_path(other).ok_or_else(|| denied("unknown user"))?;
+            // The admin's own account must be usable from here before it acts for another.
+            let admin_ok = node.read(|s| {
+                s.users.get(&who).is_some_and(|u| {
+                    !u.disabled && auth::address_allowed(&u.whitelist, &u.blacklist, remote)
+                })
+            });
+            if !admin_ok {
+                return Err(denied("admin account disabled or address not allowed"));
+            }
             let admin_tags = node.read(|s| s.users.effective_tags(&who));
             if !auth::may(&admin_tags, &other, "admin") {
                 return Err(denied("not an admin of that user"));
@@ -69,9 +78,7 @@ async fn plugin(
     method: &str,
     p: &Params<'_>,
 ) -> Result<(String, Option<Tags>, Value), RpcError> {
-    let method = normalize_path(method)
-        .filter(|m| !m.contains('.'))
-        .ok_or_else(|| RpcError::invalid_params("method"))?;
+    let method = normalize_path(method).ok_or_else(|| RpcError::invalid_params("method"))?;
     let params = Value::Object(p.object_or_empty());
     let path = format!("sys.login.{method}");
     let task = super::task::build_task(

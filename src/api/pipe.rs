@@ -31,9 +31,9 @@ pub async fn call(node: &Arc<Node>, conn: &Rc<Conn>, name: &str, p: &Params<'_>)
                 match msg {
                     Value::Array(items) => items.clone(),
                     _ => {
-                        return Err(RpcError::detail(
-                            rpc::ERR_INVALID_PARAMS,
-                            "msg must be an array with multi",
+                        return Err(RpcError::invalid_param_because(
+                            "msg",
+                            "must be an array with multi",
                         ))
                     }
                 }

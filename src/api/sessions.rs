@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use crate::listing::ListQuery;
 use crate::node::{Node, CONNID_LEN};
-use crate::rpc::{Params, RpcError, RpcResult, ERR_INVALID_PARAMS, ERR_METHOD_NOT_FOUND};
+use crate::rpc::{Params, RpcError, RpcResult, ERR_METHOD_NOT_FOUND};
 use crate::session::Conn;
 use crate::state::Command;
 
@@ -56,9 +56,9 @@ pub async fn call(node: &Arc<Node>, conn: &Rc<Conn>, name: &str, p: &Params<'_>)
             let method = format!("sys.{name}");
             let prefix = p.str("connid")?;
             if prefix.len() < CONNID_LEN {
-                return Err(RpcError::detail(
-                    ERR_INVALID_PARAMS,
-                    "connid: at least 16 characters",
+                return Err(RpcError::invalid_param_because(
+                    "connid",
+                    "at least 16 characters",
                 ));
             }
             let matched: Vec<(String, String)> = node.read(|s| {

@@ -11,7 +11,7 @@ use crate::listing::ListQuery;
 use crate::names::normalize_path;
 use crate::node::{now_rfc3339, Node};
 use crate::rpc::{
-    standard_text, Params, RpcError, RpcResult, ERR_INTERNAL, ERR_INVALID_PARAMS, ERR_INVALID_TASK,
+    standard_text, Params, RpcError, RpcResult, ERR_INTERNAL, ERR_INVALID_TASK,
     ERR_METHOD_NOT_FOUND,
 };
 use crate::session::Conn;
@@ -88,18 +88,20 @@ pub async fn call(
             node.raft.propose(Command::TaskReject { taskid }).await
         }
         "cancel" => {
-            // The JSON-RPC id of one of this connection's own pending pushes or pulls; some
-            // clients send the task id instead.
-            let target = if let Some(id) = p.get("id") {
-                conn.pending.borrow().get(&id.to_string()).cloned()
-            } else if let Some(taskid) = p.opt_str("taskid")? {
-                conn.pending
-                    .borrow()
-                    .values()
-                    .find(|v| v.as_str() == taskid)
-                    .cloned()
-            } else {
-                return Err(RpcError::invalid_params("id"));
+            // The JSON-RPC id of one of this connection's own pending pushes or pulls, sent
+            // as `id` or (some clients) `taskid`; a task id this connection pushed or a pull
+            // id it is waiting on are accepted too.
+            let given = p
+                .get("id")
+                .or_else(|| p.get("taskid"))
+                .ok_or_else(|| RpcError::invalid_params("id"))?;
+            let target = {
+                let pending = conn.pending.borrow();
+                pending.get(&given.to_string()).cloned().or_else(|| {
+                    given
+                        .as_str()
+                        .and_then(|own| pending.values().find(|v| v.as_str() == own).cloned())
+                })
             };
             let id = target.ok_or_else(|| RpcError::new(ERR_INVALID_TASK))?;
             node.raft
@@ -131,9 +133,9 @@ pub async fn call(
 fn method_path(raw: &str) -> Result<String, RpcError> {
     let full = normalize_path(raw).ok_or_else(|| RpcError::invalid_params("method"))?;
     if !full.contains('.') || full.starts_with('@') {
-        return Err(RpcError::detail(
-            ERR_INVALID_PARAMS,
-            "method: needs a path like a.b.name",
+        return Err(RpcError::invalid_param_because(
+            "method",
+            "needs a path like a.b.name",
         ));
     }
     Ok(full)

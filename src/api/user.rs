@@ -9,7 +9,7 @@ use crate::auth;
 use crate::listing::ListQuery;
 use crate::names::{normalize_path, normalize_prefix};
 use crate::node::{now_rfc3339, Node};
-use crate::rpc::{Params, RpcError, RpcResult, ERR_INVALID_PARAMS, ERR_METHOD_NOT_FOUND};
+use crate::rpc::{Params, RpcError, RpcResult, ERR_METHOD_NOT_FOUND};
 use crate::session::Conn;
 use crate::state::{Command, UserChange};
 
@@ -94,8 +94,13 @@ pub async fn call(node: &Arc<Node>, conn: &Rc<Conn>, name: &str, p: &Params<'_>)
             if user != conn.user() {
                 require(&user)?;
             }
+            // By prefix, with the templates' tags merged in (the user's own win).
             let tags = node
-                .read(|s| s.users.get(&user).map(|u| json!(u.tags)))
+                .read(|s| {
+                    s.users
+                        .get(&user)
+                        .map(|_| json!(s.users.effective_tags(&user)))
+                })
                 .ok_or_else(|| RpcError::invalid_params("user"))?;
             Ok(json!({"tags": tags}))
         }
@@ -141,7 +146,7 @@ pub async fn call(node: &Arc<Node>, conn: &Rc<Conn>, name: &str, p: &Params<'_>)
             let user = existing_name(p, "user")?;
             let ip = p.str("ip")?.to_string();
             if regex::Regex::new(&ip).is_err() {
-                return Err(RpcError::detail(ERR_INVALID_PARAMS, "ip: invalid regexp"));
+                return Err(RpcError::invalid_param_because("ip", "invalid regexp"));
             }
             require(&user)?;
             let change = match name {
@@ -189,18 +194,18 @@ async fn update(node: &Node, conn: &Conn, user: String, change: UserChange) -> R
 fn user_name(p: &Params, field: &str) -> Result<String, RpcError> {
     let raw = p.str(field)?;
     if !NAME_LEN.contains(&raw.chars().count()) {
-        return Err(RpcError::detail(
-            ERR_INVALID_PARAMS,
-            format!("{field}: 3 to 500 characters"),
+        return Err(RpcError::invalid_param_because(
+            field,
+            "3 to 500 characters",
         ));
     }
     let name = normalize_path(raw)
-        .ok_or_else(|| RpcError::detail(ERR_INVALID_PARAMS, format!("{field}: invalid name")))?;
+        .ok_or_else(|| RpcError::invalid_param_because(field, "invalid name"))?;
     // `nobody` is what every unauthenticated connection is; no account may take the name.
     if name == crate::session::NOBODY {
-        return Err(RpcError::detail(
-            ERR_INVALID_PARAMS,
-            format!("{field}: {name} is reserved"),
+        return Err(RpcError::invalid_param_because(
+            field,
+            format!("{name} is reserved"),
         ));
     }
     Ok(name)
@@ -214,9 +219,9 @@ fn existing_name(p: &Params, field: &str) -> Result<String, RpcError> {
 fn password(p: &Params) -> Result<String, RpcError> {
     let pass = p.str("pass")?;
     if !PASS_LEN.contains(&pass.chars().count()) {
-        return Err(RpcError::detail(
-            ERR_INVALID_PARAMS,
-            "pass: 4 to 500 characters",
+        return Err(RpcError::invalid_param_because(
+            "pass",
+            "4 to 500 characters",
         ));
     }
     Ok(pass.to_string())
