@@ -54,6 +54,19 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 32 * 1024 * 1024)]
     pub max_message_size: usize,
 
+    /// Connections each tcp/ssl listener, and each http/https worker, serves at once; more
+    /// wait in the listen backlog.
+    #[arg(long, default_value_t = 25_000)]
+    pub max_connections: usize,
+
+    /// Threads serving http/https (WebSocket and bridge) connections; 0 = one per CPU core.
+    #[arg(long, default_value_t = 0)]
+    pub http_workers: usize,
+
+    /// Seconds a TLS client has to finish its handshake.
+    #[arg(long, default_value_t = 10)]
+    pub tls_handshake_timeout: u64,
+
     /// Requests one connection may have running at once; reading pauses beyond that.
     #[arg(long, default_value_t = 1024)]
     pub max_inflight: usize,

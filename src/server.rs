@@ -168,8 +168,15 @@ fn serve_listeners(
                 .default_service(actix_web::web::to(http::entry))
         })
         .on_connect(http::record_peer_fd)
+        .max_connections(running.node.args.max_connections.max(1))
+        .tls_handshake_timeout(Duration::from_secs(
+            running.node.args.tls_handshake_timeout.max(1),
+        ))
         .disable_signals()
         .shutdown_timeout(1);
+        if running.node.args.http_workers > 0 {
+            server = server.workers(running.node.args.http_workers);
+        }
         for (scheme, l) in web {
             server = match (scheme, &tls_config) {
                 (Scheme::Https, Some(cfg)) => server.listen_rustls_0_23(l, cfg.clone())?,

@@ -649,3 +649,32 @@ fn half_closed_tcp_clients_get_their_answers() {
     ids.sort();
     assert_eq!(ids, vec![1, 2], "both answered before the close");
 }
+
+#[test]
+fn tcp_connections_beyond_the_limit_wait_for_a_free_slot() {
+    let node = TestNode::start_with(&["--max-connections", "2"]);
+    let mut a = node.tcp();
+    let mut b = node.tcp();
+    expect_ok(a.call("sys.ping", json!({})));
+    expect_ok(b.call("sys.ping", json!({})));
+    let mut c = node.tcp();
+    c.send_raw(br#"{"id":1,"method":"sys.ping"}"#);
+    c.stream
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    let waiting = matches!(
+        c.stream.peek(&mut byte),
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
+    );
+    assert!(
+        waiting,
+        "a third connection is not served while two are open"
+    );
+    drop(a);
+    c.stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    assert_eq!(c.read_value().unwrap()["result"], json!({"ok": true}));
+    expect_ok(b.call("sys.ping", json!({})));
+}

@@ -18,7 +18,15 @@ const WRITE_BATCH: usize = 256 * 1024;
 
 /// Accepts connections until the listener task is dropped.
 pub async fn accept_loop(node: Arc<Node>, listener: TcpListener, tls: Option<TlsAcceptor>) {
+    // At most --max-connections at once: beyond that, clients wait in the listen backlog.
+    let slots = Arc::new(tokio::sync::Semaphore::new(
+        node.args.max_connections.max(1),
+    ));
+    let handshake = std::time::Duration::from_secs(node.args.tls_handshake_timeout.max(1));
     loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let (sock, peer) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
@@ -31,12 +39,16 @@ pub async fn accept_loop(node: Arc<Node>, listener: TcpListener, tls: Option<Tls
         let node = node.clone();
         let tls = tls.clone();
         actix_rt::spawn(async move {
+            let _slot = slot;
             match tls {
                 None => serve(node, sock, peer.to_string(), "tcp").await,
-                Some(acceptor) => match acceptor.accept(sock).await {
-                    Ok(s) => serve(node, s, peer.to_string(), "ssl").await,
-                    Err(e) => debug!(%peer, "TLS handshake failed: {e}"),
-                },
+                Some(acceptor) => {
+                    match tokio::time::timeout(handshake, acceptor.accept(sock)).await {
+                        Ok(Ok(s)) => serve(node, s, peer.to_string(), "ssl").await,
+                        Ok(Err(e)) => debug!(%peer, "TLS handshake failed: {e}"),
+                        Err(_) => debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
             }
         });
     }
