@@ -67,6 +67,10 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 10)]
     pub tls_handshake_timeout: u64,
 
+    /// Password hashes (scrypt: 16 MiB and a core each) computed at once; 0 = one per core.
+    #[arg(long, default_value_t = 0)]
+    pub hash_concurrency: usize,
+
     /// Requests one connection may have running at once; reading pauses beyond that.
     #[arg(long, default_value_t = 1024)]
     pub max_inflight: usize,

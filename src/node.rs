@@ -33,6 +33,8 @@ pub struct Node {
     pub incarnation: String,
     pub raft: RaftHandle,
     pub state: Arc<RwLock<State>>,
+    /// Concurrent password hashes allowed (see `api::hashing`).
+    pub hash_slots: tokio::sync::Semaphore,
     /// The listener URLs, for `sys.node.list`.
     pub listening: Mutex<Vec<String>>,
     sessions: Mutex<HashMap<String, Recipient<Control>>>,
@@ -67,12 +69,17 @@ impl Node {
         raft: RaftHandle,
         state: Arc<RwLock<State>>,
     ) -> Self {
+        let hashes = match args.hash_concurrency {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n,
+        };
         Node {
             args,
             raft_id,
             incarnation,
             raft,
             state,
+            hash_slots: tokio::sync::Semaphore::new(hashes),
             listening: Mutex::new(Vec::new()),
             sessions: Mutex::new(HashMap::new()),
             pipes: Mutex::new(HashMap::new()),

@@ -45,7 +45,7 @@ async fn basic(node: &Node, p: &Params<'_>, remote: &str) -> Result<String, RpcE
     let hash = node
         .read(|s| s.users.get(&who).map(|u| u.pass_hash.clone()))
         .ok_or_else(RpcError::permission_denied)?;
-    if !super::blocking(move || auth::verify_password(&pass, &hash)).await? {
+    if !super::hashing(node, move || auth::verify_password(&pass, &hash)).await? {
         return Err(RpcError::permission_denied());
     }
     match target {

@@ -79,10 +79,17 @@ pub fn seconds(p: &Params, name: &str, default: f64) -> Result<f64, RpcError> {
     })
 }
 
-/// Runs CPU-heavy work (password hashing) off the session's thread.
-pub async fn blocking<T: Send + 'static>(
+/// Runs password hashing off the session's thread, a few at a time: each scrypt run
+/// takes 16 MiB and a core, so a login storm queues here instead of growing the heap.
+pub async fn hashing<T: Send + 'static>(
+    node: &Node,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, RpcError> {
+    let _slot = node
+        .hash_slots
+        .acquire()
+        .await
+        .map_err(RpcError::internal)?;
     tokio::task::spawn_blocking(f)
         .await
         .map_err(RpcError::internal)

@@ -24,7 +24,7 @@ pub async fn call(node: &Arc<Node>, conn: &Rc<Conn>, name: &str, p: &Params<'_>)
             let user = user_name(p, "user")?;
             let pass = password(p)?;
             require(&user)?;
-            let hash = super::blocking(move || auth::hash_password(&pass)).await?;
+            let hash = super::hashing(node, move || auth::hash_password(&pass)).await?;
             propose(
                 node,
                 Command::UserCreate {
@@ -127,7 +127,7 @@ pub async fn call(node: &Arc<Node>, conn: &Rc<Conn>, name: &str, p: &Params<'_>)
             if !own_allowed {
                 require(&user)?;
             }
-            let hash = super::blocking(move || auth::hash_password(&pass)).await?;
+            let hash = super::hashing(node, move || auth::hash_password(&pass)).await?;
             update(node, conn, user, UserChange::SetPass { hash }).await
         }
         "addTemplate" | "delTemplate" => {
