@@ -110,18 +110,6 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
-    /// The defaults, as `nexus serve` with no flags, rooted at `data_dir`.
-    pub fn with_data_dir(data_dir: PathBuf) -> Self {
-        let mut args = Cli::parse_from(["nexus", "serve"]);
-        match args.command {
-            Command::Serve(ref mut a) => {
-                a.data_dir = data_dir;
-                a.clone()
-            }
-            Command::Bench(_) => unreachable!("parsed `serve`"),
-        }
-    }
-
     pub fn listeners(&self) -> Result<Vec<Listener>, String> {
         if self.listen.is_empty() {
             return Ok(vec![
@@ -236,7 +224,9 @@ mod tests {
         );
         assert!(Listener::parse("ftp://1.2.3.4:1").is_err());
         assert!(Listener::parse("tcp://example.com:1").is_err());
-        let a = ServeArgs::with_data_dir("/tmp/x".into());
+        let Command::Serve(a) = Cli::parse_from(["nexus", "serve"]).command else {
+            panic!("parsed serve");
+        };
         assert_eq!(a.listeners().unwrap().len(), 2);
         assert_eq!(a.max_message_size, 32 << 20);
     }

@@ -219,7 +219,22 @@ pub fn random_hex(n: usize) -> String {
     s
 }
 
-/// Now as RFC 3339 UTC with milliseconds, e.g. `2016-08-31T09:44:16.316Z`.
+/// Milliseconds since the Unix epoch on this node's clock.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// RFC 3339 UTC with milliseconds for a Unix time in ms, e.g. `2016-08-31T09:44:16.316Z`.
+pub fn rfc3339_ms(ms: u64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms.min(i64::MAX as u64) as i64)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// Now as RFC 3339 UTC with milliseconds.
 pub fn now_rfc3339() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    rfc3339_ms(now_ms())
 }

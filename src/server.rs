@@ -218,7 +218,7 @@ async fn expire_deadlines(node: Arc<Node>) {
         {
             continue;
         }
-        let now_ms = crate::api::now_ms();
+        let now_ms = crate::node::now_ms();
         let due = node.read(|s| s.tasks.next_deadline().is_some_and(|d| d <= now_ms));
         if due {
             if let Err(e) = node.raft.propose(Command::Expire { now_ms }).await {

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use crate::auth;
 use crate::listing::ListQuery;
 use crate::names::normalize_path;
-use crate::node::{now_rfc3339, Node};
+use crate::node::{now_ms, rfc3339_ms, Node};
 use crate::rpc::{
     standard_text, Params, RpcError, RpcResult, ERR_INTERNAL, ERR_INVALID_TASK,
     ERR_METHOD_NOT_FOUND,
@@ -42,15 +42,14 @@ pub async fn call(
                 .ok_or_else(|| RpcError::invalid_params("prefix"))?;
             conn.require(&prefix, "task.pull")?;
             let timeout = super::seconds(p, "timeout", DEFAULT_TIMEOUT_SECS)?;
-            let now = super::now_ms();
-            let deadline_ms = now.saturating_add((timeout * 1000.0) as u64);
+            let (creation_time, deadline, deadline_ms) = stamps(timeout);
             let pull = Pull {
                 id: super::owned_id(conn),
                 connid: conn.connid.clone(),
                 path: format!("{prefix}."),
                 user: conn.user(),
-                creation_time: super::rfc3339_ms(now),
-                deadline: super::rfc3339_ms(deadline_ms),
+                creation_time,
+                deadline,
                 deadline_ms,
                 seq: 0,
             };
@@ -122,7 +121,7 @@ pub async fn call(
         "count" => {
             let q = ListQuery::from_params(p)?;
             conn.require(q.permission_path(), "task.count")?;
-            let items = node.read(|s| s.tasks.listing());
+            let items = node.read(|s| s.tasks.names());
             Ok(count(&q, &items))
         }
         _ => Err(RpcError::new(ERR_METHOD_NOT_FOUND)),
@@ -170,8 +169,7 @@ pub fn build_task(
     timeout_secs: f64,
     detach: bool,
 ) -> Task {
-    let now = super::now_ms();
-    let deadline_ms = now.saturating_add((timeout_secs * 1000.0) as u64);
+    let (creation_time, deadline, deadline_ms) = stamps(timeout_secs);
     Task {
         id: super::owned_id(conn),
         path: format!("{path}."),
@@ -183,12 +181,20 @@ pub fn build_task(
         user: conn.user(),
         tags: Value::Null,
         pusher: conn.connid.clone(),
-        creation_time: now_rfc3339(),
-        deadline: super::rfc3339_ms(deadline_ms),
+        creation_time,
+        deadline,
         deadline_ms,
         seq: 0,
         working: None,
     }
+}
+
+/// Creation time, deadline and deadline in ms for something that may wait `timeout_secs`,
+/// from one reading of the clock.
+fn stamps(timeout_secs: f64) -> (String, String, u64) {
+    let now = now_ms();
+    let deadline_ms = now.saturating_add((timeout_secs * 1000.0) as u64);
+    (rfc3339_ms(now), rfc3339_ms(deadline_ms), deadline_ms)
 }
 
 /// Proposes a push and, unless detached, waits for its end.
@@ -210,10 +216,11 @@ async fn finish(node: &Node, taskid: String, ending: Ending) -> RpcResult {
         .await
 }
 
-fn count(q: &ListQuery, items: &[(String, Value, bool)]) -> Value {
-    let tally = |it: &mut dyn Iterator<Item = &(String, Value, bool)>| {
+/// `task.count` over (name, is a push) pairs.
+fn count(q: &ListQuery, items: &[(String, bool)]) -> Value {
+    let tally = |it: &mut dyn Iterator<Item = &(String, bool)>| {
         let (mut pushes, mut pulls) = (0usize, 0usize);
-        for (_, _, is_push) in it {
+        for (_, is_push) in it {
             if *is_push {
                 pushes += 1;
             } else {
@@ -222,13 +229,12 @@ fn count(q: &ListQuery, items: &[(String, Value, bool)]) -> Value {
         }
         (pushes + pulls, pushes, pulls)
     };
-    let matching = || items.iter().filter(|(n, _, _)| q.matches(n));
+    let matching = || items.iter().filter(|(n, _)| q.matches(n));
     if !q.subprefixes {
         let (count, push, pull) = tally(&mut matching());
         return json!({"count": count, "pushCount": push, "pullCount": pull});
     }
-    let mut groups: std::collections::BTreeMap<String, Vec<&(String, Value, bool)>> =
-        Default::default();
+    let mut groups: std::collections::BTreeMap<String, Vec<&(String, bool)>> = Default::default();
     for item in matching() {
         if let Some(g) = q.group_of(&item.0) {
             groups.entry(g).or_default().push(item);

@@ -121,6 +121,11 @@ fn wait_key(t: &Task) -> WaitKey {
     (Reverse(t.prio), t.seq, t.id.clone())
 }
 
+/// A task or pull path (`a.b.`) as list/count name (`a.b`).
+fn listing_name(path: &str) -> String {
+    path.trim_end_matches('.').to_string()
+}
+
 /// What `task.pull` answers (note `deadLine`).
 fn pull_answer(t: &Task) -> Value {
     json!({
@@ -407,6 +412,14 @@ impl Tasks {
         self.tasks.get(taskid)
     }
 
+    /// (name for listing, is a push) for tasks and waiting pulls: what `task.count` needs,
+    /// without building the entries.
+    pub fn names(&self) -> Vec<(String, bool)> {
+        let tasks = self.tasks.values().map(|t| (listing_name(&t.path), true));
+        let pulls = self.pulls.values().map(|p| (listing_name(&p.path), false));
+        tasks.chain(pulls).collect()
+    }
+
     /// (name for listing, `task.list` entry, is a push) for tasks and waiting pulls, sorted
     /// by path then age.
     pub fn listing(&self) -> Vec<(String, Value, bool)> {
@@ -414,7 +427,7 @@ impl Tasks {
             Vec::with_capacity(self.tasks.len() + self.pulls.len());
         for t in self.tasks.values() {
             out.push((
-                t.path.trim_end_matches('.').to_string(),
+                listing_name(&t.path),
                 t.seq,
                 json!({
                     "id": t.id,
@@ -440,7 +453,7 @@ impl Tasks {
         }
         for p in self.pulls.values() {
             out.push((
-                p.path.trim_end_matches('.').to_string(),
+                listing_name(&p.path),
                 p.seq,
                 json!({
                     "id": p.id,
