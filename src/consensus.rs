@@ -261,6 +261,7 @@ impl Driver {
             node_id: self.raft_id,
             proposal_id: id,
             incarnation: self.incarnation.clone(),
+            ..Default::default()
         }
         .encode_to_vec();
         let data = match serde_json::to_vec(&cmd) {
