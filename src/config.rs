@@ -22,7 +22,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a node.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Load a running node over WebSocket and report throughput and latency.
     Bench(crate::bench::BenchArgs),
 }
@@ -79,9 +79,27 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 90)]
     pub watchdog: u64,
 
-    /// Raft tick in milliseconds (elections take 10 ticks, heartbeats 3).
-    #[arg(long, default_value_t = 100)]
+    /// Raft tick in milliseconds (a follower campaigns after 16 to 32 ticks without a
+    /// leader; the leader sends heartbeats every 3).
+    #[arg(long, default_value_t = 50)]
     pub raft_tick_ms: u64,
+
+    /// A write not applied within this time answers -32603 (retryable), in milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    pub proposal_timeout_ms: u64,
+
+    /// A list/count/login read waiting for the leader's confirmation fails after this
+    /// time (retryable), in milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    pub read_timeout_ms: u64,
+
+    /// Log entries kept behind a snapshot, so a follower briefly behind catches up from the
+    /// log instead of a snapshot.
+    #[arg(long, default_value_t = 5000)]
+    pub log_retain: u64,
+
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
 
     /// Applied Raft entries between state snapshots (each compacts the log).
     #[arg(long, default_value_t = 10_000)]
@@ -107,6 +125,68 @@ pub struct ServeArgs {
     /// Debug logging.
     #[arg(short, long)]
     pub verbose: bool,
+}
+
+/// Cluster membership and the peer transport.
+#[derive(Debug, Clone, Args)]
+pub struct ClusterArgs {
+    /// This node's cluster address: gossip (UDP) and the peer transport (TCP) on the same
+    /// port. Without it the node is standalone.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub cluster: Option<String>,
+
+    /// The cluster address peers use when it differs from --cluster (NAT, containers).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub advertise: Option<String>,
+
+    /// Members or seeds to join through (repeatable, or comma-separated).
+    #[arg(long, value_name = "HOST:PORT", value_delimiter = ',')]
+    pub join: Vec<String>,
+
+    /// With --join on a fresh node and no cluster found: wait until this many nodes see
+    /// each other, then form the cluster with them as voters.
+    #[arg(long, value_name = "N")]
+    pub bootstrap_expect: Option<usize>,
+
+    /// Members beyond this many voters stay learners.
+    #[arg(long, default_value_t = 5)]
+    pub max_voters: usize,
+
+    /// File holding the cluster secret peers authenticate each other with (mode 600).
+    #[arg(long, value_name = "FILE")]
+    pub cluster_secret_file: Option<PathBuf>,
+
+    /// The cluster secret itself (environment only).
+    #[arg(
+        long,
+        env = "NEXUS_CLUSTER_SECRET",
+        hide = true,
+        hide_env_values = true
+    )]
+    pub cluster_secret: Option<String>,
+
+    /// Allow peers without a cluster secret on a non-loopback address.
+    #[arg(long)]
+    pub insecure_cluster: bool,
+
+    /// Gossip round interval in milliseconds.
+    #[arg(long, default_value_t = 250)]
+    pub gossip_interval_ms: u64,
+
+    /// Seconds a node stays listed as dead in gossip before it is forgotten.
+    #[arg(long, default_value_t = 600)]
+    pub gossip_dead_grace: u64,
+
+    /// Test only: skew this node's wall clock by this many milliseconds.
+    #[arg(long, hide = true, default_value_t = 0, allow_negative_numbers = true)]
+    pub test_clock_offset_ms: i64,
+}
+
+impl ClusterArgs {
+    /// The address peers reach this node at: --advertise, else --cluster.
+    pub fn advertised(&self) -> Option<&str> {
+        self.advertise.as_deref().or(self.cluster.as_deref())
+    }
 }
 
 impl ServeArgs {

@@ -8,6 +8,8 @@
 pub mod api;
 pub mod auth;
 pub mod bench;
+pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod consensus;
 pub mod listing;

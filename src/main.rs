@@ -6,7 +6,7 @@ fn main() -> std::process::ExitCode {
     match cli.command {
         Command::Serve(args) => {
             nexus::telemetry::init(args.log_format, args.verbose);
-            let result = actix_rt::System::new().block_on(nexus::server::run_until_signal(args));
+            let result = actix_rt::System::new().block_on(nexus::server::run_until_signal(*args));
             match result {
                 Ok(()) => std::process::ExitCode::SUCCESS,
                 Err(e) => {

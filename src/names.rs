@@ -45,6 +45,10 @@ pub fn prefixes(path: &str) -> Vec<&str> {
     out
 }
 
+/// Length of a connid: the node incarnation (8 hex) + 8 hex. Pipe, task and pull ids start
+/// with their owner's connid.
+pub const CONNID_LEN: usize = 16;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -37,6 +37,8 @@ pub struct Node {
     pub hash_slots: tokio::sync::Semaphore,
     /// The listener URLs, for `sys.node.list`.
     pub listening: Mutex<Vec<String>>,
+    /// Cluster gossip (what the other nodes say about themselves); unset when standalone.
+    pub gossip: std::sync::OnceLock<Arc<crate::cluster::gossip::Gossip>>,
     sessions: Mutex<HashMap<String, Recipient<Control>>>,
     /// This node's pipes by pipeid.
     pipes: Mutex<HashMap<String, Addr<Pipe>>>,
@@ -81,6 +83,7 @@ impl Node {
             state,
             hash_slots: tokio::sync::Semaphore::new(hashes),
             listening: Mutex::new(Vec::new()),
+            gossip: std::sync::OnceLock::new(),
             sessions: Mutex::new(HashMap::new()),
             pipes: Mutex::new(HashMap::new()),
             waiters: Mutex::new(HashMap::new()),
@@ -161,8 +164,25 @@ impl Node {
                 Event::Hook { topic, msg } => {
                     self.publish(&topic, &msg);
                 }
+                Event::StateReplaced => self.reconcile_waiters(),
                 Event::User { .. } | Event::SessionOpened { .. } | Event::SessionClosed { .. } => {}
             }
+        }
+    }
+
+    /// After a snapshot install: pushes and pulls whose task or pull is gone ended inside
+    /// the snapshot, and their answer was never seen here.
+    fn reconcile_waiters(&self) {
+        let keys: Vec<String> = lock(&self.waiters).keys().cloned().collect();
+        let gone: Vec<String> =
+            self.read(|s| keys.into_iter().filter(|k| !s.tasks.contains(k)).collect());
+        for k in gone {
+            self.wake(
+                &k,
+                Err(crate::rpc::RpcError::internal(
+                    "this node caught up by snapshot: the outcome is unknown, retry",
+                )),
+            );
         }
     }
 
@@ -175,6 +195,16 @@ impl Node {
     /// Runs `f` on the applied state. Keep it short: the Raft thread waits for the lock.
     pub fn read<R>(&self, f: impl FnOnce(&State) -> R) -> R {
         f(&self.state.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Like `read`, after a Raft read barrier: sees every write acknowledged on any node
+    /// before the call (linearizable lists, counts, logins, kicks).
+    pub async fn read_linear<R>(
+        &self,
+        f: impl FnOnce(&State) -> R,
+    ) -> Result<R, crate::rpc::RpcError> {
+        self.raft.read_barrier().await?;
+        Ok(self.read(f))
     }
 
     /// A new connection id: incarnation + 8 random hex chars.
@@ -207,34 +237,8 @@ impl Node {
 }
 
 /// A connid: incarnation (8 hex) + 8 hex.
-pub const CONNID_LEN: usize = 16;
+pub const CONNID_LEN: usize = crate::names::CONNID_LEN;
 /// Random hex after the connid in task, pull and pipe ids.
 pub const ID_SUFFIX_LEN: usize = 20;
 
-/// `n` random lowercase hex chars.
-pub fn random_hex(n: usize) -> String {
-    let bytes: Vec<u8> = (0..n.div_ceil(2)).map(|_| rand::random::<u8>()).collect();
-    let mut s = hex::encode(bytes);
-    s.truncate(n);
-    s
-}
-
-/// Milliseconds since the Unix epoch on this node's clock.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-/// RFC 3339 UTC with milliseconds for a Unix time in ms, e.g. `2016-08-31T09:44:16.316Z`.
-pub fn rfc3339_ms(ms: u64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms.min(i64::MAX as u64) as i64)
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
-
-/// Now as RFC 3339 UTC with milliseconds.
-pub fn now_rfc3339() -> String {
-    rfc3339_ms(now_ms())
-}
+pub use crate::clock::{now_ms, now_rfc3339, random_hex, rfc3339_ms};

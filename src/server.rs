@@ -9,8 +9,14 @@ use tracing::{debug, info, warn};
 
 use crate::auth;
 use crate::config::{Listener, Scheme, ServeArgs};
-use crate::consensus::{self, RaftConfig};
+use std::sync::OnceLock;
+
+use crate::cluster::gossip::{self, Gossip, GossipConfig};
+use crate::cluster::transport::{Transport, TransportConfig};
+use crate::cluster::{membership, secret};
+use crate::consensus::{self, Identity, RaftConfig};
 use crate::node::{now_rfc3339, random_hex, Control, Node};
+use crate::proto::PeerHello;
 use crate::state::{Command, State};
 use crate::store::{self, RaftStorage};
 use crate::transport::{http, stream, tls};
@@ -24,6 +30,189 @@ pub struct Running {
     pub listening: Vec<Listener>,
     http_servers: Vec<actix_web::dev::ServerHandle>,
     tcp_tasks: Vec<actix_rt::task::JoinHandle<()>>,
+    cluster: Option<ClusterRuntime>,
+}
+
+/// The cluster side of a running node: peer transport and gossip.
+struct ClusterRuntime {
+    transport: Transport,
+    gossip: Arc<Gossip>,
+    raft_slot: Arc<OnceLock<consensus::RaftHandle>>,
+    hello: PeerHello,
+    /// A fresh node that must ask to be added.
+    joining: bool,
+}
+
+impl ClusterRuntime {
+    async fn stop(self) {
+        self.transport.shutdown();
+        self.gossip.shutdown();
+    }
+}
+
+/// The cluster secret from --cluster-secret-file or NEXUS_CLUSTER_SECRET.
+fn cluster_secret(args: &ServeArgs) -> anyhow::Result<Option<Arc<Vec<u8>>>> {
+    let c = &args.cluster;
+    let secret = match (&c.cluster_secret_file, &c.cluster_secret) {
+        (Some(path), _) => Some(secret::load_secret(path)?),
+        (None, Some(value)) => Some(secret::secret_from_env(value)?),
+        (None, None) => None,
+    };
+    if let (Some(addr), None) = (&c.cluster, &secret) {
+        let loopback = addr
+            .parse::<SocketAddr>()
+            .map(|a| a.ip().is_loopback())
+            .unwrap_or(false);
+        if !loopback && !c.insecure_cluster {
+            return Err(anyhow!(
+                "--cluster {addr} is not a loopback address: give the cluster secret \
+                 (--cluster-secret-file FILE or NEXUS_CLUSTER_SECRET) so that only your nodes \
+                 can join, or pass --insecure-cluster"
+            ));
+        }
+        warn!("no cluster secret: any process that reaches {addr} can join this cluster");
+    }
+    Ok(secret.map(Arc::new))
+}
+
+/// Writes the initial configuration of a new cluster: `voters` (raft id → address).
+fn bootstrap_storage(
+    storage: &RaftStorage,
+    voters: std::collections::BTreeMap<u64, String>,
+) -> anyhow::Result<()> {
+    let mut initial = State::default();
+    let ids: Vec<u64> = voters.keys().copied().collect();
+    initial.cluster.members = voters;
+    storage.bootstrap(&ids, initial.to_snapshot())?;
+    Ok(())
+}
+
+/// Starts the peer transport and gossip, then decides how a fresh node enters a cluster.
+async fn start_cluster(
+    args: &ServeArgs,
+    me: &Identity,
+    storage: &RaftStorage,
+    secret: Option<Arc<Vec<u8>>>,
+) -> anyhow::Result<ClusterRuntime> {
+    let c = &args.cluster;
+    let listen_raw = c.cluster.as_deref().expect("cluster mode");
+    let listen = resolve(listen_raw).await?;
+    let advertised = c.advertised().expect("cluster mode").to_string();
+    let advertise = resolve(&advertised).await?;
+    let fresh = storage.is_fresh();
+    let hello = PeerHello {
+        cluster_version: crate::cluster::CLUSTER_VERSION,
+        raft_id: me.raft_id,
+        generation: me.generation,
+        cluster_addr: advertised.clone(),
+        program_version: env!("CARGO_PKG_VERSION").to_string(),
+        has_state: !fresh,
+        bootstrap_expect: c.bootstrap_expect.unwrap_or(0) as u32,
+        ..Default::default()
+    };
+    let raft_slot: Arc<OnceLock<consensus::RaftHandle>> = Arc::default();
+    let transport = Transport::start(
+        TransportConfig {
+            listen,
+            hello: hello.clone(),
+            secret,
+            ..TransportConfig::default()
+        },
+        membership::event_sink(raft_slot.clone()),
+    )
+    .await
+    .with_context(|| format!("binding the cluster address {listen_raw}"))?;
+    let gossip = Gossip::start(
+        GossipConfig {
+            listen,
+            advertise,
+            raft_id: me.raft_id,
+            generation: me.generation,
+            seeds: c.join.clone(),
+            interval: Duration::from_millis(c.gossip_interval_ms.max(10)),
+            dead_grace: Duration::from_secs(c.gossip_dead_grace.max(1)),
+        },
+        vec![
+            (gossip::KEY_RAFT_ID.into(), me.raft_id.to_string()),
+            (gossip::KEY_GENERATION.into(), me.generation.to_string()),
+            (gossip::KEY_INCARNATION.into(), me.incarnation.clone()),
+            (gossip::KEY_CLUSTER_ADDR.into(), advertised.clone()),
+            (gossip::KEY_VERSION.into(), env!("CARGO_PKG_VERSION").into()),
+            (
+                gossip::KEY_API_VERSION.into(),
+                crate::api::sys::API_VERSION.into(),
+            ),
+            (gossip::KEY_STATUS.into(), "starting".into()),
+        ],
+    )
+    .await
+    .with_context(|| format!("starting gossip on {listen_raw}"))?;
+    let mut joining = false;
+    if fresh {
+        match (c.join.is_empty(), c.bootstrap_expect) {
+            (true, _) => {
+                info!("fresh node without --join: bootstrapping a cluster of one");
+                bootstrap_storage(storage, [(me.raft_id, advertised.clone())].into())?;
+            }
+            (false, None) => joining = true,
+            (false, Some(n)) => {
+                match membership::discover(&transport, &gossip, &c.join, &hello, n.max(1)).await {
+                    membership::Formation::Join => joining = true,
+                    membership::Formation::Bootstrap(voters) => {
+                        bootstrap_storage(storage, voters)?;
+                    }
+                }
+            }
+        }
+        transport.set_hello(PeerHello {
+            has_state: !joining,
+            ..hello.clone()
+        });
+    }
+    Ok(ClusterRuntime {
+        transport,
+        gossip: Arc::new(gossip),
+        raft_slot,
+        hello,
+        joining,
+    })
+}
+
+/// Keeps what this node gossips about itself current: clients, load, listeners, status.
+async fn publish_gossip(node: Arc<Node>, gossip: Arc<Gossip>) {
+    loop {
+        let listening = node
+            .listening
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .join(",");
+        let (l1, l5, l15) = crate::api::sys::load_average();
+        let status = match node.raft.stats.ready() {
+            Ok(()) => "ready".to_string(),
+            Err(why) => format!("not ready: {why}"),
+        };
+        gossip.set(gossip::KEY_LISTENING, listening).await;
+        gossip
+            .set(gossip::KEY_CLIENTS, node.local_session_count().to_string())
+            .await;
+        gossip
+            .set(gossip::KEY_LOAD, format!("{l1},{l5},{l15}"))
+            .await;
+        gossip.set(gossip::KEY_STATUS, status).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if Arc::strong_count(&node) <= 1 {
+            return;
+        }
+    }
+}
+
+/// HOST:PORT to a socket address (the first the resolver gives).
+async fn resolve(addr: &str) -> anyhow::Result<SocketAddr> {
+    tokio::net::lookup_host(addr)
+        .await
+        .with_context(|| format!("resolving {addr}"))?
+        .next()
+        .ok_or_else(|| anyhow!("{addr} resolves to no address"))
 }
 
 impl Running {
@@ -68,11 +257,16 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
     }
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
+    let secret = cluster_secret(&args)?;
+    crate::clock::set_test_offset_ms(args.cluster.test_clock_offset_ms);
     let db = store::open_db(&args.data_dir)
         .with_context(|| format!("opening the database in {}", args.data_dir.display()))?;
-    let raft_id = store::raft_id(&db)?;
-    let incarnation = random_hex(8);
-    let storage = RaftStorage::open(db, &[raft_id])?;
+    let me = Identity {
+        raft_id: store::raft_id(&db)?,
+        incarnation: random_hex(8),
+        generation: store::next_generation(&db)?,
+    };
+    let storage = RaftStorage::open(db)?;
     let state = Arc::new(RwLock::new(State::default()));
     // Applied events reach the node straight from the Raft thread (one hop fewer than an
     // event loop); events applied before the node exists (replay at start) concern no
@@ -86,34 +280,71 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
     });
     let raft_cfg = RaftConfig {
         tick: args.raft_tick(),
+        election_ticks: 16,
+        heartbeat_ticks: 3,
         snapshot_every: args.snapshot_every.max(1),
+        log_retain: args.log_retain,
+        proposal_timeout: Duration::from_millis(args.proposal_timeout_ms.max(1)),
+        read_timeout: Duration::from_millis(args.read_timeout_ms.max(1)),
+        expire_tick: Duration::from_millis(args.expire_tick_ms.max(1)),
+        max_voters: args.cluster.max_voters.max(1),
         ..RaftConfig::default()
+    };
+    let cluster = match &args.cluster.cluster {
+        None => {
+            if storage.is_fresh() {
+                bootstrap_storage(&storage, [(me.raft_id, String::new())].into())?;
+            }
+            None
+        }
+        Some(_) => Some(start_cluster(&args, &me, &storage, secret).await?),
     };
     let raft = consensus::start(
         storage,
-        raft_id,
-        incarnation.clone(),
+        me.clone(),
         state.clone(),
         events_sink,
         raft_cfg,
+        cluster
+            .as_ref()
+            .map(|c| Arc::new(c.transport.clone()) as Arc<dyn consensus::Peers>),
     )?;
+    if let Some(c) = &cluster {
+        let _ = c.raft_slot.set(raft.clone());
+        if c.joining {
+            actix_rt::spawn(membership::join(
+                c.transport.clone(),
+                raft.clone(),
+                args.cluster.join.clone(),
+                c.hello.clone(),
+            ));
+        }
+    }
     let node = Arc::new(Node::new(
         args.clone(),
-        raft_id,
-        incarnation.clone(),
+        me.raft_id,
+        me.incarnation.clone(),
         raft,
         state,
     ));
-    info!(raft_id, %incarnation, data_dir = %args.data_dir.display(), "node starting");
+    if let Some(c) = &cluster {
+        let _ = node.gossip.set(c.gossip.clone());
+        actix_rt::spawn(publish_gossip(node.clone(), c.gossip.clone()));
+    }
+    info!(raft_id = me.raft_id, incarnation = %me.incarnation, generation = me.generation,
+        data_dir = %args.data_dir.display(), "node starting");
     let _ = node_slot.set(Arc::downgrade(&node));
 
     let ready = async {
-        announce_start(&node).await?;
+        announce_start(&node, me.generation).await?;
         bootstrap_root(&node).await
     };
     if let Err(e) = ready.await {
         // Release storage before reporting: nothing may outlive a failed start.
         node.raft.shutdown().await;
+        if let Some(c) = cluster {
+            c.stop().await;
+        }
         return Err(e);
     }
 
@@ -121,7 +352,8 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         node: node.clone(),
         listening: Vec::new(),
         http_servers: Vec::new(),
-        tcp_tasks: vec![actix_rt::spawn(expire_deadlines(node.clone()))],
+        tcp_tasks: Vec::new(),
+        cluster,
     };
     if let Err(e) = serve_listeners(&mut running, bound, tls_config) {
         running.stop().await;
@@ -188,8 +420,11 @@ fn serve_listeners(
         actix_rt::spawn(server);
     }
     if !health.is_empty() {
-        let mut server = actix_web::HttpServer::new(|| {
-            actix_web::App::new().default_service(actix_web::web::to(http::health))
+        let data = actix_web::web::Data::new(running.node.clone());
+        let mut server = actix_web::HttpServer::new(move || {
+            actix_web::App::new()
+                .app_data(data.clone())
+                .default_service(actix_web::web::to(http::health))
         })
         .workers(1)
         .disable_signals()
@@ -204,46 +439,29 @@ fn serve_listeners(
     Ok(())
 }
 
-/// While this node leads, proposes `Expire` whenever a task or pull deadline has passed, so
-/// every node ends the same tasks at the same point of the log.
-async fn expire_deadlines(node: Arc<Node>) {
-    let tick = Duration::from_millis(node.args.expire_tick_ms.max(1));
-    loop {
-        tokio::time::sleep(tick).await;
-        if !node
-            .raft
-            .stats
-            .leader
-            .load(std::sync::atomic::Ordering::Relaxed)
-        {
-            continue;
-        }
-        let now_ms = crate::node::now_ms();
-        let due = node.read(|s| s.tasks.next_deadline().is_some_and(|d| d <= now_ms));
-        if due {
-            if let Err(e) = node.raft.propose(Command::Expire { now_ms }).await {
-                debug!("expiry proposal failed: {e}");
-            }
-        }
-    }
-}
-
 /// Tells the cluster this incarnation is up (dropping sessions of earlier ones). Retries
 /// until the node has a leader.
-async fn announce_start(node: &Node) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
+async fn announce_start(node: &Node, generation: u64) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut last_log = Instant::now();
     loop {
         let cmd = Command::NodeStarted {
             node_id: node.raft_id,
             incarnation: node.incarnation.clone(),
+            generation,
         };
         match node.raft.propose(cmd).await {
             Ok(_) => return Ok(()),
             Err(e) if Instant::now() < deadline => {
-                debug!("waiting for a raft leader: {e}");
+                if last_log.elapsed() >= Duration::from_secs(5) {
+                    info!("waiting for a raft leader: {e}");
+                    last_log = Instant::now();
+                } else {
+                    debug!("waiting for a raft leader: {e}");
+                }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            Err(e) => return Err(anyhow!("no raft leader after 30 s: {e}")),
+            Err(e) => return Err(anyhow!("no raft leader after 120 s: {e}")),
         }
     }
 }
@@ -251,6 +469,12 @@ async fn announce_start(node: &Node) -> anyhow::Result<()> {
 /// Creates `root` on the first boot of a fresh cluster; warns while its password is the
 /// default.
 async fn bootstrap_root(node: &Node) -> anyhow::Result<()> {
+    // Read what the cluster has applied, not what this node happened to see so far: a
+    // joining node finds root already created. Apply creates root once whoever proposes.
+    node.raft
+        .read_barrier()
+        .await
+        .map_err(|e| anyhow!("reading the cluster state: {e}"))?;
     if !node.read(|s| s.bootstrapped) {
         let pass = node
             .args
@@ -290,6 +514,11 @@ impl Running {
             let h = h.clone();
             actix_rt::spawn(async move { h.stop(false).await });
         }
+        // A leader hands over first, so writes (these sessions' closes among them) resume
+        // on another node at once.
+        if self.cluster.is_some() {
+            self.node.raft.transfer_leadership().await;
+        }
         self.node.broadcast(Control::Close);
         let deadline = Instant::now() + Duration::from_secs(self.node.args.shutdown_grace);
         while self.node.local_session_count() > 0 && Instant::now() < deadline {
@@ -297,6 +526,9 @@ impl Running {
         }
         // Session closes are queued ahead of the shutdown, so they are written first.
         self.node.raft.shutdown().await;
+        if let Some(c) = self.cluster {
+            c.stop().await;
+        }
         info!("node stopped");
     }
 }

@@ -18,6 +18,10 @@ const KEY_HARD_STATE: &[u8] = b"hard_state";
 const KEY_CONF_STATE: &[u8] = b"conf_state";
 const KEY_SNAPSHOT: &[u8] = b"snapshot";
 const KEY_RAFT_ID: &[u8] = b"raft_id";
+const KEY_GENERATION: &[u8] = b"generation";
+/// Index of the last conf change applied, written with the conf state it produced: entries
+/// replayed after a restart must not apply a conf change twice.
+const KEY_CONF_INDEX: &[u8] = b"conf_index";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -59,6 +63,25 @@ pub fn raft_id(db: &DB) -> Result<u64, StoreError> {
     Ok(id)
 }
 
+/// The generation of this start: a persisted counter bumped every time the node starts, so
+/// it grows even when the wall clock steps back.
+pub fn next_generation(db: &DB) -> Result<u64, StoreError> {
+    let meta = cf(db, CF_META);
+    let current = match db.get_cf(meta, KEY_GENERATION)? {
+        Some(v) => u64::from_be_bytes(
+            v.as_slice()
+                .try_into()
+                .map_err(|_| StoreError::Corrupt("generation", "length".into()))?,
+        ),
+        None => 0,
+    };
+    let next = current + 1;
+    let mut wo = WriteOptions::default();
+    wo.set_sync(true);
+    db.put_cf_opt(meta, KEY_GENERATION, next.to_be_bytes(), &wo)?;
+    Ok(next)
+}
+
 fn decode<M: PbMessage>(what: &'static str, bytes: &[u8]) -> Result<M, StoreError> {
     M::parse_from_bytes(bytes).map_err(|e| StoreError::Corrupt(what, e.to_string()))
 }
@@ -77,6 +100,7 @@ fn log_key(index: u64) -> [u8; 8] {
 struct Cached {
     hard_state: HardState,
     conf_state: ConfState,
+    conf_index: u64,
     snapshot_meta: SnapshotMetadata,
     /// Index of the first entry present (snapshot index + 1 when the log is empty).
     first: u64,
@@ -145,6 +169,8 @@ pub struct RaftWrite<'a> {
     pub entries: &'a [Entry],
     pub hard_state: Option<&'a HardState>,
     pub conf_state: Option<&'a ConfState>,
+    /// The index of the conf change that produced `conf_state`.
+    pub conf_index: Option<u64>,
     /// fsync the WAL before returning (entries and votes must be durable before acting).
     pub sync: bool,
 }
@@ -153,11 +179,14 @@ pub struct RaftWrite<'a> {
 pub struct RaftStorage {
     db: Arc<DB>,
     cached: Arc<RwLock<Cached>>,
+    /// Raft asked for a snapshot the stored one cannot serve (too old, or its conf state
+    /// lacks the member it is for): the driver takes a new one.
+    snapshot_wanted: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl RaftStorage {
-    /// Loads the persisted Raft state; `initial_voters` seeds the conf state of a fresh log.
-    pub fn open(db: Arc<DB>, initial_voters: &[u64]) -> Result<Self, StoreError> {
+    /// Loads the persisted Raft state. A fresh store has no voters: see `bootstrap`.
+    pub fn open(db: Arc<DB>) -> Result<Self, StoreError> {
         let meta = cf(&db, CF_META);
         let hard_state = match db.get_cf(meta, KEY_HARD_STATE)? {
             Some(b) => decode("hard_state", &b)?,
@@ -169,11 +198,15 @@ impl RaftStorage {
         };
         let conf_state = match db.get_cf(meta, KEY_CONF_STATE)? {
             Some(b) => decode("conf_state", &b)?,
-            None => {
-                let cs = ConfState::from((initial_voters.to_vec(), vec![]));
-                db.put_cf(meta, KEY_CONF_STATE, encode(&cs))?;
-                cs
-            }
+            None => ConfState::default(),
+        };
+        let conf_index = match db.get_cf(meta, KEY_CONF_INDEX)? {
+            Some(v) => u64::from_be_bytes(
+                v.as_slice()
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("conf_index", "length".into()))?,
+            ),
+            None => 0,
         };
         // One pass over the log: its bounds, and every entry's term (kept in memory so
         // raft's frequent term lookups never decode an entry).
@@ -195,6 +228,7 @@ impl RaftStorage {
         let cached = Cached {
             hard_state,
             conf_state,
+            conf_index,
             snapshot_meta,
             first,
             last,
@@ -205,6 +239,7 @@ impl RaftStorage {
         Ok(RaftStorage {
             db,
             cached: Arc::new(RwLock::new(cached)),
+            snapshot_wanted: Arc::default(),
         })
     }
 
@@ -239,6 +274,9 @@ impl RaftStorage {
         if let Some(cs) = w.conf_state {
             batch.put_cf(meta, KEY_CONF_STATE, encode(cs));
         }
+        if let Some(i) = w.conf_index {
+            batch.put_cf(meta, KEY_CONF_INDEX, i.to_be_bytes());
+        }
         let mut wo = WriteOptions::default();
         wo.set_sync(w.sync);
         self.db.write_opt(batch, &wo)?;
@@ -256,7 +294,44 @@ impl RaftStorage {
         if let Some(cs) = w.conf_state {
             c.conf_state = cs.clone();
         }
+        if let Some(i) = w.conf_index {
+            c.conf_index = i;
+        }
         Ok(())
+    }
+
+    /// True when this store never belonged to a cluster: no voters, no log, no snapshot.
+    pub fn is_fresh(&self) -> bool {
+        let c = self.read();
+        c.conf_state.voters.is_empty()
+            && c.conf_state.learners.is_empty()
+            && c.last == 0
+            && c.snapshot_meta.index == 0
+            && c.hard_state.term == 0
+    }
+
+    /// Starts a new cluster: an initial snapshot at index 1, term 1, whose conf state has
+    /// `voters` and whose data is `state`. Every founding node writes the same one; a node
+    /// joining later receives it (or a later one), so it learns the voters from it.
+    pub fn bootstrap(&self, voters: &[u64], state: Vec<u8>) -> Result<(), StoreError> {
+        let mut snap = Snapshot::default();
+        snap.set_data(state.into());
+        let m = snap.mut_metadata();
+        m.index = 1;
+        m.term = 1;
+        m.set_conf_state(ConfState::from((voters.to_vec(), vec![])));
+        self.apply_snapshot(&snap)
+    }
+
+    /// Whether raft asked for a newer snapshot since the last call.
+    pub fn take_snapshot_wanted(&self) -> bool {
+        self.snapshot_wanted
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Index of the last conf change already applied to the persisted conf state.
+    pub fn conf_index(&self) -> u64 {
+        self.read().conf_index
     }
 
     /// Records a new commit index (not synced: a lost commit index is re-learned).
@@ -269,8 +344,14 @@ impl RaftStorage {
         })
     }
 
-    /// Stores a snapshot of the applied state at `index` and drops the log up to it.
-    pub fn compact_to_snapshot(&self, index: u64, data: Vec<u8>) -> Result<(), StoreError> {
+    /// Stores a snapshot of the applied state at `index` and drops the log up to
+    /// `index - retain` (the kept tail lets a follower slightly behind catch up from the log).
+    pub fn compact_to_snapshot(
+        &self,
+        index: u64,
+        data: Vec<u8>,
+        retain: u64,
+    ) -> Result<(), StoreError> {
         let term = self
             .term(index)
             .map_err(|e| StoreError::Corrupt("term", e.to_string()))?;
@@ -284,17 +365,23 @@ impl RaftStorage {
         m.index = index;
         m.term = term;
         m.set_conf_state(conf_state);
+        // The log keeps entries after `upto`; `first` never passes `index + 1`.
+        let upto = index.saturating_sub(retain).max(first.saturating_sub(1));
         let mut batch = WriteBatch::default();
         batch.put_cf(cf(&self.db, CF_META), KEY_SNAPSHOT, encode(&snap));
-        batch.delete_range_cf(cf(&self.db, CF_LOG), log_key(first), log_key(index + 1));
+        if upto >= first {
+            batch.delete_range_cf(cf(&self.db, CF_LOG), log_key(first), log_key(upto + 1));
+        }
         let mut wo = WriteOptions::default();
         wo.set_sync(true);
         self.db.write_opt(batch, &wo)?;
         let mut c = self.write_cache();
         c.snapshot_meta = snap.take_metadata();
-        let dropped = ((index + 1).saturating_sub(c.first) as usize).min(c.terms.len());
-        c.terms.drain(..dropped);
-        c.first = index + 1;
+        if upto >= c.first {
+            let dropped = ((upto + 1).saturating_sub(c.first) as usize).min(c.terms.len());
+            c.terms.drain(..dropped);
+            c.first = upto + 1;
+        }
         c.last = c.last.max(index);
         Ok(())
     }
@@ -313,6 +400,7 @@ impl RaftStorage {
         batch.put_cf(meta_cf, KEY_SNAPSHOT, encode(snap));
         batch.put_cf(meta_cf, KEY_HARD_STATE, encode(&hs));
         batch.put_cf(meta_cf, KEY_CONF_STATE, encode(meta.get_conf_state()));
+        batch.put_cf(meta_cf, KEY_CONF_INDEX, meta.index.to_be_bytes());
         batch.delete_range_cf(
             cf(&self.db, CF_LOG),
             log_key(first),
@@ -324,6 +412,7 @@ impl RaftStorage {
         let mut c = self.write_cache();
         c.snapshot_meta = meta.clone();
         c.conf_state = meta.get_conf_state().clone();
+        c.conf_index = meta.index;
         c.hard_state = hs;
         c.first = meta.index + 1;
         c.last = meta.index;
@@ -425,12 +514,22 @@ impl Storage for RaftStorage {
         Ok(self.read().last)
     }
 
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        // A member added after the stored snapshot must get one whose conf state has it
+        // (raft-rs refuses to restore a snapshot that does not list the node).
+        let lists = |s: &Snapshot| {
+            let cs = s.get_metadata().get_conf_state();
+            cs.voters.contains(&to) || cs.learners.contains(&to)
+        };
         match self.stored_snapshot().map_err(Self::storage_error)? {
-            Some(s) if s.get_metadata().index >= request_index => Ok(s),
-            _ => Err(raft::Error::Store(
-                StorageError::SnapshotTemporarilyUnavailable,
-            )),
+            Some(s) if s.get_metadata().index >= request_index && lists(&s) => Ok(s),
+            _ => {
+                self.snapshot_wanted
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                Err(raft::Error::Store(
+                    StorageError::SnapshotTemporarilyUnavailable,
+                ))
+            }
         }
     }
 }
@@ -453,7 +552,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let db = open_db(dir.path()).unwrap();
-            let s = RaftStorage::open(db, &[7]).unwrap();
+            let s = RaftStorage::open(db).unwrap();
+            assert!(s.is_fresh());
+            s.write(RaftWrite {
+                conf_state: Some(&ConfState::from((vec![7], vec![]))),
+                ..Default::default()
+            })
+            .unwrap();
+            assert!(!s.is_fresh());
             let ents: Vec<Entry> = (1..=5).map(|i| entry(i, 1)).collect();
             let hs = HardState {
                 term: 1,
@@ -486,13 +592,13 @@ mod tests {
             assert_eq!(got, vec![(2, 1), (3, 1), (4, 2)]);
         }
         let db = open_db(dir.path()).unwrap();
-        let s = RaftStorage::open(db, &[99]).unwrap();
+        let s = RaftStorage::open(db).unwrap();
         let st = s.initial_state().unwrap();
         assert_eq!(st.hard_state.commit, 3);
         assert_eq!(
             st.conf_state.voters,
             vec![7],
-            "initial voters only seed a fresh log"
+            "the bootstrapped voters persist"
         );
         assert_eq!((s.first_index().unwrap(), s.last_index().unwrap()), (1, 4));
         assert_eq!(s.term(4).unwrap(), 2);
@@ -507,7 +613,7 @@ mod tests {
     fn snapshot_compacts_the_log() {
         let dir = tempfile::tempdir().unwrap();
         let db = open_db(dir.path()).unwrap();
-        let s = RaftStorage::open(db.clone(), &[1]).unwrap();
+        let s = RaftStorage::open(db.clone()).unwrap();
         let ents: Vec<Entry> = (1..=10).map(|i| entry(i, 3)).collect();
         s.write(RaftWrite {
             entries: &ents,
@@ -515,7 +621,10 @@ mod tests {
             ..Default::default()
         })
         .unwrap();
-        s.compact_to_snapshot(6, b"state".to_vec()).unwrap();
+        s.compact_to_snapshot(4, b"early".to_vec(), 2).unwrap();
+        assert_eq!(s.first_index().unwrap(), 3, "a tail of 2 entries is kept");
+        assert_eq!(s.term(4).unwrap(), 3);
+        s.compact_to_snapshot(6, b"state".to_vec(), 0).unwrap();
         assert_eq!(s.first_index().unwrap(), 7);
         assert_eq!(s.term(6).unwrap(), 3);
         assert!(s.term(5).is_err());
@@ -523,7 +632,7 @@ mod tests {
             .entries(5, 8, None, GetEntriesContext::empty(false))
             .is_err());
         drop(s);
-        let s = RaftStorage::open(db, &[1]).unwrap();
+        let s = RaftStorage::open(db).unwrap();
         assert_eq!((s.first_index().unwrap(), s.last_index().unwrap()), (7, 10));
         let snap = s.stored_snapshot().unwrap().unwrap();
         assert_eq!(&snap.data[..], b"state");

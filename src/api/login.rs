@@ -42,8 +42,10 @@ async fn basic(node: &Node, p: &Params<'_>, remote: &str) -> Result<String, RpcE
     // Names are case-insensitive but never trimmed: " root" is not "root". Unknown users
     // and wrong passwords answer alike, so names cannot be probed.
     let who = normalize_path(who).ok_or_else(RpcError::permission_denied)?;
+    // After a read barrier: a password changed on another node a moment ago is in force.
     let hash = node
-        .read(|s| s.users.get(&who).map(|u| u.pass_hash.clone()))
+        .read_linear(|s| s.users.get(&who).map(|u| u.pass_hash.clone()))
+        .await?
         .ok_or_else(RpcError::permission_denied)?;
     if !super::hashing(node, move || auth::verify_password(&pass, &hash)).await? {
         return Err(RpcError::permission_denied());

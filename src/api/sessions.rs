@@ -18,19 +18,21 @@ pub async fn call(node: &Arc<Node>, conn: &Rc<Conn>, name: &str, p: &Params<'_>)
         "session.list" => {
             let q = ListQuery::from_params(p)?;
             conn.require(q.permission_path(), "sys.session.list")?;
-            let by_user = node.read(|s| {
-                let mut by_user: BTreeMap<String, Vec<Value>> = BTreeMap::new();
-                for r in s.sessions.iter().filter(|r| !r.internal) {
-                    by_user.entry(r.user.clone()).or_default().push(json!({
-                        "connid": r.connid,
-                        "nodeid": r.incarnation,
-                        "remoteAddress": r.remote_address,
-                        "creationTime": r.creation_time,
-                        "protocol": r.protocol,
-                    }));
-                }
-                by_user
-            });
+            let by_user = node
+                .read_linear(|s| {
+                    let mut by_user: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+                    for r in s.sessions.iter().filter(|r| !r.internal) {
+                        by_user.entry(r.user.clone()).or_default().push(json!({
+                            "connid": r.connid,
+                            "nodeid": r.incarnation,
+                            "remoteAddress": r.remote_address,
+                            "creationTime": r.creation_time,
+                            "protocol": r.protocol,
+                        }));
+                    }
+                    by_user
+                })
+                .await?;
             Ok(Value::Array(q.select(by_user.iter().map(
                 |(user, sessions)| {
                     (
@@ -43,13 +45,15 @@ pub async fn call(node: &Arc<Node>, conn: &Rc<Conn>, name: &str, p: &Params<'_>)
         "session.count" => {
             let q = ListQuery::from_params(p)?;
             conn.require(q.permission_path(), "sys.session.count")?;
-            let users: Vec<String> = node.read(|s| {
-                s.sessions
-                    .iter()
-                    .filter(|r| !r.internal)
-                    .map(|r| r.user.clone())
-                    .collect()
-            });
+            let users: Vec<String> = node
+                .read_linear(|s| {
+                    s.sessions
+                        .iter()
+                        .filter(|r| !r.internal)
+                        .map(|r| r.user.clone())
+                        .collect()
+                })
+                .await?;
             Ok(q.count(users.iter().map(String::as_str)))
         }
         "session.kick" | "session.reload" => {
@@ -61,13 +65,15 @@ pub async fn call(node: &Arc<Node>, conn: &Rc<Conn>, name: &str, p: &Params<'_>)
                     "at least 16 characters",
                 ));
             }
-            let matched: Vec<(String, String)> = node.read(|s| {
-                s.sessions
-                    .iter()
-                    .filter(|r| r.connid.starts_with(prefix))
-                    .map(|r| (r.connid.clone(), r.user.clone()))
-                    .collect()
-            });
+            let matched: Vec<(String, String)> = node
+                .read_linear(|s| {
+                    s.sessions
+                        .iter()
+                        .filter(|r| r.connid.starts_with(prefix))
+                        .map(|r| (r.connid.clone(), r.user.clone()))
+                        .collect()
+                })
+                .await?;
             // Permission is checked on the user owning each matched session.
             for (_, user) in &matched {
                 conn.require(user, &method)?;

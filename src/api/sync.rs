@@ -30,20 +30,24 @@ pub async fn call(node: &Arc<Node>, conn: &Rc<Conn>, name: &str, p: &Params<'_>)
         "list" => {
             let q = ListQuery::from_params(p)?;
             conn.require(q.permission_path(), "sync.list")?;
-            Ok(node.read(|s| {
-                Value::Array(
-                    q.select(
-                        s.locks
-                            .iter()
-                            .map(|(l, o)| (l, json!({"id": l, "owner": o}))),
-                    ),
-                )
-            }))
+            Ok(node
+                .read_linear(|s| {
+                    Value::Array(
+                        q.select(
+                            s.locks
+                                .iter()
+                                .map(|(l, o)| (l, json!({"id": l, "owner": o}))),
+                        ),
+                    )
+                })
+                .await?)
         }
         "count" => {
             let q = ListQuery::from_params(p)?;
             conn.require(q.permission_path(), "sync.count")?;
-            Ok(node.read(|s| q.count(s.locks.iter().map(|(l, _)| l))))
+            Ok(node
+                .read_linear(|s| q.count(s.locks.iter().map(|(l, _)| l)))
+                .await?)
         }
         _ => Err(RpcError::new(ERR_METHOD_NOT_FOUND)),
     }

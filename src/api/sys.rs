@@ -7,6 +7,7 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use crate::auth;
+use crate::cluster::gossip::Member;
 use crate::node::Node;
 use crate::rpc::{self, Params, RpcError, RpcResult, ERR_INVALID_REQUEST, ERR_METHOD_NOT_FOUND};
 use crate::session::{Conn, WATCHDOG_MAX, WATCHDOG_MIN};
@@ -27,7 +28,7 @@ pub async fn call(node: &Arc<Node>, conn: &Rc<Conn>, name: &str, p: &Params<'_>)
             reload_user(node, conn);
             Ok(rpc::ok())
         }
-        "node.list" => node_list(node, conn, p),
+        "node.list" => node_list(node, conn, p).await,
         "session.list" | "session.count" | "session.kick" | "session.reload" => {
             super::sessions::call(node, conn, name, p).await
         }
@@ -57,29 +58,87 @@ pub fn reload_user(node: &Node, conn: &Conn) {
     };
 }
 
-/// This node (the cluster issue adds the others, from gossip).
-fn node_list(node: &Node, conn: &Conn, p: &Params) -> RpcResult {
+/// Every member of the cluster: the 1.9 fields (`id` is the node's incarnation) and the
+/// cluster's (`raftId`, `role`, `cluster`, `status`). Other nodes' figures come from gossip.
+async fn node_list(node: &Node, conn: &Conn, p: &Params<'_>) -> RpcResult {
     conn.require("sys.node", "sys.node.list")?;
     let limit = match p.opt_i64("limit")?.unwrap_or(100) {
         n if n <= 0 => usize::MAX,
         n => n as usize,
     };
     let skip = p.opt_i64("skip")?.unwrap_or(0).max(0) as usize;
-    let (load1, load5, load15) = load_average();
-    let me = json!({
-        "id": node.incarnation,
-        "version": env!("CARGO_PKG_VERSION"),
-        "clients": node.local_session_count(),
-        "load": {"load1": load1, "load5": load5, "load15": load15},
-        "listening": *node.listening.lock().unwrap_or_else(|e| e.into_inner()),
-    });
+    let members = node.read_linear(|s| s.cluster.members.clone()).await?;
+    let stats = &node.raft.stats;
+    let (voters, learners) = stats
+        .membership
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let leader = stats.leader();
+    let live: std::collections::HashMap<u64, Member> = match node.gossip.get() {
+        Some(g) => g.live().await.into_iter().map(|m| (m.raft_id, m)).collect(),
+        None => Default::default(),
+    };
+    let role_of = |id: u64| {
+        if id == node.raft_id {
+            stats.role().name()
+        } else if leader == Some(id) {
+            "leader"
+        } else if voters.contains(&id) {
+            "follower"
+        } else if learners.contains(&id) {
+            "learner"
+        } else {
+            "joining"
+        }
+    };
+    let mut out = Vec::new();
+    for (id, addr) in &members {
+        let entry = if *id == node.raft_id {
+            let (load1, load5, load15) = load_average();
+            let status = match stats.ready() {
+                Ok(()) => "ready".to_string(),
+                Err(why) => format!("not ready: {why}"),
+            };
+            json!({
+                "id": node.incarnation,
+                "version": env!("CARGO_PKG_VERSION"),
+                "clients": node.local_session_count(),
+                "load": {"load1": load1, "load5": load5, "load15": load15},
+                "listening": *node.listening.lock().unwrap_or_else(|e| e.into_inner()),
+                "raftId": id,
+                "role": role_of(*id),
+                "cluster": addr,
+                "status": status,
+            })
+        } else {
+            let m = live.get(id).cloned().unwrap_or_default();
+            let status = if live.contains_key(id) {
+                m.status.clone()
+            } else {
+                "unreachable".to_string()
+            };
+            json!({
+                "id": m.incarnation,
+                "version": m.version,
+                "clients": m.clients,
+                "load": {"load1": m.load[0], "load5": m.load[1], "load15": m.load[2]},
+                "listening": m.listening,
+                "raftId": id,
+                "role": role_of(*id),
+                "cluster": addr,
+                "status": status,
+            })
+        };
+        out.push(entry);
+    }
     Ok(Value::Array(
-        std::iter::once(me).skip(skip).take(limit).collect(),
+        out.into_iter().skip(skip).take(limit).collect(),
     ))
 }
 
 /// The 1, 5 and 15 minute load averages (zeros where /proc is unavailable).
-fn load_average() -> (f64, f64, f64) {
+pub fn load_average() -> (f64, f64, f64) {
     let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let mut it = text
         .split_whitespace()

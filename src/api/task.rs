@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use crate::auth;
 use crate::listing::ListQuery;
 use crate::names::normalize_path;
-use crate::node::{now_ms, rfc3339_ms, Node};
+use crate::node::Node;
 use crate::rpc::{
     standard_text, Params, RpcError, RpcResult, ERR_INTERNAL, ERR_INVALID_TASK,
     ERR_METHOD_NOT_FOUND,
@@ -42,15 +42,16 @@ pub async fn call(
                 .ok_or_else(|| RpcError::invalid_params("prefix"))?;
             conn.require(&prefix, "task.pull")?;
             let timeout = super::seconds(p, "timeout", DEFAULT_TIMEOUT_SECS)?;
-            let (creation_time, deadline, deadline_ms) = stamps(timeout);
             let pull = Pull {
                 id: super::owned_id(conn),
                 connid: conn.connid.clone(),
                 path: format!("{prefix}."),
                 user: conn.user(),
-                creation_time,
-                deadline,
-                deadline_ms,
+                // Stamped from the cluster clock when applied.
+                creation_time: String::new(),
+                deadline: String::new(),
+                deadline_ms: 0,
+                timeout_ms: timeout_ms(timeout),
                 seq: 0,
             };
             let (rx, _waiter) = node.wait_for(&pull.id);
@@ -113,7 +114,7 @@ pub async fn call(
         "list" => {
             let q = ListQuery::from_params(p)?;
             conn.require(q.permission_path(), "task.list")?;
-            let items = node.read(|s| s.tasks.listing());
+            let items = node.read_linear(|s| s.tasks.listing()).await?;
             Ok(Value::Array(q.select(
                 items.iter().map(|(n, v, _)| (n.as_str(), v.clone())),
             )))
@@ -121,7 +122,7 @@ pub async fn call(
         "count" => {
             let q = ListQuery::from_params(p)?;
             conn.require(q.permission_path(), "task.count")?;
-            let items = node.read(|s| s.tasks.names());
+            let items = node.read_linear(|s| s.tasks.names()).await?;
             Ok(count(&q, &items))
         }
         _ => Err(RpcError::new(ERR_METHOD_NOT_FOUND)),
@@ -169,7 +170,6 @@ pub fn build_task(
     timeout_secs: f64,
     detach: bool,
 ) -> Task {
-    let (creation_time, deadline, deadline_ms) = stamps(timeout_secs);
     Task {
         id: super::owned_id(conn),
         path: format!("{path}."),
@@ -181,20 +181,20 @@ pub fn build_task(
         user: conn.user(),
         tags: Value::Null,
         pusher: conn.connid.clone(),
-        creation_time,
-        deadline,
-        deadline_ms,
+        // Stamped from the cluster clock when applied.
+        creation_time: String::new(),
+        deadline: String::new(),
+        deadline_ms: 0,
+        timeout_ms: timeout_ms(timeout_secs),
         seq: 0,
         working: None,
     }
 }
 
-/// Creation time, deadline and deadline in ms for something that may wait `timeout_secs`,
-/// from one reading of the clock.
-fn stamps(timeout_secs: f64) -> (String, String, u64) {
-    let now = now_ms();
-    let deadline_ms = now.saturating_add((timeout_secs * 1000.0) as u64);
-    (rfc3339_ms(now), rfc3339_ms(deadline_ms), deadline_ms)
+/// A relative timeout in ms: deadlines are set in apply, on the cluster clock, so a node's
+/// skewed wall clock never moves them.
+fn timeout_ms(timeout_secs: f64) -> u64 {
+    (timeout_secs * 1000.0) as u64
 }
 
 /// Proposes a push and, unless detached, waits for its end.

@@ -42,20 +42,24 @@ pub async fn call(node: &Arc<Node>, conn: &Rc<Conn>, name: &str, p: &Params<'_>)
         "list" => {
             let q = ListQuery::from_params(p)?;
             conn.require(q.permission_path(), "topic.list")?;
-            Ok(node.read(|s| {
-                Value::Array(
-                    q.select(
-                        s.topics
-                            .iter()
-                            .map(|(t, n)| (t, json!({"topic": t, "subscribers": n}))),
-                    ),
-                )
-            }))
+            Ok(node
+                .read_linear(|s| {
+                    Value::Array(
+                        q.select(
+                            s.topics
+                                .iter()
+                                .map(|(t, n)| (t, json!({"topic": t, "subscribers": n}))),
+                        ),
+                    )
+                })
+                .await?)
         }
         "count" => {
             let q = ListQuery::from_params(p)?;
             conn.require(q.permission_path(), "topic.count")?;
-            Ok(node.read(|s| q.count(s.topics.iter().map(|(t, _)| t))))
+            Ok(node
+                .read_linear(|s| q.count(s.topics.iter().map(|(t, _)| t)))
+                .await?)
         }
         _ => Err(RpcError::new(ERR_METHOD_NOT_FOUND)),
     }

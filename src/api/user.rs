@@ -66,14 +66,18 @@ pub async fn call(node: &Arc<Node>, conn: &Rc<Conn>, name: &str, p: &Params<'_>)
         "list" => {
             let q = ListQuery::from_params(p)?;
             require(q.permission_path())?;
-            Ok(node.read(|s| {
-                Value::Array(q.select(s.users.iter().map(|(n, u)| (n.as_str(), u.to_public(n)))))
-            }))
+            Ok(node
+                .read_linear(|s| {
+                    Value::Array(
+                        q.select(s.users.iter().map(|(n, u)| (n.as_str(), u.to_public(n)))),
+                    )
+                })
+                .await?)
         }
         "count" => {
             let q = ListQuery::from_params(p)?;
             require(q.permission_path())?;
-            Ok(node.read(|s| q.count(s.users.names())))
+            Ok(node.read_linear(|s| q.count(s.users.names())).await?)
         }
         "setTags" => {
             let user = existing_name(p, "user")?;
@@ -96,11 +100,12 @@ pub async fn call(node: &Arc<Node>, conn: &Rc<Conn>, name: &str, p: &Params<'_>)
             }
             // By prefix, with the templates' tags merged in (the user's own win).
             let tags = node
-                .read(|s| {
+                .read_linear(|s| {
                     s.users
                         .get(&user)
                         .map(|_| json!(s.users.effective_tags(&user)))
                 })
+                .await?
                 .ok_or_else(|| RpcError::invalid_params("user"))?;
             Ok(json!({"tags": tags}))
         }
@@ -110,11 +115,13 @@ pub async fn call(node: &Arc<Node>, conn: &Rc<Conn>, name: &str, p: &Params<'_>)
             if user != conn.user() {
                 require(&user)?;
             }
-            let tags = node.read(|s| {
-                s.users
-                    .get(&user)
-                    .map(|_| auth::tags_at(&s.users.effective_tags(&user), &prefix))
-            });
+            let tags = node
+                .read_linear(|s| {
+                    s.users
+                        .get(&user)
+                        .map(|_| auth::tags_at(&s.users.effective_tags(&user), &prefix))
+                })
+                .await?;
             let tags = tags.ok_or_else(|| RpcError::invalid_params("user"))?;
             Ok(json!({"tags": tags}))
         }

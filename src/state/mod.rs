@@ -2,6 +2,7 @@
 //! same order and reaches the same state. `apply` is deterministic: no clock, no
 //! randomness, no I/O — ids, hashes and timestamps travel inside the command.
 
+mod cluster;
 mod locks;
 mod sessions;
 mod tasks;
@@ -13,6 +14,7 @@ use serde_json::Value;
 
 use crate::rpc::RpcError;
 
+pub use cluster::{Admit, Cluster, Origin};
 pub use locks::Locks;
 pub use sessions::{SessionRecord, Sessions};
 pub use tasks::{Ending, Pull, Task, Tasks};
@@ -31,6 +33,8 @@ pub enum Command {
     NodeStarted {
         node_id: u64,
         incarnation: String,
+        #[serde(default)]
+        generation: u64,
     },
     /// First boot of a fresh cluster: creates `root` once.
     Bootstrap {
@@ -99,10 +103,9 @@ pub enum Command {
         id: String,
         connid: String,
     },
-    /// Proposed by the leader when deadlines have passed, stamped with its clock.
-    Expire {
-        now_ms: u64,
-    },
+    /// Proposed by the leader when deadlines have passed on the cluster clock (the entry's
+    /// stamp); apply ends what is due at that point of the log.
+    Expire {},
     Lock {
         lock: String,
         connid: String,
@@ -166,6 +169,9 @@ pub enum Event {
         topic: String,
         msg: Value,
     },
+    /// The whole state was replaced by a snapshot from the leader: events inside it were
+    /// never emitted here, so waiters must be reconciled against the new state.
+    StateReplaced,
 }
 
 pub type Outcome = Result<Value, RpcError>;
@@ -182,9 +188,36 @@ pub struct State {
     pub topics: Topics,
     /// Set once `root` has been created, so that deleting it later does not recreate it.
     pub bootstrapped: bool,
+    /// Members, cluster clock, proposer fencing.
+    #[serde(default)]
+    pub cluster: Cluster,
 }
 
 impl State {
+    /// Applies one committed entry: refused when it comes from a fenced incarnation or was
+    /// already applied; otherwise the cluster clock moves to its stamp and the command runs.
+    pub fn apply_entry(&mut self, origin: &Origin, cmd: Command) -> (Outcome, Vec<Event>) {
+        match self.cluster.admit(origin) {
+            Admit::New => {}
+            Admit::Duplicate => {
+                return (
+                    Err(RpcError::internal("duplicate proposal, applied before")),
+                    Vec::new(),
+                )
+            }
+            Admit::Stale => {
+                return (
+                    Err(RpcError::internal(
+                        "proposal from a previous incarnation of its node, refused",
+                    )),
+                    Vec::new(),
+                )
+            }
+        }
+        self.cluster.advance_clock(origin.clock_ms);
+        self.apply(cmd)
+    }
+
     /// Applies one committed command. The outcome is what the proposer answers.
     pub fn apply(&mut self, cmd: Command) -> (Outcome, Vec<Event>) {
         let mut events = Vec::new();
@@ -192,6 +225,7 @@ impl State {
             Command::NodeStarted {
                 node_id,
                 incarnation,
+                ..
             } => {
                 for connid in self.sessions.stale(node_id, &incarnation) {
                     self.close_session(&connid, &mut events);
@@ -289,14 +323,14 @@ impl State {
                     return (Err(unknown_session()), events);
                 }
                 let mut emit = tasks::Emit::new(&mut events, self.topics.any_under("hook"));
-                self.tasks.push(task, &mut emit)
+                self.tasks.push(task, self.cluster.clock_ms, &mut emit)
             }
             Command::TaskPull { pull } => {
                 if self.sessions.get(&pull.connid).is_none() {
                     return (Err(unknown_session()), events);
                 }
                 let mut emit = tasks::Emit::new(&mut events, self.topics.any_under("hook"));
-                self.tasks.pull(pull, &mut emit)
+                self.tasks.pull(pull, self.cluster.clock_ms, &mut emit)
             }
             Command::TaskFinish { taskid, ending } => {
                 let mut emit = tasks::Emit::new(&mut events, self.topics.any_under("hook"));
@@ -310,9 +344,9 @@ impl State {
                 let mut emit = tasks::Emit::new(&mut events, self.topics.any_under("hook"));
                 self.tasks.cancel(&id, &connid, &mut emit)
             }
-            Command::Expire { now_ms } => {
+            Command::Expire {} => {
                 let mut emit = tasks::Emit::new(&mut events, self.topics.any_under("hook"));
-                self.tasks.expire(now_ms, &mut emit);
+                self.tasks.expire(self.cluster.clock_ms, &mut emit);
                 Ok(crate::rpc::ok())
             }
             Command::Lock { lock, connid } => {
@@ -353,11 +387,11 @@ impl State {
 
     /// A pipe can be subscribed while the connection owning it is open.
     fn pipe_owner_alive(&self, pipeid: &str) -> bool {
-        pipeid.len() > crate::node::CONNID_LEN
-            && pipeid.is_char_boundary(crate::node::CONNID_LEN)
+        pipeid.len() > crate::names::CONNID_LEN
+            && pipeid.is_char_boundary(crate::names::CONNID_LEN)
             && self
                 .sessions
-                .get(&pipeid[..crate::node::CONNID_LEN])
+                .get(&pipeid[..crate::names::CONNID_LEN])
                 .is_some()
     }
 

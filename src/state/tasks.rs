@@ -30,6 +30,9 @@ pub struct Task {
     pub creation_time: String,
     pub deadline: String,
     pub deadline_ms: u64,
+    /// How long the task may wait, from the cluster clock when its push is applied.
+    #[serde(default)]
+    pub timeout_ms: u64,
     /// Log order, assigned by apply: "oldest first" without trusting clocks.
     #[serde(default)]
     pub seq: u64,
@@ -49,8 +52,22 @@ pub struct Pull {
     pub creation_time: String,
     pub deadline: String,
     pub deadline_ms: u64,
+    /// How long the pull may wait, from the cluster clock when it is applied.
+    #[serde(default)]
+    pub timeout_ms: u64,
     #[serde(default)]
     pub seq: u64,
+}
+
+/// Creation time, deadline (RFC 3339) and deadline in ms for something applied at cluster
+/// time `now_ms` that may wait `timeout_ms`.
+fn stamps(now_ms: u64, timeout_ms: u64) -> (String, String, u64) {
+    let deadline_ms = now_ms.saturating_add(timeout_ms);
+    (
+        crate::clock::rfc3339_ms(now_ms),
+        crate::clock::rfc3339_ms(deadline_ms),
+        deadline_ms,
+    )
 }
 
 /// How a worker ended a task.
@@ -144,10 +161,12 @@ fn pull_answer(t: &Task) -> Value {
 }
 
 impl Tasks {
-    pub fn push(&mut self, mut task: Task, emit: &mut Emit) -> Outcome {
+    /// A new task, its deadline counted from `now_ms` (the cluster clock).
+    pub fn push(&mut self, mut task: Task, now_ms: u64, emit: &mut Emit) -> Outcome {
         if self.tasks.contains_key(&task.id) {
             return Err(RpcError::detail(ERR_INVALID_TASK, "duplicate task id"));
         }
+        (task.creation_time, task.deadline, task.deadline_ms) = stamps(now_ms, task.timeout_ms);
         self.seq += 1;
         task.seq = self.seq;
         task.working = None;
@@ -157,10 +176,12 @@ impl Tasks {
         Ok(rpc::ok())
     }
 
-    pub fn pull(&mut self, mut pull: Pull, emit: &mut Emit) -> Outcome {
+    /// A new pull, its deadline counted from `now_ms` (the cluster clock).
+    pub fn pull(&mut self, mut pull: Pull, now_ms: u64, emit: &mut Emit) -> Outcome {
         if self.pulls.contains_key(&pull.id) {
             return Err(RpcError::detail(ERR_INVALID_TASK, "duplicate pull id"));
         }
+        (pull.creation_time, pull.deadline, pull.deadline_ms) = stamps(now_ms, pull.timeout_ms);
         self.seq += 1;
         pull.seq = self.seq;
         let best = self
@@ -410,6 +431,11 @@ impl Tasks {
 
     pub fn get(&self, taskid: &str) -> Option<&Task> {
         self.tasks.get(taskid)
+    }
+
+    /// Is `id` a task or a waiting pull?
+    pub fn contains(&self, id: &str) -> bool {
+        self.tasks.contains_key(id) || self.pulls.contains_key(id)
     }
 
     /// (name for listing, is a push) for tasks and waiting pulls: what `task.count` needs,

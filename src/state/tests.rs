@@ -193,6 +193,7 @@ fn node_restart_drops_sessions_of_old_incarnations_only() {
     let (_, events) = s.apply(Command::NodeStarted {
         node_id: 1,
         incarnation: "bbbb".into(),
+        generation: 2,
     });
     assert_eq!(
         events,

@@ -288,7 +288,13 @@ async fn bridge(
     }
 }
 
-/// The handler of `health://` listeners.
-pub async fn health() -> HttpResponse {
-    HttpResponse::Ok().content_type("text/plain").body("ok\n")
+/// The handler of `health://` listeners: 200 "ok" when the node can serve (a Raft leader
+/// is known and apply keeps up), else 503 with the reason.
+pub async fn health(node: web::Data<Arc<Node>>) -> HttpResponse {
+    match node.raft.stats.ready() {
+        Ok(()) => HttpResponse::Ok().content_type("text/plain").body("ok\n"),
+        Err(why) => HttpResponse::ServiceUnavailable()
+            .content_type("text/plain")
+            .body(format!("not ready: {why}\n")),
+    }
 }

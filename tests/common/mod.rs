@@ -36,7 +36,7 @@ pub fn args_for(dir: &Path, extra: &[&str]) -> ServeArgs {
     argv.extend_from_slice(extra);
     let cli = <nexus::config::Cli as clap::Parser>::parse_from(argv);
     match cli.command {
-        nexus::config::Command::Serve(args) => args,
+        nexus::config::Command::Serve(args) => *args,
         other => panic!("not serve: {other:?}"),
     }
 }

@@ -1,0 +1,262 @@
+//! Forming and joining a cluster, and the glue between the peer transport and the Raft
+//! driver: peer events become driver messages, the driver's sends go out as frames.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use protobuf::Message as PbMessage;
+use tracing::{debug, info, warn};
+
+use super::transport::{EventSink, PeerEvent, Transport};
+use crate::consensus::{Msg, Peers, RaftHandle, Role};
+use crate::proto::{frame, Frame, JoinRequest, JoinResponse, PeerHello};
+
+impl Peers for Transport {
+    fn send(&self, to: u64, frame: Frame) {
+        if let Err(e) = Transport::send(self, to, frame) {
+            debug!(to, "peer frame dropped: {e}");
+        }
+    }
+
+    fn send_raft(&self, to: u64, msg: raft::eraftpb::Message) {
+        if let Err(e) = Transport::send_raft(self, to, msg) {
+            debug!(to, "raft message dropped: {e}");
+        }
+    }
+
+    fn set_peer(&self, id: u64, addr: &str) {
+        Transport::set_peer(self, id, addr.to_string());
+    }
+
+    fn remove_peer(&self, id: u64) {
+        Transport::remove_peer(self, id);
+    }
+}
+
+/// Routes what the transport receives to the Raft driver (once it runs).
+pub fn event_sink(raft: Arc<OnceLock<RaftHandle>>) -> EventSink {
+    Arc::new(move |event| {
+        let Some(raft) = raft.get() else {
+            return;
+        };
+        let msg = match event {
+            PeerEvent::Frame { from, frame } => match frame.body {
+                Some(frame::Body::Raft(bytes)) => {
+                    match raft::eraftpb::Message::parse_from_bytes(&bytes) {
+                        Ok(m) => Msg::Raft {
+                            from,
+                            msg: Box::new(m),
+                        },
+                        Err(e) => {
+                            warn!(from, "undecodable raft message: {e}");
+                            return;
+                        }
+                    }
+                }
+                Some(frame::Body::Forward(fwd)) => Msg::Forwarded { from, fwd },
+                Some(frame::Body::ForwardResult(r)) => Msg::ForwardFailed(r),
+                _ => return,
+            },
+            PeerEvent::Snapshot { from, msg } => Msg::Raft {
+                from,
+                msg: Box::new(msg),
+            },
+            PeerEvent::Unreachable { to } => Msg::Unreachable { to },
+            PeerEvent::SnapshotDone { to, ok } => Msg::SnapshotDone { to, ok },
+            PeerEvent::Request {
+                hello,
+                frame,
+                reply,
+            } => {
+                answer_request(raft, hello, frame, reply);
+                return;
+            }
+        };
+        let _ = raft.deliver(msg);
+    })
+}
+
+/// A join or removal request on a one-off connection: the driver decides, the answer goes
+/// back on that connection.
+fn answer_request(
+    raft: &RaftHandle,
+    hello: PeerHello,
+    frame: Frame,
+    reply: tokio::sync::oneshot::Sender<Frame>,
+) {
+    let answer = |r: JoinResponse| Frame {
+        body: Some(frame::Body::JoinResponse(r)),
+    };
+    match frame.body {
+        Some(frame::Body::JoinRequest(req)) => {
+            if req.raft_id != hello.raft_id {
+                let _ = reply.send(answer(JoinResponse {
+                    ok: false,
+                    error: "a node can only ask to join for itself".into(),
+                    ..Default::default()
+                }));
+                return;
+            }
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let _ = raft.deliver(Msg::Join {
+                raft_id: req.raft_id,
+                addr: req.cluster_addr,
+                reply: tx,
+            });
+            tokio::spawn(async move {
+                let r = rx.await.unwrap_or_else(|_| JoinResponse {
+                    ok: false,
+                    error: "node shutting down".into(),
+                    ..Default::default()
+                });
+                let _ = reply.send(answer(r));
+            });
+        }
+        Some(frame::Body::RemoveRequest(req)) => {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let _ = raft.deliver(Msg::Remove {
+                raft_id: req.raft_id,
+                reply: tx,
+            });
+            tokio::spawn(async move {
+                let r = match rx.await {
+                    Ok(Ok(())) => JoinResponse {
+                        ok: true,
+                        ..Default::default()
+                    },
+                    Ok(Err(e)) => JoinResponse {
+                        ok: false,
+                        error: e,
+                        ..Default::default()
+                    },
+                    Err(_) => JoinResponse::default(),
+                };
+                let _ = reply.send(answer(r));
+            });
+        }
+        _ => {}
+    }
+}
+
+/// How a fresh node with --join starts.
+pub enum Formation {
+    /// Found a cluster: ask to join it.
+    Join,
+    /// Form a new cluster with these voters (raft id → cluster address).
+    Bootstrap(BTreeMap<u64, String>),
+}
+
+/// `--bootstrap-expect N`: probes the seeds (and whatever gossip finds) through the
+/// authenticated transport until either a node that already belongs to a cluster answers
+/// (→ join it) or N fresh nodes expecting N see each other (→ all of them write the same
+/// initial configuration, voters = those N). Peers are counted only once authenticated.
+pub async fn discover(
+    transport: &Transport,
+    gossip: &super::gossip::Gossip,
+    seeds: &[String],
+    me: &PeerHello,
+    expect: usize,
+) -> Formation {
+    let mut last_log = Instant::now();
+    loop {
+        let mut addrs: Vec<String> = seeds.to_vec();
+        for m in gossip.live().await {
+            if m.raft_id != me.raft_id && !addrs.contains(&m.cluster_addr) {
+                addrs.push(m.cluster_addr);
+            }
+        }
+        let mut fresh: BTreeMap<u64, String> = BTreeMap::new();
+        fresh.insert(me.raft_id, me.cluster_addr.clone());
+        for addr in &addrs {
+            match transport.probe(addr, Duration::from_secs(2)).await {
+                Ok(h) if h.raft_id == me.raft_id => {}
+                Ok(h) if h.has_state => {
+                    info!(peer = h.raft_id, %addr, "found an existing cluster: joining it");
+                    return Formation::Join;
+                }
+                Ok(h) => {
+                    if h.bootstrap_expect as usize != expect {
+                        warn!(peer = h.raft_id, %addr, theirs = h.bootstrap_expect, ours = expect,
+                            "a peer expects a different cluster size; not counting it");
+                        continue;
+                    }
+                    fresh.insert(h.raft_id, h.cluster_addr);
+                }
+                Err(e) => debug!(%addr, "probe failed: {e}"),
+            }
+        }
+        if fresh.len() >= expect {
+            let voters: BTreeMap<u64, String> = fresh.into_iter().take(expect).collect();
+            info!(voters = ?voters.keys().collect::<Vec<_>>(), "forming a new cluster");
+            return Formation::Bootstrap(voters);
+        }
+        if last_log.elapsed() >= Duration::from_secs(5) {
+            info!(
+                seen = fresh.len(),
+                expect, "waiting for nodes to form the cluster"
+            );
+            last_log = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Asks the seeds (then the leader they name) to add this node, until the Raft driver sees
+/// itself in the configuration.
+pub async fn join(transport: Transport, raft: RaftHandle, seeds: Vec<String>, me: PeerHello) {
+    let member = |raft: &RaftHandle| raft.stats.role() != Role::None;
+    let mut last_log = Instant::now();
+    while !member(&raft) {
+        for seed in &seeds {
+            let mut addr = seed.clone();
+            for _ in 0..3 {
+                let req = Frame {
+                    body: Some(frame::Body::JoinRequest(JoinRequest {
+                        raft_id: me.raft_id,
+                        cluster_addr: me.cluster_addr.clone(),
+                    })),
+                };
+                let answer = transport.call(&addr, req, Duration::from_secs(3)).await;
+                match answer {
+                    Ok((
+                        _,
+                        Frame {
+                            body: Some(frame::Body::JoinResponse(r)),
+                        },
+                    )) => {
+                        if r.ok {
+                            // Wait for the leader to reach us before asking again.
+                            let until = Instant::now() + Duration::from_secs(5);
+                            while !member(&raft) && Instant::now() < until {
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                            }
+                            break;
+                        }
+                        if !r.leader_addr.is_empty() && r.leader_addr != addr {
+                            addr = r.leader_addr;
+                            continue;
+                        }
+                        debug!(%addr, "join refused: {}", r.error);
+                        break;
+                    }
+                    Ok(_) => break,
+                    Err(e) => {
+                        if last_log.elapsed() >= Duration::from_secs(5) {
+                            warn!(%addr, "cannot join through this seed yet: {e:#}");
+                            last_log = Instant::now();
+                        }
+                        break;
+                    }
+                }
+            }
+            if member(&raft) {
+                break;
+            }
+        }
+        if !member(&raft) {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+    info!("joined the cluster");
+}

@@ -1,0 +1,877 @@
+//! The driver thread: one raft-rs `RawNode`, stepped by local proposals and peer messages,
+//! ticking, writing its log to RocksDB (every proposal waiting when the loop turns goes
+//! into the same fsync'd write), applying committed entries and answering their proposers.
+//!
+//! Proposals: the leader appends them itself, stamped with the cluster clock; a follower
+//! forwards them to the leader (`Forward` frames); with no leader known they wait, briefly,
+//! for one. Every proposal carries (node, generation, proposal id); the proposer answers its
+//! client after applying the entry locally (read-your-writes). Waiters fail, retryably, on
+//! a term change, a snapshot install or their timeout: no request hangs.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use prost::Message as _;
+use protobuf::Message as PbMessage;
+use raft::eraftpb::{ConfChange, ConfChangeType, Entry, EntryType};
+use raft::{RawNode, SnapshotStatus, StateRole};
+use tokio::sync::oneshot;
+use tracing::{debug, error, info, warn};
+
+use super::reads::Reads;
+use super::{EventSink, Identity, Msg, Peers, RaftConfig, RaftHandle, RaftStats, Role};
+use crate::proto::{frame, Forward, ForwardResult, Frame, JoinResponse, ProposalContext};
+use crate::rpc::RpcError;
+use crate::state::{Command, Event, Origin, Outcome, State};
+use crate::store::{RaftStorage, RaftWrite, StoreError};
+
+/// Starts the driver thread. `state` is restored from the stored snapshot first.
+pub fn start(
+    storage: RaftStorage,
+    me: Identity,
+    state: Arc<RwLock<State>>,
+    events: EventSink,
+    cfg: RaftConfig,
+    peers: Option<Arc<dyn Peers>>,
+) -> Result<RaftHandle, StoreError> {
+    let mut applied = 0;
+    if let Some(snap) = storage.stored_snapshot()? {
+        let restored = State::from_snapshot(&snap.data)
+            .map_err(|e| StoreError::Corrupt("state snapshot", e.to_string()))?;
+        *state.write().unwrap_or_else(|e| e.into_inner()) = restored;
+        applied = snap.get_metadata().index;
+        info!(index = applied, "restored state from snapshot");
+    }
+    let raft_cfg = raft::Config {
+        id: me.raft_id,
+        election_tick: cfg.election_ticks,
+        heartbeat_tick: cfg.heartbeat_ticks,
+        applied,
+        max_size_per_msg: 1 << 20,
+        max_inflight_msgs: 256,
+        check_quorum: true,
+        pre_vote: true,
+        ..Default::default()
+    };
+    raft_cfg
+        .validate()
+        .map_err(|e| StoreError::Corrupt("raft config", e.to_string()))?;
+    let logger = crate::telemetry::raft_logger();
+    let raw = RawNode::new(&raft_cfg, storage.clone(), &logger)
+        .map_err(|e| StoreError::Corrupt("raft state", e.to_string()))?;
+    let (tx, rx) = mpsc::channel();
+    let stats = Arc::new(RaftStats::default());
+    let mut driver = Driver {
+        raw,
+        storage,
+        me,
+        state,
+        events,
+        peers,
+        waiters: HashMap::new(),
+        unsent: VecDeque::new(),
+        reads: Reads::default(),
+        next_proposal: 0,
+        last_snapshot: applied,
+        cfg,
+        stats: stats.clone(),
+        term: 0,
+        leader_clock: None,
+        applied_clock: 0,
+        last_expire: Instant::now(),
+        last_promote: Instant::now(),
+        transfer: None,
+    };
+    driver.publish_membership();
+    driver.announce_peers();
+    let thread = std::thread::Builder::new()
+        .name("raft".into())
+        .spawn(move || {
+            // A panic here would leave a node that answers nothing: end the process.
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                driver.run(rx);
+            }));
+            if outcome.is_err() {
+                error!("the raft driver panicked: aborting");
+                std::process::abort();
+            }
+        })
+        .map_err(|e| StoreError::Corrupt("raft thread", e.to_string()))?;
+    Ok(RaftHandle {
+        tx,
+        stats,
+        thread: Arc::new(std::sync::Mutex::new(Some(thread))),
+    })
+}
+
+/// A request waiting for its proposal to be applied here.
+struct Waiter {
+    reply: oneshot::Sender<Outcome>,
+    since: Instant,
+}
+
+/// A proposal waiting for a leader to be known.
+struct Unsent {
+    id: u64,
+    context: Vec<u8>,
+    data: Vec<u8>,
+}
+
+/// The cluster clock while this node leads: the applied clock when it took over, advanced
+/// by this process's monotonic clock. No wall clock is read after the first bootstrap.
+struct LeaderClock {
+    base_ms: u64,
+    since: Instant,
+    last: u64,
+}
+
+struct Driver {
+    raw: RawNode<RaftStorage>,
+    storage: RaftStorage,
+    me: Identity,
+    state: Arc<RwLock<State>>,
+    events: EventSink,
+    peers: Option<Arc<dyn Peers>>,
+    waiters: HashMap<u64, Waiter>,
+    unsent: VecDeque<Unsent>,
+    reads: Reads,
+    next_proposal: u64,
+    last_snapshot: u64,
+    cfg: RaftConfig,
+    stats: Arc<RaftStats>,
+    /// The term waiters were proposed in; a change fails them.
+    term: u64,
+    leader_clock: Option<LeaderClock>,
+    /// The cluster clock of the applied state.
+    applied_clock: u64,
+    last_expire: Instant,
+    last_promote: Instant,
+    transfer: Option<(oneshot::Sender<bool>, Instant)>,
+}
+
+const RETRYABLE_TERM: &str =
+    "raft leadership changed before the write was applied; its outcome is unknown, retry";
+
+impl Driver {
+    fn run(&mut self, rx: mpsc::Receiver<Msg>) {
+        // A sole voter elects itself at once instead of waiting for an election timeout.
+        if self.storage.conf_state().voters == [self.me.raft_id] {
+            if let Err(e) = self.raw.campaign() {
+                error!("raft campaign failed: {e}");
+            }
+        }
+        self.applied_clock = self.read_state(|s| s.cluster.clock_ms);
+        let mut next_tick = Instant::now() + self.cfg.tick;
+        let mut shutdown = None;
+        loop {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(wait) {
+                Ok(msg) => {
+                    self.handle(msg, &mut shutdown);
+                    // Group commit: take everything else already queued into this turn.
+                    let mut taken = 1;
+                    while taken < self.cfg.max_batch && shutdown.is_none() {
+                        match rx.try_recv() {
+                            Ok(msg) => self.handle(msg, &mut shutdown),
+                            Err(_) => break,
+                        }
+                        taken += 1;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            if Instant::now() >= next_tick {
+                self.raw.tick();
+                next_tick = Instant::now() + self.cfg.tick;
+                self.on_tick();
+            }
+            if let Some(ctx) = self.reads.take_request() {
+                self.raw.read_index(ctx);
+            }
+            if let Err(e) = self.on_ready() {
+                // The log cannot be written (disk full, I/O error) or an entry cannot be
+                // applied: nothing this node acknowledges could be trusted. Fail every
+                // waiter and exit so that the supervisor restarts the node and it recovers
+                // from what is on disk (or an operator looks at it).
+                error!("raft storage or apply failure, exiting: {e}");
+                self.fail_waiters("storage failure");
+                std::process::exit(70);
+            }
+            self.after_turn();
+            if let Some(done) = shutdown.take() {
+                let _ = done.send(());
+                break;
+            }
+        }
+        self.fail_waiters("node is shutting down");
+        self.reads.fail_all("node is shutting down");
+        info!("raft driver stopped");
+    }
+
+    fn read_state<R>(&self, f: impl FnOnce(&State) -> R) -> R {
+        f(&self.state.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn fail_waiters(&mut self, why: &str) {
+        for (_, w) in self.waiters.drain() {
+            let _ = w.reply.send(Err(RpcError::internal(why)));
+        }
+        self.unsent.clear();
+    }
+
+    fn handle(&mut self, msg: Msg, shutdown: &mut Option<oneshot::Sender<()>>) {
+        match msg {
+            Msg::Propose { cmd, reply } => self.propose_local(&cmd, reply),
+            Msg::Read { reply } => self.reads.add(reply),
+            Msg::Raft { from, msg } => {
+                if msg.from != from {
+                    warn!(
+                        from,
+                        claimed = msg.from,
+                        "dropping a raft message with a forged sender"
+                    );
+                    return;
+                }
+                if let Err(e) = self.raw.step(*msg) {
+                    debug!(from, "raft step: {e}");
+                }
+            }
+            Msg::Forwarded { from, fwd } => self.on_forwarded(from, fwd),
+            Msg::ForwardFailed(r) => {
+                if r.generation == self.me.generation {
+                    if let Some(w) = self.waiters.remove(&r.proposal_id) {
+                        let _ = w.reply.send(Err(RpcError::internal(r.error)));
+                    }
+                }
+            }
+            Msg::Unreachable { to } => self.raw.report_unreachable(to),
+            Msg::SnapshotDone { to, ok } => {
+                let status = if ok {
+                    SnapshotStatus::Finish
+                } else {
+                    SnapshotStatus::Failure
+                };
+                self.raw.report_snapshot(to, status);
+            }
+            Msg::Join {
+                raft_id,
+                addr,
+                reply,
+            } => {
+                let _ = reply.send(self.on_join(raft_id, addr));
+            }
+            Msg::Remove { raft_id, reply } => {
+                let _ = reply.send(self.on_remove(raft_id));
+            }
+            Msg::TransferLeadership { reply } => self.start_transfer(reply),
+            Msg::Shutdown(done) => *shutdown = Some(done),
+        }
+    }
+
+    fn is_leader(&self) -> bool {
+        self.raw.raft.state == StateRole::Leader
+    }
+
+    /// A proposal of this node: appended here when leading, else forwarded to the leader.
+    fn propose_local(&mut self, cmd: &Command, reply: oneshot::Sender<Outcome>) {
+        let data = match serde_json::to_vec(cmd) {
+            Ok(d) => d,
+            Err(e) => {
+                let _ = reply.send(Err(RpcError::internal(e)));
+                return;
+            }
+        };
+        self.next_proposal += 1;
+        let id = self.next_proposal;
+        let context = ProposalContext {
+            node_id: self.me.raft_id,
+            proposal_id: id,
+            incarnation: self.me.incarnation.clone(),
+            generation: self.me.generation,
+            clock_ms: 0,
+        };
+        self.waiters.insert(
+            id,
+            Waiter {
+                reply,
+                since: Instant::now(),
+            },
+        );
+        self.submit(Unsent {
+            id,
+            context: context.encode_to_vec(),
+            data,
+        });
+    }
+
+    /// Appends (leader), forwards (follower) or holds (no leader) a proposal of this node.
+    fn submit(&mut self, p: Unsent) {
+        if self.is_leader() {
+            if let Err(e) = self.append(&p.context, p.data) {
+                if let Some(w) = self.waiters.remove(&p.id) {
+                    let _ = w.reply.send(Err(RpcError::internal(e)));
+                }
+            }
+            return;
+        }
+        match (self.raw.raft.leader_id, &self.peers) {
+            (0, _) | (_, None) => self.unsent.push_back(p),
+            (leader, Some(peers)) => peers.send(
+                leader,
+                Frame {
+                    body: Some(frame::Body::Forward(Forward {
+                        context: p.context,
+                        data: p.data,
+                    })),
+                },
+            ),
+        }
+    }
+
+    /// Stamps a proposal with the cluster clock and appends it to the leader's log.
+    fn append(&mut self, context: &[u8], data: Vec<u8>) -> Result<(), String> {
+        let mut ctx = ProposalContext::decode(context).map_err(|e| e.to_string())?;
+        ctx.clock_ms = self.clock_now();
+        let before = self.raw.raft.raft_log.last_index();
+        self.raw
+            .propose(ctx.encode_to_vec(), data)
+            .map_err(|e| format!("proposal dropped ({e}), retry"))?;
+        if self.raw.raft.raft_log.last_index() == before {
+            return Err("proposal dropped (leadership transfer in progress), retry".into());
+        }
+        Ok(())
+    }
+
+    /// The leader's cluster clock now (0 when not leading).
+    fn clock_now(&mut self) -> u64 {
+        let applied = self.applied_clock;
+        match &mut self.leader_clock {
+            Some(c) => {
+                let t = (c.base_ms + c.since.elapsed().as_millis() as u64)
+                    .max(c.last)
+                    .max(applied);
+                c.last = t;
+                t
+            }
+            None => 0,
+        }
+    }
+
+    fn on_forwarded(&mut self, from: u64, fwd: Forward) {
+        let refuse = |this: &Self, ctx: &[u8], error: String| {
+            let Ok(c) = ProposalContext::decode(ctx) else {
+                return;
+            };
+            if let Some(peers) = &this.peers {
+                peers.send(
+                    from,
+                    Frame {
+                        body: Some(frame::Body::ForwardResult(ForwardResult {
+                            proposal_id: c.proposal_id,
+                            generation: c.generation,
+                            error,
+                        })),
+                    },
+                );
+            }
+        };
+        if !self.is_leader() {
+            refuse(
+                self,
+                &fwd.context,
+                "not the raft leader any more, retry".into(),
+            );
+            return;
+        }
+        if let Err(e) = self.append(&fwd.context, fwd.data) {
+            refuse(self, &fwd.context, e);
+        }
+    }
+
+    fn voters_and_learners(&self) -> (Vec<u64>, Vec<u64>) {
+        let cs = self.storage.conf_state();
+        (cs.voters, cs.learners)
+    }
+
+    fn on_join(&mut self, raft_id: u64, addr: String) -> JoinResponse {
+        if !self.is_leader() {
+            let leader = self.raw.raft.leader_id;
+            let leader_addr = self.read_state(|s| s.cluster.members.get(&leader).cloned());
+            return JoinResponse {
+                ok: false,
+                error: "not the leader".into(),
+                leader_addr: leader_addr.unwrap_or_default(),
+            };
+        }
+        let (voters, learners) = self.voters_and_learners();
+        if voters.contains(&raft_id) || learners.contains(&raft_id) {
+            return JoinResponse {
+                ok: true,
+                ..Default::default()
+            };
+        }
+        if self.raw.raft.has_pending_conf() {
+            return JoinResponse {
+                ok: false,
+                error: "another membership change is in progress, retry".into(),
+                ..Default::default()
+            };
+        }
+        let mut cc = ConfChange::default();
+        cc.set_change_type(ConfChangeType::AddLearnerNode);
+        cc.node_id = raft_id;
+        cc.context = addr.clone().into_bytes().into();
+        match self.raw.propose_conf_change(Vec::new(), cc) {
+            Ok(()) => {
+                info!(raft_id, %addr, "adding a new member as learner");
+                JoinResponse {
+                    ok: true,
+                    ..Default::default()
+                }
+            }
+            Err(e) => JoinResponse {
+                ok: false,
+                error: format!("membership change refused: {e}"),
+                ..Default::default()
+            },
+        }
+    }
+
+    fn on_remove(&mut self, raft_id: u64) -> Result<(), String> {
+        if !self.is_leader() {
+            return Err("not the leader".into());
+        }
+        let (voters, learners) = self.voters_and_learners();
+        if !voters.contains(&raft_id) && !learners.contains(&raft_id) {
+            return Err(format!("{raft_id} is not a member"));
+        }
+        if voters == [raft_id] {
+            return Err("cannot remove the last voter".into());
+        }
+        if self.raw.raft.has_pending_conf() {
+            return Err("another membership change is in progress, retry".into());
+        }
+        let mut cc = ConfChange::default();
+        cc.set_change_type(ConfChangeType::RemoveNode);
+        cc.node_id = raft_id;
+        self.raw
+            .propose_conf_change(Vec::new(), cc)
+            .map_err(|e| format!("membership change refused: {e}"))
+    }
+
+    /// Promotes one caught-up learner to voter while there is room.
+    fn maybe_promote(&mut self) {
+        if !self.is_leader() || self.raw.raft.has_pending_conf() {
+            return;
+        }
+        let (voters, learners) = self.voters_and_learners();
+        if voters.len() >= self.cfg.max_voters {
+            return;
+        }
+        let committed = self.raw.raft.raft_log.committed;
+        let ready = learners.into_iter().find(|id| {
+            self.raw
+                .raft
+                .prs()
+                .get(*id)
+                .is_some_and(|pr| pr.matched + 10 >= committed && pr.matched > 0)
+        });
+        if let Some(id) = ready {
+            let mut cc = ConfChange::default();
+            cc.set_change_type(ConfChangeType::AddNode);
+            cc.node_id = id;
+            match self.raw.propose_conf_change(Vec::new(), cc) {
+                Ok(()) => info!(raft_id = id, "promoting a caught-up learner to voter"),
+                Err(e) => debug!("promotion refused: {e}"),
+            }
+        }
+    }
+
+    fn start_transfer(&mut self, reply: oneshot::Sender<bool>) {
+        if !self.is_leader() {
+            let _ = reply.send(true);
+            return;
+        }
+        let (voters, _) = self.voters_and_learners();
+        let target = voters
+            .into_iter()
+            .filter(|id| *id != self.me.raft_id)
+            .max_by_key(|id| self.raw.raft.prs().get(*id).map_or(0, |p| p.matched));
+        match target {
+            Some(id) => {
+                info!(to = id, "transferring raft leadership before stopping");
+                self.raw.transfer_leader(id);
+                self.transfer = Some((reply, Instant::now() + Duration::from_secs(3)));
+            }
+            None => {
+                let _ = reply.send(false);
+            }
+        }
+    }
+
+    /// Periodic work after a raft tick.
+    fn on_tick(&mut self) {
+        self.fail_timed_out();
+        self.reads
+            .progress(self.raw.raft.raft_log.applied, self.cfg.read_timeout);
+        if self.last_promote.elapsed() >= Duration::from_millis(500) {
+            self.last_promote = Instant::now();
+            self.maybe_promote();
+        }
+        if self.last_expire.elapsed() >= self.cfg.expire_tick {
+            self.last_expire = Instant::now();
+            self.maybe_expire();
+        }
+    }
+
+    fn fail_timed_out(&mut self) {
+        let timeout = self.cfg.proposal_timeout;
+        let expired: Vec<u64> = self
+            .waiters
+            .iter()
+            .filter(|(_, w)| w.since.elapsed() >= timeout)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            if let Some(w) = self.waiters.remove(&id) {
+                let _ = w.reply.send(Err(RpcError::internal(
+                    "the write was not applied in time (no raft leader reachable?), retry",
+                )));
+            }
+        }
+        let waiters = &self.waiters;
+        self.unsent.retain(|p| waiters.contains_key(&p.id));
+    }
+
+    /// While leading, proposes `Expire` once a task or pull deadline passed on the cluster
+    /// clock, so every node ends the same tasks at the same point of the log.
+    fn maybe_expire(&mut self) {
+        if !self.is_leader() {
+            return;
+        }
+        let now = self.clock_now();
+        let due = self.read_state(|s| s.tasks.next_deadline().is_some_and(|d| d <= now));
+        if !due {
+            return;
+        }
+        self.next_proposal += 1;
+        let context = ProposalContext {
+            node_id: self.me.raft_id,
+            proposal_id: self.next_proposal,
+            incarnation: self.me.incarnation.clone(),
+            generation: self.me.generation,
+            clock_ms: 0,
+        };
+        let data = serde_json::to_vec(&Command::Expire {}).expect("serialisable");
+        if let Err(e) = self.append(&context.encode_to_vec(), data) {
+            debug!("expiry proposal failed: {e}");
+        }
+    }
+
+    /// Bookkeeping after each loop turn: role and term changes, leadership transfer.
+    fn after_turn(&mut self) {
+        let term = self.raw.raft.term;
+        if term != self.term {
+            if self.term != 0 && !self.waiters.is_empty() {
+                debug!(
+                    old = self.term,
+                    new = term,
+                    n = self.waiters.len(),
+                    "term changed: failing pending proposals"
+                );
+                let ids: Vec<u64> = self.waiters.keys().copied().collect();
+                for id in ids {
+                    if let Some(w) = self.waiters.remove(&id) {
+                        let _ = w.reply.send(Err(RpcError::internal(RETRYABLE_TERM)));
+                    }
+                }
+                self.unsent.clear();
+            }
+            self.term = term;
+        }
+        let leading = self.is_leader();
+        if leading && self.leader_clock.is_none() {
+            // The first leader of a fresh cluster starts the clock from its wall clock;
+            // later leaders continue from the applied clock.
+            let base = match self.applied_clock {
+                0 => crate::clock::now_ms(),
+                c => c,
+            };
+            self.leader_clock = Some(LeaderClock {
+                base_ms: base,
+                since: Instant::now(),
+                last: base,
+            });
+            info!(term, "this node leads the cluster");
+        } else if !leading && self.leader_clock.is_some() {
+            self.leader_clock = None;
+        }
+        if self.raw.raft.leader_id != 0 && !self.unsent.is_empty() {
+            for p in std::mem::take(&mut self.unsent) {
+                self.submit(p);
+            }
+        }
+        if let Some((_, deadline)) = &self.transfer {
+            if !leading || Instant::now() >= *deadline {
+                if let Some((reply, _)) = self.transfer.take() {
+                    let _ = reply.send(!leading);
+                }
+            }
+        }
+        self.publish_stats();
+    }
+
+    fn publish_stats(&self) {
+        let r = &self.raw.raft;
+        let s = &self.stats;
+        s.term.store(r.term, Ordering::Relaxed);
+        s.leader_id.store(r.leader_id, Ordering::Relaxed);
+        s.commit_index
+            .store(r.raft_log.committed, Ordering::Relaxed);
+        s.applied_index.store(r.raft_log.applied, Ordering::Relaxed);
+        let role = match r.state {
+            StateRole::Leader => Role::Leader,
+            StateRole::Candidate | StateRole::PreCandidate => Role::Candidate,
+            StateRole::Follower => {
+                let (voters, learners) = self.voters_and_learners();
+                if voters.contains(&self.me.raft_id) {
+                    Role::Follower
+                } else if learners.contains(&self.me.raft_id) {
+                    Role::Learner
+                } else {
+                    Role::None
+                }
+            }
+        };
+        s.set_role(role);
+    }
+
+    fn publish_membership(&self) {
+        let m = self.voters_and_learners();
+        *self
+            .stats
+            .membership
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = m;
+    }
+
+    /// Tells the transport where every member listens.
+    fn announce_peers(&self) {
+        let Some(peers) = &self.peers else {
+            return;
+        };
+        let members = self.read_state(|s| s.cluster.members.clone());
+        for (id, addr) in members {
+            if id != self.me.raft_id {
+                peers.set_peer(id, &addr);
+            }
+        }
+    }
+
+    fn on_ready(&mut self) -> Result<(), StoreError> {
+        if !self.raw.has_ready() {
+            self.reads
+                .progress(self.raw.raft.raft_log.applied, self.cfg.read_timeout);
+            return Ok(());
+        }
+        let mut ready = self.raw.ready();
+        self.send_messages(ready.take_messages());
+        if !ready.snapshot().is_empty() {
+            let snap = ready.snapshot().clone();
+            self.install_snapshot(&snap)?;
+        }
+        for rs in ready.take_read_states() {
+            self.reads.confirmed(&rs.request_ctx, rs.index);
+        }
+        self.apply_entries(ready.take_committed_entries())?;
+        let hs = ready.hs().cloned();
+        if !ready.entries().is_empty() || hs.is_some() {
+            self.storage.write(RaftWrite {
+                entries: ready.entries(),
+                hard_state: hs.as_ref(),
+                sync: true,
+                ..Default::default()
+            })?;
+            self.stats.synced_writes.fetch_add(1, Ordering::Relaxed);
+        }
+        self.send_messages(ready.take_persisted_messages());
+        let mut light = self.raw.advance(ready);
+        if let Some(commit) = light.commit_index() {
+            self.storage.set_commit(commit)?;
+        }
+        self.send_messages(light.take_messages());
+        self.apply_entries(light.take_committed_entries())?;
+        self.raw.advance_apply();
+        self.reads
+            .progress(self.raw.raft.raft_log.applied, self.cfg.read_timeout);
+        self.maybe_snapshot()
+    }
+
+    fn send_messages(&mut self, msgs: Vec<raft::eraftpb::Message>) {
+        let Some(peers) = &self.peers else {
+            return;
+        };
+        for m in msgs {
+            peers.send_raft(m.to, m);
+        }
+    }
+
+    /// Replaces the state with a snapshot from the leader. Proposals it may cover cannot
+    /// be told apart from lost ones: they fail (retryable), and the node reconciles its
+    /// waiting pushes and pulls against the new state.
+    fn install_snapshot(&mut self, snap: &raft::eraftpb::Snapshot) -> Result<(), StoreError> {
+        self.storage.apply_snapshot(snap)?;
+        let restored = State::from_snapshot(&snap.data)
+            .map_err(|e| StoreError::Corrupt("state snapshot", e.to_string()))?;
+        self.applied_clock = restored.cluster.clock_ms;
+        *self.state.write().unwrap_or_else(|e| e.into_inner()) = restored;
+        self.last_snapshot = snap.get_metadata().index;
+        info!(
+            index = snap.get_metadata().index,
+            bytes = snap.data.len(),
+            "installed a state snapshot from the leader"
+        );
+        let ids: Vec<u64> = self.waiters.keys().copied().collect();
+        for id in ids {
+            if let Some(w) = self.waiters.remove(&id) {
+                let _ = w.reply.send(Err(RpcError::internal(
+                    "caught up by snapshot: the write's outcome is unknown, retry",
+                )));
+            }
+        }
+        self.publish_membership();
+        self.announce_peers();
+        (self.events)(vec![Event::StateReplaced]);
+        Ok(())
+    }
+
+    fn apply_entries(&mut self, entries: Vec<Entry>) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut all_events = Vec::new();
+        let mut answers = Vec::new();
+        {
+            let state_lock = self.state.clone();
+            let mut state = state_lock.write().unwrap_or_else(|e| e.into_inner());
+            for entry in &entries {
+                self.stats.applied.fetch_add(1, Ordering::Relaxed);
+                match entry.get_entry_type() {
+                    EntryType::EntryNormal if entry.data.is_empty() => {}
+                    EntryType::EntryNormal => {
+                        // Every node must apply the same thing: an entry this build cannot
+                        // read halts apply instead of being skipped (no silent divergence).
+                        let ctx = ProposalContext::decode(&entry.context[..]).map_err(|e| {
+                            StoreError::Corrupt("entry context", format!("{}: {e}", entry.index))
+                        })?;
+                        let cmd = serde_json::from_slice::<Command>(&entry.data).map_err(|e| {
+                            StoreError::Corrupt(
+                                "command (written by a newer version?)",
+                                format!("index {}: {e}", entry.index),
+                            )
+                        })?;
+                        let origin = Origin {
+                            node_id: ctx.node_id,
+                            generation: ctx.generation,
+                            proposal_id: ctx.proposal_id,
+                            clock_ms: ctx.clock_ms,
+                        };
+                        let (outcome, events) = state.apply_entry(&origin, cmd);
+                        all_events.extend(events);
+                        answers.push((origin, outcome));
+                    }
+                    EntryType::EntryConfChange => {
+                        let mut cc = ConfChange::default();
+                        cc.merge_from_bytes(&entry.data)
+                            .map_err(|e| StoreError::Corrupt("conf change", e.to_string()))?;
+                        self.apply_conf_change(entry.index, &cc, &mut state)?;
+                    }
+                    EntryType::EntryConfChangeV2 => {
+                        return Err(StoreError::Corrupt(
+                            "conf change",
+                            format!("index {}: joint changes are not used", entry.index),
+                        ));
+                    }
+                }
+            }
+            self.applied_clock = state.cluster.clock_ms;
+        }
+        for (origin, outcome) in answers {
+            if origin.node_id == self.me.raft_id && origin.generation == self.me.generation {
+                if let Some(w) = self.waiters.remove(&origin.proposal_id) {
+                    let _ = w.reply.send(outcome);
+                }
+            }
+        }
+        if !all_events.is_empty() {
+            (self.events)(all_events);
+        }
+        Ok(())
+    }
+
+    /// Applies a membership change: to raft (unless the persisted conf state already has
+    /// it: entries replayed after a restart), to the member address book, to the transport.
+    fn apply_conf_change(
+        &mut self,
+        index: u64,
+        cc: &ConfChange,
+        state: &mut State,
+    ) -> Result<(), StoreError> {
+        let id = cc.node_id;
+        match cc.get_change_type() {
+            ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
+                if !cc.context.is_empty() {
+                    let addr = String::from_utf8_lossy(&cc.context).to_string();
+                    state.cluster.members.insert(id, addr);
+                }
+            }
+            ConfChangeType::RemoveNode => {
+                state.cluster.members.remove(&id);
+            }
+        }
+        if index > self.storage.conf_index() {
+            match self.raw.apply_conf_change(cc) {
+                Ok(cs) => self.storage.write(RaftWrite {
+                    conf_state: Some(&cs),
+                    conf_index: Some(index),
+                    sync: true,
+                    ..Default::default()
+                })?,
+                // Deterministic on every node: the same change fails everywhere.
+                Err(e) => error!(index, node = id, "membership change not applied: {e}"),
+            }
+        }
+        if let Some(peers) = &self.peers {
+            match (cc.get_change_type(), state.cluster.members.get(&id)) {
+                (ConfChangeType::RemoveNode, _) => peers.remove_peer(id),
+                (_, Some(addr)) if id != self.me.raft_id => peers.set_peer(id, addr),
+                _ => {}
+            }
+        }
+        if cc.get_change_type() == ConfChangeType::RemoveNode && id == self.me.raft_id {
+            warn!("this node was removed from the cluster");
+        }
+        info!(index, node = id, change = ?cc.get_change_type(), "membership changed");
+        self.publish_membership();
+        Ok(())
+    }
+
+    fn maybe_snapshot(&mut self) -> Result<(), StoreError> {
+        let applied = self.raw.raft.raft_log.applied;
+        let wanted = self.storage.take_snapshot_wanted();
+        if applied < self.last_snapshot + self.cfg.snapshot_every && !wanted {
+            return Ok(());
+        }
+        let data = self.read_state(State::to_snapshot);
+        self.storage
+            .compact_to_snapshot(applied, data, self.cfg.log_retain)?;
+        self.last_snapshot = applied;
+        self.stats.snapshots.fetch_add(1, Ordering::Relaxed);
+        debug!(index = applied, "state snapshot written, log compacted");
+        Ok(())
+    }
+}

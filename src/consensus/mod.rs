@@ -1,0 +1,289 @@
+//! The Raft layer: one raft-rs `RawNode` driven on its own thread (`driver`), its log in
+//! RocksDB (`crate::store`), the state machine applied as entries commit. The rest of the
+//! node talks to it through `RaftHandle`; peers reach it through `Peers` (the cluster's
+//! transport implements it).
+
+mod driver;
+mod reads;
+
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{mpsc, Arc, RwLock};
+use std::time::Duration;
+
+use raft::eraftpb::Message as RaftMessage;
+use tokio::sync::oneshot;
+
+use crate::proto::{Forward, ForwardResult, Frame, JoinResponse};
+use crate::rpc::RpcError;
+use crate::state::{Command, Event, Outcome};
+
+pub use driver::start;
+
+/// Tuning of the Raft driver.
+#[derive(Debug, Clone)]
+pub struct RaftConfig {
+    pub tick: Duration,
+    /// Ticks without a leader's heartbeat before a follower campaigns.
+    pub election_ticks: usize,
+    pub heartbeat_ticks: usize,
+    /// Applied entries between two state snapshots (which also compact the log).
+    pub snapshot_every: u64,
+    /// Entries kept in the log behind a snapshot, so a follower briefly behind catches up
+    /// from the log instead of needing a snapshot.
+    pub log_retain: u64,
+    /// Most proposals taken into one write.
+    pub max_batch: usize,
+    /// A proposal not applied within this time fails (retryable).
+    pub proposal_timeout: Duration,
+    /// A linearizable read not confirmed within this time fails (retryable).
+    pub read_timeout: Duration,
+    /// How often the leader checks task and pull deadlines.
+    pub expire_tick: Duration,
+    /// Members beyond this many voters stay learners.
+    pub max_voters: usize,
+}
+
+impl Default for RaftConfig {
+    fn default() -> Self {
+        RaftConfig {
+            tick: Duration::from_millis(100),
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            snapshot_every: 10_000,
+            log_retain: 5_000,
+            max_batch: 4096,
+            proposal_timeout: Duration::from_secs(5),
+            read_timeout: Duration::from_secs(5),
+            expire_tick: Duration::from_millis(100),
+            max_voters: 5,
+        }
+    }
+}
+
+/// Who this process is.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub raft_id: u64,
+    /// 8 hex chars, the prefix of every connid of this process.
+    pub incarnation: String,
+    /// Grows at every start of this node (persisted counter).
+    pub generation: u64,
+}
+
+/// How the driver reaches the other members (the cluster transport). Every call returns at
+/// once: raft retransmits what a full queue drops.
+pub trait Peers: Send + Sync + 'static {
+    fn send(&self, to: u64, frame: Frame);
+    /// A raft message; a snapshot may go in chunks.
+    fn send_raft(&self, to: u64, msg: RaftMessage);
+    /// Where member `id` listens (from the replicated member table).
+    fn set_peer(&self, id: u64, addr: &str);
+    fn remove_peer(&self, id: u64);
+}
+
+/// What the driver's thread is asked to do.
+pub enum Msg {
+    Propose {
+        cmd: Box<Command>,
+        reply: oneshot::Sender<Outcome>,
+    },
+    /// A linearizable read barrier: answered once this node applied everything committed
+    /// before the read started.
+    Read {
+        reply: oneshot::Sender<Result<(), RpcError>>,
+    },
+    /// A raft message from an authenticated peer.
+    Raft {
+        from: u64,
+        msg: Box<RaftMessage>,
+    },
+    /// A follower's proposal, for the leader to stamp and append.
+    Forwarded {
+        from: u64,
+        fwd: Forward,
+    },
+    /// The leader could not append one of our forwarded proposals.
+    ForwardFailed(ForwardResult),
+    Unreachable {
+        to: u64,
+    },
+    SnapshotDone {
+        to: u64,
+        ok: bool,
+    },
+    /// A new node asks to become a member.
+    Join {
+        raft_id: u64,
+        addr: String,
+        reply: oneshot::Sender<JoinResponse>,
+    },
+    /// An admin removes a member.
+    Remove {
+        raft_id: u64,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    /// Graceful stop: hand leadership to another voter first; answers whether this node
+    /// no longer leads.
+    TransferLeadership {
+        reply: oneshot::Sender<bool>,
+    },
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// Receives what each applied batch changed. Called on the Raft thread, after the state
+/// lock is released: it must only hand work on (wake a waiter, message an actor).
+pub type EventSink = Arc<dyn Fn(Vec<Event>) + Send + Sync>;
+
+/// This node's role, as `sys.node.list` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Role {
+    /// Not (yet) in the cluster's configuration.
+    None = 0,
+    Follower = 1,
+    Candidate = 2,
+    Leader = 3,
+    Learner = 4,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Follower => "follower",
+            Role::Candidate => "candidate",
+            Role::Leader => "leader",
+            Role::Learner => "learner",
+            Role::None => "joining",
+        }
+    }
+
+    fn from_u8(v: u8) -> Role {
+        match v {
+            1 => Role::Follower,
+            2 => Role::Candidate,
+            3 => Role::Leader,
+            4 => Role::Learner,
+            _ => Role::None,
+        }
+    }
+}
+
+/// What the driver publishes about itself (health, node list, benchmarks).
+#[derive(Default, Debug)]
+pub struct RaftStats {
+    /// fsync'd log writes.
+    pub synced_writes: AtomicU64,
+    /// Entries applied to the state machine.
+    pub applied: AtomicU64,
+    pub applied_index: AtomicU64,
+    pub commit_index: AtomicU64,
+    pub snapshots: AtomicU64,
+    pub term: AtomicU64,
+    /// The leader this node knows (0: none).
+    pub leader_id: AtomicU64,
+    role: AtomicU8,
+    /// Voters and learners of the current configuration.
+    pub membership: RwLock<(Vec<u64>, Vec<u64>)>,
+}
+
+impl RaftStats {
+    pub fn role(&self) -> Role {
+        Role::from_u8(self.role.load(Ordering::Relaxed))
+    }
+
+    fn set_role(&self, r: Role) {
+        self.role.store(r as u8, Ordering::Relaxed);
+    }
+
+    pub fn leader(&self) -> Option<u64> {
+        match self.leader_id.load(Ordering::Relaxed) {
+            0 => None,
+            id => Some(id),
+        }
+    }
+
+    /// Ready to serve: a leader is known and apply is not far behind the commit index.
+    pub fn ready(&self) -> Result<(), String> {
+        if self.leader().is_none() {
+            return Err("no raft leader known".into());
+        }
+        let commit = self.commit_index.load(Ordering::Relaxed);
+        let applied = self.applied_index.load(Ordering::Relaxed);
+        if commit > applied + 1000 {
+            return Err(format!("apply lags: applied {applied} of {commit}"));
+        }
+        Ok(())
+    }
+}
+
+/// The handle the rest of the node uses to change durable state.
+#[derive(Clone)]
+pub struct RaftHandle {
+    tx: mpsc::Sender<Msg>,
+    pub stats: Arc<RaftStats>,
+    thread: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
+}
+
+impl RaftHandle {
+    /// Proposes `cmd` and waits until this node applied it; answers its outcome. Fails
+    /// (retryable) on leader change, lost proposal or timeout: it never hangs.
+    pub async fn propose(&self, cmd: Command) -> Outcome {
+        let (reply, rx) = oneshot::channel();
+        if !self.deliver(Msg::Propose {
+            cmd: Box::new(cmd),
+            reply,
+        }) {
+            return Err(RpcError::internal("node is shutting down"));
+        }
+        rx.await
+            .map_err(|_| RpcError::internal("proposal was not applied"))?
+    }
+
+    /// Proposes without waiting for the outcome.
+    pub fn propose_detached(&self, cmd: Command) {
+        let (reply, _rx) = oneshot::channel();
+        let _ = self.deliver(Msg::Propose {
+            cmd: Box::new(cmd),
+            reply,
+        });
+    }
+
+    /// Waits until this node's applied state includes every write acknowledged anywhere
+    /// before the call (Raft ReadIndex).
+    pub async fn read_barrier(&self) -> Result<(), RpcError> {
+        let (reply, rx) = oneshot::channel();
+        if !self.deliver(Msg::Read { reply }) {
+            return Err(RpcError::internal("node is shutting down"));
+        }
+        rx.await
+            .map_err(|_| RpcError::internal("read was not confirmed"))?
+    }
+
+    /// Hands a message to the driver thread (callable from any thread); false once the
+    /// driver has stopped.
+    pub fn deliver(&self, msg: Msg) -> bool {
+        self.tx.send(msg).is_ok()
+    }
+
+    /// Asks for a graceful leadership handover; true when this node no longer leads.
+    pub async fn transfer_leadership(&self) -> bool {
+        let (reply, rx) = oneshot::channel();
+        if !self.deliver(Msg::TransferLeadership { reply }) {
+            return true;
+        }
+        rx.await.unwrap_or(true)
+    }
+
+    /// Stops the driver after it has written what it holds.
+    pub async fn shutdown(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Msg::Shutdown(tx)).is_ok() {
+            let _ = rx.await;
+        }
+        // Joining releases the database (and its lock) before we return.
+        let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(t) = thread {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+    }
+}

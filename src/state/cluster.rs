@@ -1,0 +1,131 @@
+//! The cluster's own replicated facts: the member address book, the cluster clock, and the
+//! proposer table that fences old incarnations and applies a retried proposal once.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+/// Who proposed an entry and the cluster time it was stamped with (from its context).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Origin {
+    pub node_id: u64,
+    pub generation: u64,
+    pub proposal_id: u64,
+    /// Leader-stamped cluster clock in ms (0 = not stamped).
+    pub clock_ms: u64,
+}
+
+/// Whether an entry may be applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admit {
+    New,
+    /// Already applied (a retried forward), or older than the remembered window.
+    Duplicate,
+    /// From an incarnation of its node older than one already seen.
+    Stale,
+}
+
+/// Proposal ids remembered per node beyond the lowest one still possible in flight.
+const WINDOW: u64 = 16_384;
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq)]
+struct ProposerRecord {
+    generation: u64,
+    /// Ids at or below this are treated as already applied.
+    floor: u64,
+    recent: BTreeSet<u64>,
+}
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Cluster {
+    /// Raft id → cluster address, kept from the conf changes that added each member.
+    pub members: BTreeMap<u64, String>,
+    /// The cluster clock: the highest stamp applied, never going backwards.
+    pub clock_ms: u64,
+    proposers: BTreeMap<u64, ProposerRecord>,
+}
+
+impl Cluster {
+    /// Moves the clock forward to `stamp` (never back).
+    pub fn advance_clock(&mut self, stamp: u64) {
+        self.clock_ms = self.clock_ms.max(stamp);
+    }
+
+    /// Records `origin`'s proposal, answering whether it is new.
+    pub fn admit(&mut self, origin: &Origin) -> Admit {
+        let rec = self.proposers.entry(origin.node_id).or_default();
+        if origin.generation < rec.generation {
+            return Admit::Stale;
+        }
+        if origin.generation > rec.generation {
+            *rec = ProposerRecord {
+                generation: origin.generation,
+                ..Default::default()
+            };
+        }
+        let id = origin.proposal_id;
+        if id <= rec.floor || !rec.recent.insert(id) {
+            return Admit::Duplicate;
+        }
+        let floor = id.saturating_sub(WINDOW);
+        if floor > rec.floor {
+            rec.floor = floor;
+            rec.recent = rec.recent.split_off(&(floor + 1));
+        }
+        Admit::New
+    }
+
+    /// The generation of `node_id` most recently seen proposing.
+    pub fn generation_of(&self, node_id: u64) -> u64 {
+        self.proposers.get(&node_id).map_or(0, |r| r.generation)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn origin(node_id: u64, generation: u64, proposal_id: u64) -> Origin {
+        Origin {
+            node_id,
+            generation,
+            proposal_id,
+            clock_ms: 0,
+        }
+    }
+
+    #[test]
+    fn retried_proposals_apply_once_and_old_generations_are_fenced() {
+        let mut c = Cluster::default();
+        assert_eq!(c.admit(&origin(1, 2, 5)), Admit::New);
+        assert_eq!(c.admit(&origin(1, 2, 5)), Admit::Duplicate);
+        assert_eq!(
+            c.admit(&origin(1, 2, 4)),
+            Admit::New,
+            "out of order is fine"
+        );
+        assert_eq!(c.admit(&origin(2, 1, 5)), Admit::New, "per node");
+        assert_eq!(c.admit(&origin(1, 1, 9)), Admit::Stale);
+        assert_eq!(
+            c.admit(&origin(1, 3, 1)),
+            Admit::New,
+            "a restart starts over"
+        );
+        assert_eq!(c.admit(&origin(1, 2, 6)), Admit::Stale);
+        assert_eq!(c.admit(&origin(1, 3, WINDOW + 10)), Admit::New);
+        assert_eq!(
+            c.admit(&origin(1, 3, 5)),
+            Admit::Duplicate,
+            "below the window"
+        );
+        assert_eq!(c.admit(&origin(1, 3, 11)), Admit::New);
+    }
+
+    #[test]
+    fn the_clock_never_goes_back() {
+        let mut c = Cluster::default();
+        c.advance_clock(100);
+        c.advance_clock(50);
+        assert_eq!(c.clock_ms, 100);
+    }
+}

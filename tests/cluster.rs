@@ -1,0 +1,440 @@
+//! Multi-node clusters of real `nexus serve` processes on loopback: formation, consistency
+//! across nodes, leader loss, catch-up, authentication of peers.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use std::io::{Read, Write};
+
+use common::{eventually, expect_code, expect_ok, free_port, Client, ROOT_PASS};
+use serde_json::{json, Value};
+
+/// One `nexus serve` process with its own data dir and ports.
+struct Proc {
+    child: Option<Child>,
+    dir: PathBuf,
+    tcp: u16,
+    health: u16,
+    cluster: u16,
+    args: Vec<String>,
+}
+
+impl Proc {
+    fn start(dir: &Path, cluster: u16, join: &[u16], extra: &[&str]) -> Proc {
+        let mut args: Vec<String> = vec![
+            "--cluster".into(),
+            format!("127.0.0.1:{cluster}"),
+            "--raft-tick-ms".into(),
+            "50".into(),
+        ];
+        for j in join {
+            args.push("--join".into());
+            args.push(format!("127.0.0.1:{j}"));
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut p = Proc {
+            child: None,
+            dir: dir.to_path_buf(),
+            tcp: free_port(),
+            health: free_port(),
+            cluster,
+            args,
+        };
+        p.spawn();
+        p
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("node.log"))
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_nexus"))
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(self.dir.join("data"))
+            .args(["-l", &format!("tcp://127.0.0.1:{}", self.tcp)])
+            .args(["-l", &format!("health://127.0.0.1:{}", self.health)])
+            .args(&self.args)
+            .env("RUST_LOG", "info,raft=warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("node.log")).unwrap_or_default()
+    }
+
+    /// The health listener answers 200 (a leader is known, apply keeps up). Listeners
+    /// are bound before the node serves them, so a connect alone says nothing.
+    fn healthy(&self) -> bool {
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.health)) else {
+            return false;
+        };
+        s.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let req = "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+        if s.write_all(req.as_bytes()).is_err() {
+            return false;
+        }
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).is_ok() && &head[9..12] == b"200"
+    }
+
+    fn wait_ready(&self, within: Duration) {
+        assert!(
+            eventually(within, || self.healthy()),
+            "node on {} not ready; its log:\n{}",
+            self.cluster,
+            self.log()
+        );
+    }
+
+    fn root(&self) -> Client {
+        let mut c = Client::tcp(format!("127.0.0.1:{}", self.tcp).parse().unwrap());
+        expect_ok(c.login("root", ROOT_PASS));
+        c
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn sigterm(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let _ = c.wait();
+        }
+    }
+
+    /// Role of this node as it reports itself.
+    fn role(&self) -> String {
+        let mut c = self.root();
+        let list = expect_ok(c.call("sys.node.list", json!({})));
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["cluster"] == json!(format!("127.0.0.1:{}", self.cluster)))
+            .map(|n| n["role"].as_str().unwrap_or_default().to_string())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A 3-node cluster: the first bootstraps, the others join it.
+fn three_joined(root: &Path, extra: &[&str]) -> Vec<Proc> {
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let mut nodes = Vec::new();
+    for (i, port) in ports.iter().enumerate() {
+        let dir = root.join(format!("n{i}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let join: Vec<u16> = if i == 0 { vec![] } else { vec![ports[0]] };
+        nodes.push(Proc::start(&dir, *port, &join, extra));
+    }
+    for n in &nodes {
+        n.wait_ready(Duration::from_secs(60));
+    }
+    nodes
+}
+
+/// Waits until `n` has `voters` voters in its own node list.
+fn wait_voters(n: &Proc, voters: usize) -> Value {
+    let mut last = Value::Null;
+    let ok = eventually(Duration::from_secs(30), || {
+        let mut c = n.root();
+        last = expect_ok(c.call("sys.node.list", json!({})));
+        let roles: Vec<&str> = last
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["role"].as_str().unwrap_or_default())
+            .collect();
+        roles.iter().filter(|r| **r == "leader").count() == 1
+            && roles
+                .iter()
+                .filter(|r| **r == "leader" || **r == "follower")
+                .count()
+                == voters
+    });
+    assert!(ok, "expected {voters} voters, node list: {last:#}");
+    last
+}
+
+#[test]
+fn three_nodes_join_and_reads_follow_writes_across_nodes() {
+    let root = tempfile::tempdir().unwrap();
+    let nodes = three_joined(root.path(), &[]);
+    let list = wait_voters(&nodes[2], 3);
+    for entry in list.as_array().unwrap() {
+        for field in [
+            "id",
+            "version",
+            "clients",
+            "load",
+            "listening",
+            "raftId",
+            "cluster",
+            "status",
+        ] {
+            assert!(entry.get(field).is_some(), "{field} missing in {entry}");
+        }
+    }
+    let (mut a, mut b, mut c) = (nodes[0].root(), nodes[1].root(), nodes[2].root());
+    // A user created on A logs in on C at once; an old password is refused on B right
+    // after setPass was acknowledged on A.
+    for i in 0..5 {
+        let user = format!("alice{i}");
+        expect_ok(a.call("user.create", json!({"user": user, "pass": "first"})));
+        let mut on_c = Client::tcp(format!("127.0.0.1:{}", nodes[2].tcp).parse().unwrap());
+        expect_ok(on_c.login(&user, "first"));
+        expect_ok(a.call("user.setPass", json!({"user": user, "pass": "second"})));
+        let mut on_b = Client::tcp(format!("127.0.0.1:{}", nodes[1].tcp).parse().unwrap());
+        expect_code(on_b.login(&user, "first"), -32010);
+        expect_ok(on_b.login(&user, "second"));
+    }
+    // Writes through followers are forwarded to the leader.
+    expect_ok(b.call("user.create", json!({"user": "bob", "pass": "secret"})));
+    expect_ok(c.call("user.create", json!({"user": "carol", "pass": "secret"})));
+    for cl in [&mut a, &mut b, &mut c] {
+        let n = expect_ok(cl.call("user.count", json!({"prefix": ""})));
+        assert_eq!(n["count"], json!(8), "root, 5 alices, bob, carol");
+    }
+}
+
+#[test]
+fn bootstrap_expect_forms_one_cluster_with_one_root() {
+    let root = tempfile::tempdir().unwrap();
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let nodes: Vec<Proc> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, port)| {
+            let dir = root.path().join(format!("n{i}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            Proc::start(&dir, *port, &ports, &["--bootstrap-expect", "3"])
+        })
+        .collect();
+    for n in &nodes {
+        n.wait_ready(Duration::from_secs(60));
+    }
+    wait_voters(&nodes[1], 3);
+    for n in &nodes {
+        let mut c = n.root();
+        let users = expect_ok(c.call("user.list", json!({"prefix": ""})));
+        assert_eq!(users.as_array().unwrap().len(), 1, "one root: {users}");
+    }
+    // Founders that saw each other fresh write the same initial configuration; one that
+    // probes a founder already running joins it instead. Either way: one cluster.
+    let formed = nodes
+        .iter()
+        .filter(|n| n.log().contains("forming a new cluster"))
+        .count();
+    assert!(formed >= 1, "somebody formed the cluster");
+    for n in &nodes {
+        wait_voters(n, 3);
+    }
+}
+
+#[test]
+fn leader_kill_9_writes_resume_and_the_node_catches_up_after_restart() {
+    let root = tempfile::tempdir().unwrap();
+    let mut nodes = three_joined(root.path(), &[]);
+    wait_voters(&nodes[0], 3);
+    let leader = (0..3)
+        .find(|i| nodes[*i].role() == "leader")
+        .expect("a leader");
+    nodes[leader].kill9();
+    let killed_at = Instant::now();
+    let survivor = (leader + 1) % 3;
+    let mut c = nodes[survivor].root();
+    // Writes in flight answer (success or a retryable -32603), never hang; they succeed
+    // again once a new leader is elected.
+    let mut created = 0;
+    let mut first_ok = None;
+    while created < 20 && killed_at.elapsed() < Duration::from_secs(30) {
+        match c.call(
+            "user.create",
+            json!({"user": format!("user{created}"), "pass": "pass1"}),
+        ) {
+            Ok(_) => {
+                first_ok.get_or_insert(killed_at.elapsed());
+                created += 1;
+            }
+            Err(e) => {
+                assert_eq!(e.code, -32603, "{e:?}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+    assert_eq!(created, 20, "writes resumed after the leader died");
+    eprintln!(
+        "writes resumed {:?} after kill -9 of the leader",
+        first_ok.unwrap()
+    );
+    nodes[leader].spawn();
+    nodes[leader].wait_ready(Duration::from_secs(60));
+    let mut back = nodes[leader].root();
+    let n = expect_ok(back.call("user.count", json!({"prefix": ""})));
+    assert_eq!(
+        n["count"],
+        json!(21),
+        "the restarted node caught up (root + 20)"
+    );
+}
+
+#[test]
+fn a_node_without_the_cluster_secret_cannot_join() {
+    let root = tempfile::tempdir().unwrap();
+    let secret = root.path().join("secret");
+    std::fs::write(&secret, "right-secret\n").unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let wrong = root.path().join("wrong");
+    std::fs::write(&wrong, "wrong-secret\n").unwrap();
+    std::fs::set_permissions(&wrong, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let (pa, px) = (free_port(), free_port());
+    let (da, dx) = (root.path().join("a"), root.path().join("x"));
+    std::fs::create_dir_all(&da).unwrap();
+    std::fs::create_dir_all(&dx).unwrap();
+    let a = Proc::start(
+        &da,
+        pa,
+        &[],
+        &["--cluster-secret-file", secret.to_str().unwrap()],
+    );
+    a.wait_ready(Duration::from_secs(30));
+    let x = Proc::start(
+        &dx,
+        px,
+        &[pa],
+        &["--cluster-secret-file", wrong.to_str().unwrap()],
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || a
+            .log()
+            .contains("cluster authentication failed")),
+        "the member logs the refused peer: {}",
+        a.log()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let mut c = a.root();
+    let list = expect_ok(c.call("sys.node.list", json!({})));
+    assert_eq!(list.as_array().unwrap().len(), 1, "nobody joined: {list}");
+    assert!(!x.healthy(), "the outsider never gets a leader");
+    // A world-readable secret file is refused at start.
+    let loose = root.path().join("loose");
+    std::fs::write(&loose, "s").unwrap();
+    std::fs::set_permissions(&loose, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_nexus"))
+        .args(["serve", "--data-dir"])
+        .arg(root.path().join("l"))
+        .args(["--cluster", &format!("127.0.0.1:{}", free_port())])
+        .args(["--cluster-secret-file", loose.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("chmod 600"));
+}
+
+#[test]
+fn a_fourth_node_joining_after_compaction_catches_up_by_snapshot() {
+    let root = tempfile::tempdir().unwrap();
+    let extra = ["--snapshot-every", "20", "--log-retain", "5"];
+    let nodes = three_joined(root.path(), &extra);
+    wait_voters(&nodes[0], 3);
+    let mut c = nodes[1].root();
+    for i in 0..60 {
+        expect_ok(c.call(
+            "user.create",
+            json!({"user": format!("snap{i}"), "pass": "pass1"}),
+        ));
+    }
+    let dir = root.path().join("n3");
+    std::fs::create_dir_all(&dir).unwrap();
+    let d = Proc::start(&dir, free_port(), &[nodes[0].cluster], &extra);
+    d.wait_ready(Duration::from_secs(60));
+    let mut on_d = d.root();
+    let n = expect_ok(on_d.call("user.count", json!({"prefix": ""})));
+    assert_eq!(n["count"], json!(61), "root + 60");
+    assert!(
+        d.log().contains("installed a state snapshot"),
+        "caught up by snapshot: {}",
+        d.log()
+    );
+    wait_voters(&d, 4);
+}
+
+#[test]
+fn sigterm_of_the_leader_hands_leadership_over() {
+    let root = tempfile::tempdir().unwrap();
+    let mut nodes = three_joined(root.path(), &[]);
+    wait_voters(&nodes[0], 3);
+    let leader = (0..3)
+        .find(|i| nodes[*i].role() == "leader")
+        .expect("a leader");
+    nodes[leader].sigterm();
+    assert!(
+        nodes[leader].log().contains("transferring raft leadership"),
+        "{}",
+        nodes[leader].log()
+    );
+    let other = (leader + 1) % 3;
+    let mut c = nodes[other].root();
+    let start = Instant::now();
+    expect_ok(c.call("user.create", json!({"user": "after", "pass": "pass1"})));
+    eprintln!(
+        "first write after SIGTERM of the leader: {:?}",
+        start.elapsed()
+    );
+}
+
+#[test]
+fn a_skewed_wall_clock_does_not_move_task_deadlines() {
+    let root = tempfile::tempdir().unwrap();
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let mut nodes = Vec::new();
+    for (i, port) in ports.iter().enumerate() {
+        let dir = root.path().join(format!("n{i}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        // The founder (first leader) runs an hour ahead, one follower an hour behind.
+        let offset = ["3600000", "-3600000", "0"][i];
+        let join: Vec<u16> = if i == 0 { vec![] } else { vec![ports[0]] };
+        nodes.push(Proc::start(
+            &dir,
+            *port,
+            &join,
+            &["--test-clock-offset-ms", offset],
+        ));
+    }
+    for n in &nodes {
+        n.wait_ready(Duration::from_secs(60));
+    }
+    for pusher in [1, 2] {
+        let mut c = nodes[pusher].root();
+        let start = Instant::now();
+        let answer = c.call(
+            "task.push",
+            json!({"method": "skew.test.m", "params": {}, "timeout": 2}),
+        );
+        let took = start.elapsed();
+        expect_code(answer, -32000);
+        assert!(
+            took >= Duration::from_millis(1800) && took < Duration::from_secs(6),
+            "a 2 s task timeout ended after {took:?}"
+        );
+    }
+}
