@@ -8,7 +8,7 @@ export ROCKSDB_LIB_DIR ?= /usr/lib/$(shell gcc -print-multiarch 2>/dev/null || e
 
 ARGS ?=
 
-.PHONY: deps build run test interop bench lint fmt clean-data
+.PHONY: deps build run cluster test interop bench lint fmt clean-data
 
 deps:
 	@./scripts/deps.sh
@@ -19,6 +19,10 @@ build: deps
 ## Build and start one node: tcp://127.0.0.1:1717, ws/http://127.0.0.1:8080, data in ./data.
 run: build
 	$(CARGO_TARGET_DIR)/release/nexus serve $(ARGS)
+
+## Three local nodes forming one cluster (ports 1717-1719, 8080-8082; data in ./data-cluster).
+cluster: build
+	./scripts/cluster.sh $(ARGS)
 
 ## The whole suite: formatting, clippy, unit and integration tests, pynexus2 interop.
 test: deps lint
@@ -45,4 +49,4 @@ fmt:
 	cargo fmt
 
 clean-data:
-	rm -rf ./data
+	rm -rf ./data ./data-cluster
