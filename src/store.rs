@@ -45,15 +45,25 @@ fn cf<'a>(db: &'a DB, name: &str) -> &'a rocksdb::ColumnFamily {
         .expect("column families are created at open")
 }
 
+/// A big-endian u64 kept under `key` in the meta column family, if present.
+fn meta_u64(db: &DB, key: &'static [u8], what: &'static str) -> Result<Option<u64>, StoreError> {
+    match db.get_cf(cf(db, CF_META), key)? {
+        Some(v) => {
+            let bytes: [u8; 8] = v
+                .as_slice()
+                .try_into()
+                .map_err(|_| StoreError::Corrupt(what, "length".into()))?;
+            Ok(Some(u64::from_be_bytes(bytes)))
+        }
+        None => Ok(None),
+    }
+}
+
 /// The raft id of this node, created (random, non-zero) on first use and kept forever.
 pub fn raft_id(db: &DB) -> Result<u64, StoreError> {
     let meta = cf(db, CF_META);
-    if let Some(v) = db.get_cf(meta, KEY_RAFT_ID)? {
-        let bytes: [u8; 8] = v
-            .as_slice()
-            .try_into()
-            .map_err(|_| StoreError::Corrupt("raft_id", "length".into()))?;
-        return Ok(u64::from_be_bytes(bytes));
+    if let Some(id) = meta_u64(db, KEY_RAFT_ID, "raft_id")? {
+        return Ok(id);
     }
     let id = rand::random::<u64>().max(1) >> 1; // keep it positive for JSON consumers
     let id = id.max(1);
@@ -67,15 +77,7 @@ pub fn raft_id(db: &DB) -> Result<u64, StoreError> {
 /// it grows even when the wall clock steps back.
 pub fn next_generation(db: &DB) -> Result<u64, StoreError> {
     let meta = cf(db, CF_META);
-    let current = match db.get_cf(meta, KEY_GENERATION)? {
-        Some(v) => u64::from_be_bytes(
-            v.as_slice()
-                .try_into()
-                .map_err(|_| StoreError::Corrupt("generation", "length".into()))?,
-        ),
-        None => 0,
-    };
-    let next = current + 1;
+    let next = meta_u64(db, KEY_GENERATION, "generation")?.unwrap_or(0) + 1;
     let mut wo = WriteOptions::default();
     wo.set_sync(true);
     db.put_cf_opt(meta, KEY_GENERATION, next.to_be_bytes(), &wo)?;
@@ -200,14 +202,7 @@ impl RaftStorage {
             Some(b) => decode("conf_state", &b)?,
             None => ConfState::default(),
         };
-        let conf_index = match db.get_cf(meta, KEY_CONF_INDEX)? {
-            Some(v) => u64::from_be_bytes(
-                v.as_slice()
-                    .try_into()
-                    .map_err(|_| StoreError::Corrupt("conf_index", "length".into()))?,
-            ),
-            None => 0,
-        };
+        let conf_index = meta_u64(&db, KEY_CONF_INDEX, "conf_index")?.unwrap_or(0);
         // One pass over the log: its bounds, and every entry's term (kept in memory so
         // raft's frequent term lookups never decode an entry).
         let mut terms = VecDeque::new();

@@ -136,15 +136,30 @@ impl Drop for Proc {
     }
 }
 
+/// Writes a secret file with `mode`.
+fn secret_file(dir: &Path, name: &str, content: &str, mode: u32) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, content).unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
+    path
+}
+
 /// A 3-node cluster: the first bootstraps, the others join it.
 fn three_joined(root: &Path, extra: &[&str]) -> Vec<Proc> {
+    three_joined_each(root, |_| extra.iter().map(|s| s.to_string()).collect())
+}
+
+/// Like `three_joined`, with node `i`'s extra arguments from `extra(i)`.
+fn three_joined_each(root: &Path, extra: impl Fn(usize) -> Vec<String>) -> Vec<Proc> {
     let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let mut nodes = Vec::new();
     for (i, port) in ports.iter().enumerate() {
         let dir = root.join(format!("n{i}"));
         std::fs::create_dir_all(&dir).unwrap();
         let join: Vec<u16> = if i == 0 { vec![] } else { vec![ports[0]] };
-        nodes.push(Proc::start(&dir, *port, &join, extra));
+        let args = extra(i);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        nodes.push(Proc::start(&dir, *port, &join, &args));
     }
     for n in &nodes {
         n.wait_ready(Duration::from_secs(60));
@@ -330,15 +345,13 @@ fn a_node_without_the_cluster_secret_cannot_join() {
         "the member logs the refused peer: {}",
         a.log()
     );
-    std::thread::sleep(Duration::from_secs(2));
+    // The refusal is logged above, so X has tried: it must not be a member.
     let mut c = a.root();
     let list = expect_ok(c.call("sys.node.list", json!({})));
     assert_eq!(list.as_array().unwrap().len(), 1, "nobody joined: {list}");
     assert!(!x.healthy(), "the outsider never gets a leader");
     // A world-readable secret file is refused at start.
-    let loose = root.path().join("loose");
-    std::fs::write(&loose, "s").unwrap();
-    std::fs::set_permissions(&loose, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let loose = secret_file(root.path(), "loose", "s", 0o644);
     let out = Command::new(env!("CARGO_BIN_EXE_nexus"))
         .args(["serve", "--data-dir"])
         .arg(root.path().join("l"))
@@ -405,24 +418,11 @@ fn sigterm_of_the_leader_hands_leadership_over() {
 #[test]
 fn a_skewed_wall_clock_does_not_move_task_deadlines() {
     let root = tempfile::tempdir().unwrap();
-    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let mut nodes = Vec::new();
-    for (i, port) in ports.iter().enumerate() {
-        let dir = root.path().join(format!("n{i}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        // The founder (first leader) runs an hour ahead, one follower an hour behind.
+    // The founder (first leader) runs an hour ahead, one follower an hour behind.
+    let nodes = three_joined_each(root.path(), |i| {
         let offset = ["3600000", "-3600000", "0"][i];
-        let join: Vec<u16> = if i == 0 { vec![] } else { vec![ports[0]] };
-        nodes.push(Proc::start(
-            &dir,
-            *port,
-            &join,
-            &["--test-clock-offset-ms", offset],
-        ));
-    }
-    for n in &nodes {
-        n.wait_ready(Duration::from_secs(60));
-    }
+        vec!["--test-clock-offset-ms".into(), offset.into()]
+    });
     for pusher in [1, 2] {
         let mut c = nodes[pusher].root();
         let start = Instant::now();
@@ -433,7 +433,7 @@ fn a_skewed_wall_clock_does_not_move_task_deadlines() {
         let took = start.elapsed();
         expect_code(answer, -32000);
         assert!(
-            took >= Duration::from_millis(1800) && took < Duration::from_secs(6),
+            took >= Duration::from_millis(1800) && took < Duration::from_secs(10),
             "a 2 s task timeout ended after {took:?}"
         );
     }

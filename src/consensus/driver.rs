@@ -216,6 +216,7 @@ impl Driver {
         f(&self.state.read().unwrap_or_else(|e| e.into_inner()))
     }
 
+    /// Fails every pending proposal of this node (they may or may not have applied).
     fn fail_waiters(&mut self, why: &str) {
         for (_, w) in self.waiters.drain() {
             let _ = w.reply.send(Err(RpcError::internal(why)));
@@ -583,13 +584,7 @@ impl Driver {
                     n = self.waiters.len(),
                     "term changed: failing pending proposals"
                 );
-                let ids: Vec<u64> = self.waiters.keys().copied().collect();
-                for id in ids {
-                    if let Some(w) = self.waiters.remove(&id) {
-                        let _ = w.reply.send(Err(RpcError::internal(RETRYABLE_TERM)));
-                    }
-                }
-                self.unsent.clear();
+                self.fail_waiters(RETRYABLE_TERM);
             }
             self.term = term;
         }
@@ -735,14 +730,7 @@ impl Driver {
             bytes = snap.data.len(),
             "installed a state snapshot from the leader"
         );
-        let ids: Vec<u64> = self.waiters.keys().copied().collect();
-        for id in ids {
-            if let Some(w) = self.waiters.remove(&id) {
-                let _ = w.reply.send(Err(RpcError::internal(
-                    "caught up by snapshot: the write's outcome is unknown, retry",
-                )));
-            }
-        }
+        self.fail_waiters("caught up by snapshot: the write's outcome is unknown, retry");
         self.publish_membership();
         self.announce_peers();
         (self.events)(vec![Event::StateReplaced]);
