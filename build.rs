@@ -1,8 +1,11 @@
 fn main() {
-    println!("cargo:rerun-if-changed=proto/nexus.proto");
-    if let Err(e) = prost_build::compile_protos(&["proto/nexus.proto"], &["proto/"]) {
+    let protos = ["proto/nexus.proto", "proto/log.proto"];
+    for p in protos {
+        println!("cargo:rerun-if-changed={p}");
+    }
+    if let Err(e) = prost_build::compile_protos(&protos, &["proto/"]) {
         panic!(
-            "compiling proto/nexus.proto failed: {e}\n\
+            "compiling proto/*.proto failed: {e}\n\
              prost-build needs protoc: install it with `sudo apt-get install protobuf-compiler` \
              (or run `make deps`)"
         );

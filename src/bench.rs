@@ -131,7 +131,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
 }
 
 fn tasks(args: &BenchArgs, callers: usize, workers: usize) -> anyhow::Result<()> {
-    let prefix = format!("bench.tasks.r{}", crate::node::random_hex(6));
+    let prefix = format!("bench.tasks.r{}", crate::clock::random_hex(6));
     eprintln!(
         "task round trips: {callers} callers, {workers} workers, {}s against {}",
         args.seconds, args.url
@@ -226,7 +226,7 @@ fn topics(
     window: usize,
     subscribers: usize,
 ) -> anyhow::Result<()> {
-    let topic = format!("bench.topic.r{}", crate::node::random_hex(6));
+    let topic = format!("bench.topic.r{}", crate::clock::random_hex(6));
     eprintln!(
         "topic pub → pipe read: {publishers} publishers (window {window}), {subscribers} subscribers, {}s against {}",
         args.seconds, args.url

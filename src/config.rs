@@ -177,6 +177,11 @@ pub struct ClusterArgs {
     #[arg(long, default_value_t = 600)]
     pub gossip_dead_grace: u64,
 
+    /// Seconds a member may stay unseen by gossip before the leader removes it from the
+    /// cluster (0: never; an admin can always remove one with sys.node.remove).
+    #[arg(long, value_name = "SECS", default_value_t = 72 * 3600)]
+    pub remove_dead_after: u64,
+
     /// Test only: skew this node's wall clock by this many milliseconds.
     #[arg(long, hide = true, default_value_t = 0, allow_negative_numbers = true)]
     pub test_clock_offset_ms: i64,
@@ -190,6 +195,19 @@ impl ClusterArgs {
 }
 
 impl ServeArgs {
+    /// The limits connections are served with.
+    pub fn limits(&self) -> crate::node::Limits {
+        crate::node::Limits {
+            max_message_size: self.max_message_size,
+            max_connections: self.max_connections,
+            tls_handshake_timeout: Duration::from_secs(self.tls_handshake_timeout.max(1)),
+            max_inflight: self.max_inflight,
+            eof_grace: Duration::from_millis(self.eof_grace_ms),
+            watchdog_secs: self.watchdog,
+            hash_concurrency: self.hash_concurrency,
+        }
+    }
+
     pub fn listeners(&self) -> Result<Vec<Listener>, String> {
         if self.listen.is_empty() {
             return Ok(vec![

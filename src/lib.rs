@@ -11,6 +11,7 @@ pub mod bench;
 pub mod clock;
 pub mod cluster;
 pub mod config;
+pub mod conn;
 pub mod consensus;
 pub mod listing;
 pub mod names;
@@ -24,7 +25,8 @@ pub mod store;
 pub mod telemetry;
 pub mod transport;
 
-/// Node-to-node messages generated from `proto/nexus.proto`.
+/// Generated from `proto/`: node-to-node messages (`nexus.proto`), the Raft log's commands
+/// and the state snapshot format (`log.proto`).
 pub mod proto {
     include!(concat!(env!("OUT_DIR"), "/nexus.rs"));
 }

@@ -8,11 +8,28 @@ use actix::{Addr, Message, Recipient};
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
-use crate::config::ServeArgs;
 use crate::consensus::RaftHandle;
 use crate::pipe::{self, Pipe};
 use crate::rpc::RpcResult;
 use crate::state::{Event, State};
+
+/// The limits connections are served with (from the command line; see `config`).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest accepted message in bytes.
+    pub max_message_size: usize,
+    /// Connections each tcp/ssl listener serves at once.
+    pub max_connections: usize,
+    pub tls_handshake_timeout: std::time::Duration,
+    /// Requests one connection may have running at once.
+    pub max_inflight: usize,
+    /// How long a half-closed TCP client's requests may still be answered.
+    pub eof_grace: std::time::Duration,
+    /// Default idle seconds before a connection is closed.
+    pub watchdog_secs: u64,
+    /// Password hashes computed at once (0: one per core).
+    pub hash_concurrency: usize,
+}
 
 /// Requests other parts of the node send to a session actor.
 #[derive(Debug, Clone, Copy, Message)]
@@ -27,7 +44,7 @@ pub enum Control {
 }
 
 pub struct Node {
-    pub args: ServeArgs,
+    pub limits: Limits,
     pub raft_id: u64,
     /// 8 lowercase hex chars, new on every process start; prefix of every connid here.
     pub incarnation: String,
@@ -37,8 +54,8 @@ pub struct Node {
     pub hash_slots: tokio::sync::Semaphore,
     /// The listener URLs, for `sys.node.list`.
     pub listening: Mutex<Vec<String>>,
-    /// Cluster gossip (what the other nodes say about themselves); unset when standalone.
-    pub gossip: std::sync::OnceLock<Arc<crate::cluster::gossip::Gossip>>,
+    /// Gossip and the peer transport; unset when standalone.
+    pub cluster: std::sync::OnceLock<Arc<crate::cluster::ClusterLink>>,
     sessions: Mutex<HashMap<String, Recipient<Control>>>,
     /// This node's pipes by pipeid.
     pipes: Mutex<HashMap<String, Addr<Pipe>>>,
@@ -65,25 +82,25 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Node {
     pub fn new(
-        args: ServeArgs,
+        limits: Limits,
         raft_id: u64,
         incarnation: String,
         raft: RaftHandle,
         state: Arc<RwLock<State>>,
     ) -> Self {
-        let hashes = match args.hash_concurrency {
+        let hashes = match limits.hash_concurrency {
             0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
             n => n,
         };
         Node {
-            args,
+            limits,
             raft_id,
             incarnation,
             raft,
             state,
             hash_slots: tokio::sync::Semaphore::new(hashes),
             listening: Mutex::new(Vec::new()),
-            gossip: std::sync::OnceLock::new(),
+            cluster: std::sync::OnceLock::new(),
             sessions: Mutex::new(HashMap::new()),
             pipes: Mutex::new(HashMap::new()),
             waiters: Mutex::new(HashMap::new()),

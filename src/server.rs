@@ -29,6 +29,10 @@ pub struct Running {
     /// The listeners with their bound addresses (port 0 resolved).
     pub listening: Vec<Listener>,
     http_servers: Vec<actix_web::dev::ServerHandle>,
+    /// Threads serving http/https (0: one per core).
+    http_workers: usize,
+    /// Time sessions get to close on stop.
+    shutdown_grace: Duration,
     tcp_tasks: Vec<actix_rt::task::JoinHandle<()>>,
     cluster: Option<ClusterRuntime>,
 }
@@ -321,15 +325,26 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         }
     }
     let node = Arc::new(Node::new(
-        args.clone(),
+        args.limits(),
         me.raft_id,
         me.incarnation.clone(),
         raft,
         state,
     ));
     if let Some(c) = &cluster {
-        let _ = node.gossip.set(c.gossip.clone());
+        let link = Arc::new(crate::cluster::ClusterLink {
+            gossip: c.gossip.clone(),
+            transport: c.transport.clone(),
+        });
+        let _ = node.cluster.set(link.clone());
         actix_rt::spawn(publish_gossip(node.clone(), c.gossip.clone()));
+        if args.cluster.remove_dead_after > 0 {
+            actix_rt::spawn(membership::reap_dead_members(
+                link,
+                node.raft.clone(),
+                Duration::from_secs(args.cluster.remove_dead_after),
+            ));
+        }
     }
     info!(raft_id = me.raft_id, incarnation = %me.incarnation, generation = me.generation,
         data_dir = %args.data_dir.display(), "node starting");
@@ -337,7 +352,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
 
     let ready = async {
         announce_start(&node, me.generation).await?;
-        bootstrap_root(&node).await
+        bootstrap_root(&node, args.root_password.clone()).await
     };
     if let Err(e) = ready.await {
         // Release storage before reporting: nothing may outlive a failed start.
@@ -352,6 +367,8 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         node: node.clone(),
         listening: Vec::new(),
         http_servers: Vec::new(),
+        http_workers: args.http_workers,
+        shutdown_grace: Duration::from_secs(args.shutdown_grace),
         tcp_tasks: Vec::new(),
         cluster,
     };
@@ -400,14 +417,12 @@ fn serve_listeners(
                 .default_service(actix_web::web::to(http::entry))
         })
         .on_connect(http::record_peer_fd)
-        .max_connections(running.node.args.max_connections.max(1))
-        .tls_handshake_timeout(Duration::from_secs(
-            running.node.args.tls_handshake_timeout.max(1),
-        ))
+        .max_connections(running.node.limits.max_connections.max(1))
+        .tls_handshake_timeout(running.node.limits.tls_handshake_timeout)
         .disable_signals()
         .shutdown_timeout(1);
-        if running.node.args.http_workers > 0 {
-            server = server.workers(running.node.args.http_workers);
+        if running.http_workers > 0 {
+            server = server.workers(running.http_workers);
         }
         for (scheme, l) in web {
             server = match (scheme, &tls_config) {
@@ -468,7 +483,7 @@ async fn announce_start(node: &Node, generation: u64) -> anyhow::Result<()> {
 
 /// Creates `root` on the first boot of a fresh cluster; warns while its password is the
 /// default.
-async fn bootstrap_root(node: &Node) -> anyhow::Result<()> {
+async fn bootstrap_root(node: &Node, root_password: Option<String>) -> anyhow::Result<()> {
     // Read what the cluster has applied, not what this node happened to see so far: a
     // joining node finds root already created. Apply creates root once whoever proposes.
     node.raft
@@ -476,11 +491,7 @@ async fn bootstrap_root(node: &Node) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow!("reading the cluster state: {e}"))?;
     if !node.read(|s| s.bootstrapped) {
-        let pass = node
-            .args
-            .root_password
-            .clone()
-            .unwrap_or_else(|| DEFAULT_ROOT_PASSWORD.to_string());
+        let pass = root_password.unwrap_or_else(|| DEFAULT_ROOT_PASSWORD.to_string());
         let root_hash = tokio::task::spawn_blocking(move || auth::hash_password(&pass)).await?;
         node.raft
             .propose(Command::Bootstrap {
@@ -520,7 +531,7 @@ impl Running {
             self.node.raft.transfer_leadership().await;
         }
         self.node.broadcast(Control::Close);
-        let deadline = Instant::now() + Duration::from_secs(self.node.args.shutdown_grace);
+        let deadline = Instant::now() + self.shutdown_grace;
         while self.node.local_session_count() > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }

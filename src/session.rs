@@ -13,91 +13,10 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tracing::debug;
 
-use crate::auth::Tags;
+use crate::conn::{AuthState, Conn, Outgoing, NOBODY, WATCHDOG_MAX, WATCHDOG_MIN};
 use crate::node::{now_rfc3339, Control, Node};
 use crate::rpc::{self, Incoming, Response, RpcError};
 use crate::state::{Command, SessionRecord};
-
-pub const NOBODY: &str = "nobody";
-pub const WATCHDOG_MIN: u64 = 10;
-pub const WATCHDOG_MAX: u64 = 1800;
-
-/// Who the connection is logged in as, and the tags in force for it (by prefix).
-#[derive(Debug, Clone)]
-pub struct AuthState {
-    pub user: String,
-    pub tags: Tags,
-    /// A login plugin's tag mask, reapplied on reload.
-    pub mask: Option<Tags>,
-    pub metadata: Value,
-}
-
-impl AuthState {
-    fn nobody() -> Self {
-        AuthState {
-            user: NOBODY.to_string(),
-            tags: Tags::new(),
-            mask: None,
-            metadata: Value::Null,
-        }
-    }
-
-    pub fn logged_in(&self) -> bool {
-        self.user != NOBODY
-    }
-}
-
-/// The per-connection data request handlers use.
-pub struct Conn {
-    pub connid: String,
-    pub remote: String,
-    pub protocol: &'static str,
-    pub auth: RefCell<AuthState>,
-    pub watchdog: Cell<u64>,
-    last_activity: Cell<Instant>,
-    out: mpsc::UnboundedSender<Outgoing>,
-    /// Pending pushes and pulls by JSON-RPC request id (serialised): their task or pull id,
-    /// so that `task.cancel` can find them.
-    pub pending: RefCell<std::collections::HashMap<String, String>>,
-    /// Pipes this connection owns; closed with it.
-    pub pipes: RefCell<std::collections::BTreeSet<String>>,
-}
-
-/// One serialised response on its way to the socket. It holds its request's in-flight
-/// permit until the writer has written it, so a client that stops reading its answers
-/// stops being read too: queued output is bounded by `--max-inflight`.
-pub struct Outgoing {
-    pub text: String,
-    _permit: Option<OwnedSemaphorePermit>,
-}
-
-impl Conn {
-    /// Queues one serialised response for the transport writer.
-    pub fn send(&self, text: String) {
-        self.send_held(text, None);
-    }
-
-    fn send_held(&self, text: String, permit: Option<OwnedSemaphorePermit>) {
-        self.last_activity.set(Instant::now());
-        let _ = self.out.send(Outgoing {
-            text,
-            _permit: permit,
-        });
-    }
-
-    pub fn user(&self) -> String {
-        self.auth.borrow().user.clone()
-    }
-
-    /// Fails with `-32010` unless the tags in force at `path` allow `method`.
-    pub fn require(&self, path: &str, method: &str) -> Result<(), RpcError> {
-        if crate::auth::may(&self.auth.borrow().tags, path, method) {
-            Ok(())
-        } else {
-            Err(RpcError::permission_denied())
-        }
-    }
-}
 
 /// Where the answers to an `Incoming` go.
 pub enum Reply {
@@ -156,13 +75,13 @@ impl Session {
     pub fn open(node: Arc<Node>, remote: String, protocol: &'static str) -> Opened {
         let (out_tx, out) = mpsc::unbounded_channel();
         let (stop_tx, stopped) = oneshot::channel();
-        let permits = Arc::new(Semaphore::new(node.args.max_inflight.max(1)));
+        let permits = Arc::new(Semaphore::new(node.limits.max_inflight.max(1)));
         let conn = Rc::new(Conn {
             connid: node.new_connid(),
             remote,
             protocol,
             auth: RefCell::new(AuthState::nobody()),
-            watchdog: Cell::new(node.args.watchdog.clamp(WATCHDOG_MIN, WATCHDOG_MAX)),
+            watchdog: Cell::new(node.limits.watchdog_secs.clamp(WATCHDOG_MIN, WATCHDOG_MAX)),
             last_activity: Cell::new(Instant::now()),
             out: out_tx,
             pending: RefCell::new(Default::default()),
@@ -280,10 +199,13 @@ impl Handler<Inbound> for Session {
                 let fut = async move { fut.await.map(|r| r.to_json()) };
                 self.run(fut, permit, self.conn.clone(), reply);
             }
-            Incoming::Batch(items) if items.len() > self.node.args.max_inflight.max(1) => {
+            Incoming::Batch(items) if items.len() > self.node.limits.max_inflight.max(1) => {
                 let err = RpcError::detail(
                     rpc::ERR_INVALID_REQUEST,
-                    format!("batch larger than {} requests", self.node.args.max_inflight),
+                    format!(
+                        "batch larger than {} requests",
+                        self.node.limits.max_inflight
+                    ),
                 );
                 let text = Some(Response::error(Value::Null, err).to_json());
                 self.run(async move { text }, permit, self.conn.clone(), reply);
@@ -344,7 +266,7 @@ impl Handler<TransportEvent> for Session {
                     rpc::ERR_INVALID_REQUEST,
                     format!(
                         "message larger than {} bytes, closing",
-                        self.node.args.max_message_size
+                        self.node.limits.max_message_size
                     ),
                 );
                 self.conn.send(Response::error(Value::Null, err).to_json());

@@ -438,3 +438,116 @@ fn a_skewed_wall_clock_does_not_move_task_deadlines() {
         );
     }
 }
+
+#[test]
+fn a_write_in_flight_on_a_follower_when_the_leader_dies_answers() {
+    let root = tempfile::tempdir().unwrap();
+    let mut nodes = three_joined(root.path(), &[]);
+    wait_voters(&nodes[0], 3);
+    let leader = (0..3)
+        .find(|i| nodes[*i].role() == "leader")
+        .expect("a leader");
+    let follower = (leader + 1) % 3;
+    let mut c = nodes[follower].root();
+    let mut w = nodes[follower].root();
+    // The leader freezes: the follower's forwarded write reaches it but is never appended.
+    let pid = nodes[leader].child.as_ref().unwrap().id() as i32;
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let writer = std::thread::spawn(move || {
+        let start = Instant::now();
+        let answer = w.call("user.create", json!({"user": "inflight", "pass": "pass1"}));
+        (answer, start.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    nodes[leader].kill9();
+    let (answer, took) = writer.join().unwrap();
+    eprintln!("write in flight when the leader died: {answer:?} after {took:?}");
+    match answer {
+        Ok(_) => {}
+        Err(e) => assert_eq!(e.code, -32603, "a retryable internal error: {e:?}"),
+    }
+    assert!(took < Duration::from_secs(15), "answered, after {took:?}");
+    // The survivors go on: the write can be retried (it exists at most once).
+    let mut created = false;
+    assert!(eventually(Duration::from_secs(15), || {
+        match c.call("user.create", json!({"user": "inflight", "pass": "pass1"})) {
+            Ok(_) => created = true,
+            Err(e) if e.code == -32005 => created = true, // applied before all
+            Err(_) => {}
+        }
+        created
+    }));
+    let n = expect_ok(c.call("user.count", json!({"prefix": "inflight"})));
+    assert_eq!(n["count"], json!(1));
+}
+
+#[test]
+fn members_are_removed_by_an_admin_and_when_long_dead() {
+    let root = tempfile::tempdir().unwrap();
+    let mut nodes = three_joined(root.path(), &["--remove-dead-after", "3"]);
+    wait_voters(&nodes[0], 3);
+    let raft_id = |n: &Proc| -> u64 {
+        let mut c = n.root();
+        let list = expect_ok(c.call("sys.node.list", json!({})));
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["cluster"] == json!(format!("127.0.0.1:{}", n.cluster)))
+            .and_then(|e| e["raftId"].as_u64())
+            .unwrap()
+    };
+    let ids: Vec<u64> = nodes.iter().map(raft_id).collect();
+    let members = |n: &Proc| -> Vec<u64> {
+        let mut c = n.root();
+        let list = expect_ok(c.call("sys.node.list", json!({})));
+        list.as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| e["raftId"].as_u64())
+            .collect()
+    };
+    // Bad input is refused with a clear error; a non-member is not "removed".
+    let mut c0 = nodes[0].root();
+    expect_code(c0.call("sys.node.remove", json!({"raftId": "x"})), -32602);
+    expect_code(c0.call("sys.node.remove", json!({"raftId": 12345})), -32603);
+    // A user without the permission cannot remove anyone.
+    expect_ok(c0.call("user.create", json!({"user": "eve", "pass": "pass1"})));
+    let mut eve = Client::tcp(format!("127.0.0.1:{}", nodes[0].tcp).parse().unwrap());
+    expect_ok(eve.login("eve", "pass1"));
+    expect_code(
+        eve.call("sys.node.remove", json!({"raftId": ids[2]})),
+        -32010,
+    );
+
+    // kill -9 of a follower: the leader removes it once gossip has not seen it for 3 s.
+    let leader = (0..3).find(|i| nodes[*i].role() == "leader").unwrap();
+    let dead = (leader + 1) % 3;
+    let other = (leader + 2) % 3;
+    nodes[dead].kill9();
+    assert!(
+        eventually(Duration::from_secs(30), || !members(&nodes[leader])
+            .contains(&ids[dead])),
+        "the long-dead member was removed: {:?}; leader log:\n{}",
+        members(&nodes[leader]),
+        nodes[leader].log()
+    );
+    wait_voters(&nodes[leader], 2);
+
+    // An admin removes the remaining follower through that follower (forwarded to the
+    // leader); the leader then runs alone and keeps accepting writes.
+    let mut on_other = nodes[other].root();
+    expect_ok(on_other.call("sys.node.remove", json!({"raftId": ids[other]})));
+    assert!(
+        eventually(Duration::from_secs(15), || members(&nodes[leader])
+            == vec![ids[leader]]),
+        "only the leader is left: {:?}",
+        members(&nodes[leader])
+    );
+    let mut c = nodes[leader].root();
+    expect_ok(c.call("user.create", json!({"user": "alone", "pass": "pass1"})));
+    // The leader itself cannot be removed while it leads.
+    expect_code(
+        c.call("sys.node.remove", json!({"raftId": ids[leader]})),
+        -32603,
+    );
+}

@@ -8,10 +8,10 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::auth::{self, Tags};
+use crate::conn::{AuthState, Conn};
 use crate::names::normalize_path;
 use crate::node::Node;
 use crate::rpc::{Params, RpcError, RpcResult, ERR_PERMISSION_DENIED};
-use crate::session::{AuthState, Conn};
 use crate::state::Command;
 
 /// How long a login plugin worker has to answer.

@@ -15,9 +15,9 @@ use std::sync::Arc;
 
 use tracing::debug;
 
+use crate::conn::Conn;
 use crate::node::Node;
 use crate::rpc::{Params, Request, Response, RpcError, RpcResult, ERR_METHOD_NOT_FOUND};
-use crate::session::Conn;
 
 /// Runs one request; `None` for a notification (executed, never answered).
 pub async fn dispatch(node: Arc<Node>, conn: Rc<Conn>, req: Request) -> Option<Response> {

@@ -7,10 +7,10 @@ use std::time::Duration;
 use actix::Actor;
 use serde_json::{json, Value};
 
+use crate::conn::Conn;
 use crate::node::Node;
 use crate::pipe::{self, Pipe};
 use crate::rpc::{self, Params, RpcError, RpcResult, ERR_INVALID_PIPE, ERR_METHOD_NOT_FOUND};
-use crate::session::Conn;
 use crate::state::Command;
 
 const DEFAULT_READ_MAX: i64 = 10;

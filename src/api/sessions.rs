@@ -7,10 +7,10 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
+use crate::conn::Conn;
 use crate::listing::ListQuery;
 use crate::node::{Node, CONNID_LEN};
 use crate::rpc::{Params, RpcError, RpcResult, ERR_METHOD_NOT_FOUND};
-use crate::session::Conn;
 use crate::state::Command;
 
 pub async fn call(node: &Arc<Node>, conn: &Rc<Conn>, name: &str, p: &Params<'_>) -> RpcResult {

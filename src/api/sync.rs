@@ -5,11 +5,11 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
+use crate::conn::Conn;
 use crate::listing::ListQuery;
 use crate::names::normalize_path;
 use crate::node::Node;
 use crate::rpc::{Params, RpcError, RpcResult, ERR_METHOD_NOT_FOUND};
-use crate::session::Conn;
 use crate::state::Command;
 
 pub async fn call(node: &Arc<Node>, conn: &Rc<Conn>, name: &str, p: &Params<'_>) -> RpcResult {

@@ -8,9 +8,9 @@ use serde_json::{json, Value};
 
 use crate::auth;
 use crate::cluster::gossip::Member;
+use crate::conn::{Conn, WATCHDOG_MAX, WATCHDOG_MIN};
 use crate::node::Node;
 use crate::rpc::{self, Params, RpcError, RpcResult, ERR_INVALID_REQUEST, ERR_METHOD_NOT_FOUND};
-use crate::session::{Conn, WATCHDOG_MAX, WATCHDOG_MIN};
 
 /// The API level implemented.
 pub const API_VERSION: &str = "1.9.0";
@@ -29,6 +29,7 @@ pub async fn call(node: &Arc<Node>, conn: &Rc<Conn>, name: &str, p: &Params<'_>)
             Ok(rpc::ok())
         }
         "node.list" => node_list(node, conn, p).await,
+        "node.remove" => node_remove(node, conn, p).await,
         "session.list" | "session.count" | "session.kick" | "session.reload" => {
             super::sessions::call(node, conn, name, p).await
         }
@@ -75,8 +76,14 @@ async fn node_list(node: &Node, conn: &Conn, p: &Params<'_>) -> RpcResult {
         .unwrap_or_else(|e| e.into_inner())
         .clone();
     let leader = stats.leader();
-    let live: std::collections::HashMap<u64, Member> = match node.gossip.get() {
-        Some(g) => g.live().await.into_iter().map(|m| (m.raft_id, m)).collect(),
+    let live: std::collections::HashMap<u64, Member> = match node.cluster.get() {
+        Some(c) => c
+            .gossip
+            .live()
+            .await
+            .into_iter()
+            .map(|m| (m.raft_id, m))
+            .collect(),
         None => Default::default(),
     };
     let role_of = |id: u64| {
@@ -135,6 +142,33 @@ async fn node_list(node: &Node, conn: &Conn, p: &Params<'_>) -> RpcResult {
     Ok(Value::Array(
         out.into_iter().skip(skip).take(limit).collect(),
     ))
+}
+
+/// Removes a member from the cluster (`{"raftId": N}`): for a node that is gone for good,
+/// or before retiring one. Answers once the leader proposed the change.
+async fn node_remove(node: &Node, conn: &Conn, p: &Params<'_>) -> RpcResult {
+    conn.require("sys.node", "sys.node.remove")?;
+    let id = p.i64("raftId")?;
+    if id <= 0 {
+        return Err(RpcError::invalid_param_because(
+            "raftId",
+            "a member's raft id (sys.node.list)",
+        ));
+    }
+    let Some(link) = node.cluster.get() else {
+        return Err(RpcError::detail(
+            ERR_INVALID_REQUEST,
+            "standalone node: no cluster members to remove",
+        ));
+    };
+    let leader_addr = match node.raft.stats.leader() {
+        Some(leader) => node.read(|s| s.cluster.members.get(&leader).cloned()),
+        None => None,
+    };
+    crate::cluster::membership::remove_member(link, &node.raft, leader_addr, id as u64)
+        .await
+        .map_err(RpcError::internal)?;
+    Ok(rpc::ok())
 }
 
 /// The 1, 5 and 15 minute load averages (zeros where /proc is unavailable).

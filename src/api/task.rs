@@ -7,6 +7,7 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use crate::auth;
+use crate::conn::Conn;
 use crate::listing::ListQuery;
 use crate::names::normalize_path;
 use crate::node::Node;
@@ -14,7 +15,6 @@ use crate::rpc::{
     standard_text, Params, RpcError, RpcResult, ERR_INTERNAL, ERR_INVALID_TASK,
     ERR_METHOD_NOT_FOUND,
 };
-use crate::session::Conn;
 use crate::state::{Command, Ending, Pull, Task};
 
 /// Default push and pull timeout: 10 days.

@@ -6,11 +6,11 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use crate::auth;
+use crate::conn::Conn;
 use crate::listing::ListQuery;
 use crate::names::{normalize_path, normalize_prefix};
 use crate::node::{now_rfc3339, Node};
 use crate::rpc::{Params, RpcError, RpcResult, ERR_METHOD_NOT_FOUND};
-use crate::session::Conn;
 use crate::state::{Command, UserChange};
 
 const NAME_LEN: std::ops::RangeInclusive<usize> = 3..=500;
@@ -209,7 +209,7 @@ fn user_name(p: &Params, field: &str) -> Result<String, RpcError> {
     let name = normalize_path(raw)
         .ok_or_else(|| RpcError::invalid_param_because(field, "invalid name"))?;
     // `nobody` is what every unauthenticated connection is; no account may take the name.
-    if name == crate::session::NOBODY {
+    if name == crate::conn::NOBODY {
         return Err(RpcError::invalid_param_because(
             field,
             format!("{name} is reserved"),

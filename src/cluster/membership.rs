@@ -260,3 +260,83 @@ pub async fn join(transport: Transport, raft: RaftHandle, seeds: Vec<String>, me
     }
     info!("joined the cluster");
 }
+
+/// An admin's removal of member `raft_id`: done here when this node leads, else asked of
+/// the leader over the peer transport. Answers once the change is proposed.
+pub async fn remove_member(
+    link: &super::ClusterLink,
+    raft: &RaftHandle,
+    leader_addr: Option<String>,
+    raft_id: u64,
+) -> Result<(), String> {
+    if raft.stats.role() == Role::Leader {
+        return raft.remove_member(raft_id).await;
+    }
+    let addr = leader_addr.ok_or("no raft leader known, retry")?;
+    let req = Frame {
+        body: Some(frame::Body::RemoveRequest(crate::proto::RemoveRequest {
+            raft_id,
+        })),
+    };
+    match link
+        .transport
+        .call(&addr, req, Duration::from_secs(5))
+        .await
+    {
+        Ok((
+            _,
+            Frame {
+                body: Some(frame::Body::JoinResponse(r)),
+            },
+        )) if r.ok => Ok(()),
+        Ok((
+            _,
+            Frame {
+                body: Some(frame::Body::JoinResponse(r)),
+            },
+        )) => Err(r.error),
+        Ok(_) => Err("unexpected answer from the leader".into()),
+        Err(e) => Err(format!("cannot reach the leader at {addr}: {e:#}")),
+    }
+}
+
+/// While this node leads, removes members that gossip has not seen alive for `after`
+/// (Consul's reconnect timeout): a member gone for good must not count toward the quorum
+/// forever. The clock starts when this node sees the member missing, so a new leader
+/// waits the whole time again.
+pub async fn reap_dead_members(link: Arc<super::ClusterLink>, raft: RaftHandle, after: Duration) {
+    let mut missing_since: BTreeMap<u64, Instant> = BTreeMap::new();
+    let period = (after / 4).clamp(Duration::from_millis(200), Duration::from_secs(10));
+    loop {
+        tokio::time::sleep(period).await;
+        if raft.stats.role() != Role::Leader {
+            missing_since.clear();
+            continue;
+        }
+        let live: Vec<u64> = link.gossip.live().await.iter().map(|m| m.raft_id).collect();
+        let (voters, learners) = raft
+            .stats
+            .membership
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let members: Vec<u64> = voters.into_iter().chain(learners).collect();
+        missing_since.retain(|id, _| members.contains(id) && !live.contains(id));
+        for id in members {
+            if live.contains(&id) {
+                continue;
+            }
+            let since = *missing_since.entry(id).or_insert_with(Instant::now);
+            if since.elapsed() < after {
+                continue;
+            }
+            match raft.remove_member(id).await {
+                Ok(()) => {
+                    warn!(raft_id = id, after = ?after, "removing a member gossip has not seen alive");
+                    missing_since.remove(&id);
+                }
+                Err(e) => debug!(raft_id = id, "dead member not removed yet: {e}"),
+            }
+        }
+    }
+}

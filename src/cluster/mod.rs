@@ -6,6 +6,14 @@ pub mod membership;
 pub mod secret;
 pub mod transport;
 
+use std::sync::Arc;
+
 /// Version of the cluster protocol (frames and log format); nodes of another version are
-/// refused at the hello.
-pub const CLUSTER_VERSION: u32 = 1;
+/// refused at the hello. 2: commands and snapshots in proto/log.proto instead of JSON.
+pub const CLUSTER_VERSION: u32 = 2;
+
+/// What the rest of the node reaches of the cluster side (absent when standalone).
+pub struct ClusterLink {
+    pub gossip: Arc<gossip::Gossip>,
+    pub transport: transport::Transport,
+}

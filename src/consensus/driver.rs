@@ -25,7 +25,7 @@ use super::reads::Reads;
 use super::{EventSink, Identity, Msg, Peers, RaftConfig, RaftHandle, RaftStats, Role};
 use crate::proto::{frame, Forward, ForwardResult, Frame, JoinResponse, ProposalContext};
 use crate::rpc::RpcError;
-use crate::state::{Command, Event, Origin, Outcome, State};
+use crate::state::{codec, Command, Event, Origin, Outcome, State};
 use crate::store::{RaftStorage, RaftWrite, StoreError};
 
 /// Starts the driver thread. `state` is restored from the stored snapshot first.
@@ -76,6 +76,7 @@ pub fn start(
         reads: Reads::default(),
         next_proposal: 0,
         last_snapshot: applied,
+        snapshotting: None,
         cfg,
         stats: stats.clone(),
         term: 0,
@@ -140,6 +141,8 @@ struct Driver {
     reads: Reads,
     next_proposal: u64,
     last_snapshot: u64,
+    /// The snapshot being encoded and written off this thread (its index).
+    snapshotting: Option<(u64, std::thread::JoinHandle<Result<(), StoreError>>)>,
     cfg: RaftConfig,
     stats: Arc<RaftStats>,
     /// The term waiters were proposed in; a change fails them.
@@ -207,6 +210,9 @@ impl Driver {
                 break;
             }
         }
+        if let Err(e) = self.finish_snapshot(true) {
+            error!("state snapshot failed at shutdown: {e}");
+        }
         self.fail_waiters("node is shutting down");
         self.reads.fail_all("node is shutting down");
         info!("raft driver stopped");
@@ -226,7 +232,7 @@ impl Driver {
 
     fn handle(&mut self, msg: Msg, shutdown: &mut Option<oneshot::Sender<()>>) {
         match msg {
-            Msg::Propose { cmd, reply } => self.propose_local(&cmd, reply),
+            Msg::Propose { data, reply } => self.propose_local(data, reply),
             Msg::Read { reply } => self.reads.add(reply),
             Msg::Raft { from, msg } => {
                 if msg.from != from {
@@ -278,14 +284,7 @@ impl Driver {
     }
 
     /// A proposal of this node: appended here when leading, else forwarded to the leader.
-    fn propose_local(&mut self, cmd: &Command, reply: oneshot::Sender<Outcome>) {
-        let data = match serde_json::to_vec(cmd) {
-            Ok(d) => d,
-            Err(e) => {
-                let _ = reply.send(Err(RpcError::internal(e)));
-                return;
-            }
-        };
+    fn propose_local(&mut self, data: Vec<u8>, reply: oneshot::Sender<Outcome>) {
         self.next_proposal += 1;
         let id = self.next_proposal;
         let context = ProposalContext {
@@ -453,6 +452,12 @@ impl Driver {
         if voters == [raft_id] {
             return Err("cannot remove the last voter".into());
         }
+        if raft_id == self.me.raft_id {
+            return Err(format!(
+                "{raft_id} is the leader: stop it (SIGTERM hands leadership over) or remove \
+                 it once another member leads"
+            ));
+        }
         if self.raw.raft.has_pending_conf() {
             return Err("another membership change is in progress, retry".into());
         }
@@ -567,7 +572,7 @@ impl Driver {
             generation: self.me.generation,
             clock_ms: 0,
         };
-        let data = serde_json::to_vec(&Command::Expire {}).expect("serialisable");
+        let data = codec::encode_command(Command::Expire {});
         if let Err(e) = self.append(&context.encode_to_vec(), data) {
             debug!("expiry proposal failed: {e}");
         }
@@ -719,6 +724,8 @@ impl Driver {
     /// be told apart from lost ones: they fail (retryable), and the node reconciles its
     /// waiting pushes and pulls against the new state.
     fn install_snapshot(&mut self, snap: &raft::eraftpb::Snapshot) -> Result<(), StoreError> {
+        // An older snapshot still being written must not land after this one.
+        self.finish_snapshot(true)?;
         self.storage.apply_snapshot(snap)?;
         let restored = State::from_snapshot(&snap.data)
             .map_err(|e| StoreError::Corrupt("state snapshot", e.to_string()))?;
@@ -756,7 +763,7 @@ impl Driver {
                         let ctx = ProposalContext::decode(&entry.context[..]).map_err(|e| {
                             StoreError::Corrupt("entry context", format!("{}: {e}", entry.index))
                         })?;
-                        let cmd = serde_json::from_slice::<Command>(&entry.data).map_err(|e| {
+                        let cmd = codec::decode_command(&entry.data).map_err(|e| {
                             StoreError::Corrupt(
                                 "command (written by a newer version?)",
                                 format!("index {}: {e}", entry.index),
@@ -848,18 +855,46 @@ impl Driver {
         Ok(())
     }
 
+    /// Takes a state snapshot every `snapshot_every` applied entries (or when raft needs
+    /// one for a peer). Only the copy of the state is made here; encoding it and writing it
+    /// (which also compacts the log) happen on a helper thread, so ticks and heartbeats go
+    /// on meanwhile. One snapshot is written at a time.
     fn maybe_snapshot(&mut self) -> Result<(), StoreError> {
+        self.finish_snapshot(false)?;
+        if self.snapshotting.is_some() {
+            return Ok(());
+        }
         let applied = self.raw.raft.raft_log.applied;
+        // `wanted`: raft needs a snapshot for a peer whose conf state the stored one lacks.
         let wanted = self.storage.take_snapshot_wanted();
         if applied < self.last_snapshot + self.cfg.snapshot_every && !wanted {
             return Ok(());
         }
-        let data = self.read_state(State::to_snapshot);
-        self.storage
-            .compact_to_snapshot(applied, data, self.cfg.log_retain)?;
-        self.last_snapshot = applied;
+        let copy = self.read_state(State::clone);
+        let storage = self.storage.clone();
+        let retain = self.cfg.log_retain;
+        let writer = std::thread::Builder::new()
+            .name("snapshot".into())
+            .spawn(move || storage.compact_to_snapshot(applied, copy.to_snapshot(), retain))
+            .map_err(|e| StoreError::Corrupt("snapshot thread", e.to_string()))?;
+        self.snapshotting = Some((applied, writer));
+        Ok(())
+    }
+
+    /// Collects the snapshot written in the background once it is done (or, with `wait`,
+    /// waits for it).
+    fn finish_snapshot(&mut self, wait: bool) -> Result<(), StoreError> {
+        match &self.snapshotting {
+            Some((_, writer)) if wait || writer.is_finished() => {}
+            _ => return Ok(()),
+        }
+        let (index, writer) = self.snapshotting.take().expect("checked above");
+        writer
+            .join()
+            .map_err(|_| StoreError::Corrupt("snapshot thread", "panicked".into()))??;
+        self.last_snapshot = self.last_snapshot.max(index);
         self.stats.snapshots.fetch_add(1, Ordering::Relaxed);
-        debug!(index = applied, "state snapshot written, log compacted");
+        debug!(index, "state snapshot written, log compacted");
         Ok(())
     }
 }

@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 
 use crate::proto::{Forward, ForwardResult, Frame, JoinResponse};
 use crate::rpc::RpcError;
-use crate::state::{Command, Event, Outcome};
+use crate::state::{codec, Command, Event, Outcome};
 
 pub use driver::start;
 
@@ -83,8 +83,9 @@ pub trait Peers: Send + Sync + 'static {
 
 /// What the driver's thread is asked to do.
 pub enum Msg {
+    /// A command, already encoded (proto/log.proto) by the proposing task.
     Propose {
-        cmd: Box<Command>,
+        data: Vec<u8>,
         reply: oneshot::Sender<Outcome>,
     },
     /// A linearizable read barrier: answered once this node applied everything committed
@@ -230,7 +231,7 @@ impl RaftHandle {
     pub async fn propose(&self, cmd: Command) -> Outcome {
         let (reply, rx) = oneshot::channel();
         if !self.deliver(Msg::Propose {
-            cmd: Box::new(cmd),
+            data: codec::encode_command(cmd),
             reply,
         }) {
             return Err(RpcError::internal("node is shutting down"));
@@ -243,7 +244,7 @@ impl RaftHandle {
     pub fn propose_detached(&self, cmd: Command) {
         let (reply, _rx) = oneshot::channel();
         let _ = self.deliver(Msg::Propose {
-            cmd: Box::new(cmd),
+            data: codec::encode_command(cmd),
             reply,
         });
     }
@@ -263,6 +264,17 @@ impl RaftHandle {
     /// driver has stopped.
     pub fn deliver(&self, msg: Msg) -> bool {
         self.tx.send(msg).is_ok()
+    }
+
+    /// Removes a member from the Raft configuration (this node must lead: the answer says
+    /// "not the leader" otherwise). Answers once the change is proposed.
+    pub async fn remove_member(&self, raft_id: u64) -> Result<(), String> {
+        let (reply, rx) = oneshot::channel();
+        if !self.deliver(Msg::Remove { raft_id, reply }) {
+            return Err("node is shutting down".into());
+        }
+        rx.await
+            .unwrap_or_else(|_| Err("node is shutting down".into()))
     }
 
     /// Asks for a graceful leadership handover; true when this node no longer leads.

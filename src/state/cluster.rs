@@ -29,11 +29,11 @@ pub enum Admit {
 const WINDOW: u64 = 16_384;
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq)]
-struct ProposerRecord {
-    generation: u64,
+pub(super) struct ProposerRecord {
+    pub(super) generation: u64,
     /// Ids at or below this are treated as already applied.
-    floor: u64,
-    recent: BTreeSet<u64>,
+    pub(super) floor: u64,
+    pub(super) recent: BTreeSet<u64>,
 }
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq)]
@@ -42,7 +42,7 @@ pub struct Cluster {
     pub members: BTreeMap<u64, String>,
     /// The cluster clock: the highest stamp applied, never going backwards.
     pub clock_ms: u64,
-    proposers: BTreeMap<u64, ProposerRecord>,
+    pub(super) proposers: BTreeMap<u64, ProposerRecord>,
 }
 
 impl Cluster {

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct Locks {
     /// lock → owner connid.
-    owners: BTreeMap<String, String>,
+    pub(super) owners: BTreeMap<String, String>,
     /// connid → its locks; derived.
     #[serde(skip)]
     by_owner: HashMap<String, BTreeSet<String>>,

@@ -3,6 +3,7 @@
 //! randomness, no I/O — ids, hashes and timestamps travel inside the command.
 
 mod cluster;
+pub mod codec;
 mod locks;
 mod sessions;
 mod tasks;
@@ -23,17 +24,14 @@ pub use users::{User, UserChange, Users};
 
 use crate::rpc::{ERR_INVALID_PIPE, ERR_LOCK_NOT_OWNED};
 
-/// A change to durable state, proposed through Raft.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-// Externally tagged: internally tagged enums deserialize through a buffered copy (slow on
-// the apply path).
-#[serde(rename_all = "camelCase")]
+/// A change to durable state, proposed through Raft. Its log encoding is `codec` (protobuf,
+/// proto/log.proto).
+#[derive(Debug, Clone, PartialEq)]
 pub enum Command {
     /// A node process started: sessions of its earlier incarnations are gone.
     NodeStarted {
         node_id: u64,
         incarnation: String,
-        #[serde(default)]
         generation: u64,
     },
     /// First boot of a fresh cluster: creates `root` once.
@@ -65,24 +63,20 @@ pub enum Command {
         user: String,
         hash: String,
         at: String,
-        #[serde(default)]
         actor: String,
     },
     UserDelete {
         user: String,
-        #[serde(default)]
         actor: String,
     },
     UserRename {
         user: String,
         new: String,
-        #[serde(default)]
         actor: String,
     },
     UserUpdate {
         user: String,
         change: UserChange,
-        #[serde(default)]
         actor: String,
     },
     TaskPush {
@@ -448,12 +442,13 @@ impl State {
         });
     }
 
+    /// The state in its snapshot form (versioned binary, proto/log.proto).
     pub fn to_snapshot(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("state is always serialisable")
+        codec::encode_state(self)
     }
 
-    pub fn from_snapshot(data: &[u8]) -> Result<State, serde_json::Error> {
-        let mut state: State = serde_json::from_slice(data)?;
+    pub fn from_snapshot(data: &[u8]) -> Result<State, codec::DecodeError> {
+        let mut state = codec::decode_state(data)?;
         state.sessions.rebuild_index();
         state.tasks.rebuild_index();
         state.locks.rebuild_index();

@@ -24,7 +24,7 @@ pub struct SessionRecord {
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct Sessions {
-    by_connid: BTreeMap<String, SessionRecord>,
+    pub(super) by_connid: BTreeMap<String, SessionRecord>,
     /// user → connids; derived from `by_connid`, rebuilt after a snapshot restore.
     #[serde(skip)]
     by_user: HashMap<String, BTreeSet<String>>,

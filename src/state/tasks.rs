@@ -82,9 +82,9 @@ type WaitKey = (Reverse<i64>, u64, String);
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct Tasks {
-    tasks: BTreeMap<String, Task>,
-    pulls: BTreeMap<String, Pull>,
-    seq: u64,
+    pub(super) tasks: BTreeMap<String, Task>,
+    pub(super) pulls: BTreeMap<String, Pull>,
+    pub(super) seq: u64,
     /// path → waiting tasks, best first. Derived, like the indexes below.
     #[serde(skip)]
     waiting: HashMap<String, BTreeSet<WaitKey>>,

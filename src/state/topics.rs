@@ -13,7 +13,7 @@ pub const ALL: &str = ".*";
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct Topics {
     /// pattern → subscribed pipes.
-    by_topic: BTreeMap<String, BTreeSet<String>>,
+    pub(super) by_topic: BTreeMap<String, BTreeSet<String>>,
     /// pipe → its patterns; derived, rebuilt after a snapshot restore.
     #[serde(skip)]
     by_pipe: BTreeMap<String, BTreeSet<String>>,

@@ -119,7 +119,7 @@ fn add_unique(list: &mut Vec<String>, item: String) {
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct Users {
-    by_name: BTreeMap<String, User>,
+    pub(super) by_name: BTreeMap<String, User>,
 }
 
 impl Users {

@@ -65,7 +65,7 @@ fn websocket(
     node: Arc<Node>,
     protocol: &'static str,
 ) -> HttpResponse {
-    let max = node.args.max_message_size;
+    let max = node.limits.max_message_size;
     let (resp, session, stream) = match actix_ws::handle(&req, body) {
         Ok(x) => x,
         Err(e) => return e.error_response(),
@@ -224,7 +224,7 @@ async fn bridge(
     node: Arc<Node>,
     protocol: &'static str,
 ) -> HttpResponse {
-    let max = node.args.max_message_size;
+    let max = node.limits.max_message_size;
     let mut bytes = web::BytesMut::new();
     while let Some(chunk) = body.next().await {
         match chunk {

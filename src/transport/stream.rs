@@ -10,8 +10,9 @@ use tracing::{debug, warn};
 
 use super::jsonstream::JsonStream;
 use super::tls::TlsAcceptor;
+use crate::conn::Outgoing;
 use crate::node::Node;
-use crate::session::{Outgoing, Session, TransportEvent};
+use crate::session::{Session, TransportEvent};
 
 /// Responses gathered into one socket write when several are ready together.
 const WRITE_BATCH: usize = 256 * 1024;
@@ -20,9 +21,9 @@ const WRITE_BATCH: usize = 256 * 1024;
 pub async fn accept_loop(node: Arc<Node>, listener: TcpListener, tls: Option<TlsAcceptor>) {
     // At most --max-connections at once: beyond that, clients wait in the listen backlog.
     let slots = Arc::new(tokio::sync::Semaphore::new(
-        node.args.max_connections.max(1),
+        node.limits.max_connections.max(1),
     ));
-    let handshake = std::time::Duration::from_secs(node.args.tls_handshake_timeout.max(1));
+    let handshake = node.limits.tls_handshake_timeout;
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
@@ -59,9 +60,9 @@ pub async fn serve<S>(node: Arc<Node>, stream: S, remote: String, protocol: &'st
 where
     S: AsyncRead + AsyncWrite + Unpin + 'static,
 {
-    let max = node.args.max_message_size;
-    let inflight = node.args.max_inflight.max(1) as u32;
-    let eof_grace = std::time::Duration::from_millis(node.args.eof_grace_ms);
+    let max = node.limits.max_message_size;
+    let inflight = node.limits.max_inflight.max(1) as u32;
+    let eof_grace = node.limits.eof_grace;
     let opened = Session::open(node, remote, protocol);
     let (mut rd, wr) = tokio::io::split(stream);
     let writer = actix_rt::spawn(write_loop(wr, opened.out));
