@@ -8,7 +8,7 @@ export ROCKSDB_LIB_DIR ?= /usr/lib/$(shell gcc -print-multiarch 2>/dev/null || e
 
 ARGS ?=
 
-.PHONY: deps build run cluster test interop bench lint fmt clean-data
+.PHONY: deps build run cluster test interop bench bench-cluster lint fmt clean-data
 
 deps:
 	@./scripts/deps.sh
@@ -36,6 +36,10 @@ test: deps lint
 ## Throughput and latency of a fresh release node (figures: docs/benchmarks.md).
 bench: deps
 	./scripts/bench.sh
+
+## A fresh 3-node release cluster: task round trips over all nodes, failover, catch-up.
+bench-cluster: deps
+	./scripts/bench-cluster.sh
 
 ## A real node driven by the published Python client pynexus2.
 interop: deps

@@ -15,9 +15,16 @@ use tungstenite::{Message, WebSocket};
 pub struct BenchArgs {
     #[command(subcommand)]
     pub kind: BenchKind,
-    /// WebSocket URL of the node.
-    #[arg(long, default_value = "ws://127.0.0.1:8080/", global = true)]
-    pub url: String,
+    /// WebSocket URL of the node; several (comma-separated or repeated) spread the clients
+    /// over a cluster, client k on URL k mod n.
+    #[arg(
+        long,
+        alias = "nodes",
+        default_value = "ws://127.0.0.1:8080/",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub url: Vec<String>,
     #[arg(long, default_value = "root", global = true)]
     pub user: String,
     #[arg(long, default_value = "root", global = true, env = "NEXUS_BENCH_PASS")]
@@ -47,6 +54,25 @@ pub enum BenchKind {
         #[arg(long, default_value_t = 2)]
         subscribers: usize,
     },
+    /// Sequential durable writes (a lock taken and released) from one client that retries
+    /// through faults and reconnects to the next URL when its node goes away: write latency
+    /// and the longest gap between two acknowledged writes (failover time when a node is
+    /// killed meanwhile).
+    Writes,
+    /// Fills the cluster with durable state (users, detached tasks), e.g. before timing how
+    /// long a new node takes to catch up.
+    Fill {
+        #[arg(long, default_value_t = 0)]
+        users: usize,
+        #[arg(long, default_value_t = 0)]
+        tasks: usize,
+        /// Requests kept in flight per connection.
+        #[arg(long, default_value_t = 64)]
+        window: usize,
+        /// Connections used.
+        #[arg(long, default_value_t = 4)]
+        clients: usize,
+    },
 }
 
 struct Ws {
@@ -55,8 +81,10 @@ struct Ws {
 }
 
 impl Ws {
-    fn connect(args: &BenchArgs) -> anyhow::Result<Ws> {
-        let (ws, _) = tungstenite::connect(args.url.as_str())?;
+    /// Client number `k` connects to URL `k mod n`.
+    fn connect(args: &BenchArgs, k: usize) -> anyhow::Result<Ws> {
+        let url = &args.url[k % args.url.len().max(1)];
+        let (ws, _) = tungstenite::connect(url.as_str())?;
         let mut c = Ws { ws, next_id: 0 };
         let r = c.call("sys.login", json!({"user": args.user, "pass": args.pass}))?;
         if r.get("error").is_some() {
@@ -120,8 +148,18 @@ fn progress(
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.url.is_empty() {
+        anyhow::bail!("--url needs at least one WebSocket URL");
+    }
     match args.kind {
         BenchKind::Tasks { callers, workers } => tasks(&args, callers, workers),
+        BenchKind::Writes => writes(&args),
+        BenchKind::Fill {
+            users,
+            tasks,
+            window,
+            clients,
+        } => fill(&args, users, tasks, window.max(1), clients.max(1)),
         BenchKind::Topics {
             publishers,
             window,
@@ -134,7 +172,8 @@ fn tasks(args: &BenchArgs, callers: usize, workers: usize) -> anyhow::Result<()>
     let prefix = format!("bench.tasks.r{}", crate::clock::random_hex(6));
     eprintln!(
         "task round trips: {callers} callers, {workers} workers, {}s against {}",
-        args.seconds, args.url
+        args.seconds,
+        args.url.join(",")
     );
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
@@ -142,11 +181,11 @@ fn tasks(args: &BenchArgs, callers: usize, workers: usize) -> anyhow::Result<()>
     // Connections and logins (scrypt) happen before the clock starts.
     let barrier = Arc::new(std::sync::Barrier::new(callers + workers + 1));
     let mut worker_threads = Vec::new();
-    for _ in 0..workers {
+    for w in 0..workers {
         let (args, stop, prefix, barrier) =
             (args.clone(), stop.clone(), prefix.clone(), barrier.clone());
         worker_threads.push(std::thread::spawn(move || -> anyhow::Result<()> {
-            let c = Ws::connect(&args);
+            let c = Ws::connect(&args, w);
             barrier.wait();
             let mut c = c?;
             while !stop.load(Ordering::Relaxed) {
@@ -169,7 +208,7 @@ fn tasks(args: &BenchArgs, callers: usize, workers: usize) -> anyhow::Result<()>
             barrier.clone(),
         );
         caller_threads.push(std::thread::spawn(move || -> anyhow::Result<()> {
-            let c = Ws::connect(&args);
+            let c = Ws::connect(&args, i);
             barrier.wait();
             let mut c = c?;
             let deadline = Instant::now() + Duration::from_secs(args.seconds);
@@ -229,14 +268,14 @@ fn topics(
     let topic = format!("bench.topic.r{}", crate::clock::random_hex(6));
     eprintln!(
         "topic pub → pipe read: {publishers} publishers (window {window}), {subscribers} subscribers, {}s against {}",
-        args.seconds, args.url
+        args.seconds, args.url.join(",")
     );
     let stop = Arc::new(AtomicBool::new(false));
     let delivered = Arc::new(AtomicU64::new(0));
     let dropped = Arc::new(AtomicU64::new(0));
     let mut sub_threads = Vec::new();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    for _ in 0..subscribers {
+    for k in 0..subscribers {
         let (args, stop, topic, delivered, dropped, ready) = (
             args.clone(),
             stop.clone(),
@@ -246,7 +285,7 @@ fn topics(
             ready_tx.clone(),
         );
         sub_threads.push(std::thread::spawn(move || -> anyhow::Result<()> {
-            let mut c = Ws::connect(&args)?;
+            let mut c = Ws::connect(&args, k)?;
             let pipe = c.call("pipe.create", json!({"len": 100000}))?["result"]["pipeid"].clone();
             c.call("topic.sub", json!({"pipeid": pipe, "topic": topic}))?;
             let _ = ready.send(());
@@ -271,7 +310,7 @@ fn topics(
     let published = Arc::new(AtomicU64::new(0));
     let barrier = Arc::new(std::sync::Barrier::new(publishers + 1));
     let mut pub_threads = Vec::new();
-    for _ in 0..publishers {
+    for k in 0..publishers {
         let (args, topic, published, barrier) = (
             args.clone(),
             topic.clone(),
@@ -279,7 +318,7 @@ fn topics(
             barrier.clone(),
         );
         pub_threads.push(std::thread::spawn(move || -> anyhow::Result<()> {
-            let c = Ws::connect(&args);
+            let c = Ws::connect(&args, k);
             barrier.wait();
             let mut c = c?;
             let deadline = Instant::now() + Duration::from_secs(args.seconds);
@@ -328,4 +367,157 @@ fn topics(
         dropped.load(Ordering::Relaxed),
     );
     Ok(())
+}
+
+/// Sequential durable writes through faults: see `BenchKind::Writes`.
+fn writes(args: &BenchArgs) -> anyhow::Result<()> {
+    eprintln!(
+        "sequential writes for {}s against {}",
+        args.seconds,
+        args.url.join(",")
+    );
+    let lock = format!("bench.writes.r{}", crate::clock::random_hex(6));
+    let deadline = Instant::now() + Duration::from_secs(args.seconds);
+    let mut node = 0;
+    let mut client: Option<Ws> = None;
+    let (mut ok, mut failed, mut reconnects) = (0u64, 0u64, 0u64);
+    let mut latencies = Vec::new();
+    let mut last_ok = Instant::now();
+    let mut longest_gap = Duration::ZERO;
+    let start = Instant::now();
+    let mut next_progress = start + Duration::from_secs(1);
+    while Instant::now() < deadline {
+        let c = match &mut client {
+            Some(c) => c,
+            None => match Ws::connect(args, node) {
+                Ok(c) => client.insert(c),
+                Err(_) => {
+                    // Its node is gone (or not ready): try the next one.
+                    node += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                }
+            },
+        };
+        let t0 = Instant::now();
+        let answers = c
+            .call("sync.lock", json!({"lock": lock}))
+            .and_then(|a| Ok((a, c.call("sync.unlock", json!({"lock": lock}))?)));
+        match answers {
+            Ok((a, b)) if a.get("result").is_some() && b.get("result").is_some() => {
+                let now = Instant::now();
+                latencies.push(now - t0);
+                longest_gap = longest_gap.max(now - last_ok);
+                last_ok = now;
+                ok += 2;
+            }
+            Ok(_) => {
+                // A retryable error (no leader yet, leadership changed): try again.
+                failed += 1;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(_) => {
+                client = None;
+                reconnects += 1;
+                node += 1;
+            }
+        }
+        if Instant::now() >= next_progress {
+            eprintln!(
+                "  [{:>3.0}s] writes: {ok} acknowledged, {failed} retried, longest gap {:.0} ms",
+                start.elapsed().as_secs_f64(),
+                longest_gap.as_secs_f64() * 1e3
+            );
+            next_progress += Duration::from_secs(1);
+        }
+    }
+    let elapsed = start.elapsed();
+    latencies.sort();
+    println!(
+        "writes: {ok} acknowledged in {:.1}s = {:.0}/s, lock+unlock p50 {:.2} ms, p99 {:.2} ms; longest gap between acknowledged writes {:.0} ms; {failed} retried, {reconnects} reconnects",
+        elapsed.as_secs_f64(),
+        ok as f64 / elapsed.as_secs_f64(),
+        percentile(&latencies, 0.50).as_secs_f64() * 1e3,
+        percentile(&latencies, 0.99).as_secs_f64() * 1e3,
+        longest_gap.as_secs_f64() * 1e3,
+    );
+    Ok(())
+}
+
+/// Creates `users` users and pushes `tasks` detached tasks (nobody pulls them), pipelined
+/// `window` deep on each of `clients` connections.
+fn fill(
+    args: &BenchArgs,
+    users: usize,
+    tasks: usize,
+    window: usize,
+    clients: usize,
+) -> anyhow::Result<()> {
+    let tag = crate::clock::random_hex(6);
+    eprintln!(
+        "filling: {users} users, {tasks} detached tasks over {clients} connections to {}",
+        args.url.join(",")
+    );
+    let start = Instant::now();
+    let sent = Arc::new(AtomicU64::new(0));
+    let prog_stop = Arc::new(AtomicBool::new(false));
+    let prog = progress("writes acknowledged", sent.clone(), prog_stop.clone());
+    let mut threads = Vec::new();
+    for k in 0..clients {
+        let (args, tag, sent) = (args.clone(), tag.clone(), sent.clone());
+        // Client k takes every clients-th item of each kind.
+        let mine = move |n: usize| (k..n).step_by(clients);
+        threads.push(std::thread::spawn(move || -> anyhow::Result<()> {
+            let mut c = Ws::connect(&args, k)?;
+            let requests = mine(users)
+                .map(|i| {
+                    (
+                        "user.create",
+                        json!({"user": format!("fill{tag}u{i}"), "pass": "fill-password"}),
+                    )
+                })
+                .chain(mine(tasks).map(|i| {
+                    (
+                        "task.push",
+                        json!({"method": format!("bench.fill{tag}.m"), "params": {"i": i},
+                               "detach": true}),
+                    )
+                }));
+            let mut in_flight = 0;
+            for (method, params) in requests {
+                if in_flight == window {
+                    check_answer(c.recv()?)?;
+                    sent.fetch_add(1, Ordering::Relaxed);
+                    in_flight -= 1;
+                }
+                c.send(method, params)?;
+                in_flight += 1;
+            }
+            while in_flight > 0 {
+                check_answer(c.recv()?)?;
+                sent.fetch_add(1, Ordering::Relaxed);
+                in_flight -= 1;
+            }
+            Ok(())
+        }));
+    }
+    for t in threads {
+        t.join().map_err(|_| anyhow::anyhow!("client panicked"))??;
+    }
+    prog_stop.store(true, Ordering::Relaxed);
+    let _ = prog.join();
+    let elapsed = start.elapsed();
+    println!(
+        "fill: {users} users and {tasks} detached tasks in {:.1}s = {:.0} writes/s",
+        elapsed.as_secs_f64(),
+        (users + tasks) as f64 / elapsed.as_secs_f64()
+    );
+    Ok(())
+}
+
+fn check_answer(a: Value) -> anyhow::Result<()> {
+    match a.get("error") {
+        Some(e) => anyhow::bail!("write failed: {e}"),
+        None => Ok(()),
+    }
 }
