@@ -14,6 +14,7 @@ pub mod config;
 pub mod conn;
 pub mod consensus;
 pub mod listing;
+pub mod local;
 pub mod names;
 pub mod node;
 pub mod pipe;

@@ -1,16 +1,13 @@
 //! The node: what every session and handler shares — identity, the Raft handle, the applied
 //! state, and the registry of this node's live sessions.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 
-use actix::{Addr, Message, Recipient};
+use actix::Message;
 use serde_json::{json, Value};
-use tokio::sync::oneshot;
 
 use crate::consensus::RaftHandle;
-use crate::pipe::{self, Pipe};
-use crate::rpc::RpcResult;
+use crate::local::Local;
 use crate::state::{Event, State};
 
 /// The limits connections are served with (from the command line; see `config`).
@@ -56,28 +53,8 @@ pub struct Node {
     pub listening: Mutex<Vec<String>>,
     /// Gossip and the peer transport; unset when standalone.
     pub cluster: std::sync::OnceLock<Arc<crate::cluster::ClusterLink>>,
-    sessions: Mutex<HashMap<String, Recipient<Control>>>,
-    /// This node's pipes by pipeid.
-    pipes: Mutex<HashMap<String, Addr<Pipe>>>,
-    /// Requests waiting for an applied event: pushes by task id, pulls by pull id.
-    waiters: Mutex<HashMap<String, oneshot::Sender<RpcResult>>>,
-}
-
-/// Removes a waiter when the waiting request goes away (answered, cancelled, or its
-/// connection closed).
-pub struct WaiterGuard<'a> {
-    node: &'a Node,
-    key: String,
-}
-
-impl Drop for WaiterGuard<'_> {
-    fn drop(&mut self) {
-        lock(&self.node.waiters).remove(&self.key);
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    /// Sessions, pipes and waiting requests of this process.
+    pub local: Local,
 }
 
 impl Node {
@@ -101,47 +78,7 @@ impl Node {
             hash_slots: tokio::sync::Semaphore::new(hashes),
             listening: Mutex::new(Vec::new()),
             cluster: std::sync::OnceLock::new(),
-            sessions: Mutex::new(HashMap::new()),
-            pipes: Mutex::new(HashMap::new()),
-            waiters: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// Registers interest in the event that ends request `key`; the guard unregisters.
-    pub fn wait_for(&self, key: &str) -> (oneshot::Receiver<RpcResult>, WaiterGuard<'_>) {
-        let (tx, rx) = oneshot::channel();
-        lock(&self.waiters).insert(key.to_string(), tx);
-        (
-            rx,
-            WaiterGuard {
-                node: self,
-                key: key.to_string(),
-            },
-        )
-    }
-
-    fn wake(&self, key: &str, result: RpcResult) {
-        if let Some(tx) = lock(&self.waiters).remove(key) {
-            let _ = tx.send(result);
-        }
-    }
-
-    pub fn add_pipe(&self, pipeid: &str, addr: Addr<Pipe>) {
-        lock(&self.pipes).insert(pipeid.to_string(), addr);
-    }
-
-    pub fn pipe(&self, pipeid: &str) -> Option<Addr<Pipe>> {
-        lock(&self.pipes).get(pipeid).cloned()
-    }
-
-    /// Unregisters and stops a pipe; false when it was not here.
-    pub fn close_pipe(&self, pipeid: &str) -> bool {
-        match lock(&self.pipes).remove(pipeid) {
-            Some(addr) => {
-                addr.do_send(pipe::Close);
-                true
-            }
-            None => false,
+            local: Local::default(),
         }
     }
 
@@ -155,13 +92,8 @@ impl Node {
                 .map(str::to_string)
                 .collect()
         });
-        let envelope = json!({"topic": topic, "msg": msg});
-        let pipes = lock(&self.pipes);
-        for pipeid in &targets {
-            if let Some(addr) = pipes.get(pipeid) {
-                addr.do_send(pipe::Write(vec![envelope.clone()]));
-            }
-        }
+        self.local
+            .deliver(&targets, &json!({"topic": topic, "msg": msg}));
         targets.len()
     }
 
@@ -171,13 +103,13 @@ impl Node {
             match event {
                 Event::TaskAssigned {
                     pull_id, answer, ..
-                } => self.wake(&pull_id, Ok(answer)),
+                } => self.local.wake(&pull_id, Ok(answer)),
                 Event::TaskEnded {
                     taskid, outcome, ..
-                } => self.wake(&taskid, outcome),
-                Event::PullEnded { pull_id, error, .. } => self.wake(&pull_id, Err(error)),
-                Event::Kick { connid } => self.control(&connid, Control::Kick),
-                Event::Reload { connid } => self.control(&connid, Control::Reload),
+                } => self.local.wake(&taskid, outcome),
+                Event::PullEnded { pull_id, error, .. } => self.local.wake(&pull_id, Err(error)),
+                Event::Kick { connid } => self.local.control(&connid, Control::Kick),
+                Event::Reload { connid } => self.local.control(&connid, Control::Reload),
                 Event::Hook { topic, msg } => {
                     self.publish(&topic, &msg);
                 }
@@ -190,22 +122,16 @@ impl Node {
     /// After a snapshot install: pushes and pulls whose task or pull is gone ended inside
     /// the snapshot, and their answer was never seen here.
     fn reconcile_waiters(&self) {
-        let keys: Vec<String> = lock(&self.waiters).keys().cloned().collect();
+        let keys = self.local.waiting();
         let gone: Vec<String> =
             self.read(|s| keys.into_iter().filter(|k| !s.tasks.contains(k)).collect());
         for k in gone {
-            self.wake(
+            self.local.wake(
                 &k,
                 Err(crate::rpc::RpcError::internal(
                     "this node caught up by snapshot: the outcome is unknown, retry",
                 )),
             );
-        }
-    }
-
-    fn control(&self, connid: &str, c: Control) {
-        if let Some(r) = self.sessions_lock().get(connid) {
-            r.do_send(c);
         }
     }
 
@@ -227,29 +153,6 @@ impl Node {
     /// A new connection id: incarnation + 8 random hex chars.
     pub fn new_connid(&self) -> String {
         format!("{}{}", self.incarnation, random_hex(8))
-    }
-
-    pub fn register_session(&self, connid: &str, r: Recipient<Control>) {
-        self.sessions_lock().insert(connid.to_string(), r);
-    }
-
-    pub fn unregister_session(&self, connid: &str) {
-        self.sessions_lock().remove(connid);
-    }
-
-    pub fn local_session_count(&self) -> usize {
-        self.sessions_lock().len()
-    }
-
-    /// Sends `c` to every local session (shutdown).
-    pub fn broadcast(&self, c: Control) {
-        for r in self.sessions_lock().values() {
-            r.do_send(c);
-        }
-    }
-
-    fn sessions_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Recipient<Control>>> {
-        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 

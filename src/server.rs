@@ -197,7 +197,7 @@ async fn publish_gossip(node: Arc<Node>, gossip: Arc<Gossip>) {
         };
         gossip.set(gossip::KEY_LISTENING, listening).await;
         gossip
-            .set(gossip::KEY_CLIENTS, node.local_session_count().to_string())
+            .set(gossip::KEY_CLIENTS, node.local.session_count().to_string())
             .await;
         gossip
             .set(gossip::KEY_LOAD, format!("{l1},{l5},{l15}"))
@@ -530,9 +530,9 @@ impl Running {
         if self.cluster.is_some() {
             self.node.raft.transfer_leadership().await;
         }
-        self.node.broadcast(Control::Close);
+        self.node.local.broadcast(Control::Close);
         let deadline = Instant::now() + self.shutdown_grace;
-        while self.node.local_session_count() > 0 && Instant::now() < deadline {
+        while self.node.local.session_count() > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         // Session closes are queued ahead of the shutdown, so they are written first.

@@ -138,6 +138,7 @@ impl Actor for Session {
     fn started(&mut self, ctx: &mut Self::Context) {
         let c = &self.conn;
         self.node
+            .local
             .register_session(&c.connid, ctx.address().recipient());
         // Proposed before anything this session can propose, so it is applied first.
         self.node.raft.propose_detached(Command::SessionOpen {
@@ -168,9 +169,9 @@ impl Actor for Session {
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
-        self.node.unregister_session(&self.conn.connid);
+        self.node.local.unregister_session(&self.conn.connid);
         for pipeid in self.conn.pipes.take() {
-            self.node.close_pipe(&pipeid);
+            self.node.local.close_pipe(&pipeid);
         }
         self.node.raft.propose_detached(Command::SessionClose {
             connid: self.conn.connid.clone(),

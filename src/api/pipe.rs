@@ -20,7 +20,7 @@ pub async fn call(node: &Arc<Node>, conn: &Rc<Conn>, name: &str, p: &Params<'_>)
         "create" => {
             let cap = pipe::capacity(p.opt_i64("len")?);
             let pipeid = super::owned_id(conn);
-            node.add_pipe(&pipeid, Pipe::new(cap).start());
+            node.local.add_pipe(&pipeid, Pipe::new(cap).start());
             conn.pipes.borrow_mut().insert(pipeid.clone());
             Ok(json!({ "pipeid": pipeid }))
         }
@@ -41,6 +41,7 @@ pub async fn call(node: &Arc<Node>, conn: &Rc<Conn>, name: &str, p: &Params<'_>)
                 vec![msg.clone()]
             };
             let addr = node
+                .local
                 .pipe(pipeid)
                 .ok_or_else(|| RpcError::new(ERR_INVALID_PIPE))?;
             addr.do_send(pipe::Write(msgs));
@@ -58,6 +59,7 @@ pub async fn call(node: &Arc<Node>, conn: &Rc<Conn>, name: &str, p: &Params<'_>)
                 _ => None,
             };
             let addr = node
+                .local
                 .pipe(&pipeid)
                 .ok_or_else(|| RpcError::new(ERR_INVALID_PIPE))?;
             let rx = addr
@@ -68,7 +70,7 @@ pub async fn call(node: &Arc<Node>, conn: &Rc<Conn>, name: &str, p: &Params<'_>)
         }
         "close" => {
             let pipeid = owned_pipe(conn, p)?;
-            if !node.close_pipe(&pipeid) {
+            if !node.local.close_pipe(&pipeid) {
                 return Err(RpcError::new(ERR_INVALID_PIPE));
             }
             conn.pipes.borrow_mut().remove(&pipeid);

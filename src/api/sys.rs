@@ -110,7 +110,7 @@ async fn node_list(node: &Node, conn: &Conn, p: &Params<'_>) -> RpcResult {
             json!({
                 "id": node.incarnation,
                 "version": env!("CARGO_PKG_VERSION"),
-                "clients": node.local_session_count(),
+                "clients": node.local.session_count(),
                 "load": {"load1": load1, "load5": load5, "load15": load15},
                 "listening": *node.listening.lock().unwrap_or_else(|e| e.into_inner()),
                 "raftId": id,

@@ -54,7 +54,7 @@ pub async fn call(
                 timeout_ms: timeout_ms(timeout),
                 seq: 0,
             };
-            let (rx, _waiter) = node.wait_for(&pull.id);
+            let (rx, _waiter) = node.local.wait_for(&pull.id);
             let _pending = Pending::new(conn, req_id, &pull.id);
             node.raft.propose(Command::TaskPull { pull }).await?;
             rx.await.map_err(|_| RpcError::internal("pull abandoned"))?
@@ -201,7 +201,7 @@ fn timeout_ms(timeout_secs: f64) -> u64 {
 pub async fn push(node: &Node, conn: &Rc<Conn>, task: Task, req_id: Option<&Value>) -> RpcResult {
     let detach = task.detach;
     let taskid = task.id.clone();
-    let waiter = (!detach).then(|| node.wait_for(&taskid));
+    let waiter = (!detach).then(|| node.local.wait_for(&taskid));
     let _pending = Pending::new(conn, req_id, &taskid);
     node.raft.propose(Command::TaskPush { task }).await?;
     match waiter {

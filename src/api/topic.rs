@@ -21,7 +21,7 @@ pub async fn call(node: &Arc<Node>, conn: &Rc<Conn>, name: &str, p: &Params<'_>)
                 conn.require(&path, "topic.sub")?;
             }
             // Pipes live on their owner's node; this node knows its own.
-            if node.pipe(&pipeid).is_none() {
+            if node.local.pipe(&pipeid).is_none() {
                 return Err(RpcError::new(ERR_INVALID_PIPE));
             }
             let cmd = if name == "sub" {

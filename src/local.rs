@@ -1,0 +1,121 @@
+//! What this process holds for its own connections: the live sessions, the pipes they own,
+//! and the requests waiting for an applied event. Nothing here is replicated.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
+
+use actix::{Addr, Recipient};
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+use crate::node::Control;
+use crate::pipe::{self, Pipe};
+use crate::rpc::RpcResult;
+
+#[derive(Default)]
+pub struct Local {
+    sessions: Mutex<HashMap<String, Recipient<Control>>>,
+    /// This node's pipes by pipeid.
+    pipes: Mutex<HashMap<String, Addr<Pipe>>>,
+    /// Requests waiting for an applied event: pushes by task id, pulls by pull id.
+    waiters: Mutex<HashMap<String, oneshot::Sender<RpcResult>>>,
+}
+
+/// Removes a waiter when the waiting request goes away (answered, cancelled, or its
+/// connection closed).
+pub struct WaiterGuard<'a> {
+    local: &'a Local,
+    key: String,
+}
+
+impl Drop for WaiterGuard<'_> {
+    fn drop(&mut self) {
+        lock(&self.local.waiters).remove(&self.key);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Local {
+    /// Registers interest in the event that ends request `key`; the guard unregisters.
+    pub fn wait_for(&self, key: &str) -> (oneshot::Receiver<RpcResult>, WaiterGuard<'_>) {
+        let (tx, rx) = oneshot::channel();
+        lock(&self.waiters).insert(key.to_string(), tx);
+        (
+            rx,
+            WaiterGuard {
+                local: self,
+                key: key.to_string(),
+            },
+        )
+    }
+
+    /// Answers the request waiting on `key`, if it is still here.
+    pub fn wake(&self, key: &str, result: RpcResult) {
+        if let Some(tx) = lock(&self.waiters).remove(key) {
+            let _ = tx.send(result);
+        }
+    }
+
+    /// Keys of every waiting request.
+    pub fn waiting(&self) -> Vec<String> {
+        lock(&self.waiters).keys().cloned().collect()
+    }
+
+    pub fn add_pipe(&self, pipeid: &str, addr: Addr<Pipe>) {
+        lock(&self.pipes).insert(pipeid.to_string(), addr);
+    }
+
+    pub fn pipe(&self, pipeid: &str) -> Option<Addr<Pipe>> {
+        lock(&self.pipes).get(pipeid).cloned()
+    }
+
+    /// Unregisters and stops a pipe; false when it was not here.
+    pub fn close_pipe(&self, pipeid: &str) -> bool {
+        match lock(&self.pipes).remove(pipeid) {
+            Some(addr) => {
+                addr.do_send(pipe::Close);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Writes `envelope` into those of `pipeids` that live here.
+    pub fn deliver(&self, pipeids: &[String], envelope: &Value) {
+        let pipes = lock(&self.pipes);
+        for pipeid in pipeids {
+            if let Some(addr) = pipes.get(pipeid) {
+                addr.do_send(pipe::Write(vec![envelope.clone()]));
+            }
+        }
+    }
+
+    pub fn register_session(&self, connid: &str, r: Recipient<Control>) {
+        lock(&self.sessions).insert(connid.to_string(), r);
+    }
+
+    pub fn unregister_session(&self, connid: &str) {
+        lock(&self.sessions).remove(connid);
+    }
+
+    pub fn session_count(&self) -> usize {
+        lock(&self.sessions).len()
+    }
+
+    /// Sends `c` to session `connid` if it lives here.
+    pub fn control(&self, connid: &str, c: Control) {
+        if let Some(r) = lock(&self.sessions).get(connid) {
+            r.do_send(c);
+        }
+    }
+
+    /// Sends `c` to every local session (shutdown).
+    pub fn broadcast(&self, c: Control) {
+        for r in lock(&self.sessions).values() {
+            r.do_send(c);
+        }
+    }
+}
