@@ -182,6 +182,11 @@ pub struct ClusterArgs {
     #[arg(long, value_name = "SECS", default_value_t = 72 * 3600)]
     pub remove_dead_after: u64,
 
+    /// How long a pipe write routed to the pipe's node waits for its answer, in
+    /// milliseconds (then -32603, retryable).
+    #[arg(long, default_value_t = 5000)]
+    pub route_timeout_ms: u64,
+
     /// Test only: skew this node's wall clock by this many milliseconds.
     #[arg(long, hide = true, default_value_t = 0, allow_negative_numbers = true)]
     pub test_clock_offset_ms: i64,

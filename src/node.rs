@@ -1,6 +1,7 @@
 //! The node: what every session and handler shares — identity, the Raft handle, the applied
 //! state, and the registry of this node's live sessions.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
 
 use actix::Message;
@@ -8,6 +9,9 @@ use serde_json::{json, Value};
 
 use crate::consensus::RaftHandle;
 use crate::local::Local;
+use crate::pipe;
+use crate::proto::{frame, Frame};
+use crate::rpc::{RpcError, ERR_INVALID_PARAMS, ERR_INVALID_PIPE};
 use crate::state::{Event, State};
 
 /// The limits connections are served with (from the command line; see `config`).
@@ -82,19 +86,83 @@ impl Node {
         }
     }
 
-    /// Delivers `msg` published on `topic` to the subscribed pipes of this node; answers how
-    /// many pipes are subscribed cluster-wide.
+    /// Delivers `msg` published on `topic` to every subscribed pipe of the cluster: this
+    /// node's directly, each other node's in one routed frame. Answers how many pipes it
+    /// reached (pipes of processes that are gone are not counted).
     pub fn publish(&self, topic: &str, msg: &Value) -> usize {
-        let targets: Vec<String> = self.read(|s| {
-            s.topics
-                .matching(topic)
-                .into_iter()
-                .map(str::to_string)
-                .collect()
+        let mut by_node: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+        self.read(|s| {
+            for pipeid in s.topics.matching(topic) {
+                if let Some(owner) = s.owner_node(pipeid) {
+                    by_node.entry(owner).or_default().push(pipeid.to_string());
+                }
+            }
         });
-        self.local
-            .deliver(&targets, &json!({"topic": topic, "msg": msg}));
-        targets.len()
+        let envelope = json!({"topic": topic, "msg": msg});
+        let mut sent = 0;
+        for (owner, pipeids) in by_node {
+            if owner == self.raft_id {
+                sent += pipeids.len();
+                self.local.deliver(&pipeids, &envelope);
+            } else if let Some(link) = self.cluster.get() {
+                sent += pipeids.len();
+                link.router.deliver_topic(owner, pipeids, &envelope);
+            }
+        }
+        sent
+    }
+
+    /// Writes `msgs` in order into pipe `pipeid`, wherever it lives; -32003 when there is no
+    /// such pipe (or its node is gone). No messages: only checks that the pipe exists.
+    pub async fn write_pipe(&self, pipeid: &str, msgs: Vec<Value>) -> Result<(), RpcError> {
+        if let Some(addr) = self.local.pipe(pipeid) {
+            if !msgs.is_empty() {
+                addr.do_send(pipe::Write(msgs));
+            }
+            return Ok(());
+        }
+        let owner = self.read(|s| s.owner_node(pipeid));
+        match (owner, self.cluster.get()) {
+            (Some(owner), Some(link)) if owner != self.raft_id => {
+                link.router.write_pipe(owner, pipeid, &msgs).await
+            }
+            _ => Err(RpcError::new(ERR_INVALID_PIPE)),
+        }
+    }
+
+    /// A routed delivery from member `from`: a write to one of our pipes (answered), a
+    /// publish for our pipes, or the answer to one of our writes.
+    pub fn on_routed(&self, from: u64, frame: Frame) {
+        let Some(link) = self.cluster.get() else {
+            return;
+        };
+        match frame.body {
+            Some(frame::Body::PipeWrite(w)) => {
+                let msgs: Result<Vec<Value>, _> = w
+                    .msgs_json
+                    .iter()
+                    .map(|b| serde_json::from_slice(b))
+                    .collect();
+                let code = match (self.local.pipe(&w.pipeid), msgs) {
+                    (None, _) => ERR_INVALID_PIPE,
+                    (Some(_), Err(_)) => ERR_INVALID_PARAMS,
+                    (Some(addr), Ok(msgs)) => {
+                        if !msgs.is_empty() {
+                            addr.do_send(pipe::Write(msgs));
+                        }
+                        0
+                    }
+                };
+                link.router.answer(from, w.request_id, code);
+            }
+            Some(frame::Body::TopicDelivery(d)) => {
+                if let Ok(envelope) = serde_json::from_slice::<Value>(&d.envelope_json) {
+                    self.local.deliver(&d.pipeids, &envelope);
+                }
+            }
+            Some(frame::Body::PipeWriteResult(r)) => link.router.on_result(r),
+            _ => {}
+        }
     }
 
     /// Reacts to applied events that concern this node's connections.
@@ -110,13 +178,25 @@ impl Node {
                 Event::PullEnded { pull_id, error, .. } => self.local.wake(&pull_id, Err(error)),
                 Event::Kick { connid } => self.local.control(&connid, Control::Kick),
                 Event::Reload { connid } => self.local.control(&connid, Control::Reload),
-                Event::Hook { topic, msg } => {
-                    self.publish(&topic, &msg);
-                }
+                // Every node applies the hook: each delivers to its own pipes.
+                Event::Hook { topic, msg } => self.publish_here(&topic, &msg),
                 Event::StateReplaced => self.reconcile_waiters(),
                 Event::User { .. } | Event::SessionOpened { .. } | Event::SessionClosed { .. } => {}
             }
         }
+    }
+
+    /// Delivers `msg` to the subscribed pipes that live on this node.
+    fn publish_here(&self, topic: &str, msg: &Value) {
+        let targets: Vec<String> = self.read(|s| {
+            s.topics
+                .matching(topic)
+                .into_iter()
+                .map(str::to_string)
+                .collect()
+        });
+        self.local
+            .deliver(&targets, &json!({"topic": topic, "msg": msg}));
     }
 
     /// After a snapshot install: pushes and pulls whose task or pull is gone ended inside

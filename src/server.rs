@@ -42,6 +42,8 @@ struct ClusterRuntime {
     transport: Transport,
     gossip: Arc<Gossip>,
     raft_slot: Arc<OnceLock<consensus::RaftHandle>>,
+    /// Where routed deliveries go once the node exists.
+    routed_slot: Arc<OnceLock<crate::cluster::RoutedSink>>,
     hello: PeerHello,
     /// A fresh node that must ask to be added.
     joining: bool,
@@ -115,6 +117,7 @@ async fn start_cluster(
         ..Default::default()
     };
     let raft_slot: Arc<OnceLock<consensus::RaftHandle>> = Arc::default();
+    let routed_slot: Arc<OnceLock<crate::cluster::RoutedSink>> = Arc::default();
     let transport = Transport::start(
         TransportConfig {
             listen,
@@ -122,7 +125,7 @@ async fn start_cluster(
             secret,
             ..TransportConfig::default()
         },
-        membership::event_sink(raft_slot.clone()),
+        membership::event_sink(raft_slot.clone(), routed_slot.clone()),
     )
     .await
     .with_context(|| format!("binding the cluster address {listen_raw}"))?;
@@ -177,6 +180,7 @@ async fn start_cluster(
         transport,
         gossip: Arc::new(gossip),
         raft_slot,
+        routed_slot,
         hello,
         joining,
     })
@@ -335,8 +339,18 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         let link = Arc::new(crate::cluster::ClusterLink {
             gossip: c.gossip.clone(),
             transport: c.transport.clone(),
+            router: crate::cluster::routing::Router::new(
+                c.transport.clone(),
+                Duration::from_millis(args.cluster.route_timeout_ms.max(1)),
+            ),
         });
         let _ = node.cluster.set(link.clone());
+        let weak = Arc::downgrade(&node);
+        let _ = c.routed_slot.set(Arc::new(move |from, frame| {
+            if let Some(node) = weak.upgrade() {
+                node.on_routed(from, frame);
+            }
+        }));
         actix_rt::spawn(publish_gossip(node.clone(), c.gossip.clone()));
         if args.cluster.remove_dead_after > 0 {
             actix_rt::spawn(membership::reap_dead_members(

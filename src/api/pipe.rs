@@ -40,11 +40,7 @@ pub async fn call(node: &Arc<Node>, conn: &Rc<Conn>, name: &str, p: &Params<'_>)
             } else {
                 vec![msg.clone()]
             };
-            let addr = node
-                .local
-                .pipe(pipeid)
-                .ok_or_else(|| RpcError::new(ERR_INVALID_PIPE))?;
-            addr.do_send(pipe::Write(msgs));
+            node.write_pipe(pipeid, msgs).await?;
             Ok(rpc::ok())
         }
         "read" => {

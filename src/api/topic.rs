@@ -9,7 +9,7 @@ use crate::conn::Conn;
 use crate::listing::ListQuery;
 use crate::names::{normalize_path, ROOT};
 use crate::node::Node;
-use crate::rpc::{Params, RpcError, RpcResult, ERR_INVALID_PIPE, ERR_METHOD_NOT_FOUND};
+use crate::rpc::{Params, RpcError, RpcResult, ERR_METHOD_NOT_FOUND};
 use crate::state::Command;
 
 pub async fn call(node: &Arc<Node>, conn: &Rc<Conn>, name: &str, p: &Params<'_>) -> RpcResult {
@@ -20,10 +20,8 @@ pub async fn call(node: &Arc<Node>, conn: &Rc<Conn>, name: &str, p: &Params<'_>)
             if name == "sub" {
                 conn.require(&path, "topic.sub")?;
             }
-            // Pipes live on their owner's node; this node knows its own.
-            if node.local.pipe(&pipeid).is_none() {
-                return Err(RpcError::new(ERR_INVALID_PIPE));
-            }
+            // Pipes live on their owner's node: ask it whether this one exists.
+            node.write_pipe(&pipeid, Vec::new()).await?;
             let cmd = if name == "sub" {
                 Command::Subscribe { pipeid, topic }
             } else {

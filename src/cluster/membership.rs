@@ -34,9 +34,31 @@ impl Peers for Transport {
     }
 }
 
-/// Routes what the transport receives to the Raft driver (once it runs).
-pub fn event_sink(raft: Arc<OnceLock<RaftHandle>>) -> EventSink {
+/// Routes what the transport receives: Raft traffic to the driver (once it runs), routed
+/// deliveries to the node (once it exists).
+pub fn event_sink(
+    raft: Arc<OnceLock<RaftHandle>>,
+    routed: Arc<OnceLock<super::RoutedSink>>,
+) -> EventSink {
     Arc::new(move |event| {
+        if let PeerEvent::Frame {
+            from,
+            frame:
+                frame @ Frame {
+                    body:
+                        Some(
+                            frame::Body::PipeWrite(_)
+                            | frame::Body::PipeWriteResult(_)
+                            | frame::Body::TopicDelivery(_),
+                        ),
+                },
+        } = event
+        {
+            if let Some(sink) = routed.get() {
+                sink(from, frame);
+            }
+            return;
+        }
         let Some(raft) = raft.get() else {
             return;
         };

@@ -3,6 +3,7 @@
 
 pub mod gossip;
 pub mod membership;
+pub mod routing;
 pub mod secret;
 pub mod transport;
 
@@ -16,4 +17,9 @@ pub const CLUSTER_VERSION: u32 = 2;
 pub struct ClusterLink {
     pub gossip: Arc<gossip::Gossip>,
     pub transport: transport::Transport,
+    pub router: routing::Router,
 }
+
+/// Receives the frames of routed deliveries (pipe writes, topic publishes and their
+/// answers) with the member that sent them.
+pub type RoutedSink = Arc<dyn Fn(u64, crate::proto::Frame) + Send + Sync>;

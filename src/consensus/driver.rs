@@ -826,6 +826,7 @@ impl Driver {
             }
             ConfChangeType::RemoveNode => {
                 state.cluster.members.remove(&id);
+                state.cluster.nodes.remove(&id);
             }
         }
         if index > self.storage.conf_index() {

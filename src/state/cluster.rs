@@ -36,10 +36,21 @@ pub(super) struct ProposerRecord {
     pub(super) recent: BTreeSet<u64>,
 }
 
+/// The running process of a member, from its last `NodeStarted`.
+#[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NodeRecord {
+    /// Prefix of every connid, pipe id and task id of that process.
+    pub incarnation: String,
+    pub generation: u64,
+}
+
 #[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Cluster {
     /// Raft id → cluster address, kept from the conf changes that added each member.
     pub members: BTreeMap<u64, String>,
+    /// Raft id → its current process: routes a connid, pipe id or task id to its node.
+    #[serde(default)]
+    pub nodes: BTreeMap<u64, NodeRecord>,
     /// The cluster clock: the highest stamp applied, never going backwards.
     pub clock_ms: u64,
     pub(super) proposers: BTreeMap<u64, ProposerRecord>,
@@ -73,6 +84,26 @@ impl Cluster {
             rec.recent = rec.recent.split_off(&(floor + 1));
         }
         Admit::New
+    }
+
+    /// A node process started: it becomes the one its ids route to (an older generation,
+    /// applied late, changes nothing).
+    pub fn node_started(&mut self, node_id: u64, incarnation: &str, generation: u64) {
+        let rec = self.nodes.entry(node_id).or_default();
+        if generation >= rec.generation {
+            *rec = NodeRecord {
+                incarnation: incarnation.to_string(),
+                generation,
+            };
+        }
+    }
+
+    /// The member whose current process has `incarnation` (None: a process that is gone).
+    pub fn node_of_incarnation(&self, incarnation: &str) -> Option<u64> {
+        self.nodes
+            .iter()
+            .find(|(_, n)| n.incarnation == incarnation)
+            .map(|(id, _)| *id)
     }
 
     /// The generation of `node_id` most recently seen proposing.
@@ -119,6 +150,27 @@ mod tests {
             "below the window"
         );
         assert_eq!(c.admit(&origin(1, 3, 11)), Admit::New);
+    }
+
+    #[test]
+    fn the_node_table_routes_to_the_newest_process() {
+        let mut c = Cluster::default();
+        c.node_started(1, "aaaaaaaa", 1);
+        c.node_started(2, "bbbbbbbb", 1);
+        assert_eq!(c.node_of_incarnation("aaaaaaaa"), Some(1));
+        c.node_started(1, "cccccccc", 2);
+        assert_eq!(
+            c.node_of_incarnation("aaaaaaaa"),
+            None,
+            "the old process is gone"
+        );
+        assert_eq!(c.node_of_incarnation("cccccccc"), Some(1));
+        c.node_started(1, "dddddddd", 1);
+        assert_eq!(
+            c.node_of_incarnation("cccccccc"),
+            Some(1),
+            "an older generation applied late changes nothing"
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@ use prost::Message;
 use serde_json::Value;
 
 use super::cluster::ProposerRecord;
-use super::{Command, Ending, Pull, SessionRecord, State, Task, User, UserChange};
+use super::{Command, Ending, NodeRecord, Pull, SessionRecord, State, Task, User, UserChange};
 use crate::proto::{self as pb, log_command::Cmd, user_change_rec::Change};
 use crate::rpc::RpcError;
 
@@ -103,6 +103,16 @@ pub fn encode_state(state: &State) -> Vec<u8> {
                     recent: p.recent.iter().copied().collect(),
                 })
                 .collect(),
+            nodes: state
+                .cluster
+                .nodes
+                .iter()
+                .map(|(id, n)| pb::NodeRec {
+                    raft_id: *id,
+                    incarnation: n.incarnation.clone(),
+                    generation: n.generation,
+                })
+                .collect(),
         }),
     };
     let mut out = Vec::with_capacity(4 + snap.encoded_len());
@@ -161,6 +171,17 @@ pub fn decode_state(data: &[u8]) -> Result<State, DecodeError> {
         .map(|m| (m.raft_id, m.addr))
         .collect();
     state.cluster.clock_ms = cluster.clock_ms;
+    state.cluster.nodes = cluster
+        .nodes
+        .into_iter()
+        .map(|n| {
+            let rec = NodeRecord {
+                incarnation: n.incarnation,
+                generation: n.generation,
+            };
+            (n.raft_id, rec)
+        })
+        .collect();
     state.cluster.proposers = cluster
         .proposers
         .into_iter()

@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use crate::rpc::RpcError;
 
-pub use cluster::{Admit, Cluster, Origin};
+pub use cluster::{Admit, Cluster, NodeRecord, Origin};
 pub use locks::Locks;
 pub use sessions::{SessionRecord, Sessions};
 pub use tasks::{Ending, Pull, Task, Tasks};
@@ -219,8 +219,9 @@ impl State {
             Command::NodeStarted {
                 node_id,
                 incarnation,
-                ..
+                generation,
             } => {
+                self.cluster.node_started(node_id, &incarnation, generation);
                 for connid in self.sessions.stale(node_id, &incarnation) {
                     self.close_session(&connid, &mut events);
                 }
@@ -377,6 +378,13 @@ impl State {
             }
         };
         (outcome, events)
+    }
+
+    /// The member whose current process owns `id` (a connid, or a pipe, task or pull id
+    /// starting with one); None when that process is gone.
+    pub fn owner_node(&self, id: &str) -> Option<u64> {
+        let incarnation = id.get(..crate::names::INCARNATION_LEN)?;
+        self.cluster.node_of_incarnation(incarnation)
     }
 
     /// A pipe can be subscribed while the connection owning it is open.

@@ -12,6 +12,8 @@ use nexus::config::{Scheme, ServeArgs};
 use nexus::server::Background;
 use serde_json::{json, Value};
 
+pub mod cluster;
+
 pub const ROOT_PASS: &str = "root";
 
 /// An in-process node with tcp, http and health listeners on free loopback ports.

@@ -1,0 +1,104 @@
+//! Deliveries to pipes that live on other nodes, over the peer transport: `pipe.write`
+//! (answered: the owner knows whether the pipe exists) and topic publishes (one frame per
+//! node with subscribers, unanswered). Frames to one node share one ordered stream, so a
+//! client's writes and publishes reach each pipe in the order it sent them.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+use super::transport::Transport;
+use crate::proto::{frame, Frame, PipeWrite, PipeWriteResult, TopicDelivery};
+use crate::rpc::{RpcError, ERR_INVALID_PIPE};
+
+pub struct Router {
+    transport: Transport,
+    next_request: AtomicU64,
+    /// Pipe writes waiting for their owner's answer, by request id.
+    pending: Mutex<HashMap<u64, oneshot::Sender<i64>>>,
+    /// How long a routed write waits for its answer.
+    timeout: Duration,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn json_bytes(v: &Value) -> Vec<u8> {
+    serde_json::to_vec(v).expect("a JSON value always serialises")
+}
+
+impl Router {
+    pub fn new(transport: Transport, timeout: Duration) -> Router {
+        Router {
+            transport,
+            next_request: AtomicU64::new(1),
+            pending: Mutex::new(HashMap::new()),
+            timeout,
+        }
+    }
+
+    /// Writes `msgs` into pipe `pipeid` of member `to` (no messages: only checks that the
+    /// pipe exists). -32003 when the owner says there is no such pipe or cannot be reached.
+    pub async fn write_pipe(&self, to: u64, pipeid: &str, msgs: &[Value]) -> Result<(), RpcError> {
+        let request_id = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        lock(&self.pending).insert(request_id, tx);
+        let frame = Frame {
+            body: Some(frame::Body::PipeWrite(PipeWrite {
+                request_id,
+                pipeid: pipeid.to_string(),
+                msgs_json: msgs.iter().map(json_bytes).collect(),
+            })),
+        };
+        if self.transport.send(to, frame).is_err() {
+            lock(&self.pending).remove(&request_id);
+            return Err(RpcError::new(ERR_INVALID_PIPE));
+        }
+        let answer = tokio::time::timeout(self.timeout, rx).await;
+        lock(&self.pending).remove(&request_id);
+        match answer {
+            Ok(Ok(0)) => Ok(()),
+            Ok(Ok(code)) => Err(RpcError::new(code)),
+            Ok(Err(_)) => Err(RpcError::new(ERR_INVALID_PIPE)),
+            Err(_) => Err(RpcError::internal(format!(
+                "the node owning the pipe did not answer within {:?}, retry",
+                self.timeout
+            ))),
+        }
+    }
+
+    /// Sends one publish to member `to` for its pipes `pipeids`.
+    pub fn deliver_topic(&self, to: u64, pipeids: Vec<String>, envelope: &Value) {
+        let frame = Frame {
+            body: Some(frame::Body::TopicDelivery(TopicDelivery {
+                pipeids,
+                envelope_json: json_bytes(envelope),
+            })),
+        };
+        // A full queue or an unknown peer drops the delivery, as a full pipe would.
+        let _ = self.transport.send(to, frame);
+    }
+
+    /// Answers a pipe write that member `to` asked of this node.
+    pub fn answer(&self, to: u64, request_id: u64, error_code: i64) {
+        let frame = Frame {
+            body: Some(frame::Body::PipeWriteResult(PipeWriteResult {
+                request_id,
+                error_code,
+            })),
+        };
+        let _ = self.transport.send(to, frame);
+    }
+
+    /// The owner's answer to one of our writes.
+    pub fn on_result(&self, r: PipeWriteResult) {
+        if let Some(tx) = lock(&self.pending).remove(&r.request_id) {
+            let _ = tx.send(r.error_code);
+        }
+    }
+}
