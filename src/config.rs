@@ -114,6 +114,16 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 100)]
     pub expire_tick_ms: u64,
 
+    /// A new connection whose session cannot be committed within this time (no Raft
+    /// quorum) is closed, in milliseconds; requests wait for the commit meanwhile.
+    #[arg(long, default_value_t = 10_000)]
+    pub session_open_timeout_ms: u64,
+
+    /// A closed connection's session close is retried until committed for this long, in
+    /// milliseconds.
+    #[arg(long, default_value_t = 60_000)]
+    pub session_close_timeout_ms: u64,
+
     /// Seconds to wait for sessions to close cleanly on SIGTERM/SIGINT.
     #[arg(long, default_value_t = 5)]
     pub shutdown_grace: u64,
@@ -187,6 +197,18 @@ pub struct ClusterArgs {
     #[arg(long, default_value_t = 5000)]
     pub route_timeout_ms: u64,
 
+    /// The leader declares a node process down (its sessions closed, locks released,
+    /// tasks requeued) once gossip has lost it and it was unreachable this long, in
+    /// milliseconds. Must exceed --fence-after-ms.
+    #[arg(long, default_value_t = 2500)]
+    pub node_down_after_ms: u64,
+
+    /// A node that has not heard from a Raft majority this long closes its client
+    /// connections (self-fencing), in milliseconds: its state may be cleaned up by the
+    /// others soon after. Must exceed a leader election (16-32 ticks).
+    #[arg(long, default_value_t = 2000)]
+    pub fence_after_ms: u64,
+
     /// Test only: skew this node's wall clock by this many milliseconds.
     #[arg(long, hide = true, default_value_t = 0, allow_negative_numbers = true)]
     pub test_clock_offset_ms: i64,
@@ -210,6 +232,8 @@ impl ServeArgs {
             eof_grace: Duration::from_millis(self.eof_grace_ms),
             watchdog_secs: self.watchdog,
             hash_concurrency: self.hash_concurrency,
+            session_open_timeout: Duration::from_millis(self.session_open_timeout_ms.max(1)),
+            session_close_timeout: Duration::from_millis(self.session_close_timeout_ms.max(1)),
         }
     }
 

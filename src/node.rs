@@ -30,6 +30,11 @@ pub struct Limits {
     pub watchdog_secs: u64,
     /// Password hashes computed at once (0: one per core).
     pub hash_concurrency: usize,
+    /// How long a new connection's session may take to commit before the connection closes.
+    pub session_open_timeout: std::time::Duration,
+    /// How long a closed connection's session close is retried until it commits (the
+    /// cluster cleans up after a node that cannot commit for longer).
+    pub session_close_timeout: std::time::Duration,
 }
 
 /// Requests other parts of the node send to a session actor.
@@ -49,6 +54,10 @@ pub struct Node {
     pub raft_id: u64,
     /// 8 lowercase hex chars, new on every process start; prefix of every connid here.
     pub incarnation: String,
+    /// Grows at every start of this node (persisted).
+    pub generation: u64,
+    /// Set when a graceful stop began.
+    pub stopping: std::sync::atomic::AtomicBool,
     pub raft: RaftHandle,
     pub state: Arc<RwLock<State>>,
     /// Concurrent password hashes allowed (see `api::hashing`).
@@ -66,6 +75,7 @@ impl Node {
         limits: Limits,
         raft_id: u64,
         incarnation: String,
+        generation: u64,
         raft: RaftHandle,
         state: Arc<RwLock<State>>,
     ) -> Self {
@@ -77,6 +87,8 @@ impl Node {
             limits,
             raft_id,
             incarnation,
+            generation,
+            stopping: Default::default(),
             raft,
             state,
             hash_slots: tokio::sync::Semaphore::new(hashes),
@@ -181,9 +193,37 @@ impl Node {
                 // Every node applies the hook: each delivers to its own pipes.
                 Event::Hook { topic, msg } => self.publish_here(&topic, &msg),
                 Event::StateReplaced => self.reconcile_waiters(),
-                Event::User { .. } | Event::SessionOpened { .. } | Event::SessionClosed { .. } => {}
+                Event::NodeDown {
+                    node_id,
+                    incarnation,
+                } if node_id == self.raft_id && incarnation == self.incarnation => {
+                    self.declared_down()
+                }
+                Event::NodeDown { .. }
+                | Event::User { .. }
+                | Event::SessionOpened { .. }
+                | Event::SessionClosed { .. } => {}
             }
         }
+    }
+
+    /// The cluster declared this process gone (it was cut off longer than its lease) and
+    /// cleaned up after its connections: the ones still open here are zombies and close.
+    /// Unless stopping, the process announces itself again so that it serves anew.
+    fn declared_down(&self) {
+        if self.stopping.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        tracing::warn!(
+            "the cluster declared this node process down: closing its connections and rejoining"
+        );
+        self.local.broadcast(crate::node::Control::Close);
+        self.raft
+            .propose_detached(crate::state::Command::NodeStarted {
+                node_id: self.raft_id,
+                incarnation: self.incarnation.clone(),
+                generation: self.generation,
+            });
     }
 
     /// Delivers `msg` to the subscribed pipes that live on this node.

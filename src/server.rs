@@ -59,6 +59,14 @@ impl ClusterRuntime {
 /// The cluster secret from --cluster-secret-file or NEXUS_CLUSTER_SECRET.
 fn cluster_secret(args: &ServeArgs) -> anyhow::Result<Option<Arc<Vec<u8>>>> {
     let c = &args.cluster;
+    if c.cluster.is_some() && c.fence_after_ms >= c.node_down_after_ms {
+        return Err(anyhow!(
+            "--fence-after-ms ({}) must be below --node-down-after-ms ({}): a cut-off node \
+             must close its clients before the others clean up after it",
+            c.fence_after_ms,
+            c.node_down_after_ms
+        ));
+    }
     let secret = match (&c.cluster_secret_file, &c.cluster_secret) {
         (Some(path), _) => Some(secret::load_secret(path)?),
         (None, Some(value)) => Some(secret::secret_from_env(value)?),
@@ -214,6 +222,33 @@ async fn publish_gossip(node: Arc<Node>, gossip: Arc<Gossip>) {
     }
 }
 
+/// Closes every client connection while this node has not heard from a Raft majority for
+/// `lease` (self-fencing): the others may soon clean up after this node's connections, so
+/// no client may keep acting on what it owned here. Connections opened meanwhile cannot
+/// commit their session and close too.
+async fn self_fence(node: Arc<Node>, lease: Duration) {
+    let weak = Arc::downgrade(&node);
+    drop(node);
+    let mut fenced = false;
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let Some(node) = weak.upgrade() else {
+            return;
+        };
+        let cut_off = node.raft.stats.since_quorum_contact() > lease;
+        if cut_off {
+            if !fenced && node.local.session_count() > 0 {
+                warn!(?lease, "no contact with a raft majority: closing every client connection (self-fencing)");
+                fenced = true;
+            }
+            node.local.broadcast(Control::Close);
+        } else if fenced {
+            info!("a raft majority is reachable again: serving clients");
+            fenced = false;
+        }
+    }
+}
+
 /// HOST:PORT to a socket address (the first the resolver gives).
 async fn resolve(addr: &str) -> anyhow::Result<SocketAddr> {
     tokio::net::lookup_host(addr)
@@ -332,6 +367,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         args.limits(),
         me.raft_id,
         me.incarnation.clone(),
+        me.generation,
         raft,
         state,
     ));
@@ -352,6 +388,17 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
             }
         }));
         actix_rt::spawn(publish_gossip(node.clone(), c.gossip.clone()));
+        actix_rt::spawn(membership::watch_liveness(
+            link.clone(),
+            node.raft.clone(),
+            node.state.clone(),
+            node.raft_id,
+            Duration::from_millis(args.cluster.node_down_after_ms),
+        ));
+        actix_rt::spawn(self_fence(
+            node.clone(),
+            Duration::from_millis(args.cluster.fence_after_ms),
+        ));
         if args.cluster.remove_dead_after > 0 {
             actix_rt::spawn(membership::reap_dead_members(
                 link,
@@ -548,6 +595,19 @@ impl Running {
         let deadline = Instant::now() + self.shutdown_grace;
         while self.node.local.session_count() > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Leave the cluster's node table: the others stop routing here at once, instead
+        // of waiting to declare this process down.
+        if self.cluster.is_some() {
+            self.node
+                .stopping
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            let departure = Command::NodeDown {
+                node_id: self.node.raft_id,
+                incarnation: self.node.incarnation.clone(),
+            };
+            let _ =
+                tokio::time::timeout(self.shutdown_grace, self.node.raft.propose(departure)).await;
         }
         // Session closes are queued ahead of the shutdown, so they are written first.
         self.node.raft.shutdown().await;

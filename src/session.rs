@@ -58,6 +58,9 @@ pub struct Session {
     permits: Arc<Semaphore>,
     /// Closed when the actor stops, so the transport reader stops too.
     stop_tx: Option<oneshot::Sender<()>>,
+    /// Whether the session's `SessionOpen` committed (None: not yet). Requests wait for it:
+    /// a session is served only once the cluster knows it.
+    opened: tokio::sync::watch::Receiver<Option<bool>>,
 }
 
 /// What a transport gets back when it opens a session.
@@ -93,6 +96,7 @@ impl Session {
             cancel: tokio::sync::watch::channel(false).0,
             permits: permits.clone(),
             stop_tx: Some(stop_tx),
+            opened: tokio::sync::watch::channel(None).1,
         }
         .start();
         Opened {
@@ -111,11 +115,17 @@ impl Session {
         F: std::future::Future<Output = Option<String>> + 'static,
     {
         let mut cancel = self.cancel.subscribe();
+        let mut opened = self.opened.clone();
         actix_rt::spawn(async move {
             let text = tokio::select! {
                 biased;
                 _ = cancel.wait_for(|stopped| *stopped) => return,
-                text = fut => text,
+                text = async {
+                    match opened.wait_for(Option::is_some).await.map(|o| *o) {
+                        Ok(Some(true)) => fut.await,
+                        _ => None, // never opened: the session is closing
+                    }
+                } => text,
             };
             match reply {
                 Reply::Stream => {
@@ -132,6 +142,31 @@ impl Session {
     }
 }
 
+/// Proposes an idempotent command until it commits, for at most `within` (or until the
+/// node stops); true once committed.
+async fn commit_retrying(
+    raft: &crate::consensus::RaftHandle,
+    cmd: Command,
+    within: Duration,
+) -> bool {
+    let deadline = Instant::now() + within;
+    let mut backoff = Duration::from_millis(20);
+    loop {
+        match raft.propose(cmd.clone()).await {
+            Ok(_) => return true,
+            Err(e) => {
+                let stopping = e.message.contains("shutting down");
+                if stopping || Instant::now() + backoff >= deadline {
+                    debug!("giving up on {cmd:?}: {}", e.message);
+                    return false;
+                }
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(1));
+    }
+}
+
 impl Actor for Session {
     type Context = Context<Self>;
 
@@ -140,18 +175,29 @@ impl Actor for Session {
         self.node
             .local
             .register_session(&c.connid, ctx.address().recipient());
-        // Proposed before anything this session can propose, so it is applied first.
-        self.node.raft.propose_detached(Command::SessionOpen {
-            session: SessionRecord {
-                connid: c.connid.clone(),
-                node_id: self.node.raft_id,
-                incarnation: self.node.incarnation.clone(),
-                user: NOBODY.to_string(),
-                remote_address: c.remote.clone(),
-                protocol: c.protocol.to_string(),
-                creation_time: now_rfc3339(),
-                internal: false,
-            },
+        // Requests wait until the open committed; an open that cannot commit (no quorum,
+        // this process declared gone) closes the connection.
+        let (opened_tx, opened_rx) = tokio::sync::watch::channel(None);
+        self.opened = opened_rx;
+        let record = SessionRecord {
+            connid: c.connid.clone(),
+            node_id: self.node.raft_id,
+            incarnation: self.node.incarnation.clone(),
+            user: NOBODY.to_string(),
+            remote_address: c.remote.clone(),
+            protocol: c.protocol.to_string(),
+            creation_time: now_rfc3339(),
+            internal: false,
+        };
+        let (raft, addr) = (self.node.raft.clone(), ctx.address());
+        let within = self.node.limits.session_open_timeout;
+        actix_rt::spawn(async move {
+            let committed =
+                commit_retrying(&raft, Command::SessionOpen { session: record }, within).await;
+            let _ = opened_tx.send(Some(committed));
+            if !committed {
+                addr.do_send(Control::Close);
+            }
         });
         // An HTTP bridge session lives for one request, however long that request waits.
         let bridged = matches!(c.protocol, "http" | "https");
@@ -173,8 +219,15 @@ impl Actor for Session {
         for pipeid in self.conn.pipes.take() {
             self.node.local.close_pipe(&pipeid);
         }
-        self.node.raft.propose_detached(Command::SessionClose {
+        // Retried until committed (a lost close would leak the session record); the open
+        // and the close are both idempotent.
+        let raft = self.node.raft.clone();
+        let close = Command::SessionClose {
             connid: self.conn.connid.clone(),
+        };
+        let within = self.node.limits.session_close_timeout;
+        actix_rt::spawn(async move {
+            commit_retrying(&raft, close, within).await;
         });
         let _ = self.cancel.send(true);
         if let Some(tx) = self.stop_tx.take() {

@@ -59,8 +59,10 @@ pub fn reload_user(node: &Node, conn: &Conn) {
     };
 }
 
-/// Every member of the cluster: the 1.9 fields (`id` is the node's incarnation) and the
-/// cluster's (`raftId`, `role`, `cluster`, `status`). Other nodes' figures come from gossip.
+/// Every running member of the cluster: the 1.9 fields (`id` is the node's incarnation)
+/// and the cluster's (`raftId`, `role`, `cluster`, `status`). Other nodes' figures come
+/// from gossip. Members whose process is down are left out (as if their connections had
+/// closed), unless `all` is true: then they are listed with status `down`.
 async fn node_list(node: &Node, conn: &Conn, p: &Params<'_>) -> RpcResult {
     conn.require("sys.node", "sys.node.list")?;
     let limit = match p.opt_i64("limit")?.unwrap_or(100) {
@@ -68,7 +70,10 @@ async fn node_list(node: &Node, conn: &Conn, p: &Params<'_>) -> RpcResult {
         n => n as usize,
     };
     let skip = p.opt_i64("skip")?.unwrap_or(0).max(0) as usize;
-    let members = node.read_linear(|s| s.cluster.members.clone()).await?;
+    let all = p.opt_bool("all")?.unwrap_or(false);
+    let (members, running) = node
+        .read_linear(|s| (s.cluster.members.clone(), s.cluster.nodes.clone()))
+        .await?;
     let stats = &node.raft.stats;
     let (voters, learners) = stats
         .membership
@@ -101,6 +106,10 @@ async fn node_list(node: &Node, conn: &Conn, p: &Params<'_>) -> RpcResult {
     };
     let mut out = Vec::new();
     for (id, addr) in &members {
+        let down = !running.contains_key(id);
+        if down && !all {
+            continue;
+        }
         let entry = if *id == node.raft_id {
             let (load1, load5, load15) = load_average();
             let status = match stats.ready() {
@@ -120,7 +129,9 @@ async fn node_list(node: &Node, conn: &Conn, p: &Params<'_>) -> RpcResult {
             })
         } else {
             let m = live.get(id).cloned().unwrap_or_default();
-            let status = if live.contains_key(id) {
+            let status = if down {
+                "down".to_string()
+            } else if live.contains_key(id) {
                 m.status.clone()
             } else {
                 "unreachable".to_string()

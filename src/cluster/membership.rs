@@ -362,3 +362,61 @@ pub async fn reap_dead_members(link: Arc<super::ClusterLink>, raft: RaftHandle, 
         }
     }
 }
+
+/// While this node leads, declares member processes down (`NodeDown`): one that gossip
+/// does not see alive, and that was unreachable (not alive in gossip, or our peer stream to
+/// it down) for `lease`. The cluster then cleans up after its connections as if each had
+/// closed. `lease` must exceed the self-fencing time of a cut-off node (`--fence-after-ms`),
+/// so that its clients are gone before its state is.
+pub async fn watch_liveness(
+    link: Arc<super::ClusterLink>,
+    raft: RaftHandle,
+    state: Arc<std::sync::RwLock<crate::state::State>>,
+    me: u64,
+    lease: Duration,
+) {
+    let mut gone_since: BTreeMap<(u64, String), Instant> = BTreeMap::new();
+    let period = (lease / 10).clamp(Duration::from_millis(50), Duration::from_millis(500));
+    loop {
+        tokio::time::sleep(period).await;
+        if raft.stats.role() != Role::Leader {
+            gone_since.clear();
+            continue;
+        }
+        let processes: Vec<(u64, String)> = state
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .cluster
+            .nodes
+            .iter()
+            .filter(|(id, _)| **id != me)
+            .map(|(id, n)| (*id, n.incarnation.clone()))
+            .collect();
+        let live = link.gossip.live().await;
+        gone_since.retain(|key, _| processes.contains(key));
+        for (id, incarnation) in processes {
+            let alive = live
+                .iter()
+                .any(|m| m.raft_id == id && m.incarnation == incarnation);
+            let key = (id, incarnation);
+            if alive && link.transport.connected(id) {
+                gone_since.remove(&key);
+                continue;
+            }
+            let since = *gone_since.entry(key.clone()).or_insert_with(Instant::now);
+            if alive || since.elapsed() < lease {
+                continue;
+            }
+            let (node_id, incarnation) = key;
+            warn!(raft_id = node_id, %incarnation, unreachable = ?since.elapsed(),
+                "node process is gone: cleaning up after its connections");
+            let cmd = crate::state::Command::NodeDown {
+                node_id,
+                incarnation,
+            };
+            if let Err(e) = raft.propose(cmd).await {
+                debug!(raft_id = node_id, "NodeDown not applied yet: {e:?}");
+            }
+        }
+    }
+}

@@ -245,6 +245,8 @@ impl Driver {
                 }
                 if let Err(e) = self.raw.step(*msg) {
                     debug!(from, "raft step: {e}");
+                } else if from == self.raw.raft.leader_id {
+                    self.stats.touch_quorum_contact();
                 }
             }
             Msg::Forwarded { from, fwd } => self.on_forwarded(from, fwd),
@@ -521,6 +523,9 @@ impl Driver {
 
     /// Periodic work after a raft tick.
     fn on_tick(&mut self) {
+        if self.is_leader() {
+            self.stats.touch_quorum_contact();
+        }
         self.fail_timed_out();
         self.reads
             .progress(self.raw.raft.raft_log.applied, self.cfg.read_timeout);

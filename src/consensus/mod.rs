@@ -185,6 +185,19 @@ pub struct RaftStats {
     role: AtomicU8,
     /// Voters and learners of the current configuration.
     pub membership: RwLock<(Vec<u64>, Vec<u64>)>,
+    /// When this node last knew itself part of a working majority (`process_ms` clock):
+    /// while leading (check_quorum makes a cut-off leader step down) or on a message from
+    /// the leader.
+    quorum_contact_ms: AtomicU64,
+}
+
+/// Milliseconds since this process started (a monotonic clock for the stats).
+pub fn process_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
 }
 
 impl RaftStats {
@@ -201,6 +214,17 @@ impl RaftStats {
             0 => None,
             id => Some(id),
         }
+    }
+
+    pub(crate) fn touch_quorum_contact(&self) {
+        self.quorum_contact_ms
+            .store(process_ms(), Ordering::Relaxed);
+    }
+
+    /// How long since this node last knew itself part of a working majority.
+    pub fn since_quorum_contact(&self) -> Duration {
+        let last = self.quorum_contact_ms.load(Ordering::Relaxed);
+        Duration::from_millis(process_ms().saturating_sub(last))
     }
 
     /// Ready to serve: a leader is known and apply is not far behind the commit index.

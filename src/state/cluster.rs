@@ -98,6 +98,25 @@ impl Cluster {
         }
     }
 
+    /// Process `incarnation` of `node_id` is gone; false when that is not its current
+    /// process (already replaced by a restart, or already down).
+    pub fn node_down(&mut self, node_id: u64, incarnation: &str) -> bool {
+        match self.nodes.get(&node_id) {
+            Some(n) if n.incarnation == incarnation => {
+                self.nodes.remove(&node_id);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether `incarnation` is the current process of `node_id`.
+    pub fn is_current(&self, node_id: u64, incarnation: &str) -> bool {
+        self.nodes
+            .get(&node_id)
+            .is_some_and(|n| n.incarnation == incarnation)
+    }
+
     /// The member whose current process has `incarnation` (None: a process that is gone).
     pub fn node_of_incarnation(&self, incarnation: &str) -> Option<u64> {
         self.nodes

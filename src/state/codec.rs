@@ -216,6 +216,13 @@ fn command_to_pb(cmd: Command) -> Cmd {
             incarnation,
             generation,
         }),
+        Command::NodeDown {
+            node_id,
+            incarnation,
+        } => Cmd::NodeDown(pb::NodeDownCmd {
+            node_id,
+            incarnation,
+        }),
         Command::Bootstrap { root_hash, at } => Cmd::Bootstrap(pb::BootstrapCmd { root_hash, at }),
         Command::SessionOpen { session } => Cmd::SessionOpen(session_to_pb(&session)),
         Command::SessionLogin { connid, user } => Cmd::SessionLogin(pb::ConnUser { connid, user }),
@@ -276,6 +283,10 @@ fn command_from_pb(cmd: Cmd) -> Result<Command, DecodeError> {
             node_id: c.node_id,
             incarnation: c.incarnation,
             generation: c.generation,
+        },
+        Cmd::NodeDown(c) => Command::NodeDown {
+            node_id: c.node_id,
+            incarnation: c.incarnation,
         },
         Cmd::Bootstrap(c) => Command::Bootstrap {
             root_hash: c.root_hash,

@@ -34,6 +34,13 @@ pub enum Command {
         incarnation: String,
         generation: u64,
     },
+    /// A node process is gone (killed, cut off, or stopping): everything its connections
+    /// owned goes as if each had closed, and its ids route nowhere. Ignored when that
+    /// process was already replaced by a restart.
+    NodeDown {
+        node_id: u64,
+        incarnation: String,
+    },
     /// First boot of a fresh cluster: creates `root` once.
     Bootstrap {
         root_hash: String,
@@ -134,6 +141,11 @@ pub enum Event {
     SessionClosed {
         connid: String,
     },
+    /// A node process was declared gone (or left).
+    NodeDown {
+        node_id: u64,
+        incarnation: String,
+    },
     Kick {
         connid: String,
     },
@@ -227,6 +239,21 @@ impl State {
                 }
                 Ok(crate::rpc::ok())
             }
+            Command::NodeDown {
+                node_id,
+                incarnation,
+            } => {
+                if self.cluster.node_down(node_id, &incarnation) {
+                    for connid in self.sessions.of_node(node_id) {
+                        self.close_session(&connid, &mut events);
+                    }
+                    events.push(Event::NodeDown {
+                        node_id,
+                        incarnation,
+                    });
+                }
+                Ok(crate::rpc::ok())
+            }
             Command::Bootstrap { root_hash, at } => {
                 if !self.bootstrapped {
                     self.bootstrapped = true;
@@ -239,10 +266,22 @@ impl State {
                 Ok(crate::rpc::ok())
             }
             Command::SessionOpen { session } => {
-                events.push(Event::SessionOpened {
-                    connid: session.connid.clone(),
-                });
-                self.sessions.open(session);
+                // A late open from a process declared gone would leave a zombie session.
+                if !self
+                    .cluster
+                    .is_current(session.node_id, &session.incarnation)
+                {
+                    return (
+                        Err(RpcError::internal(
+                            "the session's node process is gone, reconnect",
+                        )),
+                        events,
+                    );
+                }
+                let connid = session.connid.clone();
+                if self.sessions.open(session) {
+                    events.push(Event::SessionOpened { connid });
+                }
                 Ok(crate::rpc::ok())
             }
             Command::SessionLogin { connid, user } => {

@@ -31,13 +31,18 @@ pub struct Sessions {
 }
 
 impl Sessions {
-    pub fn open(&mut self, rec: SessionRecord) {
-        self.close(&rec.connid);
+    /// Records a new session; false (and nothing changes) when it is already open: a
+    /// retried open must not reset a session that has logged in meanwhile.
+    pub fn open(&mut self, rec: SessionRecord) -> bool {
+        if self.by_connid.contains_key(&rec.connid) {
+            return false;
+        }
         self.by_user
             .entry(rec.user.clone())
             .or_default()
             .insert(rec.connid.clone());
         self.by_connid.insert(rec.connid.clone(), rec);
+        true
     }
 
     /// Removes a session; false when it was not there.
@@ -98,6 +103,15 @@ impl Sessions {
         self.by_connid
             .values()
             .filter(|r| r.node_id == node_id && r.incarnation != incarnation)
+            .map(|r| r.connid.clone())
+            .collect()
+    }
+
+    /// Every session of `node_id`, whatever its incarnation.
+    pub fn of_node(&self, node_id: u64) -> Vec<String> {
+        self.by_connid
+            .values()
+            .filter(|r| r.node_id == node_id)
             .map(|r| r.connid.clone())
             .collect()
     }

@@ -16,6 +16,18 @@ fn session(connid: &str, node_id: u64, incarnation: &str) -> SessionRecord {
     }
 }
 
+/// Process `incarnation` of node `node_id` started (sessions of it may open).
+fn started(state: &mut State, node_id: u64, incarnation: &str) {
+    must(
+        state,
+        Command::NodeStarted {
+            node_id,
+            incarnation: incarnation.into(),
+            generation: 1,
+        },
+    );
+}
+
 /// Applies a command that must succeed.
 fn must(state: &mut State, cmd: Command) {
     let (outcome, _) = state.apply(cmd);
@@ -128,6 +140,8 @@ fn login_enforces_disabled_and_maxsessions_cluster_wide() {
             change: UserChange::SetMaxSessions { maxsessions: 2 },
         },
     );
+    started(&mut s, 1, "inc");
+    started(&mut s, 2, "inc");
     for (i, node) in [(1, 1u64), (2, 2), (3, 2)] {
         must(
             &mut s,
@@ -178,6 +192,8 @@ fn login_enforces_disabled_and_maxsessions_cluster_wide() {
 #[test]
 fn node_restart_drops_sessions_of_old_incarnations_only() {
     let mut s = State::default();
+    started(&mut s, 1, "aaaa");
+    started(&mut s, 2, "aaaa");
     must(
         &mut s,
         Command::SessionOpen {
@@ -201,6 +217,61 @@ fn node_restart_drops_sessions_of_old_incarnations_only() {
             connid: "old".into()
         }]
     );
+    assert_eq!(s.sessions.len(), 1);
+}
+
+#[test]
+fn node_down_closes_its_sessions_and_fences_late_opens() {
+    let mut s = State::default();
+    started(&mut s, 1, "aaaaaaaa");
+    started(&mut s, 2, "bbbbbbbb");
+    for (connid, node, inc) in [
+        ("aaaaaaaa00000001", 1, "aaaaaaaa"),
+        ("bbbbbbbb00000001", 2, "bbbbbbbb"),
+    ] {
+        must(
+            &mut s,
+            Command::SessionOpen {
+                session: session(connid, node, inc),
+            },
+        );
+    }
+    must(
+        &mut s,
+        Command::Lock {
+            lock: "l".into(),
+            connid: "aaaaaaaa00000001".into(),
+        },
+    );
+    // A NodeDown for a process that was already replaced changes nothing.
+    must(
+        &mut s,
+        Command::NodeDown {
+            node_id: 1,
+            incarnation: "00000000".into(),
+        },
+    );
+    assert_eq!(s.sessions.len(), 2);
+    let (_, events) = s.apply(Command::NodeDown {
+        node_id: 1,
+        incarnation: "aaaaaaaa".into(),
+    });
+    assert!(events.contains(&Event::SessionClosed {
+        connid: "aaaaaaaa00000001".into()
+    }));
+    assert_eq!(s.sessions.len(), 1);
+    assert_eq!(s.locks.iter().count(), 0, "its locks are released");
+    assert_eq!(s.owner_node("aaaaaaaa00000001xyz"), None, "routes nowhere");
+    assert_eq!(s.owner_node("bbbbbbbb00000001xyz"), Some(2));
+    // A late open from the gone process is refused; an open twice changes nothing.
+    let (late, _) = s.apply(Command::SessionOpen {
+        session: session("aaaaaaaa00000002", 1, "aaaaaaaa"),
+    });
+    assert!(late.is_err());
+    let (again, events) = s.apply(Command::SessionOpen {
+        session: session("bbbbbbbb00000001", 2, "bbbbbbbb"),
+    });
+    assert!(again.is_ok() && events.is_empty(), "idempotent open");
     assert_eq!(s.sessions.len(), 1);
 }
 
@@ -230,6 +301,7 @@ fn bootstrap_once_and_snapshot_roundtrip() {
     );
     assert!(s.users.get("root").is_none(), "bootstrap happens once");
     create(&mut s, "u").unwrap();
+    started(&mut s, 1, "i");
     must(
         &mut s,
         Command::SessionOpen {
@@ -264,6 +336,14 @@ fn sample_log() -> Vec<(Origin, Command)> {
             cmd,
         ));
     };
+    push(
+        Command::NodeStarted {
+            node_id: 1,
+            incarnation: "aaaaaaaa".into(),
+            generation: 1,
+        },
+        999,
+    );
     for i in 0..20u64 {
         let connid = format!("aaaaaaaa{i:08x}");
         push(
@@ -395,6 +475,10 @@ fn every_command() -> Vec<Command> {
             node_id: 3,
             incarnation: "deadbeef".into(),
             generation: 9,
+        },
+        Command::NodeDown {
+            node_id: 4,
+            incarnation: "cafebabe".into(),
         },
         Command::Bootstrap {
             root_hash: "rh".into(),
