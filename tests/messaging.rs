@@ -334,7 +334,9 @@ fn locks_are_exclusive_and_released_with_the_owner() {
         .as_str()
         .unwrap()
         .to_string();
-    expect_ok(a.call("sync.lock", json!({"lock": "Res.One"})));
+    let first = expect_ok(a.call("sync.lock", json!({"lock": "Res.One"})));
+    assert_eq!(first["ok"], json!(true));
+    let first = first["token"].as_u64().expect("a fencing token");
     expect_code(
         a.call("sync.lock", json!({"lock": "res.one"})),
         ERR_LOCK_NOT_OWNED,
@@ -347,7 +349,11 @@ fn locks_are_exclusive_and_released_with_the_owner() {
         b.call("sync.unlock", json!({"lock": "res.one"})),
         ERR_LOCK_NOT_OWNED,
     );
-    expect_ok(a.call("sync.lock", json!({"lock": "res.two"})));
+    let second = expect_ok(a.call("sync.lock", json!({"lock": "res.two"})));
+    assert!(
+        second["token"].as_u64().unwrap() > first,
+        "tokens grow with every grant"
+    );
     assert_eq!(
         expect_ok(b.call("sync.list", json!({"prefix": "res"}))),
         json!([{"id": "res.one", "owner": a_connid}, {"id": "res.two", "owner": a_connid}])

@@ -45,6 +45,14 @@ fn push_pull_result_round_trip() {
     assert!(taskid.starts_with(login["connid"].as_str().unwrap()));
     assert!(task["creationTime"].as_str().unwrap().ends_with('Z'));
     assert!(task["deadLine"].as_str().unwrap() > task["creationTime"].as_str().unwrap());
+    // Only the connection working on the task may end or reject it.
+    let mut other = node.root();
+    for method in ["task.result", "task.error", "task.reject"] {
+        expect_code(
+            other.call(method, json!({"taskid": taskid, "result": 0})),
+            ERR_INVALID_TASK,
+        );
+    }
 
     expect_ok(worker.call(
         "task.result",

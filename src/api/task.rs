@@ -62,7 +62,7 @@ pub async fn call(
         "result" => {
             let taskid = p.str("taskid")?.to_string();
             let result = p.payload("result")?.clone();
-            finish(node, taskid, Ending::Result(result)).await
+            finish(node, conn, taskid, Ending::Result(result)).await
         }
         "error" => {
             let taskid = p.str("taskid")?.to_string();
@@ -74,6 +74,7 @@ pub async fn call(
             let data = p.get("data").cloned();
             finish(
                 node,
+                conn,
                 taskid,
                 Ending::Error(RpcError {
                     code,
@@ -85,7 +86,10 @@ pub async fn call(
         }
         "reject" => {
             let taskid = p.str("taskid")?.to_string();
-            node.raft.propose(Command::TaskReject { taskid }).await
+            let worker = conn.connid.clone();
+            node.raft
+                .propose(Command::TaskReject { taskid, worker })
+                .await
         }
         "cancel" => {
             // The JSON-RPC id of one of this connection's own pending pushes or pulls, sent
@@ -210,9 +214,14 @@ pub async fn push(node: &Node, conn: &Rc<Conn>, task: Task, req_id: Option<&Valu
     }
 }
 
-async fn finish(node: &Node, taskid: String, ending: Ending) -> RpcResult {
+async fn finish(node: &Node, conn: &Conn, taskid: String, ending: Ending) -> RpcResult {
+    let worker = conn.connid.clone();
     node.raft
-        .propose(Command::TaskFinish { taskid, ending })
+        .propose(Command::TaskFinish {
+            taskid,
+            worker,
+            ending,
+        })
         .await
 }
 

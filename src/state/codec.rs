@@ -81,6 +81,7 @@ pub fn encode_state(state: &State) -> Vec<u8> {
             })
             .collect(),
         bootstrapped: state.bootstrapped,
+        lock_grants: state.locks.grants,
         cluster: Some(pb::ClusterRec {
             members: state
                 .cluster
@@ -164,6 +165,7 @@ pub fn decode_state(data: &[u8]) -> Result<State, DecodeError> {
             .insert(t.topic, t.pipeids.into_iter().collect());
     }
     state.bootstrapped = snap.bootstrapped;
+    state.locks.grants = snap.lock_grants;
     let cluster = snap.cluster.unwrap_or_default();
     state.cluster.members = cluster
         .members
@@ -259,14 +261,21 @@ fn command_to_pb(cmd: Command) -> Cmd {
         }),
         Command::TaskPush { task } => Cmd::TaskPush(task_to_pb(&task)),
         Command::TaskPull { pull } => Cmd::TaskPull(pull_to_pb(&pull)),
-        Command::TaskFinish { taskid, ending } => Cmd::TaskFinish(pb::TaskFinishCmd {
+        Command::TaskFinish {
             taskid,
+            worker,
+            ending,
+        } => Cmd::TaskFinish(pb::TaskFinishCmd {
+            taskid,
+            worker,
             ending: Some(match ending {
                 Ending::Result(v) => pb::task_finish_cmd::Ending::ResultJson(json(&v)),
                 Ending::Error(e) => pb::task_finish_cmd::Ending::Error(error_to_pb(&e)),
             }),
         }),
-        Command::TaskReject { taskid } => Cmd::TaskReject(taskid),
+        Command::TaskReject { taskid, worker } => {
+            Cmd::TaskReject(pb::TaskRejectCmd { taskid, worker })
+        }
         Command::TaskCancel { id, connid } => Cmd::TaskCancel(pb::TaskCancelCmd { id, connid }),
         Command::Expire {} => Cmd::Expire(pb::Empty {}),
         Command::Lock { lock, connid } => Cmd::Lock(pb::LockCmd { lock, connid }),
@@ -334,6 +343,7 @@ fn command_from_pb(cmd: Cmd) -> Result<Command, DecodeError> {
         },
         Cmd::TaskFinish(c) => Command::TaskFinish {
             taskid: c.taskid,
+            worker: c.worker,
             ending: match c.ending.ok_or_else(|| bad("unknown task ending"))? {
                 pb::task_finish_cmd::Ending::ResultJson(b) => {
                     Ending::Result(from_json(&b, "task result")?)
@@ -341,7 +351,10 @@ fn command_from_pb(cmd: Cmd) -> Result<Command, DecodeError> {
                 pb::task_finish_cmd::Ending::Error(e) => Ending::Error(error_from_pb(e)?),
             },
         },
-        Cmd::TaskReject(taskid) => Command::TaskReject { taskid },
+        Cmd::TaskReject(c) => Command::TaskReject {
+            taskid: c.taskid,
+            worker: c.worker,
+        },
         Cmd::TaskCancel(c) => Command::TaskCancel {
             id: c.id,
             connid: c.connid,

@@ -11,20 +11,25 @@ pub struct Locks {
     /// connid → its locks; derived.
     #[serde(skip)]
     by_owner: HashMap<String, BTreeSet<String>>,
+    /// Grants so far, of any lock: the fencing token of the latest grant.
+    #[serde(default)]
+    pub(super) grants: u64,
 }
 
 impl Locks {
-    /// Takes `lock` for `connid`; false when anyone (this connection included) holds it.
-    pub fn lock(&mut self, lock: &str, connid: &str) -> bool {
+    /// Takes `lock` for `connid` and answers its fencing token (it grows with every grant
+    /// of any lock); None when anyone (this connection included) holds it.
+    pub fn lock(&mut self, lock: &str, connid: &str) -> Option<u64> {
         if self.owners.contains_key(lock) {
-            return false;
+            return None;
         }
+        self.grants += 1;
         self.owners.insert(lock.to_string(), connid.to_string());
         self.by_owner
             .entry(connid.to_string())
             .or_default()
             .insert(lock.to_string());
-        true
+        Some(self.grants)
     }
 
     /// Releases `lock` if `connid` holds it.

@@ -92,12 +92,16 @@ pub enum Command {
     TaskPull {
         pull: Pull,
     },
+    /// `task.result|error` from connection `worker`: refused unless it is the task's
+    /// current worker (a stale worker, requeued away from, cannot end the new assignment).
     TaskFinish {
         taskid: String,
+        worker: String,
         ending: Ending,
     },
     TaskReject {
         taskid: String,
+        worker: String,
     },
     /// Cancel `connid`'s own pending push (by task id) or pull (by pull id).
     TaskCancel {
@@ -366,13 +370,17 @@ impl State {
                 let mut emit = tasks::Emit::new(&mut events, self.topics.any_under("hook"));
                 self.tasks.pull(pull, self.cluster.clock_ms, &mut emit)
             }
-            Command::TaskFinish { taskid, ending } => {
+            Command::TaskFinish {
+                taskid,
+                worker,
+                ending,
+            } => {
                 let mut emit = tasks::Emit::new(&mut events, self.topics.any_under("hook"));
-                self.tasks.finish(&taskid, ending, &mut emit)
+                self.tasks.finish(&taskid, &worker, ending, &mut emit)
             }
-            Command::TaskReject { taskid } => {
+            Command::TaskReject { taskid, worker } => {
                 let mut emit = tasks::Emit::new(&mut events, self.topics.any_under("hook"));
-                self.tasks.reject(&taskid, &mut emit)
+                self.tasks.reject(&taskid, &worker, &mut emit)
             }
             Command::TaskCancel { id, connid } => {
                 let mut emit = tasks::Emit::new(&mut events, self.topics.any_under("hook"));
@@ -387,10 +395,9 @@ impl State {
                 if self.sessions.get(&connid).is_none() {
                     return (Err(unknown_session()), events);
                 }
-                if self.locks.lock(&lock, &connid) {
-                    Ok(crate::rpc::ok())
-                } else {
-                    Err(RpcError::new(ERR_LOCK_NOT_OWNED))
+                match self.locks.lock(&lock, &connid) {
+                    Some(token) => Ok(serde_json::json!({"ok": true, "token": token})),
+                    None => Err(RpcError::new(ERR_LOCK_NOT_OWNED)),
                 }
             }
             Command::Unlock { lock, connid } => {

@@ -294,16 +294,24 @@ impl Tasks {
         }
     }
 
-    fn working_task(&self, taskid: &str) -> Result<&Task, RpcError> {
+    /// The task, when `worker` is working on it; else -32002 (unknown, ended, waiting, or
+    /// assigned to another connection since).
+    fn working_task(&self, taskid: &str, worker: &str) -> Result<&Task, RpcError> {
         match self.tasks.get(taskid) {
-            Some(t) if t.working.is_some() => Ok(t),
+            Some(t) if t.working.as_deref() == Some(worker) => Ok(t),
             _ => Err(RpcError::new(ERR_INVALID_TASK)),
         }
     }
 
-    /// `task.result` / `task.error`: only a task being worked on can end, once.
-    pub fn finish(&mut self, taskid: &str, ending: Ending, emit: &mut Emit) -> Outcome {
-        self.working_task(taskid)?;
+    /// `task.result` / `task.error`: only the task's worker can end it, once.
+    pub fn finish(
+        &mut self,
+        taskid: &str,
+        worker: &str,
+        ending: Ending,
+        emit: &mut Emit,
+    ) -> Outcome {
+        self.working_task(taskid, worker)?;
         let (outcome, action) = match ending {
             Ending::Result(v) => (Ok(v), "result"),
             Ending::Error(e) => (Err(e), "error"),
@@ -340,8 +348,8 @@ impl Tasks {
         self.enqueue(task, emit);
     }
 
-    pub fn reject(&mut self, taskid: &str, emit: &mut Emit) -> Outcome {
-        self.working_task(taskid)?;
+    pub fn reject(&mut self, taskid: &str, worker: &str, emit: &mut Emit) -> Outcome {
+        self.working_task(taskid, worker)?;
         self.requeue(taskid, "reject", emit);
         Ok(rpc::ok())
     }

@@ -532,10 +532,12 @@ fn every_command() -> Vec<Command> {
         },
         Command::TaskFinish {
             taskid: "t".into(),
+            worker: "w".into(),
             ending: Ending::Result(json!({"r": [1, 2.5, "x"]})),
         },
         Command::TaskFinish {
             taskid: "t".into(),
+            worker: "w".into(),
             ending: Ending::Error(RpcError {
                 code: -32000,
                 message: "boom".into(),
@@ -544,9 +546,13 @@ fn every_command() -> Vec<Command> {
         },
         Command::TaskFinish {
             taskid: "t".into(),
+            worker: "w".into(),
             ending: Ending::Error(RpcError::new(-32001)),
         },
-        Command::TaskReject { taskid: "t".into() },
+        Command::TaskReject {
+            taskid: "t".into(),
+            worker: "w".into(),
+        },
         Command::TaskCancel {
             id: "i".into(),
             connid: "c".into(),
