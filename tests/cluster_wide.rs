@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::cluster::{three_joined, wait_voters, Proc};
 use common::{expect_code, expect_ok, Client};
@@ -154,4 +154,272 @@ fn a_publish_reaches_subscribers_on_every_node_in_order() {
         let r = expect_ok(clients[k].call("pipe.read", json!({"pipeid": p, "timeout": 0.3})));
         assert_eq!(r["msgs"], json!([]), "no duplicates on node {k}");
     }
+}
+
+/// This node's raft id, from its own entry in its node list.
+fn raft_id(n: &Proc) -> u64 {
+    let mut c = n.root();
+    let list = expect_ok(c.call("sys.node.list", json!({})));
+    list.as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["cluster"] == json!(format!("127.0.0.1:{}", n.cluster)))
+        .and_then(|e| e["raftId"].as_u64())
+        .unwrap()
+}
+
+fn listed(c: &mut Client, id: u64) -> bool {
+    let list = expect_ok(c.call("sys.node.list", json!({})));
+    list.as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["raftId"].as_u64() == Some(id))
+}
+
+/// The incarnation (the 1.9 `id`) of member `id`.
+fn incarnation_of(c: &mut Client, id: u64) -> String {
+    let list = expect_ok(c.call("sys.node.list", json!({})));
+    list.as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["raftId"].as_u64() == Some(id))
+        .and_then(|e| e["id"].as_str())
+        .unwrap()
+        .to_string()
+}
+
+/// Sessions cluster-wide whose node process is `incarnation`.
+fn sessions_of(c: &mut Client, incarnation: &str) -> usize {
+    let list = expect_ok(c.call("sys.session.list", json!({"prefix": ""})));
+    list.as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|u| u["sessions"].as_array().unwrap().iter())
+        .filter(|s| s["nodeid"] == json!(incarnation))
+        .count()
+}
+
+fn leader_of(nodes: &[Proc]) -> usize {
+    (0..nodes.len())
+        .find(|i| nodes[*i].role() == "leader")
+        .expect("a leader")
+}
+
+#[test]
+fn a_killed_node_is_cleaned_up_as_if_its_connections_closed() {
+    let root = tempfile::tempdir().unwrap();
+    let mut nodes = three(root.path());
+    let leader = leader_of(&nodes);
+    let (victim, other) = ((leader + 1) % 3, (leader + 2) % 3);
+    let victim_id = raft_id(&nodes[victim]);
+
+    // On the victim: a lock holder, a worker holding a task pushed from a surviving node,
+    // a pusher waiting on a task nobody pulls, a pipe subscribed to a topic.
+    let mut holder = nodes[victim].root();
+    expect_ok(holder.call("sync.lock", json!({"lock": "death.lock"})));
+    let mut pusher = nodes[leader].root();
+    let push_id = pusher.send(
+        "task.push",
+        json!({"method": "death.work.m", "params": {"n": 1}, "ttl": 3}),
+    );
+    let mut worker = nodes[victim].root();
+    let task = expect_ok(worker.call("task.pull", json!({"prefix": "death.work", "timeout": 10})));
+    assert_eq!(task["ttl"], json!(3));
+    let mut orphan = nodes[victim].root();
+    orphan.send(
+        "task.push",
+        json!({"method": "death.orphan.m", "params": {}}),
+    );
+    let mut sub = nodes[victim].root();
+    let pipe = expect_ok(sub.call("pipe.create", json!({})))["pipeid"].clone();
+    expect_ok(sub.call("topic.sub", json!({"pipeid": pipe, "topic": "death.news"})));
+    let mut watcher = nodes[other].root();
+    assert!(common::eventually(Duration::from_secs(5), || {
+        let n = expect_ok(watcher.call("task.count", json!({"prefix": "death.orphan"})));
+        n["count"] == json!(1)
+    }));
+    assert!(listed(&mut watcher, victim_id));
+    let victim_incarnation = incarnation_of(&mut watcher, victim_id);
+    assert!(sessions_of(&mut watcher, &victim_incarnation) >= 4);
+
+    nodes[victim].kill9();
+    let killed = Instant::now();
+    // The lock is free again (the holder's node is gone).
+    let mut locker = nodes[other].root();
+    let mut freed = None;
+    while killed.elapsed() < Duration::from_secs(15) {
+        if locker
+            .call("sync.lock", json!({"lock": "death.lock"}))
+            .is_ok()
+        {
+            freed = Some(killed.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let freed = freed.expect("the dead holder's lock is released");
+    eprintln!("lock free {freed:?} after kill -9 of its holder's node");
+    assert!(
+        freed <= Duration::from_secs(5),
+        "cleanup within 5 s: {freed:?}"
+    );
+    // The task went back to waiting with ttl-1 and its answer reaches the original pusher.
+    let mut w2 = nodes[other].root();
+    let again = expect_ok(w2.call("task.pull", json!({"prefix": "death.work", "timeout": 10})));
+    assert_eq!(again["taskid"], task["taskid"]);
+    assert_eq!(again["ttl"], json!(2));
+    expect_ok(w2.call(
+        "task.result",
+        json!({"taskid": again["taskid"], "result": "done"}),
+    ));
+    assert_eq!(pusher.wait(&push_id)["result"], json!("done"));
+    // The dead node's own pending push, its subscription, and the node itself are gone.
+    let n = expect_ok(watcher.call("task.count", json!({"prefix": "death.orphan"})));
+    assert_eq!(n["count"], json!(0));
+    let topics = expect_ok(watcher.call("topic.list", json!({"prefix": "death"})));
+    assert_eq!(topics, json!([]));
+    let r = expect_ok(watcher.call("topic.pub", json!({"topic": "death.news", "msg": 1})));
+    assert_eq!(r["sent"], json!(0));
+    assert!(
+        !listed(&mut watcher, victim_id),
+        "the dead node left the list"
+    );
+    assert_eq!(
+        sessions_of(&mut watcher, &victim_incarnation),
+        0,
+        "its sessions are gone"
+    );
+
+    // Restarted, it is back.
+    nodes[victim].spawn();
+    nodes[victim].wait_ready(Duration::from_secs(60));
+    assert!(common::eventually(Duration::from_secs(10), || listed(
+        &mut watcher,
+        victim_id
+    )));
+}
+
+#[test]
+fn a_frozen_worker_cannot_end_a_task_requeued_away_from_it() {
+    let root = tempfile::tempdir().unwrap();
+    let nodes = three(root.path());
+    let leader = leader_of(&nodes);
+    let (victim, other) = ((leader + 1) % 3, (leader + 2) % 3);
+    let mut pusher = nodes[leader].root();
+    let push_id = pusher.send("task.push", json!({"method": "stale.work.m", "params": {}}));
+    let mut worker = nodes[victim].root();
+    let task = expect_ok(worker.call("task.pull", json!({"prefix": "stale.work", "timeout": 10})));
+    let pid = nodes[victim].child.as_ref().unwrap().id() as i32;
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    // The frozen node is declared down: the task goes to another worker.
+    let mut w2 = nodes[other].root();
+    let again = expect_ok(w2.call("task.pull", json!({"prefix": "stale.work", "timeout": 20})));
+    assert_eq!(again["taskid"], task["taskid"]);
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    // The stale worker wakes up and answers: refused (or its connection is closed).
+    let id = worker.send(
+        "task.result",
+        json!({"taskid": task["taskid"], "result": "stale"}),
+    );
+    match worker.read_value() {
+        None => eprintln!("the stale worker's connection was closed (self-fencing)"),
+        Some(v) => {
+            eprintln!("the stale worker's result was answered {v}");
+            assert_eq!(v["id"], id);
+            assert_eq!(
+                v["error"]["code"],
+                json!(-32002),
+                "stale result refused: {v}"
+            );
+        }
+    }
+    expect_ok(w2.call(
+        "task.result",
+        json!({"taskid": again["taskid"], "result": "fresh"}),
+    ));
+    assert_eq!(pusher.wait(&push_id)["result"], json!("fresh"));
+}
+
+#[test]
+fn tasks_locks_and_sessions_work_across_nodes() {
+    let root = tempfile::tempdir().unwrap();
+    let nodes = three(root.path());
+    let (mut a, mut b, mut c) = (nodes[0].root(), nodes[1].root(), nodes[2].root());
+
+    // Tasks: pushed on A, pulled on C, answered back on A; an error travels the same way.
+    let push = a.send(
+        "task.push",
+        json!({"method": "x.calc.add", "params": {"a": 1}}),
+    );
+    let t = expect_ok(c.call("task.pull", json!({"prefix": "x.calc", "timeout": 10})));
+    expect_ok(c.call("task.result", json!({"taskid": t["taskid"], "result": 2})));
+    assert_eq!(a.wait(&push)["result"], json!(2));
+    let push = a.send("task.push", json!({"method": "x.calc.div", "params": {}}));
+    let t = expect_ok(c.call("task.pull", json!({"prefix": "x.calc", "timeout": 10})));
+    expect_ok(c.call(
+        "task.error",
+        json!({"taskid": t["taskid"], "code": -32602, "message": "no", "data": {"why": 0}}),
+    ));
+    let answer = a.wait(&push);
+    assert_eq!(answer["error"]["code"], json!(-32602));
+    assert_eq!(answer["error"]["data"], json!({"why": 0}));
+    // A pull waiting on B is served by a push on C.
+    let pull = b.send("task.pull", json!({"prefix": "x.wait", "timeout": 10}));
+    std::thread::sleep(Duration::from_millis(200));
+    let push = c.send("task.push", json!({"method": "x.wait.m", "params": "p"}));
+    let t = answer_of_ok(b.wait(&pull));
+    assert_eq!(t["params"], json!("p"));
+    expect_ok(b.call("task.result", json!({"taskid": t["taskid"], "result": "r"})));
+    assert_eq!(c.wait(&push)["result"], json!("r"));
+
+    // Locks: held through A, refused through C, free once A's connection closes.
+    let mut holder = nodes[0].root();
+    expect_ok(holder.call("sync.lock", json!({"lock": "x.res"})));
+    expect_code(c.call("sync.lock", json!({"lock": "x.res"})), -32006);
+    expect_code(c.call("sync.unlock", json!({"lock": "x.res"})), -32006);
+    drop(holder);
+    assert!(common::eventually(Duration::from_secs(5), || c
+        .call("sync.lock", json!({"lock": "x.res"}))
+        .is_ok()));
+
+    // Sessions: the list spans nodes; a kick from C closes a connection on A.
+    let mut target = nodes[0].root();
+    let target_connid =
+        expect_ok(target.call("sys.login", json!({"user": "root", "pass": "root"})))["connid"]
+            .as_str()
+            .unwrap()
+            .to_string();
+    let list = expect_ok(c.call("sys.session.list", json!({"prefix": ""})));
+    let connids: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|u| u["sessions"].as_array().unwrap().iter())
+        .filter_map(|s| s["connid"].as_str())
+        .collect();
+    assert!(connids.contains(&target_connid.as_str()), "{list}");
+    let nodeids: std::collections::BTreeSet<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|u| u["sessions"].as_array().unwrap().iter())
+        .filter_map(|s| s["nodeid"].as_str())
+        .collect();
+    assert_eq!(nodeids.len(), 3, "sessions of all three nodes: {list}");
+    let kicked = expect_ok(c.call("sys.session.kick", json!({"connid": target_connid})));
+    assert_eq!(kicked["kicked"], json!(1));
+    assert!(
+        target.closed_within(Duration::from_secs(5)),
+        "kicked from another node"
+    );
+
+    // Every node lists all three.
+    for cl in [&mut a, &mut b, &mut c] {
+        let list = expect_ok(cl.call("sys.node.list", json!({})));
+        assert_eq!(list.as_array().unwrap().len(), 3, "{list}");
+    }
+}
+
+fn answer_of_ok(v: Value) -> Value {
+    expect_ok(common::answer_of(&v))
 }
