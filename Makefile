@@ -8,7 +8,7 @@ export ROCKSDB_LIB_DIR ?= /usr/lib/$(shell gcc -print-multiarch 2>/dev/null || e
 
 ARGS ?=
 
-.PHONY: deps build run cluster test interop bench bench-cluster lint fmt clean-data
+.PHONY: deps build run cluster test interop bench bench-cluster deploy-check lint fmt clean-data
 
 deps:
 	@./scripts/deps.sh
@@ -40,6 +40,10 @@ bench: deps
 ## A fresh 3-node release cluster: task round trips over all nodes, failover, catch-up.
 bench-cluster: deps
 	./scripts/bench-cluster.sh
+
+## Validate deploy/ (compose, Kubernetes manifests, systemd unit; the image where Docker runs).
+deploy-check:
+	./scripts/check-deploy.sh
 
 ## A real node driven by the published Python client pynexus2.
 interop: deps
