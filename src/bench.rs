@@ -43,6 +43,26 @@ pub enum BenchKind {
         callers: usize,
         #[arg(long, default_value_t = 16)]
         workers: usize,
+        /// Workers connect here instead of --url (e.g. pushers on one node, workers on
+        /// another).
+        #[arg(long, value_delimiter = ',')]
+        workers_url: Vec<String>,
+    },
+    /// Pipe writes → one reader: the pipe lives on the first --url node, writers connect
+    /// to the other URLs (or the same node when only one is given).
+    Pipes {
+        #[arg(long, default_value_t = 4)]
+        writers: usize,
+        /// Writes each writer keeps in flight.
+        #[arg(long, default_value_t = 32)]
+        window: usize,
+    },
+    /// Node-death cleanup time: a client on the first --url node takes a lock, the process
+    /// `--kill-pid` (that node) is killed with SIGKILL, and a client on the second URL
+    /// retries the lock until it is granted.
+    Cleanup {
+        #[arg(long)]
+        kill_pid: u32,
     },
     /// Topic publish → pipe read: publishers publish, subscribers read their pipes.
     Topics {
@@ -151,8 +171,14 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.url.is_empty() {
         anyhow::bail!("--url needs at least one WebSocket URL");
     }
-    match args.kind {
-        BenchKind::Tasks { callers, workers } => tasks(&args, callers, workers),
+    match args.kind.clone() {
+        BenchKind::Tasks {
+            callers,
+            workers,
+            workers_url,
+        } => tasks(&args, callers, workers, &workers_url),
+        BenchKind::Pipes { writers, window } => pipes(&args, writers.max(1), window.max(1)),
+        BenchKind::Cleanup { kill_pid } => cleanup(&args, kill_pid),
         BenchKind::Writes => writes(&args),
         BenchKind::Fill {
             users,
@@ -168,12 +194,26 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
 }
 
-fn tasks(args: &BenchArgs, callers: usize, workers: usize) -> anyhow::Result<()> {
+fn tasks(
+    args: &BenchArgs,
+    callers: usize,
+    workers: usize,
+    workers_url: &[String],
+) -> anyhow::Result<()> {
+    let worker_args = BenchArgs {
+        url: if workers_url.is_empty() {
+            args.url.clone()
+        } else {
+            workers_url.to_vec()
+        },
+        ..args.clone()
+    };
     let prefix = format!("bench.tasks.r{}", crate::clock::random_hex(6));
     eprintln!(
-        "task round trips: {callers} callers, {workers} workers, {}s against {}",
+        "task round trips: {callers} callers, {workers} workers, {}s; callers on {}, workers on {}",
         args.seconds,
-        args.url.join(",")
+        args.url.join(","),
+        worker_args.url.join(",")
     );
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
@@ -182,8 +222,12 @@ fn tasks(args: &BenchArgs, callers: usize, workers: usize) -> anyhow::Result<()>
     let barrier = Arc::new(std::sync::Barrier::new(callers + workers + 1));
     let mut worker_threads = Vec::new();
     for w in 0..workers {
-        let (args, stop, prefix, barrier) =
-            (args.clone(), stop.clone(), prefix.clone(), barrier.clone());
+        let (args, stop, prefix, barrier) = (
+            worker_args.clone(),
+            stop.clone(),
+            prefix.clone(),
+            barrier.clone(),
+        );
         worker_threads.push(std::thread::spawn(move || -> anyhow::Result<()> {
             let c = Ws::connect(&args, w);
             barrier.wait();
@@ -520,4 +564,139 @@ fn check_answer(a: Value) -> anyhow::Result<()> {
         Some(e) => anyhow::bail!("write failed: {e}"),
         None => Ok(()),
     }
+}
+
+/// Pipe writes from other nodes into one pipe: see `BenchKind::Pipes`.
+fn pipes(args: &BenchArgs, writers: usize, window: usize) -> anyhow::Result<()> {
+    let mut reader = Ws::connect(args, 0)?;
+    let pipe = reader.call("pipe.create", json!({"len": 100000}))?["result"]["pipeid"].clone();
+    let writer_urls: Vec<String> = match args.url.len() {
+        1 => args.url.clone(),
+        _ => args.url[1..].to_vec(),
+    };
+    eprintln!(
+        "pipe writes: {writers} writers (window {window}) on {} → a pipe on {}, {}s",
+        writer_urls.join(","),
+        args.url[0],
+        args.seconds
+    );
+    let writer_args = BenchArgs {
+        url: writer_urls,
+        ..args.clone()
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let (read, dropped) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let reader_thread = {
+        let (stop, read, dropped, pipe) =
+            (stop.clone(), read.clone(), dropped.clone(), pipe.clone());
+        std::thread::spawn(move || -> anyhow::Result<()> {
+            while !stop.load(Ordering::Relaxed) {
+                let r = reader.call(
+                    "pipe.read",
+                    json!({"pipeid": pipe, "max": 10000, "timeout": 0.5}),
+                )?;
+                let n = r["result"]["msgs"].as_array().map_or(0, Vec::len);
+                read.fetch_add(n as u64, Ordering::Relaxed);
+                dropped.fetch_add(
+                    r["result"]["drops"].as_u64().unwrap_or(0),
+                    Ordering::Relaxed,
+                );
+            }
+            Ok(())
+        })
+    };
+    let written = Arc::new(AtomicU64::new(0));
+    let barrier = Arc::new(std::sync::Barrier::new(writers + 1));
+    let mut threads = Vec::new();
+    for k in 0..writers {
+        let (args, pipe, written, barrier) = (
+            writer_args.clone(),
+            pipe.clone(),
+            written.clone(),
+            barrier.clone(),
+        );
+        threads.push(std::thread::spawn(move || -> anyhow::Result<()> {
+            let c = Ws::connect(&args, k);
+            barrier.wait();
+            let mut c = c?;
+            let deadline = Instant::now() + Duration::from_secs(args.seconds);
+            let msg = json!({"data": "x".repeat(64)});
+            for _ in 0..window {
+                c.send("pipe.write", json!({"pipeid": pipe, "msg": msg}))?;
+            }
+            let mut in_flight = window;
+            while in_flight > 0 {
+                check_answer(c.recv()?)?;
+                in_flight -= 1;
+                written.fetch_add(1, Ordering::Relaxed);
+                if Instant::now() < deadline {
+                    c.send("pipe.write", json!({"pipeid": pipe, "msg": msg}))?;
+                    in_flight += 1;
+                }
+            }
+            Ok(())
+        }));
+    }
+    barrier.wait();
+    let start = Instant::now();
+    let prog_stop = Arc::new(AtomicBool::new(false));
+    let prog = progress("messages read", read.clone(), prog_stop.clone());
+    for t in threads {
+        t.join().map_err(|_| anyhow::anyhow!("writer panicked"))??;
+    }
+    let elapsed = start.elapsed();
+    std::thread::sleep(Duration::from_secs(1));
+    prog_stop.store(true, Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
+    let _ = prog.join();
+    reader_thread
+        .join()
+        .map_err(|_| anyhow::anyhow!("reader panicked"))??;
+    let w = written.load(Ordering::Relaxed);
+    println!(
+        "pipes: {w} acknowledged writes in {:.1}s = {:.0}/s; {} read, {} dropped",
+        elapsed.as_secs_f64(),
+        w as f64 / elapsed.as_secs_f64(),
+        read.load(Ordering::Relaxed),
+        dropped.load(Ordering::Relaxed)
+    );
+    Ok(())
+}
+
+/// Node-death cleanup time: see `BenchKind::Cleanup`.
+fn cleanup(args: &BenchArgs, kill_pid: u32) -> anyhow::Result<()> {
+    if args.url.len() < 2 {
+        anyhow::bail!("cleanup needs two URLs: the node to kill, then an observer");
+    }
+    let lock = format!("bench.cleanup.r{}", crate::clock::random_hex(6));
+    let mut holder = Ws::connect(args, 0)?;
+    let mut observer = Ws::connect(args, 1)?;
+    check_answer(holder.call("sync.lock", json!({"lock": lock}))?)?;
+    if observer
+        .call("sync.lock", json!({"lock": lock}))?
+        .get("error")
+        .is_none()
+    {
+        anyhow::bail!("the lock was not held");
+    }
+    let status = std::process::Command::new("kill")
+        .args(["-9", &kill_pid.to_string()])
+        .status()?;
+    if !status.success() {
+        anyhow::bail!("kill -9 {kill_pid} failed");
+    }
+    let killed = Instant::now();
+    let limit = Duration::from_secs(args.seconds.max(10));
+    while killed.elapsed() < limit {
+        let r = observer.call("sync.lock", json!({"lock": lock}))?;
+        if r.get("result").is_some() {
+            println!(
+                "cleanup: the lock of a client of a kill -9'ed node was granted elsewhere {:.0} ms after the kill",
+                killed.elapsed().as_secs_f64() * 1e3
+            );
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    anyhow::bail!("the lock was not released within {limit:?}")
 }

@@ -406,8 +406,11 @@ fn tasks_locks_and_sessions_work_across_nodes() {
         .filter_map(|s| s["nodeid"].as_str())
         .collect();
     assert_eq!(nodeids.len(), 3, "sessions of all three nodes: {list}");
+    expect_ok(target.call("sync.lock", json!({"lock": "x.kicked"})));
     let kicked = expect_ok(c.call("sys.session.kick", json!({"connid": target_connid})));
     assert_eq!(kicked["kicked"], json!(1));
+    // The kick ended the session in the replicated state: its lock is free at once.
+    expect_ok(c.call("sync.lock", json!({"lock": "x.kicked"})));
     assert!(
         target.closed_within(Duration::from_secs(5)),
         "kicked from another node"

@@ -58,7 +58,7 @@ pub enum Command {
     SessionClose {
         connid: String,
     },
-    /// Close these sessions on whatever node holds them.
+    /// End these sessions (as if closed) and have their nodes close the connections.
     SessionKick {
         connids: Vec<String>,
     },
@@ -303,11 +303,14 @@ impl State {
                 Ok(crate::rpc::ok())
             }
             Command::SessionKick { connids } => {
+                // The session ends here, everywhere at once (its locks, pulls and pushes
+                // go as on a close); its node then closes the connection.
                 let mut n = 0;
-                for connid in connids
-                    .into_iter()
-                    .filter(|c| self.sessions.get(c).is_some())
-                {
+                for connid in connids {
+                    if self.sessions.get(&connid).is_none() {
+                        continue;
+                    }
+                    self.close_session(&connid, &mut events);
                     events.push(Event::Kick { connid });
                     n += 1;
                 }
