@@ -124,6 +124,11 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 60_000)]
     pub session_close_timeout_ms: u64,
 
+    /// How often the node checks that its sessions and its own entry in the replicated
+    /// node table match what it really has (and repairs them), in milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    pub reconcile_every_ms: u64,
+
     /// Seconds to wait for sessions to close cleanly on SIGTERM/SIGINT.
     #[arg(long, default_value_t = 5)]
     pub shutdown_grace: u64,

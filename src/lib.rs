@@ -18,6 +18,7 @@ pub mod local;
 pub mod names;
 pub mod node;
 pub mod pipe;
+pub mod reconcile;
 pub mod rpc;
 pub mod server;
 pub mod session;

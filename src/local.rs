@@ -101,6 +101,10 @@ impl Local {
         lock(&self.sessions).remove(connid);
     }
 
+    pub fn has_session(&self, connid: &str) -> bool {
+        lock(&self.sessions).contains_key(connid)
+    }
+
     pub fn session_count(&self) -> usize {
         lock(&self.sessions).len()
     }

@@ -208,22 +208,14 @@ impl Node {
     }
 
     /// The cluster declared this process gone (it was cut off longer than its lease) and
-    /// cleaned up after its connections: the ones still open here are zombies and close.
-    /// Unless stopping, the process announces itself again so that it serves anew.
+    /// cleaned up after its connections: the ones still open here are zombies and close at
+    /// once. Unless stopping, `reconcile` announces the process again.
     fn declared_down(&self) {
         if self.stopping.load(std::sync::atomic::Ordering::Relaxed) {
             return;
         }
-        tracing::warn!(
-            "the cluster declared this node process down: closing its connections and rejoining"
-        );
+        tracing::warn!("the cluster declared this node process down: closing its connections");
         self.local.broadcast(crate::node::Control::Close);
-        self.raft
-            .propose_detached(crate::state::Command::NodeStarted {
-                node_id: self.raft_id,
-                incarnation: self.incarnation.clone(),
-                generation: self.generation,
-            });
     }
 
     /// Delivers `msg` to the subscribed pipes that live on this node.

@@ -407,6 +407,10 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
             ));
         }
     }
+    actix_rt::spawn(crate::reconcile::run(
+        Arc::downgrade(&node),
+        Duration::from_millis(args.reconcile_every_ms.max(10)),
+    ));
     info!(raft_id = me.raft_id, incarnation = %me.incarnation, generation = me.generation,
         data_dir = %args.data_dir.display(), "node starting");
     let _ = node_slot.set(Arc::downgrade(&node));

@@ -110,8 +110,16 @@ impl Session {
     /// Runs a request on this arbiter's task queue. Tasks start in the order they are
     /// spawned (tokio's local queue is FIFO), so one connection's proposals and publishes
     /// keep their order; each ends early when the session stops.
-    fn run<F>(&self, fut: F, permit: OwnedSemaphorePermit, conn: Rc<Conn>, reply: Reply)
-    where
+    /// `unopened`: the answer when the session never opened (no Raft quorum): the request
+    /// did not run.
+    fn run<F>(
+        &self,
+        fut: F,
+        unopened: Option<String>,
+        permit: OwnedSemaphorePermit,
+        conn: Rc<Conn>,
+        reply: Reply,
+    ) where
         F: std::future::Future<Output = Option<String>> + 'static,
     {
         let mut cancel = self.cancel.subscribe();
@@ -123,7 +131,7 @@ impl Session {
                 text = async {
                     match opened.wait_for(Option::is_some).await.map(|o| *o) {
                         Ok(Some(true)) => fut.await,
-                        _ => None, // never opened: the session is closing
+                        _ => unopened, // the session is closing
                     }
                 } => text,
             };
@@ -142,16 +150,26 @@ impl Session {
     }
 }
 
+/// The answer to a request of a session that could not be opened.
+fn not_open(id: Value) -> String {
+    let err = RpcError::internal("the session could not be registered (no raft quorum), retry");
+    Response::error(id, err).to_json()
+}
+
 /// Proposes an idempotent command until it commits, for at most `within` (or until the
-/// node stops); true once committed.
+/// node stops, or `abandoned()`); true once committed.
 async fn commit_retrying(
     raft: &crate::consensus::RaftHandle,
     cmd: Command,
     within: Duration,
+    abandoned: impl Fn() -> bool,
 ) -> bool {
     let deadline = Instant::now() + within;
     let mut backoff = Duration::from_millis(20);
     loop {
+        if abandoned() {
+            return false;
+        }
         match raft.propose(cmd.clone()).await {
             Ok(_) => return true,
             Err(e) => {
@@ -191,9 +209,12 @@ impl Actor for Session {
         };
         let (raft, addr) = (self.node.raft.clone(), ctx.address());
         let within = self.node.limits.session_open_timeout;
+        // A connection gone before its open committed stops retrying it (an open landing
+        // after the close is closed again by `reconcile`).
+        let stopped = self.cancel.subscribe();
         actix_rt::spawn(async move {
-            let committed =
-                commit_retrying(&raft, Command::SessionOpen { session: record }, within).await;
+            let open = Command::SessionOpen { session: record };
+            let committed = commit_retrying(&raft, open, within, || *stopped.borrow()).await;
             let _ = opened_tx.send(Some(committed));
             if !committed {
                 addr.do_send(Control::Close);
@@ -227,7 +248,7 @@ impl Actor for Session {
         };
         let within = self.node.limits.session_close_timeout;
         actix_rt::spawn(async move {
-            commit_retrying(&raft, close, within).await;
+            commit_retrying(&raft, close, within, || false).await;
         });
         let _ = self.cancel.send(true);
         if let Some(tx) = self.stop_tx.take() {
@@ -246,12 +267,20 @@ impl Handler<Inbound> for Session {
         match rpc::parse_incoming(&raw) {
             Incoming::Single(Err(resp)) => {
                 let text = Some(resp.to_json());
-                self.run(async move { text }, permit, self.conn.clone(), reply);
+                let unopened = text.clone();
+                self.run(
+                    async move { text },
+                    unopened,
+                    permit,
+                    self.conn.clone(),
+                    reply,
+                );
             }
             Incoming::Single(Ok(req)) => {
+                let unopened = req.id.clone().map(not_open);
                 let fut = crate::api::dispatch(self.node.clone(), self.conn.clone(), req);
                 let fut = async move { fut.await.map(|r| r.to_json()) };
-                self.run(fut, permit, self.conn.clone(), reply);
+                self.run(fut, unopened, permit, self.conn.clone(), reply);
             }
             Incoming::Batch(items) if items.len() > self.node.limits.max_inflight.max(1) => {
                 let err = RpcError::detail(
@@ -262,7 +291,14 @@ impl Handler<Inbound> for Session {
                     ),
                 );
                 let text = Some(Response::error(Value::Null, err).to_json());
-                self.run(async move { text }, permit, self.conn.clone(), reply);
+                let unopened = text.clone();
+                self.run(
+                    async move { text },
+                    unopened,
+                    permit,
+                    self.conn.clone(),
+                    reply,
+                );
             }
             Incoming::Batch(items) => {
                 // A batch holds one in-flight permit per request, like single requests.
@@ -293,7 +329,8 @@ impl Handler<Inbound> for Session {
                     (!answers.is_empty())
                         .then(|| serde_json::to_string(&answers).expect("responses serialise"))
                 };
-                self.run(fut, permit, self.conn.clone(), reply);
+                let unopened = Some(not_open(Value::Null));
+                self.run(fut, unopened, permit, self.conn.clone(), reply);
             }
         }
     }

@@ -339,21 +339,22 @@ impl RaftStorage {
         })
     }
 
-    /// Stores a snapshot of the applied state at `index` and drops the log up to
-    /// `index - retain` (the kept tail lets a follower slightly behind catch up from the log).
+    /// Stores a snapshot of the applied state at `index` (whose membership was
+    /// `conf_state`) and drops the log up to `index - retain` (the kept tail lets a
+    /// follower slightly behind catch up from the log). Callable from another thread than
+    /// the Raft one: log readers are held off while entries are deleted.
     pub fn compact_to_snapshot(
         &self,
         index: u64,
+        conf_state: ConfState,
         data: Vec<u8>,
         retain: u64,
     ) -> Result<(), StoreError> {
         let term = self
             .term(index)
             .map_err(|e| StoreError::Corrupt("term", e.to_string()))?;
-        let (conf_state, first) = {
-            let c = self.read();
-            (c.conf_state.clone(), c.first)
-        };
+        let mut c = self.write_cache();
+        let first = c.first;
         let mut snap = Snapshot::default();
         snap.set_data(data.into());
         let m = snap.mut_metadata();
@@ -370,7 +371,6 @@ impl RaftStorage {
         let mut wo = WriteOptions::default();
         wo.set_sync(true);
         self.db.write_opt(batch, &wo)?;
-        let mut c = self.write_cache();
         c.snapshot_meta = snap.take_metadata();
         if upto >= c.first {
             let dropped = ((upto + 1).saturating_sub(c.first) as usize).min(c.terms.len());
@@ -447,18 +447,17 @@ impl Storage for RaftStorage {
         max_size: impl Into<Option<u64>>,
         _context: GetEntriesContext,
     ) -> raft::Result<Vec<Entry>> {
-        let (first, last) = {
-            let c = self.read();
-            (c.first, c.last)
-        };
-        if low < first {
+        // Held through the read: a snapshot written meanwhile (on its own thread) takes the
+        // write lock before it deletes log entries, so none vanish under this iterator.
+        let c = self.read();
+        if low < c.first {
             return Err(raft::Error::Store(StorageError::Compacted));
         }
-        if high > last + 1 {
+        if high > c.last + 1 {
             return Err(raft::Error::Store(StorageError::Unavailable));
         }
         let max_size = max_size.into();
-        if let Some(mut cached) = self.read().recent_range(low, high) {
+        if let Some(mut cached) = c.recent_range(low, high) {
             raft::util::limit_size(&mut cached, max_size);
             return Ok(cached);
         }
@@ -616,10 +615,12 @@ mod tests {
             ..Default::default()
         })
         .unwrap();
-        s.compact_to_snapshot(4, b"early".to_vec(), 2).unwrap();
+        s.compact_to_snapshot(4, s.conf_state(), b"early".to_vec(), 2)
+            .unwrap();
         assert_eq!(s.first_index().unwrap(), 3, "a tail of 2 entries is kept");
         assert_eq!(s.term(4).unwrap(), 3);
-        s.compact_to_snapshot(6, b"state".to_vec(), 0).unwrap();
+        s.compact_to_snapshot(6, s.conf_state(), b"state".to_vec(), 0)
+            .unwrap();
         assert_eq!(s.first_index().unwrap(), 7);
         assert_eq!(s.term(6).unwrap(), 3);
         assert!(s.term(5).is_err());

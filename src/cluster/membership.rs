@@ -363,11 +363,12 @@ pub async fn reap_dead_members(link: Arc<super::ClusterLink>, raft: RaftHandle, 
     }
 }
 
-/// While this node leads, declares member processes down (`NodeDown`): one that gossip
-/// does not see alive, and that was unreachable (not alive in gossip, or our peer stream to
-/// it down) for `lease`. The cluster then cleans up after its connections as if each had
-/// closed. `lease` must exceed the self-fencing time of a cut-off node (`--fence-after-ms`),
-/// so that its clients are gone before its state is.
+/// While this node leads, declares member processes down (`NodeDown`): one whose Raft
+/// traffic stopped `lease` ago (counted from when this node took the lead at the earliest)
+/// and that gossip has lost too. The cluster then cleans up after its connections as if
+/// each had closed. The clock is the same one a cut-off node fences itself by (time since
+/// it heard from the leader), and `lease` exceeds that node's `--fence-after-ms`, so its
+/// clients are gone before its state is.
 pub async fn watch_liveness(
     link: Arc<super::ClusterLink>,
     raft: RaftHandle,
@@ -375,14 +376,15 @@ pub async fn watch_liveness(
     me: u64,
     lease: Duration,
 ) {
-    let mut gone_since: BTreeMap<(u64, String), Instant> = BTreeMap::new();
     let period = (lease / 10).clamp(Duration::from_millis(50), Duration::from_millis(500));
+    let mut leading_since_ms: Option<u64> = None;
     loop {
         tokio::time::sleep(period).await;
         if raft.stats.role() != Role::Leader {
-            gone_since.clear();
+            leading_since_ms = None;
             continue;
         }
+        let since = *leading_since_ms.get_or_insert_with(crate::consensus::process_ms);
         let processes: Vec<(u64, String)> = state
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -392,23 +394,27 @@ pub async fn watch_liveness(
             .filter(|(id, _)| **id != me)
             .map(|(id, n)| (*id, n.incarnation.clone()))
             .collect();
+        let now = crate::consensus::process_ms();
+        let silent: Vec<(u64, String, u64)> = processes
+            .into_iter()
+            .filter_map(|(id, incarnation)| {
+                let heard = raft.stats.peer_contact_ms(id).max(since);
+                let quiet = now.saturating_sub(heard);
+                (quiet >= lease.as_millis() as u64).then_some((id, incarnation, quiet))
+            })
+            .collect();
+        if silent.is_empty() {
+            continue;
+        }
         let live = link.gossip.live().await;
-        gone_since.retain(|key, _| processes.contains(key));
-        for (id, incarnation) in processes {
+        for (node_id, incarnation, quiet) in silent {
             let alive = live
                 .iter()
-                .any(|m| m.raft_id == id && m.incarnation == incarnation);
-            let key = (id, incarnation);
-            if alive && link.transport.connected(id) {
-                gone_since.remove(&key);
+                .any(|m| m.raft_id == node_id && m.incarnation == incarnation);
+            if alive {
                 continue;
             }
-            let since = *gone_since.entry(key.clone()).or_insert_with(Instant::now);
-            if alive || since.elapsed() < lease {
-                continue;
-            }
-            let (node_id, incarnation) = key;
-            warn!(raft_id = node_id, %incarnation, unreachable = ?since.elapsed(),
+            warn!(raft_id = node_id, %incarnation, silent_ms = quiet,
                 "node process is gone: cleaning up after its connections");
             let cmd = crate::state::Command::NodeDown {
                 node_id,

@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::sync::oneshot;
 
-use super::transport::Transport;
+use super::transport::{SendError, Transport};
 use crate::proto::{frame, Frame, PipeWrite, PipeWriteResult, TopicDelivery};
 use crate::rpc::{RpcError, ERR_INVALID_PIPE};
 
@@ -22,6 +22,17 @@ pub struct Router {
     pending: Mutex<HashMap<u64, oneshot::Sender<i64>>>,
     /// How long a routed write waits for its answer.
     timeout: Duration,
+}
+
+struct Pending<'a> {
+    router: &'a Router,
+    request_id: u64,
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        lock(&self.router.pending).remove(&self.request_id);
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -48,6 +59,12 @@ impl Router {
         let request_id = self.next_request.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         lock(&self.pending).insert(request_id, tx);
+        // Unregisters the request however this ends (answered, timed out, or the caller
+        // gone: its session closed).
+        let _pending = Pending {
+            router: self,
+            request_id,
+        };
         let frame = Frame {
             body: Some(frame::Body::PipeWrite(PipeWrite {
                 request_id,
@@ -55,13 +72,18 @@ impl Router {
                 msgs_json: msgs.iter().map(json_bytes).collect(),
             })),
         };
-        if self.transport.send(to, frame).is_err() {
-            lock(&self.pending).remove(&request_id);
-            return Err(RpcError::new(ERR_INVALID_PIPE));
+        match self.transport.send(to, frame) {
+            Ok(()) => {}
+            Err(SendError::UnknownPeer(_)) => return Err(RpcError::new(ERR_INVALID_PIPE)),
+            Err(SendError::TooLarge { max, .. }) => {
+                return Err(RpcError::invalid_param_because(
+                    "msg",
+                    format!("larger than the {max} bytes a peer frame may carry"),
+                ))
+            }
+            Err(e) => return Err(RpcError::internal(format!("{e}, retry"))),
         }
-        let answer = tokio::time::timeout(self.timeout, rx).await;
-        lock(&self.pending).remove(&request_id);
-        match answer {
+        match tokio::time::timeout(self.timeout, rx).await {
             Ok(Ok(0)) => Ok(()),
             Ok(Ok(code)) => Err(RpcError::new(code)),
             Ok(Err(_)) => Err(RpcError::new(ERR_INVALID_PIPE)),

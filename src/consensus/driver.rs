@@ -245,8 +245,11 @@ impl Driver {
                 }
                 if let Err(e) = self.raw.step(*msg) {
                     debug!(from, "raft step: {e}");
-                } else if from == self.raw.raft.leader_id {
-                    self.stats.touch_quorum_contact();
+                } else {
+                    self.stats.touch_peer_contact(from);
+                    if from == self.raw.raft.leader_id {
+                        self.stats.touch_quorum_contact();
+                    }
                 }
             }
             Msg::Forwarded { from, fwd } => self.on_forwarded(from, fwd),
@@ -525,6 +528,9 @@ impl Driver {
     fn on_tick(&mut self) {
         if self.is_leader() {
             self.stats.touch_quorum_contact();
+        } else {
+            let voters = self.storage.conf_state().voters;
+            self.stats.note_majority_contact(self.me.raft_id, &voters);
         }
         self.fail_timed_out();
         self.reads
@@ -788,7 +794,7 @@ impl Driver {
                         let mut cc = ConfChange::default();
                         cc.merge_from_bytes(&entry.data)
                             .map_err(|e| StoreError::Corrupt("conf change", e.to_string()))?;
-                        self.apply_conf_change(entry.index, &cc, &mut state)?;
+                        self.apply_conf_change(entry.index, &cc, &mut state, &mut all_events)?;
                     }
                     EntryType::EntryConfChangeV2 => {
                         return Err(StoreError::Corrupt(
@@ -820,6 +826,7 @@ impl Driver {
         index: u64,
         cc: &ConfChange,
         state: &mut State,
+        events: &mut Vec<Event>,
     ) -> Result<(), StoreError> {
         let id = cc.node_id;
         match cc.get_change_type() {
@@ -829,10 +836,7 @@ impl Driver {
                     state.cluster.members.insert(id, addr);
                 }
             }
-            ConfChangeType::RemoveNode => {
-                state.cluster.members.remove(&id);
-                state.cluster.nodes.remove(&id);
-            }
+            ConfChangeType::RemoveNode => events.extend(state.member_removed(id)),
         }
         if index > self.storage.conf_index() {
             match self.raw.apply_conf_change(cc) {
@@ -876,12 +880,16 @@ impl Driver {
         if applied < self.last_snapshot + self.cfg.snapshot_every && !wanted {
             return Ok(());
         }
+        // The state and the membership as of `applied`, taken together on this thread.
         let copy = self.read_state(State::clone);
+        let conf_state = self.storage.conf_state();
         let storage = self.storage.clone();
         let retain = self.cfg.log_retain;
         let writer = std::thread::Builder::new()
             .name("snapshot".into())
-            .spawn(move || storage.compact_to_snapshot(applied, copy.to_snapshot(), retain))
+            .spawn(move || {
+                storage.compact_to_snapshot(applied, conf_state, copy.to_snapshot(), retain)
+            })
             .map_err(|e| StoreError::Corrupt("snapshot thread", e.to_string()))?;
         self.snapshotting = Some((applied, writer));
         Ok(())

@@ -186,9 +186,11 @@ pub struct RaftStats {
     /// Voters and learners of the current configuration.
     pub membership: RwLock<(Vec<u64>, Vec<u64>)>,
     /// When this node last knew itself part of a working majority (`process_ms` clock):
-    /// while leading (check_quorum makes a cut-off leader step down) or on a message from
-    /// the leader.
+    /// while leading (check_quorum makes a cut-off leader step down), on a message from
+    /// the leader, or when it had heard from a majority of the voters (elections).
     quorum_contact_ms: AtomicU64,
+    /// When a Raft message from each peer last arrived (`process_ms` clock).
+    peer_contact_ms: RwLock<std::collections::HashMap<u64, u64>>,
 }
 
 /// Milliseconds since this process started (a monotonic clock for the stats).
@@ -219,6 +221,48 @@ impl RaftStats {
     pub(crate) fn touch_quorum_contact(&self) {
         self.quorum_contact_ms
             .store(process_ms(), Ordering::Relaxed);
+    }
+
+    /// Records contact with a majority of `voters` (this node `me` included) as of the
+    /// latest time a majority of them had been heard from: during an election, voters that
+    /// exchange votes still reach each other, and only a node cut off from most of them
+    /// stops being in contact.
+    pub(crate) fn note_majority_contact(&self, me: u64, voters: &[u64]) {
+        if voters.is_empty() {
+            return;
+        }
+        let now = process_ms();
+        let mut heard: Vec<u64> = voters
+            .iter()
+            .map(|v| {
+                if *v == me {
+                    now
+                } else {
+                    self.peer_contact_ms(*v)
+                }
+            })
+            .collect();
+        heard.sort_unstable_by(|a, b| b.cmp(a));
+        let majority = heard[voters.len() / 2];
+        self.quorum_contact_ms
+            .fetch_max(majority, Ordering::Relaxed);
+    }
+
+    pub(crate) fn touch_peer_contact(&self, peer: u64) {
+        self.peer_contact_ms
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(peer, process_ms());
+    }
+
+    /// When a Raft message from `peer` last arrived (`process_ms` clock; 0: never).
+    pub fn peer_contact_ms(&self, peer: u64) -> u64 {
+        self.peer_contact_ms
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&peer)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// How long since this node last knew itself part of a working majority.

@@ -429,6 +429,23 @@ impl State {
         (outcome, events)
     }
 
+    /// Member `node_id` left the Raft configuration: what its process still owned goes as
+    /// on `NodeDown` (applied from the conf change entry, on every node alike).
+    pub fn member_removed(&mut self, node_id: u64) -> Vec<Event> {
+        let mut events = Vec::new();
+        self.cluster.members.remove(&node_id);
+        if let Some(rec) = self.cluster.nodes.remove(&node_id) {
+            events.push(Event::NodeDown {
+                node_id,
+                incarnation: rec.incarnation,
+            });
+        }
+        for connid in self.sessions.of_node(node_id) {
+            self.close_session(&connid, &mut events);
+        }
+        events
+    }
+
     /// The member whose current process owns `id` (a connid, or a pipe, task or pull id
     /// starting with one); None when that process is gone.
     pub fn owner_node(&self, id: &str) -> Option<u64> {

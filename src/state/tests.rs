@@ -273,6 +273,13 @@ fn node_down_closes_its_sessions_and_fences_late_opens() {
     });
     assert!(again.is_ok() && events.is_empty(), "idempotent open");
     assert_eq!(s.sessions.len(), 1);
+    // A member removed from the configuration takes its sessions with it.
+    let events = s.member_removed(2);
+    assert!(events.contains(&Event::SessionClosed {
+        connid: "bbbbbbbb00000001".into()
+    }));
+    assert_eq!(s.sessions.len(), 0);
+    assert_eq!(s.owner_node("bbbbbbbb00000001xyz"), None);
 }
 
 #[test]

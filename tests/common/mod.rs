@@ -248,12 +248,26 @@ pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str
 }
 
 /// A free loopback port (for child processes that need a fixed port).
+/// A loopback port free for both TCP and UDP, for a node started later (possibly
+/// restarted on it). Taken below Linux's ephemeral range (32768+), so that outgoing
+/// connections of the many nodes tests run in parallel never grab it meanwhile; each test
+/// process walks its own stretch of the range (by pid) to keep parallel tests apart.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 10_000;
+    const SPAN: u32 = 22_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(7919) % SPAN;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(n < SPAN, "no free loopback port left");
+        let port = (LOW + (start + n * 37) % SPAN) as u16;
+        let tcp = std::net::TcpListener::bind(("127.0.0.1", port));
+        let udp = std::net::UdpSocket::bind(("127.0.0.1", port));
+        if tcp.is_ok() && udp.is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Polls `f` until it is true or `within` passes.
