@@ -338,6 +338,47 @@ fn a_frozen_worker_cannot_end_a_task_requeued_away_from_it() {
         json!({"taskid": again["taskid"], "result": "fresh"}),
     ));
     assert_eq!(pusher.wait(&push_id)["result"], json!("fresh"));
+    // The thawed node was declared down meanwhile: it announces itself again and serves.
+    let mut watcher = nodes[other].root();
+    let back = common::eventually(Duration::from_secs(15), || {
+        let list = expect_ok(watcher.call("sys.node.list", json!({})));
+        list.as_array().unwrap().len() == 3
+    });
+    assert!(back, "the thawed node is listed again");
+    let mut there = nodes[victim].root();
+    expect_ok(there.call("sync.lock", json!({"lock": "stale.after"})));
+}
+
+#[test]
+fn a_node_cut_off_from_the_majority_closes_its_clients() {
+    let root = tempfile::tempdir().unwrap();
+    let mut nodes = three(root.path());
+    let mut client = nodes[2].root();
+    expect_ok(client.call("sync.lock", json!({"lock": "fence.me"})));
+    nodes[0].kill9();
+    nodes[1].kill9();
+    let cut = Instant::now();
+    // Without a majority the node closes its clients (--fence-after-ms, 2 s), before the
+    // others (were they alive) could clean up after it.
+    assert!(client.closed_within(Duration::from_secs(10)), "fenced");
+    eprintln!(
+        "client of a cut-off node closed {:?} after it lost the majority",
+        cut.elapsed()
+    );
+    assert!(
+        cut.elapsed() >= Duration::from_millis(1500),
+        "not before the lease"
+    );
+    // A new connection cannot be served either: its session cannot commit.
+    let mut late = Client::tcp(format!("127.0.0.1:{}", nodes[2].tcp).parse().unwrap());
+    let id = late.send("sys.ping", json!({}));
+    match late.read_value() {
+        None => {}
+        Some(v) => {
+            assert_eq!(v["id"], id);
+            assert_eq!(v["error"]["code"], json!(-32603), "{v}");
+        }
+    }
 }
 
 #[test]
