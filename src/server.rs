@@ -235,7 +235,7 @@ async fn self_fence(node: Arc<Node>, lease: Duration) {
         let Some(node) = weak.upgrade() else {
             return;
         };
-        let cut_off = node.raft.stats.since_quorum_contact() > lease;
+        let cut_off = node.raft.stats.since_quorum_contact(node.raft_id) > lease;
         if cut_off {
             if !fenced && node.local.session_count() > 0 {
                 warn!(?lease, "no contact with a raft majority: closing every client connection (self-fencing)");

@@ -301,6 +301,11 @@ impl Handler<Inbound> for Session {
                 );
             }
             Incoming::Batch(items) => {
+                // A batch of notifications only is never answered.
+                let answered = items
+                    .iter()
+                    .any(|i| i.as_ref().map_or(true, |r| r.id.is_some()));
+                let unopened = answered.then(|| not_open(Value::Null));
                 // A batch holds one in-flight permit per request, like single requests.
                 let extra = self
                     .permits
@@ -329,7 +334,6 @@ impl Handler<Inbound> for Session {
                     (!answers.is_empty())
                         .then(|| serde_json::to_string(&answers).expect("responses serialise"))
                 };
-                let unopened = Some(not_open(Value::Null));
                 self.run(fut, unopened, permit, self.conn.clone(), reply);
             }
         }

@@ -341,8 +341,10 @@ impl RaftStorage {
 
     /// Stores a snapshot of the applied state at `index` (whose membership was
     /// `conf_state`) and drops the log up to `index - retain` (the kept tail lets a
-    /// follower slightly behind catch up from the log). Callable from another thread than
-    /// the Raft one: log readers are held off while entries are deleted.
+    /// follower slightly behind catch up from the log). Runs on its own thread, beside the
+    /// Raft one: the snapshot is made durable first, then the cache's first index moves
+    /// past the dropped entries (under the lock `entries` reads with, so no read is still
+    /// on them), then they are deleted. The Raft thread is never blocked on a disk write.
     pub fn compact_to_snapshot(
         &self,
         index: u64,
@@ -353,8 +355,7 @@ impl RaftStorage {
         let term = self
             .term(index)
             .map_err(|e| StoreError::Corrupt("term", e.to_string()))?;
-        let mut c = self.write_cache();
-        let first = c.first;
+        let first = self.read().first;
         let mut snap = Snapshot::default();
         snap.set_data(data.into());
         let m = snap.mut_metadata();
@@ -363,21 +364,26 @@ impl RaftStorage {
         m.set_conf_state(conf_state);
         // The log keeps entries after `upto`; `first` never passes `index + 1`.
         let upto = index.saturating_sub(retain).max(first.saturating_sub(1));
-        let mut batch = WriteBatch::default();
-        batch.put_cf(cf(&self.db, CF_META), KEY_SNAPSHOT, encode(&snap));
-        if upto >= first {
-            batch.delete_range_cf(cf(&self.db, CF_LOG), log_key(first), log_key(upto + 1));
-        }
         let mut wo = WriteOptions::default();
         wo.set_sync(true);
-        self.db.write_opt(batch, &wo)?;
-        c.snapshot_meta = snap.take_metadata();
-        if upto >= c.first {
-            let dropped = ((upto + 1).saturating_sub(c.first) as usize).min(c.terms.len());
-            c.terms.drain(..dropped);
-            c.first = upto + 1;
+        self.db
+            .put_cf_opt(cf(&self.db, CF_META), KEY_SNAPSHOT, encode(&snap), &wo)?;
+        {
+            let mut c = self.write_cache();
+            c.snapshot_meta = snap.take_metadata();
+            if upto >= c.first {
+                let dropped = ((upto + 1).saturating_sub(c.first) as usize).min(c.terms.len());
+                c.terms.drain(..dropped);
+                c.first = upto + 1;
+            }
+            c.last = c.last.max(index);
         }
-        c.last = c.last.max(index);
+        // Not synced: after a crash before it lands, the log merely starts earlier.
+        if upto >= first {
+            let mut batch = WriteBatch::default();
+            batch.delete_range_cf(cf(&self.db, CF_LOG), log_key(first), log_key(upto + 1));
+            self.db.write(batch)?;
+        }
         Ok(())
     }
 

@@ -62,6 +62,13 @@ pub fn event_sink(
         let Some(raft) = raft.get() else {
             return;
         };
+        // Contact is noted as traffic arrives, not when the Raft thread gets to it.
+        if let PeerEvent::Frame { from, .. } | PeerEvent::Snapshot { from, .. } = &event {
+            raft.stats.touch_peer_contact(*from);
+            if raft.stats.leader() == Some(*from) {
+                raft.stats.touch_leader_contact();
+            }
+        }
         let msg = match event {
             PeerEvent::Frame { from, frame } => match frame.body {
                 Some(frame::Body::Raft(bytes)) => {

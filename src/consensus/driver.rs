@@ -245,11 +245,6 @@ impl Driver {
                 }
                 if let Err(e) = self.raw.step(*msg) {
                     debug!(from, "raft step: {e}");
-                } else {
-                    self.stats.touch_peer_contact(from);
-                    if from == self.raw.raft.leader_id {
-                        self.stats.touch_quorum_contact();
-                    }
                 }
             }
             Msg::Forwarded { from, fwd } => self.on_forwarded(from, fwd),
@@ -526,12 +521,6 @@ impl Driver {
 
     /// Periodic work after a raft tick.
     fn on_tick(&mut self) {
-        if self.is_leader() {
-            self.stats.touch_quorum_contact();
-        } else {
-            let voters = self.storage.conf_state().voters;
-            self.stats.note_majority_contact(self.me.raft_id, &voters);
-        }
         self.fail_timed_out();
         self.reads
             .progress(self.raw.raft.raft_log.applied, self.cfg.read_timeout);

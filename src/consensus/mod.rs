@@ -185,10 +185,8 @@ pub struct RaftStats {
     role: AtomicU8,
     /// Voters and learners of the current configuration.
     pub membership: RwLock<(Vec<u64>, Vec<u64>)>,
-    /// When this node last knew itself part of a working majority (`process_ms` clock):
-    /// while leading (check_quorum makes a cut-off leader step down), on a message from
-    /// the leader, or when it had heard from a majority of the voters (elections).
-    quorum_contact_ms: AtomicU64,
+    /// When a Raft message from the leader last arrived (`process_ms` clock).
+    leader_contact_ms: AtomicU64,
     /// When a Raft message from each peer last arrived (`process_ms` clock).
     peer_contact_ms: RwLock<std::collections::HashMap<u64, u64>>,
 }
@@ -218,18 +216,24 @@ impl RaftStats {
         }
     }
 
-    pub(crate) fn touch_quorum_contact(&self) {
-        self.quorum_contact_ms
+    pub fn touch_leader_contact(&self) {
+        self.leader_contact_ms
             .store(process_ms(), Ordering::Relaxed);
     }
 
-    /// Records contact with a majority of `voters` (this node `me` included) as of the
-    /// latest time a majority of them had been heard from: during an election, voters that
-    /// exchange votes still reach each other, and only a node cut off from most of them
-    /// stops being in contact.
-    pub(crate) fn note_majority_contact(&self, me: u64, voters: &[u64]) {
+    /// The latest time by which a majority of the voters (this node `me` counting as heard
+    /// now) had been heard from: during an election voters still reach each other through
+    /// their votes, and a leader hears every follower's heartbeat answers; only a node cut
+    /// off from most of them falls behind.
+    fn majority_contact_ms(&self, me: u64) -> u64 {
+        let voters = self
+            .membership
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .clone();
         if voters.is_empty() {
-            return;
+            return 0;
         }
         let now = process_ms();
         let mut heard: Vec<u64> = voters
@@ -243,12 +247,12 @@ impl RaftStats {
             })
             .collect();
         heard.sort_unstable_by(|a, b| b.cmp(a));
-        let majority = heard[voters.len() / 2];
-        self.quorum_contact_ms
-            .fetch_max(majority, Ordering::Relaxed);
+        heard[voters.len() / 2]
     }
 
-    pub(crate) fn touch_peer_contact(&self, peer: u64) {
+    /// A Raft message from `peer` arrived (called by the transport, before it is queued
+    /// for the Raft thread).
+    pub fn touch_peer_contact(&self, peer: u64) {
         self.peer_contact_ms
             .write()
             .unwrap_or_else(|e| e.into_inner())
@@ -265,9 +269,14 @@ impl RaftStats {
             .unwrap_or(0)
     }
 
-    /// How long since this node last knew itself part of a working majority.
-    pub fn since_quorum_contact(&self) -> Duration {
-        let last = self.quorum_contact_ms.load(Ordering::Relaxed);
+    /// How long since this node (`me`) last knew itself part of a working majority: it
+    /// heard from the leader, or from a majority of the voters. Contact is recorded as
+    /// frames arrive from the transport, so a busy Raft thread does not count as cut off.
+    pub fn since_quorum_contact(&self, me: u64) -> Duration {
+        let last = self
+            .leader_contact_ms
+            .load(Ordering::Relaxed)
+            .max(self.majority_contact_ms(me));
         Duration::from_millis(process_ms().saturating_sub(last))
     }
 
