@@ -130,6 +130,50 @@ impl Ws {
         }
     }
 
+    /// Sends `requests` keeping up to `window` of them unanswered, handing each answer to
+    /// `on_answer` as it comes; returns once every request is answered.
+    fn pipelined(
+        &mut self,
+        window: usize,
+        requests: impl Iterator<Item = (&'static str, Value)>,
+        mut on_answer: impl FnMut(Value) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        let mut in_flight = 0;
+        for (method, params) in requests {
+            if in_flight == window {
+                on_answer(self.recv()?)?;
+                in_flight -= 1;
+            }
+            self.send(method, params)?;
+            in_flight += 1;
+        }
+        for _ in 0..in_flight {
+            on_answer(self.recv()?)?;
+        }
+        Ok(())
+    }
+
+    /// Reads `pipe` until `stop`, counting messages read and dropped.
+    fn drain_pipe(
+        &mut self,
+        pipe: &Value,
+        stop: &AtomicBool,
+        read: &AtomicU64,
+        dropped: &AtomicU64,
+    ) -> anyhow::Result<()> {
+        while !stop.load(Ordering::Relaxed) {
+            let r = self.call(
+                "pipe.read",
+                json!({"pipeid": pipe, "max": 10000, "timeout": 0.5}),
+            )?;
+            let n = r["result"]["msgs"].as_array().map_or(0, Vec::len);
+            read.fetch_add(n as u64, Ordering::Relaxed);
+            let drops = r["result"]["drops"].as_u64().unwrap_or(0);
+            dropped.fetch_add(drops, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
     /// One request, one answer (nothing else in flight on this connection).
     fn call(&mut self, method: &str, params: Value) -> anyhow::Result<Value> {
         self.send(method, params)?;
@@ -333,19 +377,7 @@ fn topics(
             let pipe = c.call("pipe.create", json!({"len": 100000}))?["result"]["pipeid"].clone();
             c.call("topic.sub", json!({"pipeid": pipe, "topic": topic}))?;
             let _ = ready.send(());
-            while !stop.load(Ordering::Relaxed) {
-                let r = c.call(
-                    "pipe.read",
-                    json!({"pipeid": pipe, "max": 10000, "timeout": 0.5}),
-                )?;
-                let n = r["result"]["msgs"].as_array().map_or(0, Vec::len);
-                delivered.fetch_add(n as u64, Ordering::Relaxed);
-                dropped.fetch_add(
-                    r["result"]["drops"].as_u64().unwrap_or(0),
-                    Ordering::Relaxed,
-                );
-            }
-            Ok(())
+            c.drain_pipe(&pipe, &stop, &delivered, &dropped)
         }));
     }
     for _ in 0..subscribers {
@@ -366,21 +398,13 @@ fn topics(
             barrier.wait();
             let mut c = c?;
             let deadline = Instant::now() + Duration::from_secs(args.seconds);
-            let payload = json!({"data": "x".repeat(64)});
-            for _ in 0..window {
-                c.send("topic.pub", json!({"topic": topic, "msg": payload}))?;
-            }
-            let mut in_flight = window;
-            while in_flight > 0 {
-                c.recv()?;
-                in_flight -= 1;
+            let publish = json!({"topic": topic, "msg": {"data": "x".repeat(64)}});
+            let requests = std::iter::repeat_with(|| ("topic.pub", publish.clone()))
+                .take_while(|_| Instant::now() < deadline);
+            c.pipelined(window, requests, |_| {
                 published.fetch_add(1, Ordering::Relaxed);
-                if Instant::now() < deadline {
-                    c.send("topic.pub", json!({"topic": topic, "msg": payload}))?;
-                    in_flight += 1;
-                }
-            }
-            Ok(())
+                Ok(())
+            })
         }));
     }
     barrier.wait();
@@ -527,22 +551,11 @@ fn fill(
                                "detach": true}),
                     )
                 }));
-            let mut in_flight = 0;
-            for (method, params) in requests {
-                if in_flight == window {
-                    check_answer(c.recv()?)?;
-                    sent.fetch_add(1, Ordering::Relaxed);
-                    in_flight -= 1;
-                }
-                c.send(method, params)?;
-                in_flight += 1;
-            }
-            while in_flight > 0 {
-                check_answer(c.recv()?)?;
+            c.pipelined(window, requests, |answer| {
+                check_answer(answer)?;
                 sent.fetch_add(1, Ordering::Relaxed);
-                in_flight -= 1;
-            }
-            Ok(())
+                Ok(())
+            })
         }));
     }
     for t in threads {
@@ -590,19 +603,7 @@ fn pipes(args: &BenchArgs, writers: usize, window: usize) -> anyhow::Result<()> 
         let (stop, read, dropped, pipe) =
             (stop.clone(), read.clone(), dropped.clone(), pipe.clone());
         std::thread::spawn(move || -> anyhow::Result<()> {
-            while !stop.load(Ordering::Relaxed) {
-                let r = reader.call(
-                    "pipe.read",
-                    json!({"pipeid": pipe, "max": 10000, "timeout": 0.5}),
-                )?;
-                let n = r["result"]["msgs"].as_array().map_or(0, Vec::len);
-                read.fetch_add(n as u64, Ordering::Relaxed);
-                dropped.fetch_add(
-                    r["result"]["drops"].as_u64().unwrap_or(0),
-                    Ordering::Relaxed,
-                );
-            }
-            Ok(())
+            reader.drain_pipe(&pipe, &stop, &read, &dropped)
         })
     };
     let written = Arc::new(AtomicU64::new(0));
@@ -620,21 +621,14 @@ fn pipes(args: &BenchArgs, writers: usize, window: usize) -> anyhow::Result<()> 
             barrier.wait();
             let mut c = c?;
             let deadline = Instant::now() + Duration::from_secs(args.seconds);
-            let msg = json!({"data": "x".repeat(64)});
-            for _ in 0..window {
-                c.send("pipe.write", json!({"pipeid": pipe, "msg": msg}))?;
-            }
-            let mut in_flight = window;
-            while in_flight > 0 {
-                check_answer(c.recv()?)?;
-                in_flight -= 1;
+            let write = json!({"pipeid": pipe, "msg": {"data": "x".repeat(64)}});
+            let requests = std::iter::repeat_with(|| ("pipe.write", write.clone()))
+                .take_while(|_| Instant::now() < deadline);
+            c.pipelined(window, requests, |answer| {
+                check_answer(answer)?;
                 written.fetch_add(1, Ordering::Relaxed);
-                if Instant::now() < deadline {
-                    c.send("pipe.write", json!({"pipeid": pipe, "msg": msg}))?;
-                    in_flight += 1;
-                }
-            }
-            Ok(())
+                Ok(())
+            })
         }));
     }
     barrier.wait();

@@ -83,6 +83,20 @@ impl Local {
         }
     }
 
+    /// Writes `msgs` in order into pipe `pipeid` of this node (none: the pipe is only
+    /// checked); gives the messages back when there is no such pipe here.
+    pub fn write(&self, pipeid: &str, msgs: Vec<Value>) -> Result<(), Vec<Value>> {
+        match self.pipe(pipeid) {
+            Some(addr) => {
+                if !msgs.is_empty() {
+                    addr.do_send(pipe::Write(msgs));
+                }
+                Ok(())
+            }
+            None => Err(msgs),
+        }
+    }
+
     /// Writes `envelope` into those of `pipeids` that live here.
     pub fn deliver(&self, pipeids: &[String], envelope: &Value) {
         let pipes = lock(&self.pipes);

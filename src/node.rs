@@ -9,7 +9,6 @@ use serde_json::{json, Value};
 
 use crate::consensus::RaftHandle;
 use crate::local::Local;
-use crate::pipe;
 use crate::proto::{frame, Frame};
 use crate::rpc::{RpcError, ERR_INVALID_PARAMS, ERR_INVALID_PIPE};
 use crate::state::{Event, State};
@@ -102,17 +101,9 @@ impl Node {
     /// node's directly, each other node's in one routed frame. Answers how many pipes it
     /// reached (pipes of processes that are gone are not counted).
     pub fn publish(&self, topic: &str, msg: &Value) -> usize {
-        let mut by_node: BTreeMap<u64, Vec<String>> = BTreeMap::new();
-        self.read(|s| {
-            for pipeid in s.topics.matching(topic) {
-                if let Some(owner) = s.owner_node(pipeid) {
-                    by_node.entry(owner).or_default().push(pipeid.to_string());
-                }
-            }
-        });
         let envelope = json!({"topic": topic, "msg": msg});
         let mut sent = 0;
-        for (owner, pipeids) in by_node {
+        for (owner, pipeids) in self.subscribers_by_node(topic) {
             if owner == self.raft_id {
                 sent += pipeids.len();
                 self.local.deliver(&pipeids, &envelope);
@@ -124,15 +115,27 @@ impl Node {
         sent
     }
 
+    /// The pipes subscribed to `topic` (each once), grouped by the member owning them; pipes
+    /// of processes that are gone are left out.
+    fn subscribers_by_node(&self, topic: &str) -> BTreeMap<u64, Vec<String>> {
+        let mut by_node: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+        self.read(|s| {
+            for pipeid in s.topics.matching(topic) {
+                if let Some(owner) = s.owner_node(pipeid) {
+                    by_node.entry(owner).or_default().push(pipeid.to_string());
+                }
+            }
+        });
+        by_node
+    }
+
     /// Writes `msgs` in order into pipe `pipeid`, wherever it lives; -32003 when there is no
     /// such pipe (or its node is gone). No messages: only checks that the pipe exists.
     pub async fn write_pipe(&self, pipeid: &str, msgs: Vec<Value>) -> Result<(), RpcError> {
-        if let Some(addr) = self.local.pipe(pipeid) {
-            if !msgs.is_empty() {
-                addr.do_send(pipe::Write(msgs));
-            }
-            return Ok(());
-        }
+        let msgs = match self.local.write(pipeid, msgs) {
+            Ok(()) => return Ok(()),
+            Err(msgs) => msgs, // not a pipe of this node
+        };
         let owner = self.read(|s| s.owner_node(pipeid));
         match (owner, self.cluster.get()) {
             (Some(owner), Some(link)) if owner != self.raft_id => {
@@ -155,15 +158,12 @@ impl Node {
                     .iter()
                     .map(|b| serde_json::from_slice(b))
                     .collect();
-                let code = match (self.local.pipe(&w.pipeid), msgs) {
-                    (None, _) => ERR_INVALID_PIPE,
-                    (Some(_), Err(_)) => ERR_INVALID_PARAMS,
-                    (Some(addr), Ok(msgs)) => {
-                        if !msgs.is_empty() {
-                            addr.do_send(pipe::Write(msgs));
-                        }
-                        0
-                    }
+                let code = match msgs {
+                    Err(_) => ERR_INVALID_PARAMS,
+                    Ok(msgs) => match self.local.write(&w.pipeid, msgs) {
+                        Ok(()) => 0,
+                        Err(_) => ERR_INVALID_PIPE,
+                    },
                 };
                 link.router.answer(from, w.request_id, code);
             }
@@ -220,15 +220,19 @@ impl Node {
 
     /// Delivers `msg` to the subscribed pipes that live on this node.
     fn publish_here(&self, topic: &str, msg: &Value) {
-        let targets: Vec<String> = self.read(|s| {
-            s.topics
-                .matching(topic)
-                .into_iter()
-                .map(str::to_string)
-                .collect()
-        });
-        self.local
-            .deliver(&targets, &json!({"topic": topic, "msg": msg}));
+        if let Some(mine) = self.subscribers_by_node(topic).remove(&self.raft_id) {
+            self.local
+                .deliver(&mine, &json!({"topic": topic, "msg": msg}));
+        }
+    }
+
+    /// The command announcing this process to the cluster's node table.
+    pub fn started(&self) -> crate::state::Command {
+        crate::state::Command::NodeStarted {
+            node_id: self.raft_id,
+            incarnation: self.incarnation.clone(),
+            generation: self.generation,
+        }
     }
 
     /// After a snapshot install: pushes and pulls whose task or pull is gone ended inside

@@ -46,12 +46,7 @@ async fn rejoin_if_gone(node: &Node) {
     }
     warn!("this node process is not in the cluster's node table (declared down while cut off): closing its connections and announcing it again");
     node.local.broadcast(Control::Close);
-    let cmd = Command::NodeStarted {
-        node_id: node.raft_id,
-        incarnation: node.incarnation.clone(),
-        generation: node.generation,
-    };
-    if let Err(e) = node.raft.propose(cmd).await {
+    if let Err(e) = node.raft.propose(node.started()).await {
         debug!(
             "announcing this node again failed, will retry: {}",
             e.message

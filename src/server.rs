@@ -416,7 +416,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
     let _ = node_slot.set(Arc::downgrade(&node));
 
     let ready = async {
-        announce_start(&node, me.generation).await?;
+        announce_start(&node).await?;
         bootstrap_root(&node, args.root_password.clone()).await
     };
     if let Err(e) = ready.await {
@@ -521,16 +521,11 @@ fn serve_listeners(
 
 /// Tells the cluster this incarnation is up (dropping sessions of earlier ones). Retries
 /// until the node has a leader.
-async fn announce_start(node: &Node, generation: u64) -> anyhow::Result<()> {
+async fn announce_start(node: &Node) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut last_log = Instant::now();
     loop {
-        let cmd = Command::NodeStarted {
-            node_id: node.raft_id,
-            incarnation: node.incarnation.clone(),
-            generation,
-        };
-        match node.raft.propose(cmd).await {
+        match node.raft.propose(node.started()).await {
             Ok(_) => return Ok(()),
             Err(e) if Instant::now() < deadline => {
                 if last_log.elapsed() >= Duration::from_secs(5) {
@@ -582,6 +577,10 @@ async fn bootstrap_root(node: &Node, root_password: Option<String>) -> anyhow::R
 impl Running {
     /// Stops accepting, closes every session cleanly, flushes Raft and releases storage.
     pub async fn stop(self) {
+        // From here a session close is tried once, and a node declared down stays down.
+        self.node
+            .stopping
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         for t in &self.tcp_tasks {
             t.abort();
         }
@@ -603,9 +602,6 @@ impl Running {
         // Leave the cluster's node table: the others stop routing here at once, instead
         // of waiting to declare this process down.
         if self.cluster.is_some() {
-            self.node
-                .stopping
-                .store(true, std::sync::atomic::Ordering::Relaxed);
             let departure = Command::NodeDown {
                 node_id: self.node.raft_id,
                 incarnation: self.node.incarnation.clone(),

@@ -150,6 +150,21 @@ impl Session {
     }
 }
 
+impl Session {
+    /// An answer known without running anything (parse errors, refused batches); it still
+    /// goes out in order with the connection's other answers.
+    fn answer_now(&self, text: String, permit: OwnedSemaphorePermit, reply: Reply) {
+        let unopened = Some(text.clone());
+        self.run(
+            async move { Some(text) },
+            unopened,
+            permit,
+            self.conn.clone(),
+            reply,
+        );
+    }
+}
+
 /// The answer to a request of a session that could not be opened.
 fn not_open(id: Value) -> String {
     let err = RpcError::internal("the session could not be registered (no raft quorum), retry");
@@ -159,7 +174,7 @@ fn not_open(id: Value) -> String {
 /// Proposes an idempotent command until it commits, for at most `within` (or until the
 /// node stops, or `abandoned()`); true once committed.
 async fn commit_retrying(
-    raft: &crate::consensus::RaftHandle,
+    node: &Node,
     cmd: Command,
     within: Duration,
     abandoned: impl Fn() -> bool,
@@ -170,15 +185,17 @@ async fn commit_retrying(
         if abandoned() {
             return false;
         }
-        match raft.propose(cmd.clone()).await {
+        match node.raft.propose(cmd.clone()).await {
             Ok(_) => return true,
-            Err(e) => {
-                let stopping = e.message.contains("shutting down");
-                if stopping || Instant::now() + backoff >= deadline {
-                    debug!("giving up on {cmd:?}: {}", e.message);
-                    return false;
-                }
+            // A stopping node makes one attempt (its closes are written before Raft stops).
+            Err(e)
+                if node.stopping.load(std::sync::atomic::Ordering::Relaxed)
+                    || Instant::now() + backoff >= deadline =>
+            {
+                debug!("giving up on {cmd:?}: {}", e.message);
+                return false;
             }
+            Err(_) => {}
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(1));
@@ -207,14 +224,14 @@ impl Actor for Session {
             creation_time: now_rfc3339(),
             internal: false,
         };
-        let (raft, addr) = (self.node.raft.clone(), ctx.address());
+        let (node, addr) = (self.node.clone(), ctx.address());
         let within = self.node.limits.session_open_timeout;
         // A connection gone before its open committed stops retrying it (an open landing
         // after the close is closed again by `reconcile`).
         let stopped = self.cancel.subscribe();
         actix_rt::spawn(async move {
             let open = Command::SessionOpen { session: record };
-            let committed = commit_retrying(&raft, open, within, || *stopped.borrow()).await;
+            let committed = commit_retrying(&node, open, within, || *stopped.borrow()).await;
             let _ = opened_tx.send(Some(committed));
             if !committed {
                 addr.do_send(Control::Close);
@@ -242,13 +259,13 @@ impl Actor for Session {
         }
         // Retried until committed (a lost close would leak the session record); the open
         // and the close are both idempotent.
-        let raft = self.node.raft.clone();
+        let node = self.node.clone();
         let close = Command::SessionClose {
             connid: self.conn.connid.clone(),
         };
         let within = self.node.limits.session_close_timeout;
         actix_rt::spawn(async move {
-            commit_retrying(&raft, close, within, || false).await;
+            commit_retrying(&node, close, within, || false).await;
         });
         let _ = self.cancel.send(true);
         if let Some(tx) = self.stop_tx.take() {
@@ -265,17 +282,7 @@ impl Handler<Inbound> for Session {
         self.conn.last_activity.set(Instant::now());
         let Inbound { raw, permit, reply } = msg;
         match rpc::parse_incoming(&raw) {
-            Incoming::Single(Err(resp)) => {
-                let text = Some(resp.to_json());
-                let unopened = text.clone();
-                self.run(
-                    async move { text },
-                    unopened,
-                    permit,
-                    self.conn.clone(),
-                    reply,
-                );
-            }
+            Incoming::Single(Err(resp)) => self.answer_now(resp.to_json(), permit, reply),
             Incoming::Single(Ok(req)) => {
                 let unopened = req.id.clone().map(not_open);
                 let fut = crate::api::dispatch(self.node.clone(), self.conn.clone(), req);
@@ -290,15 +297,7 @@ impl Handler<Inbound> for Session {
                         self.node.limits.max_inflight
                     ),
                 );
-                let text = Some(Response::error(Value::Null, err).to_json());
-                let unopened = text.clone();
-                self.run(
-                    async move { text },
-                    unopened,
-                    permit,
-                    self.conn.clone(),
-                    reply,
-                );
+                self.answer_now(Response::error(Value::Null, err).to_json(), permit, reply);
             }
             Incoming::Batch(items) => {
                 // A batch of notifications only is never answered.

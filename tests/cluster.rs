@@ -6,7 +6,9 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::cluster::{secret_file, three_joined, three_joined_each, wait_voters, Proc};
+use common::cluster::{
+    leader_of, secret_file, three_joined, three_joined_each, unread_bytes_at, wait_voters, Proc,
+};
 use common::{eventually, expect_code, expect_ok, free_port, Client};
 use serde_json::json;
 
@@ -90,9 +92,7 @@ fn leader_kill_9_writes_resume_and_the_node_catches_up_after_restart() {
     let root = tempfile::tempdir().unwrap();
     let mut nodes = three_joined(root.path(), &[]);
     wait_voters(&nodes[0], 3);
-    let leader = (0..3)
-        .find(|i| nodes[*i].role() == "leader")
-        .expect("a leader");
+    let leader = leader_of(&nodes);
     nodes[leader].kill9();
     let killed_at = Instant::now();
     let survivor = (leader + 1) % 3;
@@ -216,9 +216,7 @@ fn sigterm_of_the_leader_hands_leadership_over() {
     let root = tempfile::tempdir().unwrap();
     let mut nodes = three_joined(root.path(), &[]);
     wait_voters(&nodes[0], 3);
-    let leader = (0..3)
-        .find(|i| nodes[*i].role() == "leader")
-        .expect("a leader");
+    let leader = leader_of(&nodes);
     nodes[leader].sigterm();
     assert!(
         nodes[leader].log().contains("transferring raft leadership"),
@@ -264,21 +262,27 @@ fn a_write_in_flight_on_a_follower_when_the_leader_dies_answers() {
     let root = tempfile::tempdir().unwrap();
     let mut nodes = three_joined(root.path(), &[]);
     wait_voters(&nodes[0], 3);
-    let leader = (0..3)
-        .find(|i| nodes[*i].role() == "leader")
-        .expect("a leader");
+    let leader = leader_of(&nodes);
     let follower = (leader + 1) % 3;
     let mut c = nodes[follower].root();
     let mut w = nodes[follower].root();
     // The leader freezes: the follower's forwarded write reaches it but is never appended.
     let pid = nodes[leader].child.as_ref().unwrap().id() as i32;
     unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let before = unread_bytes_at(nodes[leader].cluster);
     let writer = std::thread::spawn(move || {
         let start = Instant::now();
         let answer = w.call("user.create", json!({"user": "inflight", "pass": "pass1"}));
         (answer, start.elapsed())
     });
-    std::thread::sleep(Duration::from_millis(300));
+    // The forwarded write (a command with a password hash, well over 100 bytes) waits
+    // unread at the frozen leader; only then does the leader die.
+    assert!(
+        eventually(Duration::from_secs(5), || unread_bytes_at(
+            nodes[leader].cluster
+        ) >= before + 100),
+        "the follower forwarded the write to the frozen leader"
+    );
     nodes[leader].kill9();
     let (answer, took) = writer.join().unwrap();
     eprintln!("write in flight when the leader died: {answer:?} after {took:?}");
@@ -306,17 +310,7 @@ fn members_are_removed_by_an_admin_and_when_long_dead() {
     let root = tempfile::tempdir().unwrap();
     let mut nodes = three_joined(root.path(), &["--remove-dead-after", "3"]);
     wait_voters(&nodes[0], 3);
-    let raft_id = |n: &Proc| -> u64 {
-        let mut c = n.root();
-        let list = expect_ok(c.call("sys.node.list", json!({})));
-        list.as_array()
-            .unwrap()
-            .iter()
-            .find(|e| e["cluster"] == json!(format!("127.0.0.1:{}", n.cluster)))
-            .and_then(|e| e["raftId"].as_u64())
-            .unwrap()
-    };
-    let ids: Vec<u64> = nodes.iter().map(raft_id).collect();
+    let ids: Vec<u64> = nodes.iter().map(Proc::raft_id).collect();
     // Members, down or not (a killed node leaves the default list within seconds, long
     // before it is removed from the cluster).
     let members = |n: &Proc| -> Vec<u64> {
@@ -342,7 +336,7 @@ fn members_are_removed_by_an_admin_and_when_long_dead() {
     );
 
     // kill -9 of a follower: the leader removes it once gossip has not seen it for 3 s.
-    let leader = (0..3).find(|i| nodes[*i].role() == "leader").unwrap();
+    let leader = leader_of(&nodes);
     let dead = (leader + 1) % 3;
     let other = (leader + 2) % 3;
     nodes[dead].kill9();

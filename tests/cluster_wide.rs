@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::cluster::{three_joined, wait_voters, Proc};
+use common::cluster::{leader_of, three_joined, wait_voters, Proc};
 use common::{expect_code, expect_ok, Client};
 use serde_json::{json, Value};
 
@@ -156,18 +156,6 @@ fn a_publish_reaches_subscribers_on_every_node_in_order() {
     }
 }
 
-/// This node's raft id, from its own entry in its node list.
-fn raft_id(n: &Proc) -> u64 {
-    let mut c = n.root();
-    let list = expect_ok(c.call("sys.node.list", json!({})));
-    list.as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["cluster"] == json!(format!("127.0.0.1:{}", n.cluster)))
-        .and_then(|e| e["raftId"].as_u64())
-        .unwrap()
-}
-
 fn listed(c: &mut Client, id: u64) -> bool {
     let list = expect_ok(c.call("sys.node.list", json!({})));
     list.as_array()
@@ -199,19 +187,13 @@ fn sessions_of(c: &mut Client, incarnation: &str) -> usize {
         .count()
 }
 
-fn leader_of(nodes: &[Proc]) -> usize {
-    (0..nodes.len())
-        .find(|i| nodes[*i].role() == "leader")
-        .expect("a leader")
-}
-
 #[test]
 fn a_killed_node_is_cleaned_up_as_if_its_connections_closed() {
     let root = tempfile::tempdir().unwrap();
     let mut nodes = three(root.path());
     let leader = leader_of(&nodes);
     let (victim, other) = ((leader + 1) % 3, (leader + 2) % 3);
-    let victim_id = raft_id(&nodes[victim]);
+    let victim_id = nodes[victim].raft_id();
 
     // On the victim: a lock holder, a worker holding a task pushed from a surviving node,
     // a pusher waiting on a task nobody pulls, a pipe subscribed to a topic.
@@ -406,7 +388,10 @@ fn tasks_locks_and_sessions_work_across_nodes() {
     assert_eq!(answer["error"]["data"], json!({"why": 0}));
     // A pull waiting on B is served by a push on C.
     let pull = b.send("task.pull", json!({"prefix": "x.wait", "timeout": 10}));
-    std::thread::sleep(Duration::from_millis(200));
+    assert!(common::eventually(Duration::from_secs(5), || {
+        let n = expect_ok(c.call("task.count", json!({"prefix": "x.wait"})));
+        n["pullCount"] == json!(1)
+    }));
     let push = c.send("task.push", json!({"method": "x.wait.m", "params": "p"}));
     let t = answer_of_ok(b.wait(&pull));
     assert_eq!(t["params"], json!("p"));

@@ -307,23 +307,13 @@ pub async fn remove_member(
             raft_id,
         })),
     };
-    match link
+    let answer = link
         .transport
         .call(&addr, req, Duration::from_secs(5))
-        .await
-    {
-        Ok((
-            _,
-            Frame {
-                body: Some(frame::Body::JoinResponse(r)),
-            },
-        )) if r.ok => Ok(()),
-        Ok((
-            _,
-            Frame {
-                body: Some(frame::Body::JoinResponse(r)),
-            },
-        )) => Err(r.error),
+        .await;
+    match answer.map(|(_, frame)| frame.body) {
+        Ok(Some(frame::Body::JoinResponse(r))) if r.ok => Ok(()),
+        Ok(Some(frame::Body::JoinResponse(r))) => Err(r.error),
         Ok(_) => Err("unexpected answer from the leader".into()),
         Err(e) => Err(format!("cannot reach the leader at {addr}: {e:#}")),
     }

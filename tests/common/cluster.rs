@@ -114,17 +114,54 @@ impl Proc {
         }
     }
 
-    /// Role of this node as it reports itself.
-    pub fn role(&self) -> String {
+    /// This node's own entry in its node list.
+    fn own_entry(&self) -> Value {
         let mut c = self.root();
         let list = expect_ok(c.call("sys.node.list", json!({})));
         list.as_array()
             .unwrap()
             .iter()
             .find(|n| n["cluster"] == json!(format!("127.0.0.1:{}", self.cluster)))
-            .map(|n| n["role"].as_str().unwrap_or_default().to_string())
+            .cloned()
             .unwrap_or_default()
     }
+
+    /// Role of this node as it reports itself.
+    pub fn role(&self) -> String {
+        self.own_entry()["role"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// This node's raft id, as it reports itself.
+    pub fn raft_id(&self) -> u64 {
+        self.own_entry()["raftId"].as_u64().expect("a raft id")
+    }
+}
+
+/// Bytes that arrived on established loopback TCP connections to local `port` and that
+/// its process has not read yet (from /proc/net/tcp): what a frozen node has been sent.
+pub fn unread_bytes_at(port: u16) -> u64 {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let local_port = u16::from_str_radix(cols.get(1)?.rsplit(':').next()?, 16).ok()?;
+            let established = *cols.get(3)? == "01";
+            let rx_queue = u64::from_str_radix(cols.get(4)?.rsplit(':').next()?, 16).ok()?;
+            (local_port == port && established).then_some(rx_queue)
+        })
+        .sum()
+}
+
+/// Index of the node that says it leads.
+pub fn leader_of(nodes: &[Proc]) -> usize {
+    (0..nodes.len())
+        .find(|i| nodes[*i].role() == "leader")
+        .expect("a leader")
 }
 
 impl Drop for Proc {
