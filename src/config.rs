@@ -25,6 +25,8 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Load a running node over WebSocket and report throughput and latency.
     Bench(crate::bench::BenchArgs),
+    /// Start a cluster, drive a workload while injecting faults, check the history.
+    Chaos(crate::chaos::ChaosArgs),
 }
 
 #[derive(Debug, Clone, Args)]

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod auth;
 pub mod bench;
+pub mod chaos;
 pub mod clock;
 pub mod cluster;
 pub mod config;

@@ -23,5 +23,14 @@ fn main() -> std::process::ExitCode {
                 std::process::ExitCode::FAILURE
             }
         },
+        // 0: no violation; 1: violations found; 2: the run itself failed.
+        Command::Chaos(args) => match nexus::chaos::run(args) {
+            Ok(true) => std::process::ExitCode::SUCCESS,
+            Ok(false) => std::process::ExitCode::from(1),
+            Err(e) => {
+                eprintln!("nexus chaos: {e:#}");
+                std::process::ExitCode::from(2)
+            }
+        },
     }
 }

@@ -54,10 +54,10 @@ pub async fn call(
                 timeout_ms: timeout_ms(timeout),
                 seq: 0,
             };
-            let (rx, _waiter) = node.local.wait_for(&pull.id);
-            let _pending = Pending::new(conn, req_id, &pull.id);
-            node.raft.propose(Command::TaskPull { pull }).await?;
-            rx.await.map_err(|_| RpcError::internal("pull abandoned"))?
+            let id = pull.id.clone();
+            let (rx, _waiter) = node.local.wait_for(&id);
+            let _pending = Pending::new(conn, req_id, &id);
+            propose_then_wait(node, Command::TaskPull { pull }, &id, rx).await
         }
         "result" => {
             let taskid = p.str("taskid")?.to_string();
@@ -205,13 +205,41 @@ fn timeout_ms(timeout_secs: f64) -> u64 {
 pub async fn push(node: &Node, conn: &Rc<Conn>, task: Task, req_id: Option<&Value>) -> RpcResult {
     let detach = task.detach;
     let taskid = task.id.clone();
-    let waiter = (!detach).then(|| node.local.wait_for(&taskid));
     let _pending = Pending::new(conn, req_id, &taskid);
-    node.raft.propose(Command::TaskPush { task }).await?;
-    match waiter {
-        None => Ok(crate::rpc::ok()),
-        Some((rx, _guard)) => rx.await.map_err(|_| RpcError::internal("push abandoned"))?,
+    if detach {
+        node.raft.propose(Command::TaskPush { task }).await?;
+        return Ok(crate::rpc::ok());
     }
+    let (rx, _guard) = node.local.wait_for(&taskid);
+    propose_then_wait(node, Command::TaskPush { task }, &taskid, rx).await
+}
+
+/// Proposes a push or pull (`id`) and waits for the event that ends it on `rx`.
+///
+/// When the proposal's outcome is unknown (-32603: the leader changed or was lost before
+/// it committed), a read barrier tells whether it took effect after all. If it did, the
+/// request keeps waiting as if nothing happened: a push is answered exactly once, and no
+/// task is handed to a pull whose client was told it failed (it would stay `working` for
+/// a live connection that never answers it).
+async fn propose_then_wait(
+    node: &Node,
+    cmd: Command,
+    id: &str,
+    mut rx: tokio::sync::oneshot::Receiver<RpcResult>,
+) -> RpcResult {
+    if let Err(e) = node.raft.propose(cmd).await {
+        if e.code != ERR_INTERNAL {
+            return Err(e);
+        }
+        // Events are handled before proposers are answered, so an end that already
+        // happened is in `rx` by the time the barrier returns.
+        let pending = node.read_linear(|s| s.tasks.contains(id)).await;
+        if pending != Ok(true) {
+            return rx.try_recv().unwrap_or(Err(e));
+        }
+    }
+    rx.await
+        .map_err(|_| RpcError::internal("request abandoned"))?
 }
 
 async fn finish(node: &Node, conn: &Conn, taskid: String, ending: Ending) -> RpcResult {

@@ -795,15 +795,17 @@ impl Driver {
             }
             self.applied_clock = state.cluster.clock_ms;
         }
+        // Events first: a proposer answered has seen every effect up to its entry (a pull
+        // whose proposal looked lost finds its assignment already delivered).
+        if !all_events.is_empty() {
+            (self.events)(all_events);
+        }
         for (origin, outcome) in answers {
             if origin.node_id == self.me.raft_id && origin.generation == self.me.generation {
                 if let Some(w) = self.waiters.remove(&origin.proposal_id) {
                     let _ = w.reply.send(outcome);
                 }
             }
-        }
-        if !all_events.is_empty() {
-            (self.events)(all_events);
         }
         Ok(())
     }
