@@ -8,7 +8,7 @@ export ROCKSDB_LIB_DIR ?= /usr/lib/$(shell gcc -print-multiarch 2>/dev/null || e
 
 ARGS ?=
 
-.PHONY: deps build run cluster test interop bench bench-cluster deploy-check lint fmt clean-data
+.PHONY: deps build run cluster test interop chaos bench bench-cluster deploy-check lint fmt clean-data
 
 deps:
 	@./scripts/deps.sh
@@ -32,6 +32,12 @@ test: deps lint
 		cargo test --no-fail-fast; \
 	fi
 	./scripts/interop.sh
+
+## Ten minutes of mixed faults (kill, leader kill, pause, isolation as root) against a fresh
+## 3-node release cluster, with the history checked; exits non-zero on any violation.
+## More: make chaos ARGS="--duration 30m --seed 9". Results: docs/reliability.md.
+chaos: build
+	$(CARGO_TARGET_DIR)/release/nexus chaos --duration 10m --seed 7 $(ARGS)
 
 ## Throughput and latency of a fresh release node (figures: docs/benchmarks.md).
 bench: deps

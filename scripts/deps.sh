@@ -4,6 +4,8 @@
 set -euo pipefail
 
 packages=(librocksdb-dev libclang-dev clang protobuf-compiler pkg-config)
+# Network namespaces for the chaos tests' isolation faults; only usable as root.
+if [ "$(id -u)" -eq 0 ]; then packages+=(iproute2 iptables); fi
 
 if ! command -v cargo >/dev/null 2>&1; then
   echo "cargo not found: install Rust (https://rustup.rs): curl -sSf https://sh.rustup.rs | sh" >&2

@@ -348,6 +348,14 @@ impl Handler<TransportEvent> for Session {
                 // Error answers count against the in-flight bound too; a client that sends
                 // garbage and reads nothing back is cut off.
                 let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+                    let err = RpcError::detail(
+                        rpc::ERR_INVALID_REQUEST,
+                        format!(
+                            "unparsable input while {} requests are in flight, closing",
+                            self.node.limits.max_inflight
+                        ),
+                    );
+                    self.conn.send(Response::error(Value::Null, err).to_json());
                     ctx.stop();
                     return;
                 };

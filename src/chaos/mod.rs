@@ -73,6 +73,9 @@ pub struct ChaosArgs {
     /// Keep the nodes' data dirs after a run without violations.
     #[arg(long)]
     pub keep_data: bool,
+    /// Print the fault schedule this seed gives (as if every fault healed at once) and exit.
+    #[arg(long)]
+    pub dry_run: bool,
     /// Only check the history of an earlier run (its history.jsonl).
     #[arg(long, value_name = "HISTORY")]
     pub check: Option<PathBuf>,
@@ -111,6 +114,10 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<bool> {
         "--nodes must be at least 3 (faults need a majority left)"
     );
     let seed = args.seed.unwrap_or_else(|| rand::random::<u16>() as u64);
+    if args.dry_run {
+        print_schedule(&args, seed);
+        return Ok(true);
+    }
     let dir = args.dir.clone().unwrap_or_else(|| {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -207,6 +214,32 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<bool> {
     }
     eprintln!("  history: {}", dir.join("history.jsonl").display());
     Ok(clean)
+}
+
+/// The schedule's faults with their planned start times (real runs shift them by the time
+/// each recovery takes).
+fn print_schedule(args: &ChaosArgs, seed: u64) {
+    let mut schedule = Schedule::new(seed, args.faults.clone(), args.nodes, args.fault_every);
+    let mut t = Duration::ZERO;
+    let end = args.duration.saturating_sub(Duration::from_secs(5));
+    while let Some(p) = schedule.next_fault() {
+        if t + p.gap + p.hold > end {
+            break;
+        }
+        t += p.gap;
+        let target = if p.kind.name().ends_with("leader") {
+            "the leader".to_string()
+        } else {
+            format!("n{}", p.node)
+        };
+        println!(
+            "{:>7.1}s  {:<15} {target:<11} for {:.1}s",
+            t.as_secs_f64(),
+            p.kind.name(),
+            p.hold.as_secs_f64()
+        );
+        t += p.hold;
+    }
 }
 
 fn network(mode: NetnsMode, nodes: usize) -> anyhow::Result<Option<netns::Netns>> {

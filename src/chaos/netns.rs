@@ -85,6 +85,11 @@ impl Netns {
             run("ip", &["-n", &ns, "link", "set", "eth0", "up"])?;
             run("ip", &["-n", &ns, "link", "set", "lo", "up"])?;
         }
+        // Isolation needs iptables inside the namespaces: find out now, not mid-run.
+        run(
+            "ip",
+            &["netns", "exec", &self.namespace(0), "iptables", "-S"],
+        )?;
         Ok(())
     }
 

@@ -160,10 +160,12 @@ impl JsonStream {
             }
             Some(Err(e)) if e.is_eof() => Scalar::Incomplete,
             Some(Err(e)) => {
-                // Skip to the next thing that could start a request.
+                // Skip the bad token only: up to whitespace or the start of a container.
+                // Jumping to the next `{`/`[` alone could land inside a string that follows
+                // (`nul "a[b"{...}`) and swallow the requests after it.
                 let skip = rest[1..]
                     .iter()
-                    .position(|b| matches!(b, b'{' | b'['))
+                    .position(|b| is_ws(*b) || matches!(b, b'{' | b'['))
                     .map_or(self.buf.len(), |p| start + 1 + p);
                 Scalar::Garbage(e.to_string(), skip)
             }
@@ -218,6 +220,11 @@ mod tests {
             vec!["ERR", "ERR", r#"{"id":2}"#]
         );
         assert_eq!(texts(&s.push(b"12 ")), vec!["12"]);
+        // A bad token is skipped to its end, not to a bracket inside the string after it.
+        assert_eq!(
+            texts(&s.push(br#"nul true"a[b"{"id":3}"#)),
+            vec!["ERR", "true", r#""a[b""#, r#"{"id":3}"#]
+        );
     }
 
     #[test]
