@@ -192,12 +192,15 @@ fn users(outcomes: &[&Record], report: &mut Report) {
         let present = listed.contains_key(user);
         if acked && !present {
             report.violation(
-                "users",
+                "durable writes",
                 format!("acknowledged user.create of {user} is lost"),
             );
         }
         if present && !acked && !maybe {
-            report.violation("users", format!("{user} exists though its create failed"));
+            report.violation(
+                "durable writes",
+                format!("{user} exists though its create failed"),
+            );
         }
         report.count("users created (acknowledged)", acked as u64);
         let final_v = listed.get(user).and_then(|t| t["chaos"]["v"].as_i64());
@@ -215,7 +218,7 @@ fn users(outcomes: &[&Record], report: &mut Report) {
         allowed.insert(last_ok);
         if present && !allowed.contains(&final_v) {
             report.violation(
-                "users",
+                "durable writes",
                 format!(
                     "{user}: tag v is {final_v:?} at the end; the last acknowledged write set {last_ok:?}"
                 ),
@@ -284,7 +287,7 @@ fn tasks(outcomes: &[&Record], faults: &Faults, report: &mut Report) {
                 let push_ok = pushes_ok_later(outcomes, &r.value);
                 if !faults.on(r.node, r.time, res.time) && push_ok {
                     report.violation(
-                        "tasks",
+                        "task taken from a live worker",
                         format!(
                             "{} held task {} (pulled {:.2}s, unfaulted node) but its result was refused: {}",
                             r.client, taskid, r.time, res.result
@@ -299,7 +302,7 @@ fn tasks(outcomes: &[&Record], faults: &Faults, report: &mut Report) {
         for pair in runs.windows(2) {
             if pair[0].end > pair[1].pull.time {
                 report.violation(
-                    "tasks",
+                    "task held twice",
                     format!(
                         "task {taskid} held by two live workers: {} from {:.2}s to {:.2}s, {} from {:.2}s",
                         pair[0].pull.client, pair[0].pull.time, pair[0].end, pair[1].pull.client, pair[1].pull.time
@@ -309,7 +312,10 @@ fn tasks(outcomes: &[&Record], faults: &Faults, report: &mut Report) {
         }
         report.count("task executions", runs.len() as u64);
         if accepted.get(&taskid).map_or(0, Vec::len) > 1 {
-            report.violation("tasks", format!("task {taskid} got two accepted results"));
+            report.violation(
+                "task held twice",
+                format!("task {taskid} got two accepted results"),
+            );
         }
     }
     for ((c, n), push) in &pushes {
@@ -319,7 +325,7 @@ fn tasks(outcomes: &[&Record], faults: &Faults, report: &mut Report) {
                 let r = &push.result;
                 if r["c"].as_str() != Some(c) || r["n"].as_i64() != Some(*n) {
                     report.violation(
-                        "tasks",
+                        "push answers",
                         format!("push {c}/{n} answered with another task's result {r}"),
                     );
                     continue;
@@ -327,7 +333,7 @@ fn tasks(outcomes: &[&Record], faults: &Faults, report: &mut Report) {
                 let taskid = r["taskid"].as_str().unwrap_or("");
                 if !answered.contains(taskid) {
                     report.violation(
-                        "tasks",
+                        "push answers",
                         format!("push {c}/{n} answered {r} but no worker answered {taskid}"),
                     );
                 }
@@ -338,7 +344,7 @@ fn tasks(outcomes: &[&Record], faults: &Faults, report: &mut Report) {
                     && !faults.on(push.node, push.invoke, push.time) =>
             {
                 report.violation(
-                    "tasks",
+                    "push failures",
                     format!(
                         "push {c}/{n} lost its connection at {:.2}s with no fault on its node n{}",
                         push.time, push.node
@@ -347,7 +353,7 @@ fn tasks(outcomes: &[&Record], faults: &Faults, report: &mut Report) {
             }
             Kind::Fail | Kind::Unknown if !faults.any(push.invoke, push.time) => {
                 report.violation(
-                    "tasks",
+                    "push failures",
                     format!(
                         "push {c}/{n} failed with no fault anywhere: {}",
                         push.result
@@ -388,7 +394,7 @@ fn locks(outcomes: &[&Record], faults: &Faults, report: &mut Report) {
             }
             let Some(token) = r.result["token"].as_u64() else {
                 report.violation(
-                    "locks",
+                    "fencing tokens",
                     format!("grant without a fencing token: {}", r.result),
                 );
                 continue;
@@ -399,7 +405,7 @@ fn locks(outcomes: &[&Record], faults: &Faults, report: &mut Report) {
             if let Some(u) = unlock.filter(|u| u.kind == Kind::Fail) {
                 if !faults.on(r.node, r.time, u.time) {
                     report.violation(
-                        "locks",
+                        "lock lost by a live holder",
                         format!(
                             "{} lost {} (granted {:.2}s) on an unfaulted node: unlock said {}",
                             r.client, r.value["lock"], r.time, u.result
@@ -425,7 +431,7 @@ fn locks(outcomes: &[&Record], faults: &Faults, report: &mut Report) {
             if let Some(prev) = longest {
                 if prev.end > h.grant.time {
                     report.violation(
-                        "locks",
+                        "lock held twice",
                         format!(
                             "{lock} held twice: {} (token {}) {:.3}s–{:.3}s and {} (token {}) from {:.3}s",
                             prev.grant.client, prev.token, prev.grant.time, prev.end, h.grant.client, h.token, h.grant.time
@@ -447,7 +453,7 @@ fn locks(outcomes: &[&Record], faults: &Faults, report: &mut Report) {
     for pair in grants.windows(2) {
         if pair[0].0 == pair[1].0 {
             report.violation(
-                "locks",
+                "fencing tokens",
                 format!("fencing token {} granted twice", pair[0].0),
             );
         }
@@ -455,7 +461,7 @@ fn locks(outcomes: &[&Record], faults: &Faults, report: &mut Report) {
     for (token, g) in &grants {
         if latest_invoke > g.time {
             report.violation(
-                "locks",
+                "fencing tokens",
                 format!(
                     "token {token} ({}) granted at {:.3}s, before {} asked at {:.3}s and got a smaller token",
                     g.client,
@@ -525,12 +531,12 @@ fn topics(outcomes: &[&Record], faults: &Faults, report: &mut Report) {
         for (p, s) in &e.got {
             if !seen.insert((p, *s)) {
                 report.violation(
-                    "topics",
+                    "topic order",
                     format!("{pipe} ({}) got {p}#{s} twice", e.sub.client),
                 );
             } else if last.get(p.as_str()).is_some_and(|prev| *prev > *s) {
                 report.violation(
-                    "topics",
+                    "topic order",
                     format!(
                         "{pipe} ({}) got {p}#{s} after {p}#{}",
                         e.sub.client,
@@ -540,7 +546,7 @@ fn topics(outcomes: &[&Record], faults: &Faults, report: &mut Report) {
             }
             if !published.contains_key(&(p.clone(), *s)) {
                 report.violation(
-                    "topics",
+                    "topic order",
                     format!("{pipe} got {p}#{s}, which nobody published"),
                 );
             }
@@ -559,7 +565,7 @@ fn topics(outcomes: &[&Record], faults: &Faults, report: &mut Report) {
                 report.count("deliveries required", 1);
                 if !seen.contains(&(p.as_str(), *s)) {
                     report.violation(
-                        "topics",
+                        "topic delivery",
                         format!(
                             "{pipe} ({}) is missing {p}#{s}, published at {:.2}s with no fault",
                             e.sub.client, pubr.invoke
