@@ -73,6 +73,11 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 0)]
     pub hash_concurrency: usize,
 
+    /// Connections the kernel queues for each listener before they are accepted (capped
+    /// by net.core.somaxconn).
+    #[arg(long, default_value_t = 4096)]
+    pub listen_backlog: u32,
+
     /// Requests one connection may have running at once; reading pauses beyond that.
     #[arg(long, default_value_t = 1024)]
     pub max_inflight: usize,
@@ -125,6 +130,24 @@ pub struct ServeArgs {
     /// milliseconds.
     #[arg(long, default_value_t = 60_000)]
     pub session_close_timeout_ms: u64,
+
+    /// Failed logins one client address may have within --login-fail-window-secs before
+    /// its logins are refused until the window passes (0: no throttling).
+    #[arg(long, default_value_t = 10)]
+    pub login_fail_limit: u32,
+
+    #[arg(long, default_value_t = 60)]
+    pub login_fail_window_secs: u64,
+
+    /// Bytes (estimated) the messages queued in one pipe may take; writes beyond are
+    /// dropped and counted in the pipe's drops, like writes beyond its length.
+    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    pub max_pipe_bytes: usize,
+
+    /// Throttle failed logins from loopback addresses too (exempt by default: local tools
+    /// and tests log in from there).
+    #[arg(long)]
+    pub login_throttle_loopback: bool,
 
     /// How often the node checks that its sessions and its own entry in the replicated
     /// node table match what it really has (and repairs them), in milliseconds.
@@ -241,6 +264,12 @@ impl ServeArgs {
             hash_concurrency: self.hash_concurrency,
             session_open_timeout: Duration::from_millis(self.session_open_timeout_ms.max(1)),
             session_close_timeout: Duration::from_millis(self.session_close_timeout_ms.max(1)),
+            max_pipe_bytes: self.max_pipe_bytes.max(1),
+            login_throttle: crate::throttle::ThrottleConfig {
+                limit: self.login_fail_limit,
+                window: Duration::from_secs(self.login_fail_window_secs.max(1)),
+                loopback: self.login_throttle_loopback,
+            },
         }
     }
 

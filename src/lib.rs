@@ -26,6 +26,7 @@ pub mod session;
 pub mod state;
 pub mod store;
 pub mod telemetry;
+pub mod throttle;
 pub mod transport;
 
 /// Generated from `proto/`: node-to-node messages (`nexus.proto`), the Raft log's commands

@@ -34,6 +34,10 @@ pub struct Limits {
     /// How long a closed connection's session close is retried until it commits (the
     /// cluster cleans up after a node that cannot commit for longer).
     pub session_close_timeout: std::time::Duration,
+    /// Failed-login throttling per client address.
+    pub login_throttle: crate::throttle::ThrottleConfig,
+    /// Estimated bytes a pipe may hold; writes beyond are dropped (and counted).
+    pub max_pipe_bytes: usize,
 }
 
 /// Requests other parts of the node send to a session actor.
@@ -61,6 +65,8 @@ pub struct Node {
     pub state: Arc<RwLock<State>>,
     /// Concurrent password hashes allowed (see `api::hashing`).
     pub hash_slots: tokio::sync::Semaphore,
+    /// Failed logins per client address.
+    pub login_throttle: crate::throttle::LoginThrottle,
     /// The listener URLs, for `sys.node.list`.
     pub listening: Mutex<Vec<String>>,
     /// Gossip and the peer transport; unset when standalone.
@@ -82,6 +88,7 @@ impl Node {
             0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
             n => n,
         };
+        let throttle = limits.login_throttle;
         Node {
             limits,
             raft_id,
@@ -91,6 +98,7 @@ impl Node {
             raft,
             state,
             hash_slots: tokio::sync::Semaphore::new(hashes),
+            login_throttle: crate::throttle::LoginThrottle::new(throttle),
             listening: Mutex::new(Vec::new()),
             cluster: std::sync::OnceLock::new(),
             local: Local::default(),

@@ -21,6 +21,16 @@ pub fn capacity(len: Option<i64>) -> usize {
     }
 }
 
+/// Roughly the memory a message takes: its strings and keys plus a word per value.
+pub fn approx_size(v: &Value) -> usize {
+    8 + match v {
+        Value::String(s) => s.len(),
+        Value::Array(a) => a.iter().map(approx_size).sum(),
+        Value::Object(o) => o.iter().map(|(k, v)| k.len() + approx_size(v)).sum(),
+        _ => 0,
+    }
+}
+
 struct Reader {
     id: u64,
     max: usize,
@@ -31,6 +41,10 @@ struct Reader {
 
 pub struct Pipe {
     cap: usize,
+    /// Budget for the queued messages' (estimated) size: a pipe nobody reads holds at most
+    /// this much, whatever the messages' count.
+    max_bytes: usize,
+    bytes: usize,
     queue: VecDeque<(Value, u64)>,
     /// Sequence number of the last message written (dropped ones included).
     count: u64,
@@ -40,9 +54,11 @@ pub struct Pipe {
 }
 
 impl Pipe {
-    pub fn new(cap: usize) -> Self {
+    pub fn new(cap: usize, max_bytes: usize) -> Self {
         Pipe {
             cap,
+            max_bytes,
+            bytes: 0,
             queue: VecDeque::new(),
             count: 0,
             drops: 0,
@@ -57,7 +73,10 @@ impl Pipe {
         let msgs: Vec<Value> = self
             .queue
             .drain(..n)
-            .map(|(msg, count)| json!({"msg": msg, "count": count}))
+            .map(|(msg, count)| {
+                self.bytes -= approx_size(&msg);
+                json!({"msg": msg, "count": count})
+            })
             .collect();
         let drops = std::mem::take(&mut self.drops);
         json!({"msgs": msgs, "waiting": self.queue.len(), "drops": drops})
@@ -96,9 +115,11 @@ impl Handler<Write> for Pipe {
     fn handle(&mut self, msg: Write, ctx: &mut Self::Context) {
         for m in msg.0 {
             self.count += 1;
-            if self.queue.len() >= self.cap {
+            let size = approx_size(&m);
+            if self.queue.len() >= self.cap || self.bytes + size > self.max_bytes {
                 self.drops += 1;
             } else {
+                self.bytes += size;
                 self.queue.push_back((m, self.count));
             }
         }

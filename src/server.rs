@@ -286,9 +286,8 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
     };
     let mut bound = Vec::new();
     for l in &listeners {
-        let std_listener =
-            std::net::TcpListener::bind(l.addr).with_context(|| format!("binding {}", l.url()))?;
-        std_listener.set_nonblocking(true)?;
+        let std_listener = bind_listener(l.addr, args.listen_backlog)
+            .with_context(|| format!("binding {}", l.url()))?;
         let addr = std_listener.local_addr()?;
         bound.push((
             Listener {
@@ -695,4 +694,17 @@ impl Drop for Background {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// A non-blocking listening socket with room for `backlog` connections not yet accepted:
+/// a burst of reconnecting clients (a node died) must not overflow it, or their SYNs are
+/// dropped and they retry a second later.
+fn bind_listener(addr: SocketAddr, backlog: u32) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(backlog.clamp(1, i32::MAX as u32) as i32)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
 }

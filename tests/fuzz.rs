@@ -11,10 +11,9 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{eventually, free_port};
+use common::standalone::Standalone as Node;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Map, Value};
@@ -23,94 +22,9 @@ use serde_json::{json, Map, Value};
 const MAX_MESSAGE: usize = 1 << 20;
 const SENTINEL: &str = "fuzz-end";
 
-struct Node {
-    child: Child,
-    tcp: u16,
-    http: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Node {
-    fn start() -> Node {
-        let dir = tempfile::tempdir().unwrap();
-        let (tcp, http, health) = (free_port(), free_port(), free_port());
-        let child = Command::new(env!("CARGO_BIN_EXE_nexus"))
-            .arg("serve")
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .args(["-l", &format!("tcp://127.0.0.1:{tcp}")])
-            .args(["-l", &format!("http://127.0.0.1:{http}")])
-            .args(["-l", &format!("health://127.0.0.1:{health}")])
-            .args(["--max-message-size", &MAX_MESSAGE.to_string()])
-            .env(
-                "RUST_LOG",
-                std::env::var("NEXUS_FUZZ_LOG").unwrap_or("info".into()),
-            )
-            .stdout(Stdio::null())
-            .stderr(
-                std::fs::File::create(
-                    std::env::var("NEXUS_FUZZ_LOGFILE")
-                        .map(std::path::PathBuf::from)
-                        .unwrap_or(dir.path().join("node.log")),
-                )
-                .unwrap(),
-            )
-            .spawn()
-            .unwrap();
-        eprintln!("node log: {}", dir.path().join("node.log").display());
-        let node = Node {
-            child,
-            tcp,
-            http,
-            _dir: dir,
-        };
-        assert!(
-            eventually(Duration::from_secs(30), || node.ping()),
-            "node did not start"
-        );
-        node
-    }
-
-    /// A fresh connection answers sys.ping.
-    fn ping(&self) -> bool {
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.tcp)) else {
-            return false;
-        };
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let req = br#"{"jsonrpc":"2.0","id":1,"method":"sys.ping"}"#;
-        if s.write_all(req).is_err() {
-            return false;
-        }
-        let mut line = String::new();
-        BufReader::new(s).read_line(&mut line).is_ok() && line.contains(r#""ok":true"#)
-    }
-
-    fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap()
-    }
-
-    /// The last lines of the node's log, for failure messages.
-    fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(self._dir.path().join("node.log")).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(15)..].join("\n")
-    }
-
-    fn alive(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The node under test, started with a small message limit.
+fn start_node() -> Node {
+    Node::start(&["--max-message-size", &MAX_MESSAGE.to_string()])
 }
 
 // ---------------------------------------------------------------------------------------
@@ -655,7 +569,7 @@ fn fuzzed_inputs_over_tcp_and_websocket_get_well_formed_answers() {
         .unwrap_or(100_000);
     eprintln!("fuzz seed {seed}, {total} inputs");
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut node = Node::start();
+    let mut node = start_node();
     let rounds = 4;
     let mut rss = Vec::new();
     let mut tally = Tally::default();

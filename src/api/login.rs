@@ -22,6 +22,23 @@ fn denied(detail: &str) -> RpcError {
 }
 
 pub async fn login(node: &Arc<Node>, conn: &Rc<Conn>, p: &Params<'_>) -> RpcResult {
+    if let Err(wait) = node.login_throttle.check(&conn.remote) {
+        return Err(denied(&format!(
+            "too many failed logins from this address, retry in {} s",
+            wait.as_secs() + 1
+        )));
+    }
+    let result = attempt(node, conn, p).await;
+    if result
+        .as_ref()
+        .is_err_and(|e| e.code == ERR_PERMISSION_DENIED)
+    {
+        node.login_throttle.failed(&conn.remote);
+    }
+    result
+}
+
+async fn attempt(node: &Arc<Node>, conn: &Rc<Conn>, p: &Params<'_>) -> RpcResult {
     let method = p.opt_str("method")?.unwrap_or("basic");
     let (user, mask, metadata) = if method == "basic" {
         (basic(node, p, &conn.remote).await?, None, Value::Null)

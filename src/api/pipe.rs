@@ -20,7 +20,8 @@ pub async fn call(node: &Arc<Node>, conn: &Rc<Conn>, name: &str, p: &Params<'_>)
         "create" => {
             let cap = pipe::capacity(p.opt_i64("len")?);
             let pipeid = super::owned_id(conn);
-            node.local.add_pipe(&pipeid, Pipe::new(cap).start());
+            node.local
+                .add_pipe(&pipeid, Pipe::new(cap, node.limits.max_pipe_bytes).start());
             conn.pipes.borrow_mut().insert(pipeid.clone());
             Ok(json!({ "pipeid": pipeid }))
         }

@@ -536,4 +536,6 @@ fn unknown_session() -> RpcError {
 }
 
 #[cfg(test)]
+mod properties;
+#[cfg(test)]
 mod tests;

@@ -1,0 +1,337 @@
+//! Property tests of the state machine: random command sequences (sessions, node restarts
+//! and deaths, locks, tasks, pulls, subscriptions, expiry), with the invariants checked
+//! after every command, and snapshot + restore + the rest of the log equal to a replay.
+
+use std::collections::BTreeSet;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+
+use super::*;
+
+const NODES: [u64; 2] = [1, 2];
+const LOCKS: [&str; 3] = ["l.a", "l.b", "l.c"];
+
+/// What the generator knows: incarnations per node, connids used, ids handed out.
+struct World {
+    rng: StdRng,
+    incarnations: Vec<Vec<String>>,
+    connids: Vec<String>,
+    tasks: Vec<String>,
+    pulls: Vec<String>,
+    pipes: Vec<String>,
+    clock: u64,
+    next: u64,
+}
+
+impl World {
+    fn new(seed: u64) -> World {
+        World {
+            rng: StdRng::seed_from_u64(seed),
+            incarnations: vec![vec![], vec![]],
+            connids: Vec::new(),
+            tasks: Vec::new(),
+            pulls: Vec::new(),
+            pipes: Vec::new(),
+            clock: 1000,
+            next: 0,
+        }
+    }
+
+    fn pick<T: Clone>(&mut self, v: &[T]) -> Option<T> {
+        (!v.is_empty()).then(|| v[self.rng.gen_range(0..v.len())].clone())
+    }
+
+    fn connid(&mut self) -> String {
+        let c = self.connids.clone();
+        self.pick(&c).unwrap_or_else(|| "ffffffff00000000".into())
+    }
+
+    fn fresh(&mut self, prefix: &str) -> String {
+        self.next += 1;
+        format!("{prefix}{:020x}", self.next)
+    }
+
+    fn command(&mut self) -> Command {
+        let n = self.rng.gen_range(0..2);
+        match self.rng.gen_range(0..100) {
+            0..=3 => {
+                let inc = format!("{:08x}", self.rng.gen::<u32>());
+                self.incarnations[n].push(inc.clone());
+                Command::NodeStarted {
+                    node_id: NODES[n],
+                    incarnation: inc,
+                    generation: self.incarnations[n].len() as u64,
+                }
+            }
+            4..=5 => {
+                let incs = self.incarnations[n].clone();
+                Command::NodeDown {
+                    node_id: NODES[n],
+                    incarnation: self.pick(&incs).unwrap_or_default(),
+                }
+            }
+            6..=17 => {
+                let incs = self.incarnations[n].clone();
+                let inc = self.pick(&incs).unwrap_or_else(|| "00000000".into());
+                let connid = format!("{inc}{:08x}", self.rng.gen::<u32>());
+                self.connids.push(connid.clone());
+                Command::SessionOpen {
+                    session: SessionRecord {
+                        connid,
+                        node_id: NODES[n],
+                        incarnation: inc,
+                        user: "nobody".into(),
+                        remote_address: "127.0.0.1:1".into(),
+                        protocol: "tcp".into(),
+                        creation_time: "t".into(),
+                        internal: false,
+                    },
+                }
+            }
+            18..=22 => Command::SessionClose {
+                connid: self.connid(),
+            },
+            23..=24 => Command::SessionKick {
+                connids: vec![self.connid()],
+            },
+            25..=34 => Command::Lock {
+                lock: self.pick(&LOCKS).unwrap().into(),
+                connid: self.connid(),
+            },
+            35..=41 => Command::Unlock {
+                lock: self.pick(&LOCKS).unwrap().into(),
+                connid: self.connid(),
+            },
+            42..=53 => {
+                let pusher = self.connid();
+                let id = self.fresh(&pusher);
+                self.tasks.push(id.clone());
+                Command::TaskPush {
+                    task: Task {
+                        id,
+                        path: "a.b.".into(),
+                        method: "m".into(),
+                        params: json!({}),
+                        prio: self.rng.gen_range(0..3),
+                        ttl: self.rng.gen_range(1..4),
+                        detach: self.rng.gen_bool(0.3),
+                        user: "nobody".into(),
+                        tags: json!({}),
+                        pusher,
+                        creation_time: String::new(),
+                        deadline: String::new(),
+                        deadline_ms: 0,
+                        timeout_ms: self.rng.gen_range(0..3) * 500,
+                        seq: 0,
+                        working: None,
+                    },
+                }
+            }
+            54..=63 => {
+                let connid = self.connid();
+                let id = self.fresh(&connid);
+                self.pulls.push(id.clone());
+                Command::TaskPull {
+                    pull: Pull {
+                        id,
+                        connid,
+                        path: "a.b.".into(),
+                        user: "nobody".into(),
+                        creation_time: String::new(),
+                        deadline: String::new(),
+                        deadline_ms: 0,
+                        timeout_ms: self.rng.gen_range(0..3) * 500,
+                        seq: 0,
+                    },
+                }
+            }
+            64..=71 => {
+                let tasks = self.tasks.clone();
+                Command::TaskFinish {
+                    taskid: self.pick(&tasks).unwrap_or_default(),
+                    worker: self.connid(),
+                    ending: Ending::Result(json!(1)),
+                }
+            }
+            72..=76 => {
+                let tasks = self.tasks.clone();
+                Command::TaskReject {
+                    taskid: self.pick(&tasks).unwrap_or_default(),
+                    worker: self.connid(),
+                }
+            }
+            77..=79 => {
+                let ids: Vec<String> = self.tasks.iter().chain(&self.pulls).cloned().collect();
+                Command::TaskCancel {
+                    id: self.pick(&ids).unwrap_or_default(),
+                    connid: self.connid(),
+                }
+            }
+            80..=85 => {
+                self.clock += self.rng.gen_range(0..800);
+                Command::Expire {}
+            }
+            86..=91 => {
+                let owner = self.connid();
+                let pipeid = self.fresh(&owner);
+                self.pipes.push(pipeid.clone());
+                Command::Subscribe {
+                    pipeid,
+                    topic: "t.x".into(),
+                }
+            }
+            92..=95 => {
+                let pipes = self.pipes.clone();
+                Command::Unsubscribe {
+                    pipeid: self.pick(&pipes).unwrap_or_default(),
+                    topic: "t.x".into(),
+                }
+            }
+            _ => {
+                let pipes = self.pipes.clone();
+                Command::PipeClosed {
+                    pipeid: self.pick(&pipes).unwrap_or_default(),
+                }
+            }
+        }
+    }
+
+    /// A log of `len` entries, each stamped like the leader would.
+    fn log(&mut self, len: usize) -> Vec<(Origin, Command)> {
+        (0..len)
+            .map(|i| {
+                let cmd = self.command();
+                self.clock += self.rng.gen_range(0..50);
+                let origin = Origin {
+                    node_id: NODES[i % 2],
+                    generation: 1,
+                    proposal_id: i as u64 + 1,
+                    clock_ms: self.clock,
+                };
+                (origin, cmd)
+            })
+            .collect()
+    }
+}
+
+/// Everything a connection owns belongs to an open session, and every session to its
+/// node's current process: what "a closed connection or dead node leaves nothing behind"
+/// means in the replicated state.
+fn check_invariants(s: &State, step: usize, cmd: &Command) {
+    let open: BTreeSet<&str> = s.sessions.iter().map(|r| r.connid.as_str()).collect();
+    let ctx = || format!("after step {step} ({cmd:?})");
+    for r in s.sessions.iter() {
+        let current = s
+            .cluster
+            .nodes
+            .get(&r.node_id)
+            .map(|n| n.incarnation.as_str());
+        assert_eq!(
+            current,
+            Some(r.incarnation.as_str()),
+            "session of a gone process {}",
+            ctx()
+        );
+    }
+    for (lock, owner) in s.locks.iter() {
+        assert!(
+            open.contains(owner),
+            "lock {lock} held by closed {owner} {}",
+            ctx()
+        );
+    }
+    for t in s.tasks.tasks.values() {
+        if let Some(w) = &t.working {
+            assert!(
+                open.contains(w.as_str()),
+                "task {} worked by closed {w} {}",
+                t.id,
+                ctx()
+            );
+        }
+        if !t.detach {
+            assert!(
+                open.contains(t.pusher.as_str()),
+                "task {} of closed pusher {}",
+                t.id,
+                ctx()
+            );
+        }
+        assert!(t.ttl > 0, "task {} kept with ttl {} {}", t.id, t.ttl, ctx());
+    }
+    for p in s.tasks.pulls.values() {
+        assert!(
+            open.contains(p.connid.as_str()),
+            "pull {} of closed {} {}",
+            p.id,
+            p.connid,
+            ctx()
+        );
+    }
+    for pipes in s.topics.by_topic.values() {
+        for pipe in pipes {
+            let owner = &pipe[..crate::names::CONNID_LEN.min(pipe.len())];
+            assert!(
+                open.contains(owner),
+                "subscription of closed pipe {pipe} {}",
+                ctx()
+            );
+        }
+    }
+    // A waiting pull and a waiting task on the same path would have been matched.
+    let waiting_task = s.tasks.tasks.values().any(|t| t.working.is_none());
+    assert!(
+        !(waiting_task && !s.tasks.pulls.is_empty()),
+        "a waiting task and a waiting pull on one path {}",
+        ctx()
+    );
+}
+
+fn replay(entries: &[(Origin, Command)], mut s: State) -> State {
+    for (o, c) in entries {
+        let _ = s.apply_entry(o, c.clone());
+    }
+    s
+}
+
+#[test]
+fn random_logs_keep_the_invariants_and_snapshots_equal_replay() {
+    let mut applied = 0;
+    for seed in 0..200u64 {
+        let mut world = World::new(seed);
+        let log = world.log(300);
+        let mut s = State::default();
+        let mut last_token = 0;
+        for (step, (origin, cmd)) in log.iter().enumerate() {
+            let (outcome, _) = s.apply_entry(origin, cmd.clone());
+            applied += 1;
+            if let (Command::Lock { .. }, Ok(v)) = (cmd, &outcome) {
+                let token = v["token"].as_u64().unwrap();
+                assert!(
+                    token > last_token,
+                    "fencing tokens grow: {token} after {last_token}"
+                );
+                last_token = token;
+            }
+            check_invariants(&s, step, cmd);
+        }
+        // Same log, same state; a snapshot anywhere plus the rest of the log, same state.
+        let full = s.to_snapshot();
+        assert_eq!(
+            replay(&log, State::default()).to_snapshot(),
+            full,
+            "seed {seed}"
+        );
+        let cut = world.rng.gen_range(1..log.len());
+        let head = replay(&log[..cut], State::default()).to_snapshot();
+        let restored = State::from_snapshot(&head).unwrap();
+        assert_eq!(
+            replay(&log[cut..], restored).to_snapshot(),
+            full,
+            "seed {seed}: snapshot at {cut} + tail differs from a full replay"
+        );
+    }
+    assert_eq!(applied, 200 * 300);
+}
