@@ -283,7 +283,7 @@ fn check_invariants(s: &State, step: usize, cmd: &Command) {
     // A waiting pull and a waiting task on the same path would have been matched.
     let waiting_task = s.tasks.tasks.values().any(|t| t.working.is_none());
     assert!(
-        !(waiting_task && !s.tasks.pulls.is_empty()),
+        !waiting_task || s.tasks.pulls.is_empty(),
         "a waiting task and a waiting pull on one path {}",
         ctx()
     );
