@@ -5,7 +5,9 @@
 //! serving, and its memory must stop growing once warmed up.
 //!
 //! The seed is fixed so the suite is repeatable; `NEXUS_FUZZ_SEED=N` explores others and
-//! `NEXUS_FUZZ_INPUTS=N` changes the count.
+//! `NEXUS_FUZZ_INPUTS=N` changes the count. To chase a failure, `NEXUS_FUZZ_DUMP=FILE`
+//! keeps the last WebSocket batch sent, and `NEXUS_TEST_NODE_LOG=FILE` with
+//! `NEXUS_TEST_NODE_RUST_LOG=debug` the node's log.
 
 mod common;
 
