@@ -79,6 +79,18 @@ pub enum BenchKind {
     /// and the longest gap between two acknowledged writes (failover time when a node is
     /// killed meanwhile).
     Writes,
+    /// A reconnect storm: `clients` connections open, then all log in at once; reports the
+    /// time until every one is logged in. `--users` distinct accounts (created first,
+    /// `bench.login.uN`) share the clients; 0 means all log in as --user.
+    Logins {
+        #[arg(long, default_value_t = 5000)]
+        clients: usize,
+        #[arg(long, default_value_t = 0)]
+        users: usize,
+        /// Storms run one after the other: the first meets cold caches, later ones warm.
+        #[arg(long, default_value_t = 2)]
+        rounds: usize,
+    },
     /// Fills the cluster with durable state (users, detached tasks), e.g. before timing how
     /// long a new node takes to catch up.
     Fill {
@@ -224,6 +236,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchKind::Pipes { writers, window } => pipes(&args, writers.max(1), window.max(1)),
         BenchKind::Cleanup { kill_pid } => cleanup(&args, kill_pid),
         BenchKind::Writes => writes(&args),
+        BenchKind::Logins {
+            clients,
+            users,
+            rounds,
+        } => logins(&args, clients.max(1), users, rounds.max(1)),
         BenchKind::Fill {
             users,
             tasks,
@@ -434,6 +451,55 @@ fn topics(
         d as f64 / elapsed.as_secs_f64(),
         dropped.load(Ordering::Relaxed),
     );
+    Ok(())
+}
+
+/// A reconnect storm: see `BenchKind::Logins`.
+fn logins(args: &BenchArgs, clients: usize, users: usize, rounds: usize) -> anyhow::Result<()> {
+    let accounts: Vec<(String, String)> = if users == 0 {
+        vec![(args.user.clone(), args.pass.clone())]
+    } else {
+        let mut admin = Ws::connect(args, 0)?;
+        let names: Vec<(String, String)> = (0..users)
+            .map(|i| (format!("bench.login.u{i}"), format!("bench-pass-{i}")))
+            .collect();
+        let creates = names
+            .iter()
+            .map(|(u, p)| ("user.create", json!({"user": u, "pass": p})));
+        // Already there from an earlier run is fine.
+        admin.pipelined(64, creates, |_| Ok(()))?;
+        names
+    };
+    eprintln!(
+        "login storm: {clients} clients, {} account(s), {rounds} round(s), on {}",
+        accounts.len(),
+        args.url.join(",")
+    );
+    for round in 1..=rounds {
+        let mut conns = Vec::with_capacity(clients);
+        for k in 0..clients {
+            let url = &args.url[k % args.url.len()];
+            let (ws, _) = tungstenite::connect(url.as_str())?;
+            conns.push(Ws { ws, next_id: 0 });
+        }
+        let start = Instant::now();
+        for (k, c) in conns.iter_mut().enumerate() {
+            let (user, pass) = &accounts[k % accounts.len()];
+            c.send("sys.login", json!({"user": user, "pass": pass}))?;
+        }
+        let mut failed = 0;
+        let mut last = Duration::ZERO;
+        for c in &mut conns {
+            let answer = c.recv()?;
+            failed += answer.get("error").is_some() as usize;
+            last = start.elapsed();
+        }
+        println!(
+            "logins round {round}: {clients} clients logged in within {:.2} s ({:.0}/s), {failed} refused",
+            last.as_secs_f64(),
+            clients as f64 / last.as_secs_f64()
+        );
+    }
     Ok(())
 }
 

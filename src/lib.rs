@@ -14,6 +14,7 @@ pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod consensus;
+pub mod credcache;
 pub mod listing;
 pub mod local;
 pub mod names;

@@ -67,6 +67,8 @@ pub struct Node {
     pub hash_slots: tokio::sync::Semaphore,
     /// Failed logins per client address.
     pub login_throttle: crate::throttle::LoginThrottle,
+    /// Credentials verified lately, so repeated logins skip scrypt.
+    pub verified: crate::credcache::CredentialCache,
     /// The listener URLs, for `sys.node.list`.
     pub listening: Mutex<Vec<String>>,
     /// Gossip and the peer transport; unset when standalone.
@@ -99,6 +101,7 @@ impl Node {
             state,
             hash_slots: tokio::sync::Semaphore::new(hashes),
             login_throttle: crate::throttle::LoginThrottle::new(throttle),
+            verified: Default::default(),
             listening: Mutex::new(Vec::new()),
             cluster: std::sync::OnceLock::new(),
             local: Local::default(),

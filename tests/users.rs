@@ -694,3 +694,36 @@ fn user_limits_and_flags_are_validated() {
         ERR_PERMISSION_DENIED,
     );
 }
+
+/// Repeated logins skip scrypt through the verified-credential cache; it must never let a
+/// wrong, changed or deleted password through.
+#[test]
+fn remembered_credentials_never_outlive_the_password() {
+    let node = TestNode::start();
+    let mut root = node.root();
+    create_user(&mut root, "cache.user", "first-pass");
+    for _ in 0..3 {
+        expect_ok(node.tcp().login("cache.user", "first-pass"));
+    }
+    expect_code(node.tcp().login("cache.user", "first-pasS"), -32010);
+    expect_code(node.tcp().login("cache.user", ""), -32010);
+    // A new password: the remembered one is refused at once, the new one works.
+    expect_ok(root.call(
+        "user.setPass",
+        json!({"user": "cache.user", "pass": "second-pass"}),
+    ));
+    expect_code(node.tcp().login("cache.user", "first-pass"), -32010);
+    expect_ok(node.tcp().login("cache.user", "second-pass"));
+    // Setting the same password again still works (a new salted hash).
+    expect_ok(root.call(
+        "user.setPass",
+        json!({"user": "cache.user", "pass": "second-pass"}),
+    ));
+    expect_ok(node.tcp().login("cache.user", "second-pass"));
+    // Deleted: refused. Recreated with another password: only that one works.
+    expect_ok(root.call("user.delete", json!({"user": "cache.user"})));
+    expect_code(node.tcp().login("cache.user", "second-pass"), -32010);
+    create_user(&mut root, "cache.user", "third-pass");
+    expect_code(node.tcp().login("cache.user", "second-pass"), -32010);
+    expect_ok(node.tcp().login("cache.user", "third-pass"));
+}

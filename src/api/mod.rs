@@ -79,3 +79,23 @@ pub async fn hashing<T: Send + 'static>(
         .await
         .map_err(RpcError::internal)
 }
+
+/// Like `hashing` for a check answering true or false, skipped (true) when `done()` is
+/// true once a slot is free: the answer arrived meanwhile from another request.
+pub async fn hashing_unless(
+    node: &Node,
+    done: impl Fn() -> bool,
+    f: impl FnOnce() -> bool + Send + 'static,
+) -> Result<bool, RpcError> {
+    let _slot = node
+        .hash_slots
+        .acquire()
+        .await
+        .map_err(RpcError::internal)?;
+    if done() {
+        return Ok(true);
+    }
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(RpcError::internal)
+}
