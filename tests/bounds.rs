@@ -102,7 +102,9 @@ fn ten_thousand_connections_at_once_on_one_node() {
     assert!(node.ping(), "a new connection is still served");
     let per_conn = (after.saturating_sub(before)) as f64 / (N - 100) as f64;
     eprintln!("{N} connections: RSS {before} KiB -> {after} KiB, {per_conn:.1} KiB per connection");
-    assert!(per_conn < 256.0, "{per_conn:.1} KiB per connection");
+    // 23 KiB seen (a 4 KiB read buffer that grows only for busy clients); 85 KiB when
+    // every connection had 64 KiB.
+    assert!(per_conn < 64.0, "{per_conn:.1} KiB per connection");
 
     // Everyone is listed, then gone once they hang up.
     let mut root = Client::tcp(format!("127.0.0.1:{}", node.tcp).parse().unwrap());

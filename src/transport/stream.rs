@@ -14,6 +14,10 @@ use crate::conn::Outgoing;
 use crate::node::Node;
 use crate::session::{Session, TransportEvent};
 
+/// A connection's read buffer starts this small and doubles while reads fill it.
+const READ_MIN: usize = 4 * 1024;
+const READ_MAX: usize = 64 * 1024;
+
 /// Responses gathered into one socket write when several are ready together.
 const WRITE_BATCH: usize = 256 * 1024;
 
@@ -70,7 +74,9 @@ where
     let permits = opened.permits;
     let mut stopped = opened.stopped;
     let mut parser = JsonStream::new(max);
-    let mut buf = vec![0u8; 64 * 1024];
+    // Small while the client is quiet (most connections are), grown when reads fill it:
+    // an idle connection should not hold 64 KiB of buffer.
+    let mut buf = vec![0u8; READ_MIN];
     'read: loop {
         let n = tokio::select! {
             _ = &mut stopped => break 'read,
@@ -92,6 +98,9 @@ where
         };
         if !super::feed(&mut parser, &buf[..n], &addr, &permits, &mut stopped).await {
             break 'read;
+        }
+        if n == buf.len() && buf.len() < READ_MAX {
+            buf.resize(buf.len() * 2, 0);
         }
     }
     finish_writer(writer).await;
