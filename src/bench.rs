@@ -73,6 +73,10 @@ pub enum BenchKind {
         window: usize,
         #[arg(long, default_value_t = 2)]
         subscribers: usize,
+        /// Fire-and-forget: publish as JSON-RPC notifications (no id, no answer) instead of
+        /// acknowledged requests; `--window` does not apply.
+        #[arg(long)]
+        notify: bool,
     },
     /// Sequential durable writes (a lock taken and released) from one client that retries
     /// through faults and reconnects to the next URL when its node goes away: write latency
@@ -251,7 +255,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             publishers,
             window,
             subscribers,
-        } => topics(&args, publishers, window, subscribers),
+            notify,
+        } => topics(&args, publishers, window, subscribers, notify),
     }
 }
 
@@ -369,10 +374,16 @@ fn topics(
     publishers: usize,
     window: usize,
     subscribers: usize,
+    notify: bool,
 ) -> anyhow::Result<()> {
     let topic = format!("bench.topic.r{}", crate::clock::random_hex(6));
+    let mode = if notify {
+        "fire-and-forget".to_string()
+    } else {
+        format!("acknowledged, window {window}")
+    };
     eprintln!(
-        "topic pub → pipe read: {publishers} publishers (window {window}), {subscribers} subscribers, {}s against {}",
+        "topic pub → pipe read: {publishers} publishers ({mode}), {subscribers} subscribers, {}s against {}",
         args.seconds, args.url.join(",")
     );
     let stop = Arc::new(AtomicBool::new(false));
@@ -416,6 +427,15 @@ fn topics(
             let mut c = c?;
             let deadline = Instant::now() + Duration::from_secs(args.seconds);
             let publish = json!({"topic": topic, "msg": {"data": "x".repeat(64)}});
+            if notify {
+                let text =
+                    json!({"jsonrpc": "2.0", "method": "topic.pub", "params": publish}).to_string();
+                while Instant::now() < deadline {
+                    c.ws.send(Message::text(text.clone()))?;
+                    published.fetch_add(1, Ordering::Relaxed);
+                }
+                return Ok(());
+            }
             let requests = std::iter::repeat_with(|| ("topic.pub", publish.clone()))
                 .take_while(|_| Instant::now() < deadline);
             c.pipelined(window, requests, |_| {
@@ -445,7 +465,7 @@ fn topics(
     let p = published.load(Ordering::Relaxed);
     let d = delivered.load(Ordering::Relaxed);
     println!(
-        "topics: {p} publishes in {:.1}s = {:.0}/s; {d} messages read by {subscribers} subscribers = {:.0}/s; {} dropped",
+        "topics ({mode}): {p} publishes in {:.1}s = {:.0}/s; {d} messages read by {subscribers} subscribers = {:.0}/s; {} dropped",
         elapsed.as_secs_f64(),
         p as f64 / elapsed.as_secs_f64(),
         d as f64 / elapsed.as_secs_f64(),
