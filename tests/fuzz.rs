@@ -388,6 +388,25 @@ struct Tally {
     errors: usize,
 }
 
+impl Tally {
+    /// Checks and counts one answer (kept in `last`, the five latest, for failure
+    /// messages); true when it is the sentinel of `round`.
+    fn take(&mut self, text: &str, last: &mut Vec<String>, round: usize) -> bool {
+        let v: Value = serde_json::from_str(text)
+            .unwrap_or_else(|e| panic!("unparsable answer {text:?}: {e}"));
+        if let Err(e) = check_response(&v) {
+            panic!("malformed answer: {e}");
+        }
+        self.answers += 1;
+        self.errors += v.get("error").is_some() as usize;
+        last.push(text.chars().take(300).collect());
+        if last.len() > 5 {
+            last.remove(0);
+        }
+        is_sentinel(&v, round)
+    }
+}
+
 /// TCP: batches of inputs, each followed by a sentinel ping whose answer must come.
 fn tcp_connection(node: &Node, rng: &mut StdRng, inputs: usize, tally: &mut Tally) {
     let mut s = TcpStream::connect(("127.0.0.1", node.tcp)).unwrap();
@@ -429,18 +448,7 @@ fn tcp_connection(node: &Node, rng: &mut StdRng, inputs: usize, tally: &mut Tall
                 node.log_tail()
             );
             assert!(line.ends_with("\r\n"), "answers end with CRLF: {line:?}");
-            let v: Value = serde_json::from_str(&line)
-                .unwrap_or_else(|e| panic!("unparsable answer {line:?}: {e}"));
-            if let Err(e) = check_response(&v) {
-                panic!("malformed answer: {e}");
-            }
-            tally.answers += 1;
-            last.push(line.chars().take(300).collect::<String>());
-            if last.len() > 5 {
-                last.remove(0);
-            }
-            tally.errors += v.get("error").is_some() as usize;
-            if is_sentinel(&v, round) {
+            if tally.take(&line, &mut last, round) {
                 break;
             }
         }
@@ -492,18 +500,7 @@ fn ws_connection(node: &Node, rng: &mut StdRng, inputs: usize, tally: &mut Tally
                 }
                 _ => continue,
             };
-            let v: Value = serde_json::from_str(&text)
-                .unwrap_or_else(|e| panic!("unparsable answer {text:?}: {e}"));
-            if let Err(e) = check_response(&v) {
-                panic!("malformed answer: {e}");
-            }
-            tally.answers += 1;
-            last.push(text.chars().take(300).collect::<String>());
-            if last.len() > 5 {
-                last.remove(0);
-            }
-            tally.errors += v.get("error").is_some() as usize;
-            if is_sentinel(&v, round) {
+            if tally.take(&text, &mut last, round) {
                 break;
             }
         }

@@ -70,11 +70,7 @@ pub async fn hashing<T: Send + 'static>(
     node: &Node,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, RpcError> {
-    let _slot = node
-        .hash_slots
-        .acquire()
-        .await
-        .map_err(RpcError::internal)?;
+    let _slot = hash_slot(node).await?;
     tokio::task::spawn_blocking(f)
         .await
         .map_err(RpcError::internal)
@@ -87,15 +83,15 @@ pub async fn hashing_unless(
     done: impl Fn() -> bool,
     f: impl FnOnce() -> bool + Send + 'static,
 ) -> Result<bool, RpcError> {
-    let _slot = node
-        .hash_slots
-        .acquire()
-        .await
-        .map_err(RpcError::internal)?;
+    let _slot = hash_slot(node).await?;
     if done() {
         return Ok(true);
     }
     tokio::task::spawn_blocking(f)
         .await
         .map_err(RpcError::internal)
+}
+
+async fn hash_slot(node: &Node) -> Result<tokio::sync::SemaphorePermit<'_>, RpcError> {
+    node.hash_slots.acquire().await.map_err(RpcError::internal)
 }
