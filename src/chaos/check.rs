@@ -299,15 +299,21 @@ fn tasks(outcomes: &[&Record], faults: &Faults, report: &mut Report) {
     }
     for (taskid, mut runs) in executions {
         runs.sort_by(|a, b| a.pull.time.total_cmp(&b.pull.time));
-        for pair in runs.windows(2) {
-            if pair[0].end > pair[1].pull.time {
+        // Each execution against the longest-running earlier one; executions that begin
+        // while the worker's node is faulted are not live and compared with nothing.
+        let mut longest: Option<&Execution> = None;
+        for run in runs.iter().filter(|r| r.end > r.pull.time) {
+            if let Some(prev) = longest.filter(|p| p.end > run.pull.time) {
                 report.violation(
                     "task held twice",
                     format!(
                         "task {taskid} held by two live workers: {} from {:.2}s to {:.2}s, {} from {:.2}s",
-                        pair[0].pull.client, pair[0].pull.time, pair[0].end, pair[1].pull.client, pair[1].pull.time
+                        prev.pull.client, prev.pull.time, prev.end, run.pull.client, run.pull.time
                     ),
                 );
+            }
+            if longest.is_none_or(|p| run.end > p.end) {
+                longest = Some(run);
             }
         }
         report.count("task executions", runs.len() as u64);
@@ -427,7 +433,10 @@ fn locks(outcomes: &[&Record], faults: &Faults, report: &mut Report) {
     for (lock, mut hs) in holds {
         hs.sort_by(|a, b| a.grant.time.total_cmp(&b.grant.time));
         let mut longest: Option<&Hold> = None;
-        for h in &hs {
+        // A hold that begins while its node is faulted is not live (a thawed node may
+        // still hand out a grant it made before the pause, with its old token, just
+        // before fencing closes the connection): nothing to overlap with.
+        for h in hs.iter().filter(|h| h.end > h.grant.time) {
             if let Some(prev) = longest {
                 if prev.end > h.grant.time {
                     report.violation(
