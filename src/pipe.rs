@@ -45,7 +45,8 @@ pub struct Pipe {
     /// this much, whatever the messages' count.
     max_bytes: usize,
     bytes: usize,
-    queue: VecDeque<(Value, u64)>,
+    /// (message, sequence number, its estimated size)
+    queue: VecDeque<(Value, u64, usize)>,
     /// Sequence number of the last message written (dropped ones included).
     count: u64,
     drops: u64,
@@ -73,8 +74,8 @@ impl Pipe {
         let msgs: Vec<Value> = self
             .queue
             .drain(..n)
-            .map(|(msg, count)| {
-                self.bytes -= approx_size(&msg);
+            .map(|(msg, count, size)| {
+                self.bytes -= size;
                 json!({"msg": msg, "count": count})
             })
             .collect();
@@ -120,7 +121,7 @@ impl Handler<Write> for Pipe {
                 self.drops += 1;
             } else {
                 self.bytes += size;
-                self.queue.push_back((m, self.count));
+                self.queue.push_back((m, self.count, size));
             }
         }
         self.serve(ctx);

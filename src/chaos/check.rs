@@ -245,6 +245,12 @@ fn tasks(outcomes: &[&Record], faults: &Faults, report: &mut Report) {
         by_client.entry(r.client.as_str()).or_default().push(r);
     }
     let mut pushes: HashMap<(String, i64), &Record> = HashMap::new();
+    // (client, n) of every push answered with a result.
+    let pushed_ok: HashSet<(Value, Value)> = outcomes
+        .iter()
+        .filter(|r| r.op == "task.push" && r.kind == Kind::Ok)
+        .map(|r| (r.value["c"].clone(), r.value["n"].clone()))
+        .collect();
     for (_, ops) in by_client {
         for (i, r) in ops.iter().enumerate() {
             if r.op == "task.push" {
@@ -284,7 +290,7 @@ fn tasks(outcomes: &[&Record], faults: &Faults, report: &mut Report) {
                 });
             if let Some(res) = results.first().filter(|n| n.kind == Kind::Fail) {
                 report.count("late task results refused", 1);
-                let push_ok = pushes_ok_later(outcomes, &r.value);
+                let push_ok = pushed_ok.contains(&(r.value["c"].clone(), r.value["n"].clone()));
                 if !faults.on(r.node, r.time, res.time) && push_ok {
                     report.violation(
                         "task taken from a live worker",
@@ -369,16 +375,6 @@ fn tasks(outcomes: &[&Record], faults: &Faults, report: &mut Report) {
             _ => {}
         }
     }
-}
-
-/// The push a pulled task came from was answered with a result.
-fn pushes_ok_later(outcomes: &[&Record], pulled: &Value) -> bool {
-    outcomes.iter().any(|r| {
-        r.op == "task.push"
-            && r.kind == Kind::Ok
-            && r.value["c"] == pulled["c"]
-            && r.value["n"] == pulled["n"]
-    })
 }
 
 fn locks(outcomes: &[&Record], faults: &Faults, report: &mut Report) {

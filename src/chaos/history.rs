@@ -142,10 +142,12 @@ impl Recorder {
         }
     }
 
-    pub fn records(&self) -> Vec<Record> {
+    /// Hands over the records kept so far (a long run's history is millions of them:
+    /// moved, not copied).
+    pub fn take_records(&self) -> Vec<Record> {
         self.flush();
-        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        inner.records.clone()
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        std::mem::take(&mut inner.records)
     }
 
     pub fn len(&self) -> usize {

@@ -203,7 +203,7 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<bool> {
     cluster.stop_all(Duration::from_secs(10));
     injected?;
 
-    let report = check::check(&rec.records());
+    let report = check::check(&rec.take_records());
     let summary = print_report(&report, Some(&status));
     std::fs::write(dir.join("summary.txt"), summary)?;
     let clean = report.violations.is_empty();
