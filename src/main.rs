@@ -1,11 +1,17 @@
 use clap::Parser;
 use nexus::config::{Cli, Command};
 
+/// mimalloc instead of glibc malloc: requests are allocated on the session threads and
+/// freed on the Raft thread (and back), which glibc serves through locked arenas (~10% of
+/// the node's CPU in a task benchmark, docs/benchmarks.md); and freed 16 MiB scrypt
+/// buffers go back to the system instead of staying resident after a login burst.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => {
-            return_freed_memory();
             nexus::telemetry::init(args.log_format, args.verbose);
             let result = actix_rt::System::new().block_on(nexus::server::run_until_signal(*args));
             match result {
@@ -33,17 +39,5 @@ fn main() -> std::process::ExitCode {
                 std::process::ExitCode::from(2)
             }
         },
-    }
-}
-
-/// glibc serves a large allocation from the heap once one of that size was freed (its mmap
-/// threshold adapts upwards), and then keeps it: every login's 16 MiB scrypt buffer would
-/// stay resident after a login burst. A fixed threshold keeps such buffers mmapped, so they
-/// go back to the system when freed.
-fn return_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only tunes the allocator; called before any thread starts.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
     }
 }

@@ -3,13 +3,16 @@
 
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{Message, WebSocket};
+
+mod client;
+mod load;
 
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
@@ -32,6 +35,15 @@ pub struct BenchArgs {
     /// How long to measure.
     #[arg(long, default_value_t = 10, global = true)]
     pub seconds: u64,
+    /// Also print the summary as one JSON line (for scripts such as `make compare`).
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Connections the callers (tasks) or publishers (topics) share; 0: one each.
+    #[arg(long, default_value_t = 0, global = true)]
+    pub connections: usize,
+    /// Connections the workers (tasks) or subscribers (topics) share; 0: one each.
+    #[arg(long, default_value_t = 0, global = true)]
+    pub worker_connections: usize,
 }
 
 #[derive(Debug, Clone, Subcommand)]
@@ -231,12 +243,16 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.url.is_empty() {
         anyhow::bail!("--url needs at least one WebSocket URL");
     }
+    let shape = load::Shape {
+        connections: args.connections,
+        worker_connections: args.worker_connections,
+    };
     match args.kind.clone() {
         BenchKind::Tasks {
             callers,
             workers,
             workers_url,
-        } => tasks(&args, callers, workers, &workers_url),
+        } => load::tasks(&args, callers, workers, &workers_url, shape),
         BenchKind::Pipes { writers, window } => pipes(&args, writers.max(1), window.max(1)),
         BenchKind::Cleanup { kill_pid } => cleanup(&args, kill_pid),
         BenchKind::Writes => writes(&args),
@@ -256,222 +272,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             window,
             subscribers,
             notify,
-        } => topics(&args, publishers, window, subscribers, notify),
+        } => load::topics(&args, publishers, window, subscribers, notify, shape),
     }
-}
-
-fn tasks(
-    args: &BenchArgs,
-    callers: usize,
-    workers: usize,
-    workers_url: &[String],
-) -> anyhow::Result<()> {
-    let worker_args = BenchArgs {
-        url: if workers_url.is_empty() {
-            args.url.clone()
-        } else {
-            workers_url.to_vec()
-        },
-        ..args.clone()
-    };
-    let prefix = format!("bench.tasks.r{}", crate::clock::random_hex(6));
-    eprintln!(
-        "task round trips: {callers} callers, {workers} workers, {}s; callers on {}, workers on {}",
-        args.seconds,
-        args.url.join(","),
-        worker_args.url.join(",")
-    );
-    let stop = Arc::new(AtomicBool::new(false));
-    let done = Arc::new(AtomicU64::new(0));
-    let latencies = Arc::new(Mutex::new(Vec::new()));
-    // Connections and logins (scrypt) happen before the clock starts.
-    let barrier = Arc::new(std::sync::Barrier::new(callers + workers + 1));
-    let mut worker_threads = Vec::new();
-    for w in 0..workers {
-        let (args, stop, prefix, barrier) = (
-            worker_args.clone(),
-            stop.clone(),
-            prefix.clone(),
-            barrier.clone(),
-        );
-        worker_threads.push(std::thread::spawn(move || -> anyhow::Result<()> {
-            let c = Ws::connect(&args, w);
-            barrier.wait();
-            let mut c = c?;
-            while !stop.load(Ordering::Relaxed) {
-                let t = c.call("task.pull", json!({"prefix": prefix, "timeout": 1}))?;
-                if let Some(id) = t["result"]["taskid"].as_str() {
-                    let params = t["result"]["params"].clone();
-                    c.call("task.result", json!({"taskid": id, "result": params}))?;
-                }
-            }
-            Ok(())
-        }));
-    }
-    let mut caller_threads = Vec::new();
-    for i in 0..callers {
-        let (args, done, latencies, method, barrier) = (
-            args.clone(),
-            done.clone(),
-            latencies.clone(),
-            format!("{prefix}.echo"),
-            barrier.clone(),
-        );
-        caller_threads.push(std::thread::spawn(move || -> anyhow::Result<()> {
-            let c = Ws::connect(&args, i);
-            barrier.wait();
-            let mut c = c?;
-            let deadline = Instant::now() + Duration::from_secs(args.seconds);
-            let mut mine = Vec::new();
-            while Instant::now() < deadline {
-                let t0 = Instant::now();
-                let r = c.call(
-                    "task.push",
-                    json!({"method": method, "params": {"caller": i}}),
-                )?;
-                if r.get("result").is_none() {
-                    anyhow::bail!("push failed: {r}");
-                }
-                mine.push(t0.elapsed());
-                done.fetch_add(1, Ordering::Relaxed);
-            }
-            latencies
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .extend(mine);
-            Ok(())
-        }));
-    }
-    barrier.wait();
-    let start = Instant::now();
-    let prog_stop = Arc::new(AtomicBool::new(false));
-    let prog = progress("round trips", done.clone(), prog_stop.clone());
-    for t in caller_threads {
-        t.join().map_err(|_| anyhow::anyhow!("caller panicked"))??;
-    }
-    let elapsed = start.elapsed();
-    prog_stop.store(true, Ordering::Relaxed);
-    stop.store(true, Ordering::Relaxed);
-    let _ = prog.join();
-    for t in worker_threads {
-        t.join().map_err(|_| anyhow::anyhow!("worker panicked"))??;
-    }
-    let mut lat = latencies.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    lat.sort();
-    let n = lat.len();
-    println!(
-        "tasks: {n} round trips in {:.1}s = {:.0}/s, p50 {:.2} ms, p99 {:.2} ms ({callers} callers, {workers} workers)",
-        elapsed.as_secs_f64(),
-        n as f64 / elapsed.as_secs_f64(),
-        percentile(&lat, 0.50).as_secs_f64() * 1e3,
-        percentile(&lat, 0.99).as_secs_f64() * 1e3,
-    );
-    Ok(())
-}
-
-fn topics(
-    args: &BenchArgs,
-    publishers: usize,
-    window: usize,
-    subscribers: usize,
-    notify: bool,
-) -> anyhow::Result<()> {
-    let topic = format!("bench.topic.r{}", crate::clock::random_hex(6));
-    let mode = if notify {
-        "fire-and-forget".to_string()
-    } else {
-        format!("acknowledged, window {window}")
-    };
-    eprintln!(
-        "topic pub → pipe read: {publishers} publishers ({mode}), {subscribers} subscribers, {}s against {}",
-        args.seconds, args.url.join(",")
-    );
-    let stop = Arc::new(AtomicBool::new(false));
-    let delivered = Arc::new(AtomicU64::new(0));
-    let dropped = Arc::new(AtomicU64::new(0));
-    let mut sub_threads = Vec::new();
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    for k in 0..subscribers {
-        let (args, stop, topic, delivered, dropped, ready) = (
-            args.clone(),
-            stop.clone(),
-            topic.clone(),
-            delivered.clone(),
-            dropped.clone(),
-            ready_tx.clone(),
-        );
-        sub_threads.push(std::thread::spawn(move || -> anyhow::Result<()> {
-            let mut c = Ws::connect(&args, k)?;
-            let pipe = c.call("pipe.create", json!({"len": 100000}))?["result"]["pipeid"].clone();
-            c.call("topic.sub", json!({"pipeid": pipe, "topic": topic}))?;
-            let _ = ready.send(());
-            c.drain_pipe(&pipe, &stop, &delivered, &dropped)
-        }));
-    }
-    for _ in 0..subscribers {
-        ready_rx.recv()?;
-    }
-    let published = Arc::new(AtomicU64::new(0));
-    let barrier = Arc::new(std::sync::Barrier::new(publishers + 1));
-    let mut pub_threads = Vec::new();
-    for k in 0..publishers {
-        let (args, topic, published, barrier) = (
-            args.clone(),
-            topic.clone(),
-            published.clone(),
-            barrier.clone(),
-        );
-        pub_threads.push(std::thread::spawn(move || -> anyhow::Result<()> {
-            let c = Ws::connect(&args, k);
-            barrier.wait();
-            let mut c = c?;
-            let deadline = Instant::now() + Duration::from_secs(args.seconds);
-            let publish = json!({"topic": topic, "msg": {"data": "x".repeat(64)}});
-            if notify {
-                let text =
-                    json!({"jsonrpc": "2.0", "method": "topic.pub", "params": publish}).to_string();
-                while Instant::now() < deadline {
-                    c.ws.send(Message::text(text.clone()))?;
-                    published.fetch_add(1, Ordering::Relaxed);
-                }
-                return Ok(());
-            }
-            let requests = std::iter::repeat_with(|| ("topic.pub", publish.clone()))
-                .take_while(|_| Instant::now() < deadline);
-            c.pipelined(window, requests, |_| {
-                published.fetch_add(1, Ordering::Relaxed);
-                Ok(())
-            })
-        }));
-    }
-    barrier.wait();
-    let start = Instant::now();
-    let prog_stop = Arc::new(AtomicBool::new(false));
-    let prog = progress("messages read", delivered.clone(), prog_stop.clone());
-    for t in pub_threads {
-        t.join()
-            .map_err(|_| anyhow::anyhow!("publisher panicked"))??;
-    }
-    let elapsed = start.elapsed();
-    // Let subscribers drain what is queued.
-    std::thread::sleep(Duration::from_secs(1));
-    prog_stop.store(true, Ordering::Relaxed);
-    stop.store(true, Ordering::Relaxed);
-    let _ = prog.join();
-    for t in sub_threads {
-        t.join()
-            .map_err(|_| anyhow::anyhow!("subscriber panicked"))??;
-    }
-    let p = published.load(Ordering::Relaxed);
-    let d = delivered.load(Ordering::Relaxed);
-    println!(
-        "topics ({mode}): {p} publishes in {:.1}s = {:.0}/s; {d} messages read by {subscribers} subscribers = {:.0}/s; {} dropped",
-        elapsed.as_secs_f64(),
-        p as f64 / elapsed.as_secs_f64(),
-        d as f64 / elapsed.as_secs_f64(),
-        dropped.load(Ordering::Relaxed),
-    );
-    Ok(())
 }
 
 /// A reconnect storm: see `BenchKind::Logins`.
