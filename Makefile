@@ -8,7 +8,7 @@ export ROCKSDB_LIB_DIR ?= /usr/lib/$(shell gcc -print-multiarch 2>/dev/null || e
 
 ARGS ?=
 
-.PHONY: deps build run cluster test interop chaos bench bench-cluster deploy-check lint fmt clean-data
+.PHONY: deps build run cluster test interop chaos bench bench-cluster compare deploy-check lint fmt clean-data
 
 deps:
 	@./scripts/deps.sh
@@ -46,6 +46,11 @@ bench: deps
 ## A fresh 3-node release cluster: task round trips over all nodes, failover, catch-up.
 bench-cluster: deps
 	./scripts/bench-cluster.sh
+
+## Nexus-rs side by side with NATS JetStream and NATS core in one run (installs
+## nats-server); prints the table of docs/benchmarks.md. More: make compare ARGS=out-dir.
+compare: deps
+	./scripts/compare.sh $(ARGS)
 
 ## Validate deploy/ (compose, Kubernetes manifests, systemd unit; the image where Docker runs).
 deploy-check:

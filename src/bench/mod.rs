@@ -106,6 +106,10 @@ pub enum BenchKind {
         /// Storms run one after the other: the first meets cold caches, later ones warm.
         #[arg(long, default_value_t = 2)]
         rounds: usize,
+        /// The node's process id (a node on this machine): also report its resident memory
+        /// per open connection and per logged-in session.
+        #[arg(long)]
+        node_pid: Option<u32>,
     },
     /// Fills the cluster with durable state (users, detached tasks), e.g. before timing how
     /// long a new node takes to catch up.
@@ -260,7 +264,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             clients,
             users,
             rounds,
-        } => logins(&args, clients.max(1), users, rounds.max(1)),
+            node_pid,
+        } => logins(&args, clients.max(1), users, rounds.max(1), node_pid),
         BenchKind::Fill {
             users,
             tasks,
@@ -277,7 +282,24 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
 }
 
 /// A reconnect storm: see `BenchKind::Logins`.
-fn logins(args: &BenchArgs, clients: usize, users: usize, rounds: usize) -> anyhow::Result<()> {
+/// Resident memory of process `pid` in KiB (Linux).
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no VmRSS for process {pid}"))
+}
+
+fn logins(
+    args: &BenchArgs,
+    clients: usize,
+    users: usize,
+    rounds: usize,
+    node_pid: Option<u32>,
+) -> anyhow::Result<()> {
+    let rss = || node_pid.map(rss_kib).transpose();
     let accounts: Vec<(String, String)> = if users == 0 {
         vec![(args.user.clone(), args.pass.clone())]
     } else {
@@ -298,12 +320,14 @@ fn logins(args: &BenchArgs, clients: usize, users: usize, rounds: usize) -> anyh
         args.url.join(",")
     );
     for round in 1..=rounds {
+        let before = rss()?;
         let mut conns = Vec::with_capacity(clients);
         for k in 0..clients {
             let url = &args.url[k % args.url.len()];
             let (ws, _) = tungstenite::connect(url.as_str())?;
             conns.push(Ws { ws, next_id: 0 });
         }
+        let connected = rss()?;
         let start = Instant::now();
         for (k, c) in conns.iter_mut().enumerate() {
             let (user, pass) = &accounts[k % accounts.len()];
@@ -321,6 +345,33 @@ fn logins(args: &BenchArgs, clients: usize, users: usize, rounds: usize) -> anyh
             last.as_secs_f64(),
             clients as f64 / last.as_secs_f64()
         );
+        let mut summary = json!({
+            "bench": "logins", "round": round, "clients": clients, "accounts": accounts.len(),
+            "seconds": last.as_secs_f64(), "refused": failed,
+        });
+        if let (Some(before), Some(connected)) = (before, connected) {
+            // Let the node settle (session records committed), then hang up and settle
+            // again: what the sessions held is what their closing gave back.
+            std::thread::sleep(Duration::from_secs(1));
+            let logged_in = rss()?.unwrap_or(connected);
+            drop(conns);
+            std::thread::sleep(Duration::from_secs(3));
+            let closed = rss()?.unwrap_or(before);
+            let per = |from: u64, to: u64| to.saturating_sub(from) as f64 / clients as f64;
+            println!(
+                "logins round {round}: node RSS {before} KiB before, +{:.1} KiB per connection opened, +{:.1} KiB per session logged in, -{:.1} KiB per session closed",
+                per(before, connected),
+                per(before, logged_in),
+                per(closed, logged_in),
+            );
+            summary["rss_before_kib"] = before.into();
+            summary["kib_per_connection"] = per(before, connected).into();
+            summary["kib_per_session_growth"] = per(before, logged_in).into();
+            summary["kib_per_session_held"] = per(closed, logged_in).into();
+        }
+        if args.json {
+            println!("{summary}");
+        }
     }
     Ok(())
 }
