@@ -57,7 +57,7 @@ rows = [
      f"{k(g(ta, 'delivered_per_sec'))}", "NATS core, as above",
      ratio(g(ta, 'delivered_per_sec'), g(nc, 'rate')), ""),
     ("RSS per logged-in WebSocket session (5,000 on a fresh node)",
-     f"{g(lg, 'kib_per_session_held') or 0:.1f} KiB (given back at close; {g(lg, 'kib_per_connection') or 0:.1f} KiB held once connected, before login)",
+     f"{g(lg, 'kib_per_session_growth') or 0:.1f} KiB of node RSS growth per session ({g(lg, 'kib_per_connection') or 0:.1f} KiB of it once connected, before login)",
      "NATS 21.8 KiB per connection (anchors README, not this run)", "", "≤ 20 KiB"),
     ("5,000 reconnecting clients of one account logged in",
      f"{g(lg, 'seconds') or 0:.2f} s (cold caches)", "", "", "≤ 10 s"),
