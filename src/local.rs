@@ -2,9 +2,9 @@
 //! and the requests waiting for an applied event. Nothing here is replicated.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use actix::{Addr, Recipient};
+use actix::{Actor, Addr, Recipient};
 use serde_json::Value;
 use tokio::sync::oneshot;
 
@@ -12,11 +12,14 @@ use crate::node::Control;
 use crate::pipe::{self, Pipe};
 use crate::rpc::RpcResult;
 
+/// A pipe of this process: its actor and the inbox writers append to.
+type LocalPipe = (Addr<Pipe>, Arc<pipe::Inbox>);
+
 #[derive(Default)]
 pub struct Local {
     sessions: Mutex<HashMap<String, Recipient<Control>>>,
-    /// This node's pipes by pipeid.
-    pipes: Mutex<HashMap<String, Addr<Pipe>>>,
+    /// This node's pipes by pipeid, with their inboxes.
+    pipes: Mutex<HashMap<String, LocalPipe>>,
     /// Requests waiting for an applied event: pushes by task id, pulls by pull id.
     waiters: Mutex<HashMap<String, oneshot::Sender<RpcResult>>>,
 }
@@ -64,18 +67,21 @@ impl Local {
         lock(&self.waiters).keys().cloned().collect()
     }
 
-    pub fn add_pipe(&self, pipeid: &str, addr: Addr<Pipe>) {
-        lock(&self.pipes).insert(pipeid.to_string(), addr);
+    /// Starts pipe `pipeid` (capacity `cap` messages, `max_bytes` estimated bytes) here.
+    pub fn add_pipe(&self, pipeid: &str, cap: usize, max_bytes: usize) {
+        let inbox = Arc::new(pipe::Inbox::default());
+        let addr = Pipe::new(cap, max_bytes, inbox.clone()).start();
+        lock(&self.pipes).insert(pipeid.to_string(), (addr, inbox));
     }
 
     pub fn pipe(&self, pipeid: &str) -> Option<Addr<Pipe>> {
-        lock(&self.pipes).get(pipeid).cloned()
+        lock(&self.pipes).get(pipeid).map(|(addr, _)| addr.clone())
     }
 
     /// Unregisters and stops a pipe; false when it was not here.
     pub fn close_pipe(&self, pipeid: &str) -> bool {
         match lock(&self.pipes).remove(pipeid) {
-            Some(addr) => {
+            Some((addr, _)) => {
                 addr.do_send(pipe::Close);
                 true
             }
@@ -86,23 +92,24 @@ impl Local {
     /// Writes `msgs` in order into pipe `pipeid` of this node (none: the pipe is only
     /// checked); gives the messages back when there is no such pipe here.
     pub fn write(&self, pipeid: &str, msgs: Vec<Value>) -> Result<(), Vec<Value>> {
-        match self.pipe(pipeid) {
-            Some(addr) => {
-                if !msgs.is_empty() {
-                    addr.do_send(pipe::Write(msgs));
-                }
-                Ok(())
-            }
-            None => Err(msgs),
+        let pipes = lock(&self.pipes);
+        let Some((addr, inbox)) = pipes.get(pipeid) else {
+            return Err(msgs);
+        };
+        if !msgs.is_empty() && inbox.push(msgs) {
+            addr.do_send(pipe::Flush);
         }
+        Ok(())
     }
 
     /// Writes `envelope` into those of `pipeids` that live here.
     pub fn deliver(&self, pipeids: &[String], envelope: &Value) {
         let pipes = lock(&self.pipes);
         for pipeid in pipeids {
-            if let Some(addr) = pipes.get(pipeid) {
-                addr.do_send(pipe::Write(vec![envelope.clone()]));
+            if let Some((addr, inbox)) = pipes.get(pipeid) {
+                if inbox.push([envelope.clone()]) {
+                    addr.do_send(pipe::Flush);
+                }
             }
         }
     }

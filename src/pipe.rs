@@ -3,6 +3,7 @@
 //! is there.
 
 use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -39,7 +40,32 @@ struct Reader {
     timer: Option<SpawnHandle>,
 }
 
+/// Messages on their way into one pipe. Writers (publishes, `pipe.write`, routed frames)
+/// append under a lock and message the actor only when no flush is already scheduled: under
+/// load the actor takes many messages per wake-up instead of one actor message each.
+#[derive(Default)]
+pub struct Inbox {
+    /// (messages in write order, whether a `Flush` is on its way to the actor)
+    pending: Mutex<(Vec<Value>, bool)>,
+}
+
+impl Inbox {
+    /// Appends `msgs` in order; true when the caller must send the actor a `Flush`.
+    pub fn push(&self, msgs: impl IntoIterator<Item = Value>) -> bool {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        p.0.extend(msgs);
+        !std::mem::replace(&mut p.1, true)
+    }
+
+    fn take(&self) -> Vec<Value> {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        p.1 = false;
+        std::mem::take(&mut p.0)
+    }
+}
+
 pub struct Pipe {
+    inbox: Arc<Inbox>,
     cap: usize,
     /// Budget for the queued messages' (estimated) size: a pipe nobody reads holds at most
     /// this much, whatever the messages' count.
@@ -55,8 +81,9 @@ pub struct Pipe {
 }
 
 impl Pipe {
-    pub fn new(cap: usize, max_bytes: usize) -> Self {
+    pub fn new(cap: usize, max_bytes: usize, inbox: Arc<Inbox>) -> Self {
         Pipe {
+            inbox,
             cap,
             max_bytes,
             bytes: 0,
@@ -105,16 +132,16 @@ impl Actor for Pipe {
     type Context = Context<Self>;
 }
 
-/// Writes messages in order.
+/// Takes in everything waiting in the pipe's `Inbox`, in order.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Write(pub Vec<Value>);
+pub struct Flush;
 
-impl Handler<Write> for Pipe {
+impl Handler<Flush> for Pipe {
     type Result = ();
 
-    fn handle(&mut self, msg: Write, ctx: &mut Self::Context) {
-        for m in msg.0 {
+    fn handle(&mut self, _: Flush, ctx: &mut Self::Context) {
+        for m in self.inbox.take() {
             self.count += 1;
             let size = approx_size(&m);
             if self.queue.len() >= self.cap || self.bytes + size > self.max_bytes {

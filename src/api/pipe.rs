@@ -4,12 +4,11 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::Actor;
 use serde_json::{json, Value};
 
 use crate::conn::Conn;
 use crate::node::Node;
-use crate::pipe::{self, Pipe};
+use crate::pipe;
 use crate::rpc::{self, Params, RpcError, RpcResult, ERR_INVALID_PIPE, ERR_METHOD_NOT_FOUND};
 use crate::state::Command;
 
@@ -21,7 +20,7 @@ pub async fn call(node: &Arc<Node>, conn: &Rc<Conn>, name: &str, p: &Params<'_>)
             let cap = pipe::capacity(p.opt_i64("len")?);
             let pipeid = super::owned_id(conn);
             node.local
-                .add_pipe(&pipeid, Pipe::new(cap, node.limits.max_pipe_bytes).start());
+                .add_pipe(&pipeid, cap, node.limits.max_pipe_bytes);
             conn.pipes.borrow_mut().insert(pipeid.clone());
             Ok(json!({ "pipeid": pipeid }))
         }
