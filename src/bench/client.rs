@@ -55,7 +55,7 @@ impl Client {
         tokio::task::spawn_local(async move {
             while let Some(Ok(msg)) = stream.next().await {
                 let Message::Text(text) = msg else { continue };
-                let text = text.as_str().to_string();
+                let text = text.to_string();
                 if let Ok(AnswerId { id: Some(id) }) = serde_json::from_str(&text) {
                     if let Some(tx) = waiting.borrow_mut().remove(&id) {
                         let _ = tx.send(text);

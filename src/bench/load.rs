@@ -5,6 +5,8 @@
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::de::IgnoredAny;
@@ -12,7 +14,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::client::Client;
-use super::{percentile, BenchArgs};
+use super::{percentile, progress, BenchArgs};
 
 /// How many connections each side uses.
 #[derive(Debug, Clone, Copy)]
@@ -52,22 +54,10 @@ async fn connect_all(
     Ok(clients)
 }
 
-/// Prints the running count every second until `stop`.
-fn progress(label: &'static str, count: Rc<Cell<u64>>, stop: Rc<Cell<bool>>) {
-    tokio::task::spawn_local(async move {
-        let start = Instant::now();
-        let mut last = 0;
-        while !stop.get() {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            let now = count.get();
-            eprintln!(
-                "  [{:>3.0}s] {label}: {} in the last second, {now} total",
-                start.elapsed().as_secs_f64(),
-                now - last
-            );
-            last = now;
-        }
-    });
+/// A push's answer: only whether it has a result (its value is skipped, not built).
+#[derive(Deserialize)]
+struct PushAnswer {
+    result: Option<IgnoredAny>,
 }
 
 #[derive(Deserialize)]
@@ -123,11 +113,12 @@ pub fn tasks(
                 anyhow::Ok(())
             }));
         }
-        let done = Rc::new(Cell::new(0u64));
+        let done = Arc::new(AtomicU64::new(0));
         let latencies = Rc::new(RefCell::new(Vec::new()));
         let start = Instant::now();
         let deadline = start + Duration::from_secs(args.seconds);
-        progress("round trips", done.clone(), stop.clone());
+        let prog_stop = Arc::new(AtomicBool::new(false));
+        let prog = progress("round trips", done.clone(), prog_stop.clone());
         let mut caller_tasks = Vec::new();
         for i in 0..callers {
             let c = caller_conns[i % caller_conns.len()].clone();
@@ -138,11 +129,11 @@ pub fn tasks(
                 while Instant::now() < deadline {
                     let t0 = Instant::now();
                     let text = c.call_text("task.push", &push).await?;
-                    if !text.contains("\"result\"") {
+                    if serde_json::from_str::<PushAnswer>(&text)?.result.is_none() {
                         anyhow::bail!("push failed: {text}");
                     }
                     mine.push(t0.elapsed());
-                    done.set(done.get() + 1);
+                    done.fetch_add(1, Ordering::Relaxed);
                 }
                 latencies.borrow_mut().extend(mine);
                 anyhow::Ok(())
@@ -153,9 +144,11 @@ pub fn tasks(
         }
         let elapsed = start.elapsed();
         stop.set(true);
+        prog_stop.store(true, Ordering::Relaxed);
         for t in worker_tasks {
             t.await??;
         }
+        let _ = prog.join();
         let mut lat = latencies.take();
         lat.sort();
         let n = lat.len();
@@ -216,7 +209,7 @@ pub fn topics(
             args.url.join(",")
         );
         let stop = Rc::new(Cell::new(false));
-        let delivered = Rc::new(Cell::new(0u64));
+        let delivered = Arc::new(AtomicU64::new(0));
         let dropped = Rc::new(Cell::new(0u64));
         let mut sub_tasks = Vec::new();
         for k in 0..subscribers {
@@ -231,7 +224,7 @@ pub fn topics(
                 while !stop.get() {
                     let text = c.call_text("pipe.read", &read).await?;
                     if let Some(r) = serde_json::from_str::<ReadAnswer>(&text)?.result {
-                        delivered.set(delivered.get() + r.msgs.len() as u64);
+                        delivered.fetch_add(r.msgs.len() as u64, Ordering::Relaxed);
                         dropped.set(dropped.get() + r.drops);
                     }
                 }
@@ -241,8 +234,8 @@ pub fn topics(
         let published = Rc::new(Cell::new(0u64));
         let start = Instant::now();
         let deadline = start + Duration::from_secs(args.seconds);
-        let prog_stop = Rc::new(Cell::new(false));
-        progress("messages read", delivered.clone(), prog_stop.clone());
+        let prog_stop = Arc::new(AtomicBool::new(false));
+        let prog = progress("messages read", delivered.clone(), prog_stop.clone());
         let publish = json!({"topic": topic, "msg": {"data": "x".repeat(64)}});
         let mut pub_tasks = Vec::new();
         for k in 0..publishers {
@@ -271,12 +264,17 @@ pub fn topics(
         let elapsed = start.elapsed();
         // Let subscribers drain what is queued.
         tokio::time::sleep(Duration::from_secs(1)).await;
-        prog_stop.set(true);
+        prog_stop.store(true, Ordering::Relaxed);
         stop.set(true);
         for t in sub_tasks {
             t.await??;
         }
-        let (p, d, x) = (published.get(), delivered.get(), dropped.get());
+        let _ = prog.join();
+        let (p, d, x) = (
+            published.get(),
+            delivered.load(Ordering::Relaxed),
+            dropped.get(),
+        );
         let secs = elapsed.as_secs_f64();
         println!(
             "topics ({mode}): {p} publishes in {secs:.1}s = {:.0}/s; {d} messages read by {subscribers} subscribers = {:.0}/s; {x} dropped",
