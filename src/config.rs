@@ -112,6 +112,12 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 10_000)]
     pub snapshot_every: u64,
 
+    /// A state snapshot also waits until the log applied since the last one is this
+    /// percentage of that snapshot's size, so a large state (a deep task queue) is not
+    /// rewritten every few thousand commands. 0: count entries only.
+    #[arg(long, default_value_t = 100)]
+    pub snapshot_log_percent: u64,
+
     /// After a TCP client stops sending (EOF), how long its requests in flight may still be
     /// answered before the connection closes, in milliseconds.
     #[arg(long, default_value_t = 1000)]

@@ -325,6 +325,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         election_ticks: 16,
         heartbeat_ticks: 3,
         snapshot_every: args.snapshot_every.max(1),
+        snapshot_log_percent: args.snapshot_log_percent,
         log_retain: args.log_retain,
         proposal_timeout: Duration::from_millis(args.proposal_timeout_ms.max(1)),
         read_timeout: Duration::from_millis(args.read_timeout_ms.max(1)),

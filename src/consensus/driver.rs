@@ -38,7 +38,9 @@ pub fn start(
     peers: Option<Arc<dyn Peers>>,
 ) -> Result<RaftHandle, StoreError> {
     let mut applied = 0;
+    let mut snapshot_bytes = 0;
     if let Some(snap) = storage.stored_snapshot()? {
+        snapshot_bytes = snap.data.len() as u64;
         let restored = State::from_snapshot(&snap.data)
             .map_err(|e| StoreError::Corrupt("state snapshot", e.to_string()))?;
         *state.write().unwrap_or_else(|e| e.into_inner()) = restored;
@@ -76,6 +78,8 @@ pub fn start(
         reads: Reads::default(),
         next_proposal: 0,
         last_snapshot: applied,
+        last_snapshot_bytes: snapshot_bytes,
+        log_bytes_since_snapshot: 0,
         snapshotting: None,
         cfg,
         stats: stats.clone(),
@@ -141,8 +145,12 @@ struct Driver {
     reads: Reads,
     next_proposal: u64,
     last_snapshot: u64,
+    /// Size of the last state snapshot, and the bytes of log applied since: a new snapshot
+    /// waits until the log has grown in proportion to the state it rewrites.
+    last_snapshot_bytes: u64,
+    log_bytes_since_snapshot: u64,
     /// The snapshot being encoded and written off this thread (its index).
-    snapshotting: Option<(u64, std::thread::JoinHandle<Result<(), StoreError>>)>,
+    snapshotting: Option<(u64, std::thread::JoinHandle<Result<u64, StoreError>>)>,
     cfg: RaftConfig,
     stats: Arc<RaftStats>,
     /// The term waiters were proposed in; a change fails them.
@@ -732,6 +740,8 @@ impl Driver {
         self.applied_clock = restored.cluster.clock_ms;
         *self.state.write().unwrap_or_else(|e| e.into_inner()) = restored;
         self.last_snapshot = snap.get_metadata().index;
+        self.last_snapshot_bytes = snap.data.len() as u64;
+        self.log_bytes_since_snapshot = 0;
         info!(
             index = snap.get_metadata().index,
             bytes = snap.data.len(),
@@ -755,6 +765,7 @@ impl Driver {
             let mut state = state_lock.write().unwrap_or_else(|e| e.into_inner());
             for entry in &entries {
                 self.stats.applied.fetch_add(1, Ordering::Relaxed);
+                self.log_bytes_since_snapshot += entry.data.len() as u64;
                 match entry.get_entry_type() {
                     EntryType::EntryNormal if entry.data.is_empty() => {}
                     EntryType::EntryNormal => {
@@ -868,7 +879,15 @@ impl Driver {
         let applied = self.raw.raft.raft_log.applied;
         // `wanted`: raft needs a snapshot for a peer whose conf state the stored one lacks.
         let wanted = self.storage.take_snapshot_wanted();
-        if applied < self.last_snapshot + self.cfg.snapshot_every && !wanted {
+        // A snapshot rewrites the whole state: taken only once the log since the last one
+        // is at least `snapshot_log_percent` of that state's size, its cost per command
+        // stays flat however large the state (a deep queue) grows.
+        let log_grown = self.log_bytes_since_snapshot.saturating_mul(100)
+            >= self
+                .last_snapshot_bytes
+                .saturating_mul(self.cfg.snapshot_log_percent);
+        let due = applied >= self.last_snapshot + self.cfg.snapshot_every && log_grown;
+        if !due && !wanted {
             return Ok(());
         }
         // The state and the membership as of `applied`, taken together on this thread.
@@ -879,10 +898,14 @@ impl Driver {
         let writer = std::thread::Builder::new()
             .name("snapshot".into())
             .spawn(move || {
-                storage.compact_to_snapshot(applied, conf_state, copy.to_snapshot(), retain)
+                let data = copy.to_snapshot();
+                let bytes = data.len() as u64;
+                storage.compact_to_snapshot(applied, conf_state, data, retain)?;
+                Ok(bytes)
             })
             .map_err(|e| StoreError::Corrupt("snapshot thread", e.to_string()))?;
         self.snapshotting = Some((applied, writer));
+        self.log_bytes_since_snapshot = 0;
         Ok(())
     }
 
@@ -894,10 +917,11 @@ impl Driver {
             _ => return Ok(()),
         }
         let (index, writer) = self.snapshotting.take().expect("checked above");
-        writer
+        let bytes = writer
             .join()
             .map_err(|_| StoreError::Corrupt("snapshot thread", "panicked".into()))??;
         self.last_snapshot = self.last_snapshot.max(index);
+        self.last_snapshot_bytes = bytes;
         self.stats.snapshots.fetch_add(1, Ordering::Relaxed);
         debug!(index, "state snapshot written, log compacted");
         Ok(())

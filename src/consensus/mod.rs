@@ -28,6 +28,9 @@ pub struct RaftConfig {
     pub heartbeat_ticks: usize,
     /// Applied entries between two state snapshots (which also compact the log).
     pub snapshot_every: u64,
+    /// ...and not before the log applied since the last snapshot reaches this percentage
+    /// of that snapshot's size.
+    pub snapshot_log_percent: u64,
     /// Entries kept in the log behind a snapshot, so a follower briefly behind catches up
     /// from the log instead of needing a snapshot.
     pub log_retain: u64,
@@ -50,6 +53,7 @@ impl Default for RaftConfig {
             election_ticks: 10,
             heartbeat_ticks: 2,
             snapshot_every: 10_000,
+            snapshot_log_percent: 100,
             log_retain: 5_000,
             max_batch: 4096,
             proposal_timeout: Duration::from_secs(5),
