@@ -17,6 +17,7 @@ pub mod consensus;
 pub mod credcache;
 pub mod listing;
 pub mod local;
+pub mod metrics;
 pub mod names;
 pub mod node;
 pub mod pipe;

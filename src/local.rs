@@ -22,6 +22,10 @@ pub struct Local {
     pipes: Mutex<HashMap<String, LocalPipe>>,
     /// Requests waiting for an applied event: pushes by task id, pulls by pull id.
     waiters: Mutex<HashMap<String, oneshot::Sender<RpcResult>>>,
+    /// Messages dropped at full pipes of this node (a metric).
+    pub pipe_drops: prometheus_client::metrics::counter::Counter,
+    /// Published messages put into pipes of this node (a metric).
+    pub topic_deliveries: prometheus_client::metrics::counter::Counter,
 }
 
 /// Removes a waiter when the waiting request goes away (answered, cancelled, or its
@@ -70,7 +74,7 @@ impl Local {
     /// Starts pipe `pipeid` (capacity `cap` messages, `max_bytes` estimated bytes) here.
     pub fn add_pipe(&self, pipeid: &str, cap: usize, max_bytes: usize) {
         let inbox = Arc::new(pipe::Inbox::default());
-        let addr = Pipe::new(cap, max_bytes, inbox.clone()).start();
+        let addr = Pipe::new(cap, max_bytes, inbox.clone(), self.pipe_drops.clone()).start();
         lock(&self.pipes).insert(pipeid.to_string(), (addr, inbox));
     }
 
@@ -107,11 +111,16 @@ impl Local {
         let pipes = lock(&self.pipes);
         for pipeid in pipeids {
             if let Some((addr, inbox)) = pipes.get(pipeid) {
+                self.topic_deliveries.inc();
                 if inbox.push([envelope.clone()]) {
                     addr.do_send(pipe::Flush);
                 }
             }
         }
+    }
+
+    pub fn pipe_count(&self) -> usize {
+        lock(&self.pipes).len()
     }
 
     pub fn register_session(&self, connid: &str, r: Recipient<Control>) {

@@ -75,6 +75,8 @@ pub struct Node {
     pub cluster: std::sync::OnceLock<Arc<crate::cluster::ClusterLink>>,
     /// Sessions, pipes and waiting requests of this process.
     pub local: Local,
+    /// What `/metrics` serves.
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl Node {
@@ -91,6 +93,12 @@ impl Node {
             n => n,
         };
         let throttle = limits.login_throttle;
+        let local = Local::default();
+        let metrics = crate::metrics::Metrics::new(
+            &raft.stats.timings,
+            &local.pipe_drops,
+            &local.topic_deliveries,
+        );
         Node {
             limits,
             raft_id,
@@ -104,7 +112,8 @@ impl Node {
             verified: Default::default(),
             listening: Mutex::new(Vec::new()),
             cluster: std::sync::OnceLock::new(),
-            local: Local::default(),
+            local,
+            metrics,
         }
     }
 

@@ -76,12 +76,19 @@ pub struct Pipe {
     /// Sequence number of the last message written (dropped ones included).
     count: u64,
     drops: u64,
+    /// The node's count of drops at every pipe (a metric).
+    drops_total: prometheus_client::metrics::counter::Counter,
     readers: VecDeque<Reader>,
     next_reader: u64,
 }
 
 impl Pipe {
-    pub fn new(cap: usize, max_bytes: usize, inbox: Arc<Inbox>) -> Self {
+    pub fn new(
+        cap: usize,
+        max_bytes: usize,
+        inbox: Arc<Inbox>,
+        drops_total: prometheus_client::metrics::counter::Counter,
+    ) -> Self {
         Pipe {
             inbox,
             cap,
@@ -90,6 +97,7 @@ impl Pipe {
             queue: VecDeque::new(),
             count: 0,
             drops: 0,
+            drops_total,
             readers: VecDeque::new(),
             next_reader: 0,
         }
@@ -146,6 +154,7 @@ impl Handler<Flush> for Pipe {
             let size = approx_size(&m);
             if self.queue.len() >= self.cap || self.bytes + size > self.max_bytes {
                 self.drops += 1;
+                self.drops_total.inc();
             } else {
                 self.bytes += size;
                 self.queue.push_back((m, self.count, size));

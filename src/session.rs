@@ -206,6 +206,7 @@ impl Actor for Session {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        self.node.metrics.connection_opened(self.conn.protocol);
         let c = &self.conn;
         self.node
             .local
@@ -253,6 +254,7 @@ impl Actor for Session {
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
+        self.node.metrics.connection_closed(self.conn.protocol);
         self.node.local.unregister_session(&self.conn.connid);
         for pipeid in self.conn.pipes.take() {
             self.node.local.close_pipe(&pipeid);

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use common::cluster::{
     leader_of, secret_file, three_joined, three_joined_each, unread_bytes_at, wait_voters, Proc,
 };
-use common::{eventually, expect_code, expect_ok, free_port, Client};
+use common::{
+    eventually, expect_code, expect_ok, free_port, http_request_to, metric, scrape, Client,
+};
 use serde_json::json;
 
 #[test]
@@ -51,6 +53,47 @@ fn three_nodes_join_and_reads_follow_writes_across_nodes() {
         let n = expect_ok(cl.call("user.count", json!({"prefix": ""})));
         assert_eq!(n["count"], json!(8), "root, 5 alices, bob, carol");
     }
+    cluster_metrics_agree(&nodes);
+}
+
+/// Every node's `/metrics` (health listener) shows the same three voters and leader, one
+/// leader among them, its two peer links up, traffic both ways, and 3 live members.
+fn cluster_metrics_agree(nodes: &[Proc]) {
+    let addr = |n: &Proc| format!("127.0.0.1:{}", n.health).parse().unwrap();
+    let ids: Vec<u64> = nodes.iter().map(Proc::raft_id).collect();
+    let mut leaders = 0.0;
+    let mut leader_ids = std::collections::BTreeSet::new();
+    for (n, me) in nodes.iter().zip(&ids) {
+        assert!(
+            eventually(Duration::from_secs(20), || {
+                let s = scrape(addr(n));
+                let peers: Vec<String> = ids
+                    .iter()
+                    .filter(|id| *id != me)
+                    .map(u64::to_string)
+                    .collect();
+                let of = |name: &str, peer: &str| metric(&s, name, &[("peer", peer)]);
+                let links_up = peers
+                    .iter()
+                    .all(|p| of("nexus_peer_connected", p) == Some(1.0));
+                // Followers do not talk to each other: only the leader's links carry
+                // traffic, so every node has some both ways.
+                let total = |name: &str| -> f64 { peers.iter().filter_map(|p| of(name, p)).sum() };
+                links_up
+                    && total("nexus_peer_sent_bytes_total") > 0.0
+                    && total("nexus_peer_received_bytes_total") > 0.0
+                    && metric(&s, "nexus_gossip_live_nodes", &[]) == Some(3.0)
+            }),
+            "metrics of node {me}:\n{}",
+            String::from_utf8_lossy(&http_request_to(addr(n), "GET", "/metrics", &[], b"").2)
+        );
+        let s = scrape(addr(n));
+        assert_eq!(metric(&s, "nexus_raft_voters", &[]), Some(3.0));
+        leaders += metric(&s, "nexus_raft_role", &[("role", "leader")]).unwrap();
+        leader_ids.insert(metric(&s, "nexus_raft_leader_id", &[]).unwrap() as u64);
+    }
+    assert_eq!(leaders, 1.0);
+    assert_eq!(leader_ids.len(), 1, "{leader_ids:?}");
 }
 
 #[test]

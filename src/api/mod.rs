@@ -21,7 +21,11 @@ use crate::rpc::{Params, Request, Response, RpcError, RpcResult, ERR_METHOD_NOT_
 
 /// Runs one request; `None` for a notification (executed, never answered).
 pub async fn dispatch(node: Arc<Node>, conn: Rc<Conn>, req: Request) -> Option<Response> {
+    let start = std::time::Instant::now();
     let result = call(&node, &conn, &req).await;
+    let known = !matches!(&result, Err(e) if e.code == ERR_METHOD_NOT_FOUND);
+    node.metrics
+        .request(&req.method, known, result.is_ok(), start.elapsed());
     match req.id {
         Some(id) => Some(Response::from_result(id, result)),
         None => {

@@ -191,6 +191,7 @@ impl Transport {
             next_transfer: AtomicU64::new(1),
             removed: Mutex::new(HashSet::new()),
             refused: Mutex::new(HashMap::new()),
+            traffic: Mutex::new(HashMap::new()),
         });
         shared.spawn(accept_loop(shared.clone(), listener));
         Ok(Transport { shared })
@@ -211,6 +212,7 @@ impl Transport {
     pub fn remove_peer(&self, raft_id: u64) {
         lock(&self.shared.removed).insert(raft_id);
         lock(&self.shared.peers).remove(&raft_id);
+        lock(&self.shared.traffic).remove(&raft_id);
     }
 
     /// Queues a frame for `to`. Non-blocking, callable from any thread (no runtime needed).
@@ -236,6 +238,27 @@ impl Transport {
         lock(&self.shared.peers)
             .get(&to)
             .is_some_and(|p| p.connected.load(Ordering::Acquire))
+    }
+
+    /// Every peer we have a stream to (or traffic with), with its byte counts.
+    pub fn traffic(&self) -> Vec<PeerTraffic> {
+        let mut ids: Vec<u64> = lock(&self.shared.peers).keys().copied().collect();
+        let traffic = lock(&self.shared.traffic);
+        ids.extend(traffic.keys().copied());
+        ids.sort_unstable();
+        ids.dedup();
+        ids.into_iter()
+            .map(|raft_id| {
+                let t = traffic.get(&raft_id);
+                let load = |a: Option<&AtomicU64>| a.map_or(0, |a| a.load(Ordering::Relaxed));
+                PeerTraffic {
+                    raft_id,
+                    connected: self.connected(raft_id),
+                    sent: load(t.map(|t| &t.sent)),
+                    received: load(t.map(|t| &t.received)),
+                }
+            })
+            .collect()
     }
 
     /// One request and its answer over a fresh connection to `addr` (hello.oneshot = true).
@@ -342,6 +365,8 @@ struct Shared {
     removed: Mutex<HashSet<u64>>,
     /// When we last warned about a refused connection from each host.
     refused: Mutex<HashMap<IpAddr, Instant>>,
+    /// Bytes to and from each peer.
+    traffic: Mutex<HashMap<u64, Arc<Traffic>>>,
 }
 
 struct Peer {
@@ -538,6 +563,24 @@ struct Conn {
     writer: OwnedWriteHalf,
     wbuf: BytesMut,
     max: usize,
+    /// Where this connection's bytes are counted (its peer's, once known).
+    traffic: Arc<Traffic>,
+}
+
+/// Bytes to and from one peer, over all of its connections.
+#[derive(Default)]
+struct Traffic {
+    sent: AtomicU64,
+    received: AtomicU64,
+}
+
+/// A peer's link, as `/metrics` shows it.
+pub struct PeerTraffic {
+    pub raft_id: u64,
+    /// Our stream to it is connected and authenticated.
+    pub connected: bool,
+    pub sent: u64,
+    pub received: u64,
 }
 
 impl Conn {
@@ -553,7 +596,13 @@ impl Conn {
             writer,
             wbuf: BytesMut::new(),
             max: PREAUTH_MAX,
+            traffic: Arc::default(),
         }
+    }
+
+    /// Counts this connection's bytes as `peer`'s from now on.
+    fn count_for(&mut self, shared: &Shared, peer: u64) {
+        self.traffic = lock(&shared.traffic).entry(peer).or_default().clone();
     }
 
     /// The peer proved the secret: accept frames up to `max`.
@@ -589,6 +638,10 @@ impl Conn {
             return Ok(());
         }
         let written = timeout(WRITE_TIMEOUT, self.writer.write_all(&self.wbuf)).await;
+        if matches!(written, Ok(Ok(()))) {
+            let n = self.wbuf.len() as u64;
+            self.traffic.sent.fetch_add(n, Ordering::Relaxed);
+        }
         self.wbuf.clear();
         written.unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "write stalled")))
     }
@@ -600,7 +653,13 @@ impl Conn {
 
     /// The next message, undecoded; None at end of stream. Cancel-safe.
     async fn recv_raw(&mut self) -> io::Result<Option<BytesMut>> {
-        self.reader.next().await.transpose()
+        let next = self.reader.next().await.transpose();
+        if let Ok(Some(buf)) = &next {
+            // The 4-byte length prefix included.
+            let n = buf.len() as u64 + 4;
+            self.traffic.received.fetch_add(n, Ordering::Relaxed);
+        }
+        next
     }
 
     async fn recv<M: prost::Message + Default>(&mut self) -> io::Result<M> {
@@ -887,6 +946,7 @@ impl Writer {
     /// connection had been established.
     async fn session(&mut self, addr: &str) -> Result<Exit, (anyhow::Error, bool)> {
         let mut conn = self.open(addr).await.map_err(|e| (e, false))?;
+        conn.count_for(&self.shared, self.to);
         self.failures.recovered(self.to, addr);
         self.connected.store(true, Ordering::Release);
         let result = self.pump(&mut conn).await;
@@ -1100,6 +1160,7 @@ async fn serve(shared: Arc<Shared>, stream: TcpStream, remote: SocketAddr) {
     if theirs.oneshot {
         serve_request(&shared, conn, theirs, remote).await;
     } else {
+        conn.count_for(&shared, theirs.raft_id);
         let reader = Reader {
             from: theirs.raft_id,
             shared,

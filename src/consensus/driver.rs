@@ -133,6 +133,13 @@ struct LeaderClock {
     last: u64,
 }
 
+/// A snapshot being encoded and written off the Raft thread.
+struct Snapshotting {
+    index: u64,
+    began: Instant,
+    writer: std::thread::JoinHandle<Result<u64, StoreError>>,
+}
+
 struct Driver {
     raw: RawNode<RaftStorage>,
     storage: RaftStorage,
@@ -149,8 +156,8 @@ struct Driver {
     /// waits until the log has grown in proportion to the state it rewrites.
     last_snapshot_bytes: u64,
     log_bytes_since_snapshot: u64,
-    /// The snapshot being encoded and written off this thread (its index).
-    snapshotting: Option<(u64, std::thread::JoinHandle<Result<u64, StoreError>>)>,
+    /// The snapshot being encoded and written off this thread.
+    snapshotting: Option<Snapshotting>,
     cfg: RaftConfig,
     stats: Arc<RaftStats>,
     /// The term waiters were proposed in; a change fails them.
@@ -698,6 +705,7 @@ impl Driver {
         self.apply_entries(ready.take_committed_entries())?;
         let hs = ready.hs().cloned();
         if !ready.entries().is_empty() || hs.is_some() {
+            let start = Instant::now();
             self.storage.write(RaftWrite {
                 entries: ready.entries(),
                 hard_state: hs.as_ref(),
@@ -705,6 +713,9 @@ impl Driver {
                 ..Default::default()
             })?;
             self.stats.synced_writes.fetch_add(1, Ordering::Relaxed);
+            let t = &self.stats.timings;
+            t.log_write_seconds.observe(start.elapsed().as_secs_f64());
+            t.log_write_entries.observe(ready.entries().len() as f64);
         }
         self.send_messages(ready.take_persisted_messages());
         let mut light = self.raw.advance(ready);
@@ -891,6 +902,7 @@ impl Driver {
             return Ok(());
         }
         // The state and the membership as of `applied`, taken together on this thread.
+        let began = Instant::now();
         let copy = self.read_state(State::clone);
         let conf_state = self.storage.conf_state();
         let storage = self.storage.clone();
@@ -904,7 +916,11 @@ impl Driver {
                 Ok(bytes)
             })
             .map_err(|e| StoreError::Corrupt("snapshot thread", e.to_string()))?;
-        self.snapshotting = Some((applied, writer));
+        self.snapshotting = Some(Snapshotting {
+            index: applied,
+            began,
+            writer,
+        });
         self.log_bytes_since_snapshot = 0;
         Ok(())
     }
@@ -913,15 +929,22 @@ impl Driver {
     /// waits for it).
     fn finish_snapshot(&mut self, wait: bool) -> Result<(), StoreError> {
         match &self.snapshotting {
-            Some((_, writer)) if wait || writer.is_finished() => {}
+            Some(s) if wait || s.writer.is_finished() => {}
             _ => return Ok(()),
         }
-        let (index, writer) = self.snapshotting.take().expect("checked above");
+        let Snapshotting {
+            index,
+            began,
+            writer,
+        } = self.snapshotting.take().expect("checked above");
         let bytes = writer
             .join()
             .map_err(|_| StoreError::Corrupt("snapshot thread", "panicked".into()))??;
         self.last_snapshot = self.last_snapshot.max(index);
         self.last_snapshot_bytes = bytes;
+        let t = &self.stats.timings;
+        t.snapshot_seconds.observe(began.elapsed().as_secs_f64());
+        t.snapshot_bytes.set(bytes as i64);
         self.stats.snapshots.fetch_add(1, Ordering::Relaxed);
         debug!(index, "state snapshot written, log compacted");
         Ok(())

@@ -193,6 +193,8 @@ pub struct RaftStats {
     leader_contact_ms: AtomicU64,
     /// When a Raft message from each peer last arrived (`process_ms` clock).
     peer_contact_ms: RwLock<std::collections::HashMap<u64, u64>>,
+    /// Latencies and sizes for `/metrics`.
+    pub timings: crate::metrics::RaftTimings,
 }
 
 /// Milliseconds since this process started (a monotonic clock for the stats).
@@ -310,6 +312,7 @@ impl RaftHandle {
     /// Proposes `cmd` and waits until this node applied it; answers its outcome. Fails
     /// (retryable) on leader change, lost proposal or timeout: it never hangs.
     pub async fn propose(&self, cmd: Command) -> Outcome {
+        let start = std::time::Instant::now();
         let (reply, rx) = oneshot::channel();
         if !self.deliver(Msg::Propose {
             data: codec::encode_command(cmd),
@@ -317,8 +320,12 @@ impl RaftHandle {
         }) {
             return Err(RpcError::internal("node is shutting down"));
         }
-        rx.await
-            .map_err(|_| RpcError::internal("proposal was not applied"))?
+        let outcome = rx
+            .await
+            .map_err(|_| RpcError::internal("proposal was not applied"))?;
+        let took = start.elapsed().as_secs_f64();
+        self.stats.timings.proposal_seconds.observe(took);
+        outcome
     }
 
     /// Proposes without waiting for the outcome.

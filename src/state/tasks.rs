@@ -437,6 +437,18 @@ impl Tasks {
         }
     }
 
+    /// (path, being worked on) of every task, for metrics.
+    pub fn paths(&self) -> impl Iterator<Item = (&str, bool)> {
+        self.tasks
+            .values()
+            .map(|t| (t.path.as_str(), t.working.is_some()))
+    }
+
+    /// Pulls waiting for a task.
+    pub fn pulls_waiting(&self) -> usize {
+        self.pulls.len()
+    }
+
     pub fn get(&self, taskid: &str) -> Option<&Task> {
         self.tasks.get(taskid)
     }

@@ -56,6 +56,9 @@ pub async fn entry(
     if req.method() == actix_web::http::Method::OPTIONS {
         return cors(&mut HttpResponse::Ok()).finish();
     }
+    if is_metrics_scrape(&req) {
+        return metrics(&node).await;
+    }
     bridge(req, body, node, if secure { "https" } else { "http" }).await
 }
 
@@ -290,11 +293,26 @@ async fn bridge(
 
 /// The handler of `health://` listeners: 200 "ok" when the node can serve (a Raft leader
 /// is known and apply keeps up), else 503 with the reason.
-pub async fn health(node: web::Data<Arc<Node>>) -> HttpResponse {
+pub async fn health(req: HttpRequest, node: web::Data<Arc<Node>>) -> HttpResponse {
+    if is_metrics_scrape(&req) {
+        return metrics(&node).await;
+    }
     match node.raft.stats.ready() {
         Ok(()) => HttpResponse::Ok().content_type("text/plain").body("ok\n"),
         Err(why) => HttpResponse::ServiceUnavailable()
             .content_type("text/plain")
             .body(format!("not ready: {why}\n")),
     }
+}
+
+/// `GET /metrics`: the Prometheus scrape (any other method or path is the bridge's).
+fn is_metrics_scrape(req: &HttpRequest) -> bool {
+    req.method() == actix_web::http::Method::GET && req.path() == "/metrics"
+}
+
+async fn metrics(node: &Node) -> HttpResponse {
+    let text = node.metrics.render(node).await;
+    HttpResponse::Ok()
+        .content_type(crate::metrics::CONTENT_TYPE)
+        .body(text)
 }

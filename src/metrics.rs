@@ -1,0 +1,465 @@
+//! Prometheus metrics, served at `/metrics` on the http, https and health listeners.
+//!
+//! Counters and histograms are updated where things happen (requests, connections, pipe
+//! drops, deliveries, Raft writes). Everything that is a size of the state (tasks, locks,
+//! sessions, Raft indexes, peers, gossip) is read once per scrape. Labels stay bounded:
+//! no connid, no task path beyond its first segment (and at most `MAX_PREFIXES` of those),
+//! no peer beyond the cluster's members.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::consensus::Role;
+use crate::node::Node;
+
+/// Distinct first path segments reported for tasks; the rest are summed as "(other)".
+pub const MAX_PREFIXES: usize = 100;
+
+/// The content type of the text encoding (OpenMetrics, which Prometheus reads).
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    method: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MethodLabels {
+    method: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TransportLabels {
+    transport: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SessionLabels {
+    transport: String,
+    authenticated: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TaskLabels {
+    prefix: String,
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RoleLabels {
+    role: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PeerLabels {
+    peer: String,
+}
+
+fn request_histogram() -> Histogram {
+    // 50 µs .. ~26 s
+    Histogram::new(exponential_buckets(0.00005, 2.0, 20))
+}
+
+/// Timings the Raft thread records (kept in `RaftStats`, registered here).
+#[derive(Debug)]
+pub struct RaftTimings {
+    /// From a proposal to its outcome on this node.
+    pub proposal_seconds: Histogram,
+    /// One synced log write (entries and hard state, fsync'd).
+    pub log_write_seconds: Histogram,
+    /// Entries per synced log write (group commit).
+    pub log_write_entries: Histogram,
+    /// Copying, encoding and writing one state snapshot.
+    pub snapshot_seconds: Histogram,
+    pub snapshot_bytes: Gauge,
+}
+
+impl Default for RaftTimings {
+    fn default() -> Self {
+        RaftTimings {
+            proposal_seconds: request_histogram(),
+            log_write_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 16)),
+            log_write_entries: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
+            snapshot_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            snapshot_bytes: Gauge::default(),
+        }
+    }
+}
+
+pub fn seconds(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+/// What is read from the node at each scrape.
+#[derive(Default)]
+struct Sampled {
+    sessions: Family<SessionLabels, Gauge>,
+    tasks: Family<TaskLabels, Gauge>,
+    pulls_waiting: Gauge,
+    locks: Gauge,
+    subscriptions: Gauge,
+    users: Gauge,
+    pipes: Gauge,
+    raft_term: Gauge,
+    raft_commit: Gauge,
+    raft_applied: Gauge,
+    raft_leader: Gauge,
+    raft_role: Family<RoleLabels, Gauge>,
+    raft_voters: Gauge,
+    raft_learners: Gauge,
+    raft_snapshots: Counter,
+    peer_connected: Family<PeerLabels, Gauge>,
+    peer_sent: Family<PeerLabels, Counter>,
+    peer_received: Family<PeerLabels, Counter>,
+    gossip_live: Gauge,
+    gossip_dead: Gauge,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    /// One scrape at a time: the sampled gauges are cleared and refilled.
+    sampled: Mutex<Sampled>,
+    requests: Family<RequestLabels, Counter>,
+    request_seconds: Family<MethodLabels, Histogram>,
+    connections: Family<TransportLabels, Gauge>,
+    connections_opened: Family<TransportLabels, Counter>,
+}
+
+impl Metrics {
+    /// Registers every metric; `raft`, `pipe_drops` and `deliveries` are owned by the parts
+    /// that update them.
+    pub fn new(raft: &RaftTimings, pipe_drops: &Counter, deliveries: &Counter) -> Metrics {
+        let mut r = Registry::with_prefix("nexus");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let request_seconds = Family::<MethodLabels, Histogram>::new_with_constructor(
+            request_histogram as fn() -> Histogram,
+        );
+        let connections = Family::<TransportLabels, Gauge>::default();
+        let connections_opened = Family::<TransportLabels, Counter>::default();
+        let s = Sampled::default();
+        r.register(
+            "requests",
+            "JSON-RPC requests handled by this node, by method and outcome",
+            requests.clone(),
+        );
+        r.register(
+            "request_duration_seconds",
+            "Time from a request's arrival to its answer, by method",
+            request_seconds.clone(),
+        );
+        r.register(
+            "connections",
+            "Open client connections on this node, by transport",
+            connections.clone(),
+        );
+        r.register(
+            "connections_opened",
+            "Client connections accepted by this node, by transport",
+            connections_opened.clone(),
+        );
+        r.register(
+            "sessions",
+            "Sessions of this node's connections, by transport and whether logged in",
+            s.sessions.clone(),
+        );
+        r.register(
+            "tasks",
+            "Tasks in the cluster by first path segment: queued (waiting) or working",
+            s.tasks.clone(),
+        );
+        r.register(
+            "pulls_waiting",
+            "task.pull requests waiting for a task, cluster-wide",
+            s.pulls_waiting.clone(),
+        );
+        r.register("locks", "Locks held, cluster-wide", s.locks.clone());
+        r.register(
+            "topic_subscriptions",
+            "Topic subscriptions (pipe, topic), cluster-wide",
+            s.subscriptions.clone(),
+        );
+        r.register("users", "User accounts", s.users.clone());
+        r.register("pipes", "Pipes living on this node", s.pipes.clone());
+        r.register(
+            "pipe_drops",
+            "Messages dropped at a full pipe on this node",
+            pipe_drops.clone(),
+        );
+        r.register(
+            "topic_deliveries",
+            "Published messages put into pipes on this node",
+            deliveries.clone(),
+        );
+        r.register("raft_term", "Current Raft term", s.raft_term.clone());
+        r.register(
+            "raft_commit_index",
+            "Highest log index known committed",
+            s.raft_commit.clone(),
+        );
+        r.register(
+            "raft_applied_index",
+            "Highest log index applied to the state",
+            s.raft_applied.clone(),
+        );
+        r.register(
+            "raft_leader_id",
+            "Raft id of the leader this node knows (0: none)",
+            s.raft_leader.clone(),
+        );
+        r.register(
+            "raft_role",
+            "1 for this node's Raft role",
+            s.raft_role.clone(),
+        );
+        r.register(
+            "raft_voters",
+            "Voters in the configuration",
+            s.raft_voters.clone(),
+        );
+        r.register(
+            "raft_learners",
+            "Learners in the configuration",
+            s.raft_learners.clone(),
+        );
+        r.register(
+            "raft_snapshots",
+            "State snapshots written by this node",
+            s.raft_snapshots.clone(),
+        );
+        r.register(
+            "raft_proposal_duration_seconds",
+            "From a proposal on this node to its applied outcome",
+            raft.proposal_seconds.clone(),
+        );
+        r.register(
+            "raft_log_write_duration_seconds",
+            "One synced (fsync'd) Raft log write",
+            raft.log_write_seconds.clone(),
+        );
+        r.register(
+            "raft_log_write_entries",
+            "Entries per synced Raft log write (group commit batch size)",
+            raft.log_write_entries.clone(),
+        );
+        r.register(
+            "raft_snapshot_duration_seconds",
+            "Encoding and writing one state snapshot",
+            raft.snapshot_seconds.clone(),
+        );
+        r.register(
+            "raft_snapshot_bytes",
+            "Size of the last state snapshot written",
+            raft.snapshot_bytes.clone(),
+        );
+        r.register(
+            "peer_connected",
+            "1 while this node's stream to the peer is connected and authenticated",
+            s.peer_connected.clone(),
+        );
+        r.register(
+            "peer_sent_bytes",
+            "Bytes written to the peer's stream",
+            s.peer_sent.clone(),
+        );
+        r.register(
+            "peer_received_bytes",
+            "Bytes read from the peer's streams",
+            s.peer_received.clone(),
+        );
+        r.register(
+            "gossip_live_nodes",
+            "Members gossip sees alive (self included)",
+            s.gossip_live.clone(),
+        );
+        r.register(
+            "gossip_dead_nodes",
+            "Members gossip believes dead",
+            s.gossip_dead.clone(),
+        );
+        Metrics {
+            registry: r,
+            sampled: Mutex::new(s),
+            requests,
+            request_seconds,
+            connections,
+            connections_opened,
+        }
+    }
+
+    /// One request answered (or failed) after `took`. `known`: the method exists, so it
+    /// may be a label; unknown methods are counted together.
+    pub fn request(&self, method: &str, known: bool, ok: bool, took: Duration) {
+        let method = if known { method } else { "(unknown)" }.to_string();
+        let outcome = if ok { "ok" } else { "error" };
+        self.requests
+            .get_or_create(&RequestLabels {
+                method: method.clone(),
+                outcome,
+            })
+            .inc();
+        self.request_seconds
+            .get_or_create(&MethodLabels { method })
+            .observe(seconds(took));
+    }
+
+    pub fn connection_opened(&self, transport: &str) {
+        let labels = TransportLabels {
+            transport: transport.to_string(),
+        };
+        self.connections_opened.get_or_create(&labels).inc();
+        self.connections.get_or_create(&labels).inc();
+    }
+
+    pub fn connection_closed(&self, transport: &str) {
+        let labels = TransportLabels {
+            transport: transport.to_string(),
+        };
+        self.connections.get_or_create(&labels).dec();
+    }
+
+    /// The text exposition, with the state-sized gauges read now.
+    pub async fn render(&self, node: &Node) -> String {
+        // Gossip sits behind an async lock: read it before taking ours.
+        let gossip = match node.cluster.get() {
+            Some(link) => Some((
+                link.gossip.live().await.len(),
+                link.gossip.dead().await.len(),
+            )),
+            None => None,
+        };
+        let sampled = self.sampled.lock().unwrap_or_else(|e| e.into_inner());
+        sample(&sampled, node, gossip);
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+fn sample(s: &Sampled, node: &Node, gossip: Option<(usize, usize)>) {
+    let me = node.raft_id;
+    let mut sessions: BTreeMap<(String, bool), i64> = BTreeMap::new();
+    let mut tasks: BTreeMap<(String, bool), i64> = BTreeMap::new();
+    node.read(|state| {
+        for rec in state.sessions.iter() {
+            if rec.node_id == me && !rec.internal {
+                let logged_in = rec.user != crate::conn::NOBODY;
+                *sessions
+                    .entry((rec.protocol.clone(), logged_in))
+                    .or_default() += 1;
+            }
+        }
+        for (path, working) in state.tasks.paths() {
+            let first = path.split('.').next().unwrap_or_default();
+            *tasks.entry((first.to_string(), working)).or_default() += 1;
+        }
+        s.pulls_waiting.set(state.tasks.pulls_waiting() as i64);
+        s.locks.set(state.locks.iter().count() as i64);
+        let subscriptions: usize = state.topics.iter().map(|(_, pipes)| pipes).sum();
+        s.subscriptions.set(subscriptions as i64);
+        s.users.set(state.users.iter().count() as i64);
+    });
+    s.sessions.clear();
+    for ((transport, logged_in), n) in sessions {
+        let authenticated = if logged_in { "true" } else { "false" };
+        s.sessions
+            .get_or_create(&SessionLabels {
+                transport,
+                authenticated,
+            })
+            .set(n);
+    }
+    s.tasks.clear();
+    for ((prefix, working), n) in bounded_prefixes(tasks) {
+        let state = if working { "working" } else { "queued" };
+        s.tasks.get_or_create(&TaskLabels { prefix, state }).set(n);
+    }
+    s.pipes.set(node.local.pipe_count() as i64);
+
+    let stats = &node.raft.stats;
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    s.raft_term.set(load(&stats.term) as i64);
+    s.raft_commit.set(load(&stats.commit_index) as i64);
+    s.raft_applied.set(load(&stats.applied_index) as i64);
+    s.raft_leader.set(load(&stats.leader_id) as i64);
+    catch_up(&s.raft_snapshots, load(&stats.snapshots));
+    let role = stats.role();
+    for (name, r) in [
+        ("none", Role::None),
+        ("leader", Role::Leader),
+        ("candidate", Role::Candidate),
+        ("follower", Role::Follower),
+        ("learner", Role::Learner),
+    ] {
+        s.raft_role
+            .get_or_create(&RoleLabels { role: name })
+            .set((role == r) as i64);
+    }
+    let (voters, learners) = {
+        let m = stats.membership.read().unwrap_or_else(|e| e.into_inner());
+        (m.0.len(), m.1.len())
+    };
+    s.raft_voters.set(voters as i64);
+    s.raft_learners.set(learners as i64);
+
+    // Cleared and refilled: a removed peer's series go away; a counter re-created here
+    // catches up to the same total, so Prometheus sees no reset.
+    s.peer_connected.clear();
+    s.peer_sent.clear();
+    s.peer_received.clear();
+    if let Some(link) = node.cluster.get() {
+        for p in link.transport.traffic() {
+            let labels = PeerLabels {
+                peer: p.raft_id.to_string(),
+            };
+            s.peer_connected
+                .get_or_create(&labels)
+                .set(p.connected as i64);
+            catch_up(&s.peer_sent.get_or_create(&labels), p.sent);
+            catch_up(&s.peer_received.get_or_create(&labels), p.received);
+        }
+    }
+    if let Some((live, dead)) = gossip {
+        s.gossip_live.set(live as i64);
+        s.gossip_dead.set(dead as i64);
+    }
+}
+
+/// Moves a counter up to a total kept elsewhere (totals only grow).
+fn catch_up(counter: &Counter, total: u64) {
+    let now = counter.get();
+    if total > now {
+        counter.inc_by(total - now);
+    }
+}
+
+/// The first `MAX_PREFIXES` prefixes in name order kept, the rest summed as "(other)".
+fn bounded_prefixes(counts: BTreeMap<(String, bool), i64>) -> BTreeMap<(String, bool), i64> {
+    let mut names: Vec<&String> = counts.keys().map(|(p, _)| p).collect();
+    names.dedup();
+    if names.len() <= MAX_PREFIXES {
+        return counts;
+    }
+    let kept: std::collections::BTreeSet<String> =
+        names.into_iter().take(MAX_PREFIXES).cloned().collect();
+    let mut out = BTreeMap::new();
+    for ((prefix, working), n) in counts {
+        let prefix = if kept.contains(&prefix) {
+            prefix
+        } else {
+            "(other)".to_string()
+        };
+        *out.entry((prefix, working)).or_default() += n;
+    }
+    out
+}
