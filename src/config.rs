@@ -15,6 +15,9 @@ use crate::telemetry::LogFormat;
     about = "Nexus-rs: a clustered JSON-RPC message broker (Nexus API 1.9)"
 )]
 pub struct Cli {
+    /// Where the admin commands connect (ignored by serve, bench and chaos).
+    #[command(flatten)]
+    pub connection: crate::admin::Connection,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -27,6 +30,8 @@ pub enum Command {
     Bench(crate::bench::BenchArgs),
     /// Start a cluster, drive a workload while injecting faults, check the history.
     Chaos(crate::chaos::ChaosArgs),
+    #[command(flatten)]
+    Admin(crate::admin::AdminCmd),
 }
 
 #[derive(Debug, Clone, Args)]

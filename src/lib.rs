@@ -5,6 +5,7 @@
 //! `store`, `consensus` (RocksDB + raft-rs) → `node`, `session`, `api`, `transport` →
 //! `server`, `config`, `telemetry`.
 
+pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod bench;

@@ -11,6 +11,15 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        // 1: the node refused (the error's line says why); 2: no answer (connection, input).
+        Command::Admin(cmd) => match nexus::admin::run(cli.connection, cmd) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("nexus: {e:#}");
+                let refused = e.downcast_ref::<nexus::admin::RpcFailure>().is_some();
+                std::process::ExitCode::from(if refused { 1 } else { 2 })
+            }
+        },
         Command::Serve(args) => {
             nexus::telemetry::init(args.log_format, args.verbose);
             let result = actix_rt::System::new().block_on(nexus::server::run_until_signal(*args));

@@ -1,0 +1,491 @@
+//! The admin CLI: `nexus [--url URL] [--user U] [--password P] [--json] GROUP COMMAND ...`.
+//! Every command is one or a few JSON-RPC calls to any node, so it needs nothing a client
+//! could not do, and permissions are the node's.
+
+mod client;
+mod output;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context};
+use clap::{Args, Subcommand};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+pub use client::{Client, RpcFailure};
+
+/// Where the CLI connects and as whom: flags, else `NEXUS_*` environment variables, else
+/// the config file.
+#[derive(Debug, Clone, Args)]
+pub struct Connection {
+    /// Node to talk to: ws://host:port/ or tcp://host:port [default: ws://127.0.0.1:8080/]
+    #[arg(long, env = "NEXUS_URL")]
+    pub url: Option<String>,
+    /// User to log in as (no login when neither flag, variable nor config file names one).
+    #[arg(long, env = "NEXUS_USER")]
+    pub user: Option<String>,
+    /// Password of --user.
+    #[arg(long, env = "NEXUS_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
+    /// Print answers as JSON (one value per command) instead of tables.
+    #[arg(long)]
+    pub json: bool,
+    /// TOML file with `url`, `user` and `password` [default: ~/.config/nexus/cli.toml]
+    #[arg(long, env = "NEXUS_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Seconds to wait for the node at each step.
+    #[arg(long, default_value_t = 10.0)]
+    pub timeout: f64,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    url: Option<String>,
+    user: Option<String>,
+    password: Option<String>,
+}
+
+/// Listing options shared by the `list` commands.
+#[derive(Debug, Clone, Args)]
+pub struct Listing {
+    /// Only names under this prefix.
+    #[arg(default_value = "")]
+    pub prefix: String,
+    /// At most this many entries (the node's default when absent).
+    #[arg(long)]
+    pub limit: Option<i64>,
+    #[arg(long)]
+    pub skip: Option<i64>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCmd {
+    /// Users under a prefix, with their tags.
+    List(Listing),
+    /// How many users are under a prefix.
+    Count {
+        #[arg(default_value = "")]
+        prefix: String,
+    },
+    /// A new user with a password.
+    Create { user: String, password: String },
+    /// Deletes a user (its open sessions stay until kicked).
+    Delete { user: String },
+    /// Gives a user a new name (its sessions keep working).
+    Rename { user: String, new: String },
+    /// Sets a user's password.
+    Passwd { user: String, password: String },
+    /// A user's own tags, by prefix.
+    Tags { user: String },
+    /// The tags in force for a user at a path (templates and inheritance applied).
+    EffectiveTags {
+        user: String,
+        #[arg(default_value = "")]
+        prefix: String,
+    },
+    /// Merges tags (a JSON object, e.g. '{"@task.pull": true}') into a prefix's tags.
+    SetTags {
+        user: String,
+        prefix: String,
+        tags: String,
+    },
+    /// Removes tags by name from a prefix.
+    DelTags {
+        user: String,
+        prefix: String,
+        #[arg(required = true)]
+        tags: Vec<String>,
+    },
+    /// Makes a user inherit another user's tags.
+    AddTemplate { user: String, template: String },
+    /// Stops inheriting a template's tags.
+    DelTemplate { user: String, template: String },
+    /// Always allows logins from addresses (`ip:port`) matching this regexp, even when
+    /// blacklisted.
+    AddWhitelist { user: String, ip: String },
+    /// Removes a whitelist pattern.
+    DelWhitelist { user: String, ip: String },
+    /// Refuses logins from addresses (`ip:port`) matching this regexp, unless whitelisted.
+    AddBlacklist { user: String, ip: String },
+    /// Removes a blacklist pattern.
+    DelBlacklist { user: String, ip: String },
+    /// Most sessions the user may have at once (0: unlimited).
+    MaxSessions { user: String, max: i64 },
+    /// Refuses the user's logins (open sessions stay until kicked).
+    Disable { user: String },
+    /// Allows the user's logins again.
+    Enable { user: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SessionCmd {
+    /// Sessions of users under a prefix.
+    List(Listing),
+    /// How many sessions users under a prefix have.
+    Count {
+        #[arg(default_value = "")]
+        prefix: String,
+    },
+    /// Closes the sessions whose connid starts with CONNID (16 characters at least).
+    Kick { connid: String },
+    /// Makes the sessions whose connid starts with CONNID reload their user's tags.
+    Reload { connid: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ListCmd {
+    /// Entries under a prefix.
+    List(Listing),
+    /// How many entries are under a prefix.
+    Count {
+        #[arg(default_value = "")]
+        prefix: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCmd {
+    /// The cluster's nodes as the connected node sees them.
+    List {
+        /// Members that are down too.
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCmd {
+    /// Members, their roles and health, and the leader.
+    Status,
+    /// Removes a member (by raft id) that is gone for good.
+    Remove { raft_id: u64 },
+}
+
+/// The admin groups, flattened into the binary's top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum AdminCmd {
+    /// Users, passwords, tags, templates, address lists.
+    #[command(subcommand)]
+    User(UserCmd),
+    /// Open sessions: list, count, kick, reload.
+    #[command(subcommand)]
+    Session(SessionCmd),
+    /// Tasks and waiting pulls.
+    #[command(subcommand)]
+    Task(ListCmd),
+    /// Locks held.
+    #[command(subcommand)]
+    Lock(ListCmd),
+    /// Topics with subscribers.
+    #[command(subcommand)]
+    Topic(ListCmd),
+    /// The cluster's nodes.
+    #[command(subcommand)]
+    Node(NodeCmd),
+    /// Cluster status and membership.
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
+    /// Any method: `nexus call sys.ping` or `nexus call user.list '{"prefix": ""}'`.
+    Call {
+        method: String,
+        /// JSON params [default: {}]
+        params: Option<String>,
+    },
+    /// Publishes a message (JSON, or else taken as a string) on a topic.
+    Pub { topic: String, msg: String },
+    /// Prints what is published on a topic (wildcards: `a.*`), one message per line.
+    Sub {
+        topic: String,
+        /// Stop after this many messages.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Stop after this many seconds.
+        #[arg(long)]
+        seconds: Option<f64>,
+    },
+}
+
+/// Runs one admin command; errors are one line for the user.
+pub fn run(conn: Connection, cmd: AdminCmd) -> anyhow::Result<()> {
+    let json_out = conn.json;
+    let timeout = Duration::from_secs_f64(conn.timeout.max(0.1));
+    let mut client = connect(conn)?;
+    let print = |v: &Value| {
+        if json_out {
+            println!("{v}");
+        } else {
+            print!("{}", output::human(v));
+        }
+    };
+    let answer = match cmd {
+        AdminCmd::User(c) => user(&mut client, c)?,
+        AdminCmd::Session(c) => session(&mut client, c, json_out)?,
+        AdminCmd::Task(c) => listing(&mut client, "task", c)?,
+        AdminCmd::Lock(c) => listing(&mut client, "sync", c)?,
+        AdminCmd::Topic(c) => listing(&mut client, "topic", c)?,
+        AdminCmd::Node(NodeCmd::List { all }) => {
+            client.call("sys.node.list", json!({"all": all}))?
+        }
+        AdminCmd::Cluster(ClusterCmd::Status) => cluster_status(&mut client, json_out)?,
+        AdminCmd::Cluster(ClusterCmd::Remove { raft_id }) => {
+            client.call("sys.node.remove", json!({"raftId": raft_id}))?
+        }
+        AdminCmd::Call { method, params } => {
+            let params = match params {
+                Some(text) => serde_json::from_str(&text)
+                    .with_context(|| format!("params are not JSON: {text}"))?,
+                None => json!({}),
+            };
+            client.call(&method, params)?
+        }
+        AdminCmd::Pub { topic, msg } => {
+            // JSON when it parses, a plain string otherwise: `nexus pub t hello` works.
+            let msg = serde_json::from_str(&msg).unwrap_or(Value::String(msg));
+            client.call("topic.pub", json!({"topic": topic, "msg": msg}))?
+        }
+        AdminCmd::Sub {
+            topic,
+            count,
+            seconds,
+        } => {
+            return subscribe(&mut client, &topic, count, seconds, timeout, json_out);
+        }
+    };
+    print(&answer);
+    Ok(())
+}
+
+fn connect(conn: Connection) -> anyhow::Result<Client> {
+    let file = read_config(conn.config.as_deref())?;
+    let url = conn
+        .url
+        .or(file.url)
+        .unwrap_or_else(|| "ws://127.0.0.1:8080/".to_string());
+    let user = conn.user.or(file.user);
+    let password = conn.password.or(file.password);
+    let mut client = Client::connect(&url, Duration::from_secs_f64(conn.timeout.max(0.1)))?;
+    match (user, password) {
+        (Some(user), Some(pass)) => {
+            client
+                .call("sys.login", json!({"user": user, "pass": pass}))
+                .with_context(|| format!("login as {user}"))?;
+        }
+        (Some(user), None) => anyhow::bail!("a user ({user}) but no password given"),
+        (None, _) => {}
+    }
+    Ok(client)
+}
+
+/// The config file named, else `~/.config/nexus/cli.toml` when it exists.
+fn read_config(path: Option<&std::path::Path>) -> anyhow::Result<ConfigFile> {
+    let (path, required) = match path {
+        Some(p) => (p.to_path_buf(), true),
+        None => match std::env::var_os("HOME") {
+            Some(home) => (PathBuf::from(home).join(".config/nexus/cli.toml"), false),
+            None => return Ok(ConfigFile::default()),
+        },
+    };
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(ConfigFile::default())
+        }
+        Err(e) => return Err(anyhow!("reading {}: {e}", path.display())),
+    };
+    toml::from_str(&text).map_err(|e| anyhow!("{}: {}", path.display(), e.message()))
+}
+
+fn list_params(l: &Listing) -> Value {
+    let mut p = json!({"prefix": l.prefix});
+    if let Some(n) = l.limit {
+        p["limit"] = n.into();
+    }
+    if let Some(n) = l.skip {
+        p["skip"] = n.into();
+    }
+    p
+}
+
+fn listing(c: &mut Client, namespace: &str, cmd: ListCmd) -> anyhow::Result<Value> {
+    match cmd {
+        ListCmd::List(l) => c.call(&format!("{namespace}.list"), list_params(&l)),
+        ListCmd::Count { prefix } => {
+            c.call(&format!("{namespace}.count"), json!({"prefix": prefix}))
+        }
+    }
+}
+
+fn session(c: &mut Client, cmd: SessionCmd, json_out: bool) -> anyhow::Result<Value> {
+    match cmd {
+        SessionCmd::List(l) => {
+            let by_user = c.call("sys.session.list", list_params(&l))?;
+            Ok(if json_out {
+                by_user
+            } else {
+                one_row_per_session(&by_user)
+            })
+        }
+        SessionCmd::Count { prefix } => c.call("sys.session.count", json!({"prefix": prefix})),
+        SessionCmd::Kick { connid } => c.call("sys.session.kick", json!({"connid": connid})),
+        SessionCmd::Reload { connid } => c.call("sys.session.reload", json!({"connid": connid})),
+    }
+}
+
+/// `[{"user", "sessions": [{...}]}]` as `[{"user", ...session}]`.
+fn one_row_per_session(by_user: &Value) -> Value {
+    let mut rows = Vec::new();
+    for entry in by_user.as_array().into_iter().flatten() {
+        for session in entry["sessions"].as_array().into_iter().flatten() {
+            let mut row = serde_json::Map::new();
+            row.insert("user".into(), entry["user"].clone());
+            if let Some(fields) = session.as_object() {
+                row.extend(fields.clone());
+            }
+            rows.push(Value::Object(row));
+        }
+    }
+    Value::Array(rows)
+}
+
+fn user(c: &mut Client, cmd: UserCmd) -> anyhow::Result<Value> {
+    use UserCmd::*;
+    let (method, params) = match cmd {
+        List(l) => ("user.list", list_params(&l)),
+        Count { prefix } => ("user.count", json!({"prefix": prefix})),
+        Create { user, password } => ("user.create", json!({"user": user, "pass": password})),
+        Delete { user } => ("user.delete", json!({"user": user})),
+        Rename { user, new } => ("user.rename", json!({"user": user, "new": new})),
+        Passwd { user, password } => ("user.setPass", json!({"user": user, "pass": password})),
+        Tags { user } => ("user.getTags", json!({"user": user})),
+        EffectiveTags { user, prefix } => (
+            "user.getEffectiveTags",
+            json!({"user": user, "prefix": prefix}),
+        ),
+        SetTags { user, prefix, tags } => {
+            let tags: Value = serde_json::from_str(&tags)
+                .with_context(|| format!("tags are not a JSON object: {tags}"))?;
+            (
+                "user.setTags",
+                json!({"user": user, "prefix": prefix, "tags": tags}),
+            )
+        }
+        DelTags { user, prefix, tags } => (
+            "user.delTags",
+            json!({"user": user, "prefix": prefix, "tags": tags}),
+        ),
+        AddTemplate { user, template } => (
+            "user.addTemplate",
+            json!({"user": user, "template": template}),
+        ),
+        DelTemplate { user, template } => (
+            "user.delTemplate",
+            json!({"user": user, "template": template}),
+        ),
+        AddWhitelist { user, ip } => ("user.addWhitelist", json!({"user": user, "ip": ip})),
+        DelWhitelist { user, ip } => ("user.delWhitelist", json!({"user": user, "ip": ip})),
+        AddBlacklist { user, ip } => ("user.addBlacklist", json!({"user": user, "ip": ip})),
+        DelBlacklist { user, ip } => ("user.delBlacklist", json!({"user": user, "ip": ip})),
+        MaxSessions { user, max } => (
+            "user.setMaxSessions",
+            json!({"user": user, "maxsessions": max}),
+        ),
+        Disable { user } => ("user.setDisabled", json!({"user": user, "disabled": true})),
+        Enable { user } => ("user.setDisabled", json!({"user": user, "disabled": false})),
+    };
+    c.call(method, params)
+}
+
+/// The members as the connected node sees them, with a summary: for people a table and
+/// one line, for scripts `{"leader", "members", "ready", "nodes"}`.
+fn cluster_status(c: &mut Client, json_out: bool) -> anyhow::Result<Value> {
+    let nodes = c.call("sys.node.list", json!({"all": true, "limit": 0}))?;
+    let list = nodes.as_array().cloned().unwrap_or_default();
+    let leader = list
+        .iter()
+        .find(|n| n["role"] == "leader")
+        .and_then(|n| n["raftId"].as_u64());
+    let ready = list.iter().filter(|n| n["status"] == "ready").count();
+    if json_out {
+        return Ok(json!({
+            "leader": leader,
+            "members": list.len(),
+            "ready": ready,
+            "nodes": list,
+        }));
+    }
+    let rows: Vec<Value> = list
+        .iter()
+        .map(|n| {
+            json!({
+                "raftId": n["raftId"], "role": n["role"], "status": n["status"],
+                "cluster": n["cluster"], "version": n["version"], "clients": n["clients"],
+            })
+        })
+        .collect();
+    print!("{}", output::human(&Value::Array(rows)));
+    let leader = leader.map_or("none".to_string(), |id| id.to_string());
+    Ok(Value::String(format!(
+        "{} members, {ready} ready, leader {leader}",
+        list.len()
+    )))
+}
+
+/// Subscribes a new pipe to `topic` and prints what arrives until `count` messages or
+/// `seconds` have passed (forever when neither is given).
+fn subscribe(
+    c: &mut Client,
+    topic: &str,
+    count: Option<u64>,
+    seconds: Option<f64>,
+    timeout: Duration,
+    json_out: bool,
+) -> anyhow::Result<()> {
+    let pipe = c.call("pipe.create", json!({"len": 10000}))?;
+    let pipeid = pipe["pipeid"].clone();
+    c.call("topic.sub", json!({"pipeid": pipeid, "topic": topic}))?;
+    let until = seconds.map(|s| Instant::now() + Duration::from_secs_f64(s.max(0.0)));
+    // Each read waits at most half the client timeout, so the socket never times out.
+    let wait = (timeout / 2).min(Duration::from_secs(1)).as_secs_f64();
+    let mut seen = 0;
+    loop {
+        if count.is_some_and(|n| seen >= n) || until.is_some_and(|t| Instant::now() >= t) {
+            return Ok(());
+        }
+        let answer = c.call(
+            "pipe.read",
+            json!({"pipeid": pipeid, "max": 100, "timeout": wait}),
+        );
+        let answer = match answer {
+            Ok(a) => a,
+            // The read timed out with nothing in the pipe.
+            Err(e)
+                if e.downcast_ref::<RpcFailure>()
+                    .is_some_and(|f| f.code == crate::rpc::ERR_TIMEOUT) =>
+            {
+                continue
+            }
+            Err(e) => return Err(e),
+        };
+        if let Some(drops) = answer["drops"].as_u64().filter(|d| *d > 0) {
+            eprintln!("({drops} messages dropped: the pipe was full)");
+        }
+        for m in answer["msgs"].as_array().into_iter().flatten() {
+            if count.is_some_and(|n| seen >= n) {
+                break;
+            }
+            let envelope = &m["msg"];
+            if json_out {
+                println!("{envelope}");
+            } else {
+                println!(
+                    "{}  {}",
+                    envelope["topic"].as_str().unwrap_or_default(),
+                    envelope["msg"]
+                );
+            }
+            seen += 1;
+        }
+    }
+}

@@ -1,0 +1,415 @@
+//! The admin CLI (`nexus [--url ...] GROUP COMMAND`): every subcommand run as the real
+//! binary against a real node, its output and exit code checked, and its effect checked
+//! through a separate client.
+
+mod common;
+
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use common::*;
+use nexus::config::Scheme;
+use serde_json::{json, Value};
+
+fn ws_url(node: &TestNode) -> String {
+    format!("ws://{}/", node.http_addr())
+}
+
+/// `nexus --url <ws> --user root --password root --json ARGS...`
+fn nexus(node: &TestNode, args: &[&str]) -> Output {
+    let url = ws_url(node);
+    let mut all = vec![
+        "--url",
+        &url,
+        "--user",
+        "root",
+        "--password",
+        ROOT_PASS,
+        "--json",
+    ];
+    all.extend_from_slice(args);
+    run(&all, &[])
+}
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_nexus"))
+        .args(args)
+        .envs(env.iter().copied())
+        // No config file of whoever runs the tests.
+        .env("HOME", "/nonexistent")
+        .env_remove("NEXUS_URL")
+        .env_remove("NEXUS_USER")
+        .env_remove("NEXUS_PASSWORD")
+        .output()
+        .unwrap()
+}
+
+/// The JSON answer of a command that must succeed.
+fn ok(out: Output) -> Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "exit {:?}, stderr: {}, stdout: {stdout}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
+}
+
+/// The one-line error of a command that must fail with `code`.
+fn fails(out: Output, code: i32) -> String {
+    assert_eq!(out.status.code(), Some(code), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    assert!(err.starts_with("nexus: "), "{err}");
+    err
+}
+
+fn names(list: &Value, field: &str) -> Vec<String> {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e[field].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn user_commands_change_users_as_a_client_sees() {
+    let node = TestNode::start();
+    assert_eq!(
+        ok(nexus(&node, &["user", "create", "cli.alice", "first-pw"])),
+        json!({"ok": true})
+    );
+    let list = ok(nexus(&node, &["user", "list", "cli"]));
+    assert_eq!(names(&list, "user"), ["cli.alice"]);
+    assert_eq!(
+        ok(nexus(&node, &["user", "count", "cli"]))["count"],
+        json!(1)
+    );
+
+    ok(nexus(&node, &["user", "passwd", "cli.alice", "second-pw"]));
+    expect_code(node.tcp().login("cli.alice", "first-pw"), -32010);
+    expect_ok(node.tcp().login("cli.alice", "second-pw"));
+
+    ok(nexus(&node, &["user", "rename", "cli.alice", "cli.bob"]));
+    expect_ok(node.tcp().login("cli.bob", "second-pw"));
+
+    let tags = r#"{"@task.pull": true, "n": 2}"#;
+    ok(nexus(&node, &["user", "set-tags", "cli.bob", "work", tags]));
+    let got = ok(nexus(&node, &["user", "tags", "cli.bob"]));
+    assert_eq!(got["tags"]["work"], json!({"@task.pull": true, "n": 2}));
+    ok(nexus(&node, &["user", "del-tags", "cli.bob", "work", "n"]));
+    let got = ok(nexus(
+        &node,
+        &["user", "effective-tags", "cli.bob", "work.x"],
+    ));
+    assert_eq!(got["tags"], json!({"@task.pull": true}), "{got}");
+
+    ok(nexus(&node, &["user", "create", "cli.tpl", "tpl-pw"]));
+    ok(nexus(
+        &node,
+        &["user", "set-tags", "cli.tpl", "shared", r#"{"t": 1}"#],
+    ));
+    ok(nexus(
+        &node,
+        &["user", "add-template", "cli.bob", "cli.tpl"],
+    ));
+    let got = ok(nexus(
+        &node,
+        &["user", "effective-tags", "cli.bob", "shared"],
+    ));
+    assert_eq!(got["tags"]["t"], json!(1), "{got}");
+    ok(nexus(
+        &node,
+        &["user", "del-template", "cli.bob", "cli.tpl"],
+    ));
+    let got = ok(nexus(
+        &node,
+        &["user", "effective-tags", "cli.bob", "shared"],
+    ));
+    assert_eq!(got["tags"].get("t"), None, "{got}");
+
+    // Address lists: a blacklist matching everything refuses the login, a whitelist
+    // matching loopback lets it through again (it wins), and without both it is allowed.
+    let bob = |list: &str, pattern: &str| ok(nexus(&node, &["user", list, "cli.bob", pattern]));
+    bob("add-blacklist", ".*");
+    expect_code(node.tcp().login("cli.bob", "second-pw"), -32010);
+    bob("add-whitelist", r"^127\.0\.0\.1:");
+    expect_ok(node.tcp().login("cli.bob", "second-pw"));
+    bob("del-whitelist", r"^127\.0\.0\.1:");
+    expect_code(node.tcp().login("cli.bob", "second-pw"), -32010);
+    bob("del-blacklist", ".*");
+    expect_ok(node.tcp().login("cli.bob", "second-pw"));
+
+    ok(nexus(&node, &["user", "max-sessions", "cli.bob", "1"]));
+    let mut first = node.tcp();
+    expect_ok(first.login("cli.bob", "second-pw"));
+    expect_code(node.tcp().login("cli.bob", "second-pw"), -32010);
+    drop(first);
+    ok(nexus(&node, &["user", "max-sessions", "cli.bob", "0"]));
+
+    ok(nexus(&node, &["user", "disable", "cli.bob"]));
+    expect_code(node.tcp().login("cli.bob", "second-pw"), -32010);
+    ok(nexus(&node, &["user", "enable", "cli.bob"]));
+    expect_ok(node.tcp().login("cli.bob", "second-pw"));
+
+    ok(nexus(&node, &["user", "delete", "cli.bob"]));
+    let list = ok(nexus(&node, &["user", "list", "cli.bob"]));
+    assert_eq!(list, json!([]));
+    // The node's refusal, as one line and exit code 1.
+    let err = fails(nexus(&node, &["user", "delete", "cli.bob"]), 1);
+    assert!(err.contains("code -32004"), "{err}");
+}
+
+#[test]
+fn session_commands_list_count_reload_and_kick() {
+    let node = TestNode::start();
+    let mut root = node.root();
+    create_user(&mut root, "cli.ops", "ops-pw");
+    let mut victim = node.tcp();
+    let connid = expect_ok(victim.login("cli.ops", "ops-pw"))["connid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let list = ok(nexus(&node, &["session", "list", "cli"]));
+    assert_eq!(names(&list, "user"), ["cli.ops"]);
+    assert_eq!(
+        names(&list[0]["sessions"], "connid"),
+        std::slice::from_ref(&connid)
+    );
+    // For people: one row per session.
+    let url = ws_url(&node);
+    let out = run(
+        &[
+            "--url",
+            &url,
+            "--user",
+            "root",
+            "--password",
+            ROOT_PASS,
+            "session",
+            "list",
+            "cli",
+        ],
+        &[],
+    );
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(text.starts_with("user"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("cli.ops") && l.contains(&connid)),
+        "{text}"
+    );
+    assert_eq!(
+        ok(nexus(&node, &["session", "count", "cli"]))["count"],
+        json!(1)
+    );
+    assert_eq!(
+        ok(nexus(&node, &["session", "reload", &connid])),
+        json!({"reloaded": 1})
+    );
+    assert_eq!(
+        ok(nexus(&node, &["session", "kick", &connid])),
+        json!({"kicked": 1})
+    );
+    assert!(victim.closed_within(Duration::from_secs(10)));
+    // Too short a prefix: the node's -32602, one line.
+    let err = fails(nexus(&node, &["session", "kick", "abc"]), 1);
+    assert!(err.contains("-32602"), "{err}");
+}
+
+#[test]
+fn task_lock_and_topic_listings() {
+    let node = TestNode::start();
+    let mut root = node.root();
+    for i in 0..2 {
+        expect_ok(root.call(
+            "task.push",
+            json!({"method": "cli.jobs.run", "params": i, "detach": true}),
+        ));
+    }
+    expect_ok(root.call("sync.lock", json!({"lock": "cli.lock.one"})));
+    let pipeid = expect_ok(root.call("pipe.create", json!({})))["pipeid"].clone();
+    expect_ok(root.call("topic.sub", json!({"pipeid": pipeid, "topic": "cli.news"})));
+
+    let tasks = ok(nexus(&node, &["task", "list", "cli"]));
+    assert_eq!(tasks.as_array().unwrap().len(), 2, "{tasks}");
+    assert_eq!(
+        ok(nexus(&node, &["task", "count", "cli"]))["count"],
+        json!(2)
+    );
+    let locks = ok(nexus(&node, &["lock", "list", "cli"]));
+    assert_eq!(names(&locks, "id"), ["cli.lock.one"]);
+    assert_eq!(
+        ok(nexus(&node, &["lock", "count", "cli"]))["count"],
+        json!(1)
+    );
+    let topics = ok(nexus(&node, &["topic", "list", "cli"]));
+    assert_eq!(names(&topics, "topic"), ["cli.news"]);
+    assert_eq!(
+        ok(nexus(&node, &["topic", "count", "cli"]))["count"],
+        json!(1)
+    );
+    // --limit reaches the node.
+    let one = ok(nexus(&node, &["task", "list", "cli", "--limit", "1"]));
+    assert_eq!(one.as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn node_cluster_and_call_commands() {
+    let node = TestNode::start();
+    let nodes = ok(nexus(&node, &["node", "list"]));
+    assert_eq!(nodes.as_array().unwrap().len(), 1);
+    let raft_id = nodes[0]["raftId"].as_u64().unwrap();
+    let status = ok(nexus(&node, &["cluster", "status"]));
+    assert_eq!(status["leader"], json!(raft_id));
+    assert_eq!(status["members"], json!(1));
+    assert_eq!(status["ready"], json!(1));
+    // Removing a member that does not exist is the node's error.
+    fails(nexus(&node, &["cluster", "remove", "12345"]), 1);
+
+    assert_eq!(ok(nexus(&node, &["call", "sys.ping"])), json!({"ok": true}));
+    let users = ok(nexus(
+        &node,
+        &["call", "user.list", r#"{"prefix": "root"}"#],
+    ));
+    assert_eq!(names(&users, "user"), ["root"]);
+    let err = fails(nexus(&node, &["call", "user.list", "{not json"]), 2);
+    assert!(err.contains("not JSON"), "{err}");
+    let err = fails(nexus(&node, &["call", "no.such.thing"]), 1);
+    assert!(err.contains("-32601"), "{err}");
+}
+
+#[test]
+fn pub_and_sub_carry_messages() {
+    let node = TestNode::start();
+    let url = ws_url(&node);
+    let sub = Command::new(env!("CARGO_BIN_EXE_nexus"))
+        .args([
+            "--url",
+            &url,
+            "--user",
+            "root",
+            "--password",
+            ROOT_PASS,
+            "--json",
+        ])
+        .args(["sub", "cli.feed.*", "--count", "2", "--seconds", "60"])
+        .env("HOME", "/nonexistent")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut root = node.root();
+    assert!(eventually(Duration::from_secs(20), || {
+        let topics = expect_ok(root.call("topic.list", json!({"prefix": "cli"})));
+        !topics.as_array().unwrap().is_empty()
+    }));
+    let sent = ok(nexus(&node, &["pub", "cli.feed.a", r#"{"n": 1}"#]));
+    assert_eq!(sent["sent"], json!(1), "{sent}");
+    ok(nexus(&node, &["pub", "cli.feed.b", "plain words"]));
+    let out = sub.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            json!({"topic": "cli.feed.a", "msg": {"n": 1}}),
+            json!({"topic": "cli.feed.b", "msg": "plain words"}),
+        ]
+    );
+}
+
+#[test]
+fn connection_settings_come_from_flags_env_or_config_file() {
+    let node = TestNode::start();
+    let ws = ws_url(&node);
+    // Environment variables, and a table for people.
+    let env = [
+        ("NEXUS_URL", ws.as_str()),
+        ("NEXUS_USER", "root"),
+        ("NEXUS_PASSWORD", ROOT_PASS),
+    ];
+    let out = Command::new(env!("CARGO_BIN_EXE_nexus"))
+        .args(["user", "list"])
+        .envs(env)
+        .env("HOME", "/nonexistent")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let header = text.lines().next().unwrap();
+    assert!(header.starts_with("user"), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("root ")), "{text}");
+
+    // A config file, with the raw TCP transport.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cli.toml");
+    let tcp = format!("tcp://{}", node.server.addr(Scheme::Tcp));
+    std::fs::write(
+        &config,
+        format!("url = \"{tcp}\"\nuser = \"root\"\npassword = \"{ROOT_PASS}\"\n"),
+    )
+    .unwrap();
+    let out = run(
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--json",
+            "call",
+            "sys.ping",
+        ],
+        &[],
+    );
+    assert_eq!(ok(out), json!({"ok": true}));
+    // The default file under $HOME is read too.
+    std::fs::create_dir_all(dir.path().join(".config/nexus")).unwrap();
+    std::fs::copy(&config, dir.path().join(".config/nexus/cli.toml")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_nexus"))
+        .args(["--json", "node", "list"])
+        .env("HOME", dir.path())
+        .env_remove("NEXUS_URL")
+        .output()
+        .unwrap();
+    assert_eq!(ok(out).as_array().unwrap().len(), 1);
+
+    // Errors: a wrong password (the node refuses: 1), no node there (2), a bad file (2).
+    let err = fails(
+        run(
+            &[
+                "--url",
+                &ws,
+                "--user",
+                "root",
+                "--password",
+                "wrong",
+                "user",
+                "list",
+            ],
+            &[],
+        ),
+        1,
+    );
+    assert!(err.contains("login as root"), "{err}");
+    let closed = format!("ws://127.0.0.1:{}/", free_port());
+    let err = fails(
+        run(
+            &["--url", &closed, "--timeout", "2", "call", "sys.ping"],
+            &[],
+        ),
+        2,
+    );
+    assert!(err.contains("connecting to"), "{err}");
+    std::fs::write(&config, "url = 3\n").unwrap();
+    fails(
+        run(
+            &["--config", config.to_str().unwrap(), "call", "sys.ping"],
+            &[],
+        ),
+        2,
+    );
+}
