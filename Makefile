@@ -8,10 +8,14 @@ export ROCKSDB_LIB_DIR ?= /usr/lib/$(shell gcc -print-multiarch 2>/dev/null || e
 
 ARGS ?=
 
-.PHONY: deps build run cluster test interop chaos bench bench-cluster compare deploy-check lint fmt clean-data
+.PHONY: deps test-deps build run cluster test interop chaos bench bench-cluster compare deploy-check lint fmt clean-data
 
 deps:
 	@./scripts/deps.sh
+
+# What the tests need on top: Chromium and chromedriver for the dashboard test.
+test-deps:
+	@./scripts/deps.sh --test
 
 build: deps
 	cargo build --release
@@ -25,7 +29,7 @@ cluster: build
 	./scripts/cluster.sh $(ARGS)
 
 ## The whole suite: formatting, clippy, unit and integration tests, pynexus2 interop.
-test: deps lint
+test: test-deps lint
 	@if cargo nextest --version >/dev/null 2>&1; then \
 		cargo nextest run --no-fail-fast; \
 	else \

@@ -59,6 +59,9 @@ pub async fn entry(
     if is_metrics_scrape(&req) {
         return metrics(&node).await;
     }
+    if req.method() == actix_web::http::Method::GET && matches!(req.path(), "/ui" | "/ui/") {
+        return dashboard();
+    }
     bridge(req, body, node, if secure { "https" } else { "http" }).await
 }
 
@@ -315,4 +318,22 @@ async fn metrics(node: &Node) -> HttpResponse {
     HttpResponse::Ok()
         .content_type(crate::metrics::CONTENT_TYPE)
         .body(text)
+}
+
+/// The web dashboard: one page, embedded in the binary, that talks JSON-RPC over a
+/// WebSocket to this listener like any client.
+const DASHBOARD: &str = include_str!("../ui/index.html");
+
+fn dashboard() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        // Its own scripts and styles are inline; nothing is loaded from elsewhere, and no
+        // other site may frame it.
+        .insert_header((
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+             connect-src 'self' ws: wss:; frame-ancestors 'none'",
+        ))
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .body(DASHBOARD)
 }

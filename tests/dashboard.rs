@@ -1,0 +1,193 @@
+//! The web dashboard (`/ui`) in a real headless Chromium driven over WebDriver
+//! (chromedriver): log in, see the three nodes of a cluster, kick a session and watch it
+//! disappear. `make test` installs `chromium` and `chromium-driver`.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::cluster::{three_joined_each, wait_voters};
+use common::{create_user, eventually, expect_ok, free_port, Client, ROOT_PASS};
+use fantoccini::{ClientBuilder, Locator};
+use hyper_util::client::legacy::connect::HttpConnector;
+use serde_json::json;
+
+/// chromedriver on a free loopback port, killed when dropped.
+struct Driver {
+    child: Child,
+    port: u16,
+}
+
+impl Driver {
+    fn start() -> Driver {
+        let port = free_port();
+        let child = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect(
+                "chromedriver not found: install chromium and chromium-driver (make test does)",
+            );
+        let up = eventually(Duration::from_secs(30), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        assert!(up, "chromedriver did not listen on {port}");
+        Driver { child, port }
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `check` until it is true or `within` has passed.
+async fn until<F, Fut>(within: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn log_in_see_three_nodes_and_kick_a_session() {
+    let root = tempfile::tempdir().unwrap();
+    let http: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let nodes = three_joined_each(root.path(), |i| {
+        vec!["-l".into(), format!("http://127.0.0.1:{}", http[i])]
+    });
+    wait_voters(&nodes[0], 3);
+    let raft_ids: Vec<String> = nodes.iter().map(|n| n.raft_id().to_string()).collect();
+
+    // The session to kick lives on another node than the one serving the page.
+    let mut admin = nodes[0].root();
+    create_user(&mut admin, "ui.victim", "victim-pw");
+    let mut victim = Client::tcp(format!("127.0.0.1:{}", nodes[2].tcp).parse().unwrap());
+    let connid = expect_ok(victim.login("ui.victim", "victim-pw"))["connid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let driver = Driver::start();
+    let caps = json!({"goog:chromeOptions": {"args": [
+        "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+        "--window-size=1400,1000",
+    ]}});
+    let browser = ClientBuilder::new(HttpConnector::new())
+        .capabilities(caps.as_object().unwrap().clone())
+        .connect(&format!("http://127.0.0.1:{}", driver.port))
+        .await
+        .expect("a Chromium session through chromedriver");
+
+    browser
+        .goto(&format!("http://127.0.0.1:{}/ui", http[0]))
+        .await
+        .unwrap();
+    // A wrong password is refused on the page.
+    let field = |id: &'static str| browser.find(Locator::Id(id));
+    field("login-user")
+        .await
+        .unwrap()
+        .send_keys("root")
+        .await
+        .unwrap();
+    field("login-pass")
+        .await
+        .unwrap()
+        .send_keys("wrong")
+        .await
+        .unwrap();
+    field("login-button").await.unwrap().click().await.unwrap();
+    until(Duration::from_secs(20), "the login error", || async {
+        let text = field("login-error").await.unwrap().text().await.unwrap();
+        text.contains("-32010")
+    })
+    .await;
+    field("login-pass").await.unwrap().clear().await.unwrap();
+    field("login-pass")
+        .await
+        .unwrap()
+        .send_keys(ROOT_PASS)
+        .await
+        .unwrap();
+    field("login-button").await.unwrap().click().await.unwrap();
+
+    // Three nodes, one leader, each by its raft id.
+    until(Duration::from_secs(30), "three ready nodes", || async {
+        let rows = browser
+            .find_all(Locator::Css("#nodes tbody tr"))
+            .await
+            .unwrap();
+        let mut keys = Vec::new();
+        for r in &rows {
+            keys.push(r.attr("data-key").await.unwrap().unwrap_or_default());
+        }
+        keys.sort();
+        let mut want = raft_ids.clone();
+        want.sort();
+        let text = browser
+            .execute(
+                "return document.querySelector('#nodes tbody').innerText",
+                vec![],
+            )
+            .await
+            .unwrap();
+        let text = text.as_str().unwrap_or_default().to_string();
+        keys == want && text.matches("leader").count() == 1 && text.matches("ready").count() == 3
+    })
+    .await;
+
+    // The victim's session is listed; kick it from the page.
+    let row = format!("#sessions tbody tr[data-key='{connid}']");
+    until(
+        Duration::from_secs(30),
+        "the victim's session row",
+        || async { browser.find(Locator::Css(&row)).await.is_ok() },
+    )
+    .await;
+    let png = browser.screenshot().await.unwrap();
+    let shot = std::env::temp_dir().join("nexus-dashboard.png");
+    std::fs::write(&shot, &png).unwrap();
+    eprintln!(
+        "dashboard screenshot ({} bytes): {}",
+        png.len(),
+        shot.display()
+    );
+    assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
+
+    browser
+        .find(Locator::Css(&format!(
+            "button.kick[data-connid='{connid}']"
+        )))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(
+        Duration::from_secs(30),
+        "the session row to disappear",
+        || async {
+            browser
+                .find_all(Locator::Css(&row))
+                .await
+                .unwrap()
+                .is_empty()
+        },
+    )
+    .await;
+    assert!(victim.closed_within(Duration::from_secs(10)));
+    let sessions = expect_ok(admin.call("sys.session.list", json!({"prefix": "ui"})));
+    assert_eq!(sessions, json!([]));
+
+    browser.close().await.unwrap();
+}
