@@ -413,3 +413,39 @@ fn connection_settings_come_from_flags_env_or_config_file() {
         2,
     );
 }
+
+#[test]
+fn bench_ends_with_a_table_and_draws_its_run() {
+    let node = TestNode::start();
+    let dir = tempfile::tempdir().unwrap();
+    let svg = dir.path().join("tasks.svg");
+    let out = run(
+        &[
+            "bench",
+            "--url",
+            &ws_url(&node),
+            "--pass",
+            ROOT_PASS,
+            "--seconds",
+            "2",
+            "--svg",
+            svg.to_str().unwrap(),
+            "tasks",
+            "--callers",
+            "2",
+            "--workers",
+            "2",
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    for row in ["task round trips", "round trips", "latency p99", "chart:"] {
+        assert!(text.contains(row), "{row} missing in:\n{text}");
+    }
+    // Live progress, once a second.
+    assert!(String::from_utf8_lossy(&out.stderr).contains("in the last second"));
+    let drawn = std::fs::read_to_string(&svg).unwrap();
+    assert!(drawn.starts_with("<svg") && drawn.contains("round trips/s"));
+    assert!(drawn.contains("latency, ms"));
+}

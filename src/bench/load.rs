@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::client::Client;
-use super::{percentile, progress, BenchArgs};
+use super::{chart, percentile, progress, BenchArgs};
 
 /// How many connections each side uses.
 #[derive(Debug, Clone, Copy)]
@@ -125,6 +125,7 @@ pub fn tasks(
             let (done, latencies) = (done.clone(), latencies.clone());
             let push = json!({"method": format!("{prefix}.echo"), "params": {"caller": i}});
             caller_tasks.push(tokio::task::spawn_local(async move {
+                // (when it completed since the start, its latency)
                 let mut mine = Vec::new();
                 while Instant::now() < deadline {
                     let t0 = Instant::now();
@@ -132,7 +133,7 @@ pub fn tasks(
                     if serde_json::from_str::<PushAnswer>(&text)?.result.is_none() {
                         anyhow::bail!("push failed: {text}");
                     }
-                    mine.push(t0.elapsed());
+                    mine.push((start.elapsed(), t0.elapsed()));
                     done.fetch_add(1, Ordering::Relaxed);
                 }
                 latencies.borrow_mut().extend(mine);
@@ -149,7 +150,8 @@ pub fn tasks(
             t.await??;
         }
         let _ = prog.join();
-        let mut lat = latencies.take();
+        let samples = latencies.take();
+        let mut lat: Vec<Duration> = samples.iter().map(|(_, l)| *l).collect();
         lat.sort();
         let n = lat.len();
         let rate = n as f64 / elapsed.as_secs_f64();
@@ -169,6 +171,31 @@ pub fn tasks(
                 "round_trips": n, "per_sec": rate.round(), "p50_ms": p50, "p99_ms": p99,
             });
             println!("{summary}");
+        }
+        super::print_table(
+            "task round trips",
+            &[
+                ("callers / workers", format!("{callers} / {workers}")),
+                (
+                    "connections",
+                    format!(
+                        "{} callers', {} workers', on {} node(s)",
+                        caller_conns.len(),
+                        worker_conns.len(),
+                        args.url.len()
+                    ),
+                ),
+                ("measured", format!("{:.1} s", elapsed.as_secs_f64())),
+                ("round trips", format!("{n} ({rate:.0}/s)")),
+                ("latency p50", format!("{p50:.2} ms")),
+                ("latency p99", format!("{p99:.2} ms")),
+            ],
+        );
+        if let Some(path) = &args.svg {
+            let run = chart::seconds_from_samples(&samples, elapsed.as_secs() as usize);
+            let title = format!("task round trips: {callers} callers, {workers} workers");
+            chart::write_svg(path, &title, "round trips/s", &run)?;
+            println!("  chart: {}", path.display());
         }
         Ok(())
     })
@@ -269,7 +296,7 @@ pub fn topics(
         for t in sub_tasks {
             t.await??;
         }
-        let _ = prog.join();
+        let per_second = prog.join().unwrap_or_default();
         let (p, d, x) = (
             published.get(),
             delivered.load(Ordering::Relaxed),
@@ -290,6 +317,35 @@ pub fn topics(
                 "delivered_per_sec": (d as f64 / secs).round(), "dropped": x,
             });
             println!("{summary}");
+        }
+        super::print_table(
+            &format!("topic publish -> pipe read ({mode})"),
+            &[
+                (
+                    "publishers / subscribers",
+                    format!("{publishers} / {subscribers}"),
+                ),
+                (
+                    "measured",
+                    format!("{secs:.1} s on {} node(s)", args.url.len()),
+                ),
+                ("published", format!("{p} ({:.0}/s)", p as f64 / secs)),
+                ("read", format!("{d} ({:.0}/s)", d as f64 / secs)),
+                ("dropped at full pipes", x.to_string()),
+            ],
+        );
+        if let Some(path) = &args.svg {
+            let run: Vec<chart::Second> = per_second
+                .into_iter()
+                .map(|done| chart::Second {
+                    done,
+                    latency: None,
+                })
+                .collect();
+            let title =
+                format!("pub/sub ({mode}): {publishers} publishers, {subscribers} subscribers");
+            chart::write_svg(path, &title, "messages read/s", &run)?;
+            println!("  chart: {}", path.display());
         }
         Ok(())
     })

@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{Message, WebSocket};
 
+mod chart;
 mod client;
 mod load;
 
@@ -44,6 +45,10 @@ pub struct BenchArgs {
     /// Connections the workers (tasks) or subscribers (topics) share; 0: one each.
     #[arg(long, default_value_t = 0, global = true)]
     pub worker_connections: usize,
+    /// Also draw the run second by second (throughput, and latency for tasks) as an SVG
+    /// chart (tasks and topics).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub svg: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Subcommand)]
@@ -221,15 +226,16 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[idx.min(sorted.len() - 1)]
 }
 
-/// Prints the running count every second until `stop`.
+/// Prints the running count every second until `stop`; answers the count of each second.
 fn progress(
     label: &'static str,
     count: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<()> {
+) -> std::thread::JoinHandle<Vec<u64>> {
     std::thread::spawn(move || {
         let start = Instant::now();
         let mut last = 0;
+        let mut per_second = Vec::new();
         while !stop.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_secs(1));
             let now = count.load(Ordering::Relaxed);
@@ -238,14 +244,33 @@ fn progress(
                 start.elapsed().as_secs_f64(),
                 now - last
             );
+            per_second.push(now - last);
             last = now;
         }
+        per_second
     })
+}
+
+/// The closing table of a run: one aligned `name  value` line each.
+fn print_table(title: &str, rows: &[(&str, String)]) {
+    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    println!("\n{title}");
+    println!("  {}", "-".repeat(width + 24));
+    for (k, v) in rows {
+        println!("  {k:<width$}  {v}");
+    }
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.url.is_empty() {
         anyhow::bail!("--url needs at least one WebSocket URL");
+    }
+    let charted = matches!(
+        args.kind,
+        BenchKind::Tasks { .. } | BenchKind::Topics { .. }
+    );
+    if args.svg.is_some() && !charted {
+        anyhow::bail!("--svg draws the tasks and topics scenarios only");
     }
     let shape = load::Shape {
         connections: args.connections,
