@@ -147,6 +147,7 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 10)]
     pub login_fail_limit: u32,
 
+    /// The window --login-fail-limit counts failures in, in seconds.
     #[arg(long, default_value_t = 60)]
     pub login_fail_window_secs: u64,
 

@@ -449,3 +449,45 @@ fn bench_ends_with_a_table_and_draws_its_run() {
     assert!(drawn.starts_with("<svg") && drawn.contains("round trips/s"));
     assert!(drawn.contains("latency, ms"));
 }
+
+#[test]
+fn the_client_docs_show_the_examples_that_make_test_runs() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let doc = std::fs::read_to_string(format!("{root}/docs/clients.md")).unwrap();
+    for example in ["bridge.sh", "websocket_plain.py", "pynexus2_worker.py"] {
+        let code = std::fs::read_to_string(format!("{root}/docs/examples/{example}")).unwrap();
+        assert!(
+            doc.contains(&code),
+            "docs/clients.md does not show {example} as it is"
+        );
+        let runner = std::fs::read_to_string(format!("{root}/scripts/interop.sh")).unwrap();
+        assert!(
+            runner.contains(&format!("docs/examples/{example}")),
+            "{example} is not run"
+        );
+    }
+}
+
+#[test]
+fn every_serve_flag_is_documented_in_operations() {
+    let out = run(&["serve", "--help"], &[]);
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operations.md"))
+        .unwrap();
+    let flag = regex::Regex::new(r"^\s+(?:-\w, )?(--[a-z][a-z-]*)").unwrap();
+    let mut seen = 0;
+    for line in help.lines() {
+        let Some(m) = flag.captures(line) else {
+            continue;
+        };
+        let name = &m[1];
+        if name == "--help" {
+            continue;
+        }
+        let whole = regex::Regex::new(&format!(r"{}(?:[^a-z-]|$)", regex::escape(name))).unwrap();
+        assert!(whole.is_match(&doc), "{name} is not in docs/operations.md");
+        seen += 1;
+    }
+    assert!(seen >= 40, "only {seen} flags found in serve --help");
+}
