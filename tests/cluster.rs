@@ -393,9 +393,19 @@ fn members_are_removed_by_an_admin_and_when_long_dead() {
     wait_voters(&nodes[leader], 2);
 
     // An admin removes the remaining follower through that follower (forwarded to the
-    // leader); the leader then runs alone and keeps accepting writes.
-    let mut on_other = nodes[other].root();
-    expect_ok(on_other.call("sys.node.remove", json!({"raftId": ids[other]})));
+    // leader), with the admin CLI; the leader then runs alone and keeps accepting writes.
+    let out = Command::new(env!("CARGO_BIN_EXE_nexus"))
+        .args(["--url", &format!("tcp://127.0.0.1:{}", nodes[other].tcp)])
+        .args(["--user", "root", "--password", common::ROOT_PASS, "--json"])
+        .args(["cluster", "remove", &ids[other].to_string()])
+        .env("HOME", "/nonexistent")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "nexus cluster remove: {out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        r#"{"ok":true}"#
+    );
     assert!(
         eventually(Duration::from_secs(15), || members(&nodes[leader])
             == vec![ids[leader]]),
