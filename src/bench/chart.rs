@@ -41,80 +41,78 @@ pub fn write_svg(path: &Path, title: &str, unit: &str, run: &[Second]) -> anyhow
     let root = SVGBackend::new(path, (900, height)).into_drawing_area();
     root.fill(&WHITE).map_err(draw_err)?;
     let root = root.titled(title, ("sans-serif", 18)).map_err(draw_err)?;
-    let (top, bottom) = if with_latency {
-        root.split_vertically(height / 2 - 10)
-    } else {
-        (root.clone(), root.clone())
-    };
     let secs = run.len().max(1) as f64;
-    let max_done = run.iter().map(|s| s.done).max().unwrap_or(1).max(1) as f64;
-    let mut chart = ChartBuilder::on(&top)
+    // Each point sits in the middle of its second.
+    let mid = |i: usize| i as f64 + 0.5;
+    let done: Vec<(f64, f64)> = run
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (mid(i), s.done as f64))
+        .collect();
+    if !with_latency {
+        draw_panel(&root, secs, unit, &[(unit, BLUE, done)])?;
+    } else {
+        let (top, bottom) = root.split_vertically(height / 2 - 10);
+        draw_panel(&top, secs, unit, &[(unit, BLUE, done)])?;
+        let latency = |pick: fn((f64, f64)) -> f64| -> Vec<(f64, f64)> {
+            run.iter()
+                .enumerate()
+                .filter_map(|(i, s)| s.latency.map(|l| (mid(i), pick(l))))
+                .collect()
+        };
+        let lines = [
+            ("p50", GREEN, latency(|l| l.0)),
+            ("p99", RED, latency(|l| l.1)),
+        ];
+        draw_panel(&bottom, secs, "latency, ms", &lines)?;
+    }
+    root.present().map_err(draw_err)?;
+    Ok(())
+}
+
+/// A labelled line: its name, colour and (second, value) points.
+type Line<'a> = (&'a str, RGBColor, Vec<(f64, f64)>);
+
+/// One chart: seconds across, `y_desc` up, a labelled line per series.
+fn draw_panel(
+    area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
+    secs: f64,
+    y_desc: &str,
+    lines: &[Line<'_>],
+) -> anyhow::Result<()> {
+    let top = lines
+        .iter()
+        .flat_map(|(_, _, points)| points.iter().map(|p| p.1))
+        .fold(0.1, f64::max);
+    let mut chart = ChartBuilder::on(area)
         .margin(12)
         .x_label_area_size(36)
         .y_label_area_size(70)
-        .build_cartesian_2d(0f64..secs, 0f64..max_done * 1.1)
+        .build_cartesian_2d(0f64..secs, 0f64..top * 1.1)
         .map_err(draw_err)?;
     chart
         .configure_mesh()
         .x_desc("second of the run")
-        .y_desc(unit)
+        .y_desc(y_desc)
         .draw()
         .map_err(draw_err)?;
-    chart
-        .draw_series(LineSeries::new(
-            run.iter()
-                .enumerate()
-                .map(|(i, s)| (i as f64 + 0.5, s.done as f64)),
-            BLUE.stroke_width(2),
-        ))
-        .map_err(draw_err)?
-        .label(unit)
-        .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], BLUE.stroke_width(2)));
+    for (name, color, points) in lines {
+        let color = *color;
+        chart
+            .draw_series(LineSeries::new(
+                points.iter().copied(),
+                color.stroke_width(2),
+            ))
+            .map_err(draw_err)?
+            .label(*name)
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], color.stroke_width(2)));
+    }
     chart
         .configure_series_labels()
         .border_style(BLACK)
         .background_style(WHITE.mix(0.8))
         .draw()
         .map_err(draw_err)?;
-    if with_latency {
-        let points = |pick: fn((f64, f64)) -> f64| {
-            run.iter()
-                .enumerate()
-                .filter_map(move |(i, s)| s.latency.map(|l| (i as f64 + 0.5, pick(l))))
-        };
-        let max_ms = points(|l| l.1).map(|(_, v)| v).fold(0.1, f64::max);
-        let mut chart = ChartBuilder::on(&bottom)
-            .margin(12)
-            .x_label_area_size(36)
-            .y_label_area_size(70)
-            .build_cartesian_2d(0f64..secs, 0f64..max_ms * 1.1)
-            .map_err(draw_err)?;
-        chart
-            .configure_mesh()
-            .x_desc("second of the run")
-            .y_desc("latency, ms")
-            .draw()
-            .map_err(draw_err)?;
-        for (name, pick, color) in [
-            ("p50", (|l: (f64, f64)| l.0) as fn((f64, f64)) -> f64, GREEN),
-            ("p99", |l: (f64, f64)| l.1, RED),
-        ] {
-            chart
-                .draw_series(LineSeries::new(points(pick), color.stroke_width(2)))
-                .map_err(draw_err)?
-                .label(name)
-                .legend(move |(x, y)| {
-                    PathElement::new([(x, y), (x + 16, y)], color.stroke_width(2))
-                });
-        }
-        chart
-            .configure_series_labels()
-            .border_style(BLACK)
-            .background_style(WHITE.mix(0.8))
-            .draw()
-            .map_err(draw_err)?;
-    }
-    root.present().map_err(draw_err)?;
     Ok(())
 }
 
