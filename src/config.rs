@@ -161,6 +161,11 @@ pub struct ServeArgs {
     #[arg(long)]
     pub login_throttle_loopback: bool,
 
+    /// Serve GET /metrics on health listeners only, not on the http/https listeners
+    /// clients use (the metrics need no login and name first task-path segments).
+    #[arg(long)]
+    pub metrics_only_on_health: bool,
+
     /// How often the node checks that its sessions and its own entry in the replicated
     /// node table match what it really has (and repairs them), in milliseconds.
     #[arg(long, default_value_t = 2000)]
@@ -282,6 +287,7 @@ impl ServeArgs {
                 window: Duration::from_secs(self.login_fail_window_secs.max(1)),
                 loopback: self.login_throttle_loopback,
             },
+            metrics_on_http: !self.metrics_only_on_health,
         }
     }
 

@@ -125,10 +125,16 @@ struct Sampled {
     gossip_dead: Gauge,
 }
 
+/// Scrapes closer together than this get the last text: a scrape walks the state.
+const SCRAPE_REUSE: Duration = Duration::from_secs(1);
+
+/// The last text served, and when it was made.
+type Rendered = Option<(std::time::Instant, String)>;
+
 pub struct Metrics {
     registry: Registry,
     /// One scrape at a time: the sampled gauges are cleared and refilled.
-    sampled: Mutex<Sampled>,
+    sampled: Mutex<(Sampled, Rendered)>,
     requests: Family<RequestLabels, Counter>,
     request_seconds: Family<MethodLabels, Histogram>,
     connections: Family<TransportLabels, Gauge>,
@@ -288,7 +294,7 @@ impl Metrics {
         );
         Metrics {
             registry: r,
-            sampled: Mutex::new(s),
+            sampled: Mutex::new((s, None)),
             requests,
             request_seconds,
             connections,
@@ -327,8 +333,12 @@ impl Metrics {
         self.connections.get_or_create(&labels).dec();
     }
 
-    /// The text exposition, with the state-sized gauges read now.
+    /// The text exposition, with the state-sized gauges read now (or the last text, when
+    /// it is younger than `SCRAPE_REUSE`).
     pub async fn render(&self, node: &Node) -> String {
+        if let Some(text) = self.recent() {
+            return text;
+        }
         // Gossip sits behind an async lock: read it before taking ours.
         let gossip = match node.cluster.get() {
             Some(link) => Some((
@@ -337,12 +347,21 @@ impl Metrics {
             )),
             None => None,
         };
-        let sampled = self.sampled.lock().unwrap_or_else(|e| e.into_inner());
-        sample(&sampled, node, gossip);
+        let mut guard = self.sampled.lock().unwrap_or_else(|e| e.into_inner());
+        sample(&guard.0, node, gossip);
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);
+        guard.1 = Some((std::time::Instant::now(), out.clone()));
         out
+    }
+
+    fn recent(&self) -> Option<String> {
+        let guard = self.sampled.lock().unwrap_or_else(|e| e.into_inner());
+        match &guard.1 {
+            Some((at, text)) if at.elapsed() < SCRAPE_REUSE => Some(text.clone()),
+            _ => None,
+        }
     }
 }
 
@@ -350,7 +369,10 @@ fn sample(s: &Sampled, node: &Node, gossip: Option<(usize, usize)>) {
     let me = node.raft_id;
     let mut sessions: BTreeMap<(String, bool), i64> = BTreeMap::new();
     let mut tasks: BTreeMap<(String, bool), i64> = BTreeMap::new();
+    // Counted by borrowed prefix under the state lock (no allocation per task), owned
+    // once after.
     node.read(|state| {
+        let mut by_prefix: std::collections::HashMap<(&str, bool), i64> = Default::default();
         for rec in state.sessions.iter() {
             if rec.node_id == me && !rec.internal {
                 let logged_in = rec.user != crate::conn::NOBODY;
@@ -361,7 +383,10 @@ fn sample(s: &Sampled, node: &Node, gossip: Option<(usize, usize)>) {
         }
         for (path, working) in state.tasks.paths() {
             let first = path.split('.').next().unwrap_or_default();
-            *tasks.entry((first.to_string(), working)).or_default() += 1;
+            *by_prefix.entry((first, working)).or_default() += 1;
+        }
+        for ((prefix, working), n) in by_prefix {
+            tasks.insert((prefix.to_string(), working), n);
         }
         s.pulls_waiting.set(state.tasks.pulls_waiting() as i64);
         s.locks.set(state.locks.iter().count() as i64);

@@ -38,6 +38,8 @@ pub struct Limits {
     pub login_throttle: crate::throttle::ThrottleConfig,
     /// Estimated bytes a pipe may hold; writes beyond are dropped (and counted).
     pub max_pipe_bytes: usize,
+    /// GET /metrics on http/https listeners too (health listeners always serve it).
+    pub metrics_on_http: bool,
 }
 
 /// Requests other parts of the node send to a session actor.

@@ -40,6 +40,7 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
         .env_remove("NEXUS_URL")
         .env_remove("NEXUS_USER")
         .env_remove("NEXUS_PASSWORD")
+        .env_remove("NEXUS_CONFIG")
         .output()
         .unwrap()
 }
@@ -373,9 +374,35 @@ fn connection_settings_come_from_flags_env_or_config_file() {
         .args(["--json", "node", "list"])
         .env("HOME", dir.path())
         .env_remove("NEXUS_URL")
+        .env_remove("NEXUS_USER")
+        .env_remove("NEXUS_PASSWORD")
+        .env_remove("NEXUS_CONFIG")
         .output()
         .unwrap();
     assert_eq!(ok(out).as_array().unwrap().len(), 1);
+    // Flags win over the environment, which wins over the file: the file names a port
+    // with nothing behind it, the environment the right node, the flag a wrong password.
+    let nowhere = format!("ws://127.0.0.1:{}/", free_port());
+    std::fs::write(
+        dir.path().join(".config/nexus/cli.toml"),
+        format!("url = \"{nowhere}\"\nuser = \"root\"\npassword = \"{ROOT_PASS}\"\n"),
+    )
+    .unwrap();
+    let layered = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_nexus"))
+            .args(extra)
+            .args(["--json", "call", "sys.ping"])
+            .env("HOME", dir.path())
+            .env("NEXUS_URL", &ws)
+            .env_remove("NEXUS_USER")
+            .env_remove("NEXUS_PASSWORD")
+            .env_remove("NEXUS_CONFIG")
+            .output()
+            .unwrap()
+    };
+    assert_eq!(ok(layered(&[])), json!({"ok": true}));
+    let err = fails(layered(&["--password", "wrong"]), 1);
+    assert!(err.contains("login as root"), "{err}");
 
     // Errors: a wrong password (the node refuses: 1), no node there (2), a bad file (2).
     let err = fails(

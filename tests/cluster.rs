@@ -61,8 +61,6 @@ fn three_nodes_join_and_reads_follow_writes_across_nodes() {
 fn cluster_metrics_agree(nodes: &[Proc]) {
     let addr = |n: &Proc| format!("127.0.0.1:{}", n.health).parse().unwrap();
     let ids: Vec<u64> = nodes.iter().map(Proc::raft_id).collect();
-    let mut leaders = 0.0;
-    let mut leader_ids = std::collections::BTreeSet::new();
     for (n, me) in nodes.iter().zip(&ids) {
         assert!(
             eventually(Duration::from_secs(20), || {
@@ -83,17 +81,30 @@ fn cluster_metrics_agree(nodes: &[Proc]) {
                     && total("nexus_peer_sent_bytes_total") > 0.0
                     && total("nexus_peer_received_bytes_total") > 0.0
                     && metric(&s, "nexus_gossip_live_nodes", &[]) == Some(3.0)
+                    && metric(&s, "nexus_raft_voters", &[]) == Some(3.0)
             }),
             "metrics of node {me}:\n{}",
             String::from_utf8_lossy(&http_request_to(addr(n), "GET", "/metrics", &[], b"").2)
         );
-        let s = scrape(addr(n));
-        assert_eq!(metric(&s, "nexus_raft_voters", &[]), Some(3.0));
-        leaders += metric(&s, "nexus_raft_role", &[("role", "leader")]).unwrap();
-        leader_ids.insert(metric(&s, "nexus_raft_leader_id", &[]).unwrap() as u64);
     }
-    assert_eq!(leaders, 1.0);
-    assert_eq!(leader_ids.len(), 1, "{leader_ids:?}");
+    // One leader, the same for all: read from the three nodes in one go (retried, so an
+    // election in between does not count).
+    let mut seen = String::new();
+    let agree = eventually(Duration::from_secs(20), || {
+        let scrapes: Vec<_> = nodes.iter().map(|n| scrape(addr(n))).collect();
+        let leaders: f64 = scrapes
+            .iter()
+            .filter_map(|s| metric(s, "nexus_raft_role", &[("role", "leader")]))
+            .sum();
+        let leader_ids: std::collections::BTreeSet<u64> = scrapes
+            .iter()
+            .filter_map(|s| metric(s, "nexus_raft_leader_id", &[]))
+            .map(|id| id as u64)
+            .collect();
+        seen = format!("{leaders} leaders, leader ids {leader_ids:?}");
+        leaders == 1.0 && leader_ids.len() == 1
+    });
+    assert!(agree, "{seen}");
 }
 
 #[test]

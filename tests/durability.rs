@@ -179,11 +179,11 @@ fn state_is_restored_from_snapshot_plus_log() {
 }
 
 /// Snapshots taken while a node holds a large state and applies `writes` small commands.
-fn snapshots_during_small_writes(log_percent: &str, writes: usize) -> u64 {
+fn snapshots_during_small_writes(every: &str, log_percent: &str, writes: usize) -> u64 {
     let dir = tempfile::tempdir().unwrap();
     let args = [
         "--snapshot-every",
-        "10",
+        every,
         "--snapshot-log-percent",
         log_percent,
     ];
@@ -222,15 +222,22 @@ fn a_large_state_is_not_rewritten_every_few_small_commands() {
     // Counting entries only, 800 small commands would rewrite the 2 MB state over and
     // over; with the log measured against the state, at most the snapshot already due
     // (or under way) when the small writes start is taken.
-    let by_entries = snapshots_during_small_writes("0", 800);
+    let by_entries = snapshots_during_small_writes("50", "0", 800);
     assert!(by_entries >= 4, "control: {by_entries} snapshots");
-    let by_size = snapshots_during_small_writes("100", 800);
+    let by_size = snapshots_during_small_writes("50", "100", 800);
+    // But snapshots are never more than 20 x --snapshot-every entries apart: 1600 small
+    // commands at a cap of 200 entries take several.
+    let capped = snapshots_during_small_writes("10", "100", 1600);
     eprintln!(
-        "snapshots during 800 small commands: {by_entries} counting entries, {by_size} by size"
+        "snapshots during 800 small commands: {by_entries} counting entries, {by_size} by size; 1600 with the cap at 200 entries: {capped}"
     );
     assert!(
         by_size <= 2,
         "{by_size} snapshots of a 2 MB state for ~100 KB of log"
+    );
+    assert!(
+        capped >= 3,
+        "{capped} snapshots in 800 entries with a cap of 200"
     );
 }
 

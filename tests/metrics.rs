@@ -19,6 +19,8 @@ fn metrics_count_what_clients_did() {
     }
     expect_ok(root.call("sync.lock", json!({"lock": "metrics.lock"})));
     expect_code(root.call("no.such.method", json!({})), -32601);
+    // A made-up name with bad params is not a label either.
+    expect_code(root.call("made.up.name", json!([1])), -32602);
     // A pipe of one message receives three publishes: one delivered, two dropped.
     let pipeid = expect_ok(root.call("pipe.create", json!({"len": 1})))["pipeid"].clone();
     expect_ok(root.call("topic.sub", json!({"pipeid": pipeid, "topic": "metrics.t"})));
@@ -40,7 +42,11 @@ fn metrics_count_what_clients_did() {
         Some(1.0)
     );
     let unknown = [("method", "(unknown)"), ("outcome", "error")];
-    assert_eq!(metric(&s, "nexus_requests_total", &unknown), Some(1.0));
+    assert_eq!(metric(&s, "nexus_requests_total", &unknown), Some(2.0));
+    assert!(!s
+        .samples
+        .iter()
+        .any(|x| x.labels.get("method") == Some("made.up.name")));
     let push_latency = s
         .samples
         .iter()
@@ -187,4 +193,31 @@ fn the_grafana_dashboard_uses_only_exported_metrics() {
         checked += 1;
     }
     assert!(checked >= 20, "only {checked} metric references found");
+}
+
+#[test]
+fn every_listed_method_exists_so_labels_name_real_methods() {
+    let node = TestNode::start();
+    let mut root = node.root();
+    for method in nexus::api::METHODS {
+        if let Err(e) = root.call(method, json!({})) {
+            assert_ne!(e.code, -32601, "{method} is listed but not implemented");
+        }
+        if *method == "sys.login" {
+            // An empty login failed; the session is nobody now: log in again.
+            root = node.root();
+        }
+    }
+}
+
+#[test]
+fn metrics_can_be_kept_off_the_client_listeners() {
+    let node = TestNode::start_with(&["--metrics-only-on-health"]);
+    let (_, headers, _) = http_request_to(node.http_addr(), "GET", "/metrics", &[], b"");
+    let kind = header(&headers, "content-type")
+        .unwrap_or_default()
+        .to_string();
+    assert!(!kind.contains("openmetrics"), "{kind}");
+    let h = scrape(node.server.addr(Scheme::Health));
+    assert_eq!(metric(&h, "nexus_raft_voters", &[]), Some(1.0));
 }

@@ -82,8 +82,11 @@ impl Client {
         self.send(&req.to_string())?;
         loop {
             let answer = self.recv()?;
-            if answer.get("id") != Some(&json!(id)) {
-                continue; // not ours (nothing else is in flight; be tolerant anyway)
+            // With one request in flight, an error the node could not tie to a request
+            // (`"id": null`: unparsable or too large) is the answer to ours.
+            let unmatched_error = answer.get("id") == Some(&Value::Null);
+            if answer.get("id") != Some(&json!(id)) && !unmatched_error {
+                continue;
             }
             if let Some(e) = answer.get("error") {
                 return Err(RpcFailure {

@@ -208,10 +208,16 @@ pub enum AdminCmd {
 }
 
 /// Runs one admin command; errors are one line for the user.
+/// `secs` as a duration, refusing what is not a number of seconds.
+fn seconds(flag: &str, secs: f64) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(secs)
+        .map_err(|_| anyhow!("{flag} must be a number of seconds, not {secs}"))
+}
+
 pub fn run(conn: Connection, cmd: AdminCmd) -> anyhow::Result<()> {
     let json_out = conn.json;
-    let timeout = Duration::from_secs_f64(conn.timeout.max(0.1));
-    let mut client = connect(conn)?;
+    let timeout = seconds("--timeout", conn.timeout)?.max(Duration::from_millis(100));
+    let mut client = connect(conn, timeout)?;
     let print = |v: &Value| {
         if json_out {
             println!("{v}");
@@ -257,7 +263,7 @@ pub fn run(conn: Connection, cmd: AdminCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn connect(conn: Connection) -> anyhow::Result<Client> {
+fn connect(conn: Connection, timeout: Duration) -> anyhow::Result<Client> {
     let file = read_config(conn.config.as_deref())?;
     let url = conn
         .url
@@ -265,7 +271,7 @@ fn connect(conn: Connection) -> anyhow::Result<Client> {
         .unwrap_or_else(|| "ws://127.0.0.1:8080/".to_string());
     let user = conn.user.or(file.user);
     let password = conn.password.or(file.password);
-    let mut client = Client::connect(&url, Duration::from_secs_f64(conn.timeout.max(0.1)))?;
+    let mut client = Client::connect(&url, timeout)?;
     match (user, password) {
         (Some(user), Some(pass)) => {
             client
@@ -445,7 +451,10 @@ fn subscribe(
     let pipe = c.call("pipe.create", json!({"len": 10000}))?;
     let pipeid = pipe["pipeid"].clone();
     c.call("topic.sub", json!({"pipeid": pipeid, "topic": topic}))?;
-    let until = seconds.map(|s| Instant::now() + Duration::from_secs_f64(s.max(0.0)));
+    let until = match seconds {
+        Some(s) => Some(Instant::now() + self::seconds("--seconds", s)?),
+        None => None,
+    };
     // Each read waits at most half the client timeout, so the socket never times out.
     let wait = (timeout / 2).min(Duration::from_secs(1)).as_secs_f64();
     let mut seen = 0;
@@ -453,21 +462,11 @@ fn subscribe(
         if count.is_some_and(|n| seen >= n) || until.is_some_and(|t| Instant::now() >= t) {
             return Ok(());
         }
+        // A read that times out answers an empty list.
         let answer = c.call(
             "pipe.read",
             json!({"pipeid": pipeid, "max": 100, "timeout": wait}),
-        );
-        let answer = match answer {
-            Ok(a) => a,
-            // The read timed out with nothing in the pipe.
-            Err(e)
-                if e.downcast_ref::<RpcFailure>()
-                    .is_some_and(|f| f.code == crate::rpc::ERR_TIMEOUT) =>
-            {
-                continue
-            }
-            Err(e) => return Err(e),
-        };
+        )?;
         if let Some(drops) = answer["drops"].as_u64().filter(|d| *d > 0) {
             eprintln!("({drops} messages dropped: the pipe was full)");
         }

@@ -66,6 +66,7 @@ pub fn start(
         .map_err(|e| StoreError::Corrupt("raft state", e.to_string()))?;
     let (tx, rx) = mpsc::channel();
     let stats = Arc::new(RaftStats::default());
+    stats.timings.snapshot_bytes.set(snapshot_bytes as i64);
     let mut driver = Driver {
         raw,
         storage,
@@ -132,6 +133,9 @@ struct LeaderClock {
     since: Instant,
     last: u64,
 }
+
+/// A snapshot is taken at the latest after this many times `snapshot_every` entries.
+const SNAPSHOT_OVERDUE_FACTOR: u64 = 20;
 
 /// A snapshot being encoded and written off the Raft thread.
 struct Snapshotting {
@@ -753,6 +757,10 @@ impl Driver {
         self.last_snapshot = snap.get_metadata().index;
         self.last_snapshot_bytes = snap.data.len() as u64;
         self.log_bytes_since_snapshot = 0;
+        self.stats
+            .timings
+            .snapshot_bytes
+            .set(snap.data.len() as i64);
         info!(
             index = snap.get_metadata().index,
             bytes = snap.data.len(),
@@ -776,7 +784,7 @@ impl Driver {
             let mut state = state_lock.write().unwrap_or_else(|e| e.into_inner());
             for entry in &entries {
                 self.stats.applied.fetch_add(1, Ordering::Relaxed);
-                self.log_bytes_since_snapshot += entry.data.len() as u64;
+                self.log_bytes_since_snapshot += (entry.data.len() + entry.context.len()) as u64;
                 match entry.get_entry_type() {
                     EntryType::EntryNormal if entry.data.is_empty() => {}
                     EntryType::EntryNormal => {
@@ -897,7 +905,16 @@ impl Driver {
             >= self
                 .last_snapshot_bytes
                 .saturating_mul(self.cfg.snapshot_log_percent);
+        // Whatever the sizes, the log never grows past this many entries (a state that
+        // was large and has shrunk must not hold its log at the old size for ever).
+        let overdue = applied
+            >= self.last_snapshot
+                + self
+                    .cfg
+                    .snapshot_every
+                    .saturating_mul(SNAPSHOT_OVERDUE_FACTOR);
         let due = applied >= self.last_snapshot + self.cfg.snapshot_every && log_grown;
+        let due = due || overdue;
         if !due && !wanted {
             return Ok(());
         }

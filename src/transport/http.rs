@@ -56,7 +56,7 @@ pub async fn entry(
     if req.method() == actix_web::http::Method::OPTIONS {
         return cors(&mut HttpResponse::Ok()).finish();
     }
-    if is_metrics_scrape(&req) {
+    if is_metrics_scrape(&req) && node.limits.metrics_on_http {
         return metrics(&node).await;
     }
     if req.method() == actix_web::http::Method::GET && matches!(req.path(), "/ui" | "/ui/") {
