@@ -13,10 +13,13 @@ use fantoccini::{ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::json;
 
-/// chromedriver on a free loopback port, killed when dropped.
+/// chromedriver on a free loopback port, with a Chromium profile directory of its own.
+/// Dropped (also when a test fails midway), it kills chromedriver and every process
+/// started on that profile: Chromium's processes are not chromedriver's children for long.
 struct Driver {
     child: Child,
     port: u16,
+    profile: tempfile::TempDir,
 }
 
 impl Driver {
@@ -34,7 +37,16 @@ impl Driver {
             std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
         });
         assert!(up, "chromedriver did not listen on {port}");
-        Driver { child, port }
+        let profile = tempfile::tempdir().unwrap();
+        Driver {
+            child,
+            port,
+            profile,
+        }
+    }
+
+    fn profile_arg(&self) -> String {
+        format!("--user-data-dir={}", self.profile.path().display())
     }
 }
 
@@ -42,6 +54,16 @@ impl Drop for Driver {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let marker = self.profile_arg();
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains(&marker) {
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
     }
 }
 
@@ -80,7 +102,7 @@ async fn log_in_see_three_nodes_and_kick_a_session() {
     let driver = Driver::start();
     let caps = json!({"goog:chromeOptions": {"args": [
         "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-        "--window-size=1400,1000",
+        "--window-size=1400,1000", driver.profile_arg(),
     ]}});
     let browser = ClientBuilder::new(HttpConnector::new())
         .capabilities(caps.as_object().unwrap().clone())
