@@ -96,10 +96,6 @@ impl Default for RaftTimings {
     }
 }
 
-pub fn seconds(d: Duration) -> f64 {
-    d.as_secs_f64()
-}
-
 /// What is read from the node at each scrape.
 #[derive(Default)]
 struct Sampled {
@@ -315,7 +311,7 @@ impl Metrics {
             .inc();
         self.request_seconds
             .get_or_create(&MethodLabels { method })
-            .observe(seconds(took));
+            .observe(took.as_secs_f64());
     }
 
     pub fn connection_opened(&self, transport: &str) {

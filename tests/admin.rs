@@ -8,13 +8,6 @@ use common::*;
 use nexus::rpc::*;
 use serde_json::{json, Value};
 
-fn connid(c: &mut Client, user: &str, pass: &str) -> String {
-    expect_ok(c.login(user, pass))["connid"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
 #[test]
 fn session_list_count_kick_reload() {
     let node = TestNode::start();

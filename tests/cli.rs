@@ -168,10 +168,7 @@ fn session_commands_list_count_reload_and_kick() {
     let mut root = node.root();
     create_user(&mut root, "cli.ops", "ops-pw");
     let mut victim = node.tcp();
-    let connid = expect_ok(victim.login("cli.ops", "ops-pw"))["connid"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let connid = connid(&mut victim, "cli.ops", "ops-pw");
 
     let list = ok(nexus(&node, &["session", "list", "cli"]));
     assert_eq!(names(&list, "user"), ["cli.ops"]);

@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::cluster::{three_joined_each, wait_voters};
-use common::{create_user, eventually, expect_ok, free_port, Client, ROOT_PASS};
+use common::{connid, create_user, eventually, expect_ok, free_port, Client, ROOT_PASS};
 use fantoccini::{ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::json;
@@ -94,10 +94,7 @@ async fn log_in_see_three_nodes_and_kick_a_session() {
     let mut admin = nodes[0].root();
     create_user(&mut admin, "ui.victim", "victim-pw");
     let mut victim = Client::tcp(format!("127.0.0.1:{}", nodes[2].tcp).parse().unwrap());
-    let connid = expect_ok(victim.login("ui.victim", "victim-pw"))["connid"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let connid = connid(&mut victim, "ui.victim", "victim-pw");
 
     let driver = Driver::start();
     let caps = json!({"goog:chromeOptions": {"args": [

@@ -156,15 +156,7 @@ fn state_is_restored_from_snapshot_plus_log() {
     for i in 0..25 {
         create_user(&mut root, &format!("snap.u{i}"), "snappass");
     }
-    assert!(
-        server
-            .node
-            .raft
-            .stats
-            .snapshots
-            .load(std::sync::atomic::Ordering::Relaxed)
-            >= 2
-    );
+    assert!(snapshots_written(&server) >= 2);
     drop(root);
     server.stop();
 
@@ -176,6 +168,11 @@ fn state_is_restored_from_snapshot_plus_log() {
         json!({"count": 25})
     );
     expect_ok(Client::tcp(server.addr(Scheme::Tcp)).login("snap.u24", "snappass"));
+}
+
+fn snapshots_written(server: &Background) -> u64 {
+    let stats = &server.node.raft.stats;
+    stats.snapshots.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Snapshots taken while a node holds a large state and applies `writes` small commands.
@@ -198,20 +195,12 @@ fn snapshots_during_small_writes(every: &str, log_percent: &str, writes: usize) 
             json!({"method": "deep.queue.m", "params": big, "detach": true}),
         ));
     }
-    let snapshots = || {
-        server
-            .node
-            .raft
-            .stats
-            .snapshots
-            .load(std::sync::atomic::Ordering::Relaxed)
-    };
-    let before = snapshots();
+    let before = snapshots_written(&server);
     for _ in 0..writes / 2 {
         expect_ok(root.call("sync.lock", json!({"lock": "small"})));
         expect_ok(root.call("sync.unlock", json!({"lock": "small"})));
     }
-    let taken = snapshots() - before;
+    let taken = snapshots_written(&server) - before;
     drop(root);
     server.stop();
     taken

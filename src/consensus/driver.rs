@@ -914,8 +914,7 @@ impl Driver {
                     .snapshot_every
                     .saturating_mul(SNAPSHOT_OVERDUE_FACTOR);
         let due = applied >= self.last_snapshot + self.cfg.snapshot_every && log_grown;
-        let due = due || overdue;
-        if !due && !wanted {
+        if !due && !overdue && !wanted {
             return Ok(());
         }
         // The state and the membership as of `applied`, taken together on this thread.

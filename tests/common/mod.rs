@@ -195,6 +195,14 @@ pub fn expect_ok(a: Answer) -> Value {
 }
 
 /// Creates `user` with `pass` as root.
+/// Logs `c` in and answers its connid.
+pub fn connid(c: &mut Client, user: &str, pass: &str) -> String {
+    expect_ok(c.login(user, pass))["connid"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
 pub fn create_user(root: &mut Client, user: &str, pass: &str) {
     expect_ok(root.call("user.create", json!({"user": user, "pass": pass})));
 }
