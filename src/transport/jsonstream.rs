@@ -23,6 +23,9 @@ pub struct JsonStream {
     depth: usize,
     in_str: bool,
     escaped: bool,
+    /// A too-long top-level string was dropped before its end: what follows up to its
+    /// closing quote is the rest of it (with whether the last byte dropped was an escape).
+    in_dropped_str: Option<bool>,
 }
 
 /// The longest incomplete top-level scalar kept waiting for more input.
@@ -42,6 +45,7 @@ impl JsonStream {
             depth: 0,
             in_str: false,
             escaped: false,
+            in_dropped_str: None,
         }
     }
 
@@ -51,6 +55,20 @@ impl JsonStream {
         let mut items = Vec::new();
         let mut start = 0;
         loop {
+            if let Some(escaped) = self.in_dropped_str {
+                match string_end(&self.buf[start..], escaped) {
+                    Ok(len) => {
+                        items.push(Item::ParseError("the rest of a dropped string".into()));
+                        self.in_dropped_str = None;
+                        start += len;
+                    }
+                    Err(escaped) => {
+                        self.in_dropped_str = Some(escaped);
+                        start = self.buf.len();
+                        break;
+                    }
+                }
+            }
             if !self.in_value {
                 while start < self.buf.len() && is_ws(self.buf[start]) {
                     start += 1;
@@ -75,6 +93,11 @@ impl JsonStream {
                         // re-parsing as more of it arrives.
                         Scalar::Incomplete if self.buf.len() - start > MAX_SCALAR => {
                             items.push(Item::ParseError("top-level value too long".into()));
+                            // An unfinished string: its end arrives later.
+                            if self.buf[start] == b'"' {
+                                let rest = &self.buf[start + 1..];
+                                self.in_dropped_str = Some(string_end(rest, false).unwrap_err());
+                            }
                             start = self.buf.len();
                             continue;
                         }
@@ -159,19 +182,47 @@ impl JsonStream {
                 Scalar::Value(v, end)
             }
             Some(Err(e)) if e.is_eof() => Scalar::Incomplete,
-            Some(Err(e)) => {
-                // Skip the bad token only: up to whitespace or the start of a container.
-                // Jumping to the next `{`/`[` alone could land inside a string that follows
-                // (`nul "a[b"{...}`) and swallow the requests after it.
-                let skip = rest[1..]
-                    .iter()
-                    .position(|b| is_ws(*b) || matches!(b, b'{' | b'['))
-                    .map_or(self.buf.len(), |p| start + 1 + p);
-                Scalar::Garbage(e.to_string(), skip)
-            }
+            Some(Err(e)) => Scalar::Garbage(e.to_string(), start + bad_token_len(rest)),
             None => Scalar::Incomplete,
         }
     }
+}
+
+/// Inside a string (`escaped`: its last byte so far was an escape): the length up to and
+/// including its closing quote, or, when it does not end in `bytes`, whether the last
+/// byte is an escape.
+fn string_end(bytes: &[u8], mut escaped: bool) -> Result<usize, bool> {
+    for (i, &b) in bytes.iter().enumerate() {
+        match b {
+            _ if escaped => escaped = false,
+            b'\\' => escaped = true,
+            b'"' => return Ok(i + 1),
+            _ => {}
+        }
+    }
+    Err(escaped)
+}
+
+/// The length of the bad token at the start of `rest`: up to whitespace or the start of a
+/// container, outside strings. Jumping to the next `{`/`[` alone could land inside a string
+/// that follows (`nul "a[b"{...}`), and a quote inside the token opens a string whose
+/// brackets are not containers either (`null1" .{[x"[...]`); either way the requests after
+/// it would be swallowed. Without an end, the whole of `rest`.
+fn bad_token_len(rest: &[u8]) -> usize {
+    let mut i = 1;
+    while i < rest.len() {
+        let b = rest[i];
+        i += 1;
+        if b == b'"' {
+            match string_end(&rest[i..], false) {
+                Ok(len) => i += len,
+                Err(_) => return rest.len(),
+            }
+        } else if is_ws(b) || matches!(b, b'{' | b'[') {
+            return i - 1;
+        }
+    }
+    rest.len()
 }
 
 enum Scalar {
@@ -224,6 +275,12 @@ mod tests {
         assert_eq!(
             texts(&s.push(br#"nul true"a[b"{"id":3}"#)),
             vec!["ERR", "true", r#""a[b""#, r#"{"id":3}"#]
+        );
+        // A quote inside the bad token opens a string: its brackets are skipped with it
+        // (found by the fuzz test: `null` and a number back to back, then a string).
+        assert_eq!(
+            texts(&s.push(br#"null1" .{[[.z"[]{"id":4}"#)),
+            vec!["ERR", "[]", r#"{"id":4}"#]
         );
     }
 
