@@ -151,6 +151,32 @@ impl Node {
         by_node
     }
 
+    /// Waits until every other node running a process has applied this node's log as far
+    /// as this node has: a subscription change answered after this is seen by every
+    /// later publish, on whichever node. A node that does not confirm within the route
+    /// timeout (cut off, paused, stopped) is not waited for longer; a peer whose link is
+    /// down is not asked.
+    pub async fn until_applied_everywhere(&self) {
+        let Some(link) = self.cluster.get() else {
+            return;
+        };
+        let index = self
+            .raft
+            .stats
+            .applied_index
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let others: Vec<u64> = self.read(|s| s.cluster.nodes.keys().copied().collect());
+        let waits = others
+            .into_iter()
+            .filter(|n| *n != self.raft_id && link.transport.connected(*n))
+            .map(|n| async move {
+                if !link.router.await_applied(n, index).await {
+                    tracing::debug!(node = n, index, "a node did not confirm it applied the log");
+                }
+            });
+        futures_util::future::join_all(waits).await;
+    }
+
     /// Writes `msgs` in order into pipe `pipeid`, wherever it lives; -32003 when there is no
     /// such pipe (or its node is gone). No messages: only checks that the pipe exists.
     pub async fn write_pipe(&self, pipeid: &str, msgs: Vec<Value>) -> Result<(), RpcError> {
@@ -194,7 +220,19 @@ impl Node {
                     self.local.deliver(&d.pipeids, &envelope);
                 }
             }
-            Some(frame::Body::PipeWriteResult(r)) => link.router.on_result(r),
+            Some(frame::Body::RoutedAnswer(r)) => link.router.on_result(r),
+            Some(frame::Body::AwaitApplied(q)) => {
+                let (stats, link) = (self.raft.stats.clone(), link.clone());
+                tokio::spawn(async move {
+                    let within = link.router.timeout();
+                    let code = if stats.wait_applied(q.index, within).await {
+                        0
+                    } else {
+                        crate::rpc::ERR_INTERNAL
+                    };
+                    link.router.answer(from, q.request_id, code);
+                });
+            }
             _ => {}
         }
     }

@@ -156,6 +156,42 @@ fn a_publish_reaches_subscribers_on_every_node_in_order() {
     }
 }
 
+/// A subscription answered on one node is seen by the very next publish on any node, and
+/// an unsubscription likewise (followers learn of a commit a little after the node that
+/// proposed it, so this needs `topic.sub` to wait for them).
+#[test]
+fn a_publish_right_after_a_subscription_answer_reaches_it_from_every_node() {
+    let root = tempfile::tempdir().unwrap();
+    let nodes = three(root.path());
+    let mut clients: Vec<Client> = nodes.iter().map(Proc::root).collect();
+    let mut missed = Vec::new();
+    for i in 0..60 {
+        let (home, topic) = (i % 3, format!("fresh.t{i}"));
+        let pipe = expect_ok(clients[home].call("pipe.create", json!({})))["pipeid"].clone();
+        expect_ok(clients[home].call("topic.sub", json!({"pipeid": pipe, "topic": topic})));
+        for k in (0..3).filter(|k| *k != home) {
+            let r = expect_ok(clients[k].call("topic.pub", json!({"topic": topic, "msg": k})));
+            if r["sent"] != json!(1) {
+                missed.push(format!(
+                    "#{i}: publish on node {k} after subscribing on {home}"
+                ));
+            }
+        }
+        let got = read_n(&mut clients[home], &pipe, 2);
+        assert_eq!(got.len(), 2, "#{i}: both publishes arrive");
+        expect_ok(clients[home].call("topic.unsub", json!({"pipeid": pipe, "topic": topic})));
+        for k in (0..3).filter(|k| *k != home) {
+            let r = expect_ok(clients[k].call("topic.pub", json!({"topic": topic, "msg": k})));
+            if r["sent"] != json!(0) {
+                missed.push(format!(
+                    "#{i}: publish on node {k} after unsubscribing on {home}"
+                ));
+            }
+        }
+    }
+    assert!(missed.is_empty(), "stale subscriptions: {missed:#?}");
+}
+
 fn listed(c: &mut Client, id: u64) -> bool {
     let list = expect_ok(c.call("sys.node.list", json!({})));
     list.as_array()

@@ -27,7 +27,12 @@ pub async fn call(node: &Arc<Node>, conn: &Rc<Conn>, name: &str, p: &Params<'_>)
             } else {
                 Command::Unsubscribe { pipeid, topic }
             };
-            node.raft.propose(cmd).await
+            let outcome = node.raft.propose(cmd).await?;
+            // Answered once every node applied it, so that any publish that follows the
+            // answer, on whichever node, sees the change (a follower learns of a commit a
+            // little after the node that proposed it).
+            node.until_applied_everywhere().await;
+            Ok(outcome)
         }
         "pub" => {
             let topic =

@@ -48,8 +48,9 @@ pub fn event_sink(
                     body:
                         Some(
                             frame::Body::PipeWrite(_)
-                            | frame::Body::PipeWriteResult(_)
-                            | frame::Body::TopicDelivery(_),
+                            | frame::Body::RoutedAnswer(_)
+                            | frame::Body::TopicDelivery(_)
+                            | frame::Body::AwaitApplied(_),
                         ),
                 },
         } = event

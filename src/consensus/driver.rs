@@ -651,7 +651,7 @@ impl Driver {
         s.leader_id.store(r.leader_id, Ordering::Relaxed);
         s.commit_index
             .store(r.raft_log.committed, Ordering::Relaxed);
-        s.applied_index.store(r.raft_log.applied, Ordering::Relaxed);
+        s.set_applied(r.raft_log.applied);
         let role = match r.state {
             StateRole::Leader => Role::Leader,
             StateRole::Candidate | StateRole::PreCandidate => Role::Candidate,
@@ -824,6 +824,10 @@ impl Driver {
                 }
             }
             self.applied_clock = state.cluster.clock_ms;
+        }
+        // Before the answers: a proposer answered reads an applied index covering its entry.
+        if let Some(last) = entries.last() {
+            self.stats.set_applied(last.index);
         }
         // Events first: a proposer answered has seen every effect up to its entry (a pull
         // whose proposal looked lost finds its assignment already delivered).

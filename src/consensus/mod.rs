@@ -181,6 +181,8 @@ pub struct RaftStats {
     /// Entries applied to the state machine.
     pub applied: AtomicU64,
     pub applied_index: AtomicU64,
+    /// The applied index, for tasks that wait for it (`wait_applied`).
+    applied_watch: tokio::sync::watch::Sender<u64>,
     pub commit_index: AtomicU64,
     pub snapshots: AtomicU64,
     pub term: AtomicU64,
@@ -207,6 +209,24 @@ pub fn process_ms() -> u64 {
 }
 
 impl RaftStats {
+    /// Records the applied index (it only grows) and wakes the tasks waiting for it.
+    pub fn set_applied(&self, index: u64) {
+        self.applied_index.fetch_max(index, Ordering::Relaxed);
+        self.applied_watch.send_if_modified(|a| {
+            let grew = index > *a;
+            *a = (*a).max(index);
+            grew
+        });
+    }
+
+    /// Waits until this node has applied the log up to `index`; false when `within`
+    /// passed first.
+    pub async fn wait_applied(&self, index: u64, within: Duration) -> bool {
+        let mut rx = self.applied_watch.subscribe();
+        let reached = tokio::time::timeout(within, rx.wait_for(|a| *a >= index)).await;
+        matches!(reached, Ok(Ok(_)))
+    }
+
     pub fn role(&self) -> Role {
         Role::from_u8(self.role.load(Ordering::Relaxed))
     }
