@@ -160,7 +160,7 @@ impl Router {
         let _ = self.transport.send(to, frame);
     }
 
-    /// The owner's answer to one of our writes.
+    /// A member's answer to one of our requests.
     pub fn on_result(&self, r: RoutedAnswer) {
         if let Some(tx) = lock(&self.pending).remove(&r.request_id) {
             let _ = tx.send(r.error_code);
