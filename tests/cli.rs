@@ -34,13 +34,14 @@ fn nexus(node: &TestNode, args: &[&str]) -> Output {
 fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_nexus"))
         .args(args)
-        .envs(env.iter().copied())
-        // No config file of whoever runs the tests.
+        // No config file or settings of whoever runs the tests.
         .env("HOME", "/nonexistent")
         .env_remove("NEXUS_URL")
         .env_remove("NEXUS_USER")
         .env_remove("NEXUS_PASSWORD")
         .env_remove("NEXUS_CONFIG")
+        .env_remove("NEXUS_CA")
+        .envs(env.iter().copied())
         .output()
         .unwrap()
 }
@@ -323,6 +324,82 @@ fn pub_and_sub_carry_messages() {
 }
 
 #[test]
+fn tls_listeners_are_reached_with_the_nodes_certificate_authority() {
+    let dir = tempfile::tempdir().unwrap();
+    let rcgen::CertifiedKey { cert, key_pair } =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key_pair.serialize_pem()).unwrap();
+    let (cert_path, key_path) = (cert_path.to_str().unwrap(), key_path.to_str().unwrap());
+    let node = TestNode::start_with(&[
+        "-l",
+        "ssl://127.0.0.1:0",
+        "-l",
+        "https://127.0.0.1:0",
+        "--tls-cert",
+        cert_path,
+        "--tls-key",
+        key_path,
+    ]);
+    let wss = format!(
+        "wss://localhost:{}/",
+        node.server.addr(Scheme::Https).port()
+    );
+    let ssl = format!("ssl://localhost:{}", node.server.addr(Scheme::Ssl).port());
+    let login = ["--user", "root", "--password", ROOT_PASS, "--json"];
+    for url in [&wss, &ssl] {
+        let name = format!("via-{}", &url[..3]);
+        let mut args = vec!["--url", url.as_str(), "--ca", cert_path];
+        args.extend(login);
+        args.extend(["user", "create", &name, "a-long-secret"]);
+        ok(run(&args, &[]));
+        // The CA may come from the environment too.
+        let mut args = vec!["--url", url.as_str()];
+        args.extend(login);
+        args.extend(["user", "list"]);
+        let users = names(&ok(run(&args, &[("NEXUS_CA", cert_path)])), "user");
+        assert!(users.contains(&name), "{users:?}");
+        // Without it the node's self-signed certificate is not trusted: one line, exit 2.
+        let err = fails(run(&args, &[]), 2);
+        assert!(err.contains("certificate"), "{err}");
+    }
+    // Or from the config file.
+    let config = dir.path().join("cli.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "url = \"{wss}\"\nuser = \"root\"\npassword = \"{ROOT_PASS}\"\nca = \"{cert_path}\"\n"
+        ),
+    )
+    .unwrap();
+    let users = ok(run(
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--json",
+            "user",
+            "list",
+        ],
+        &[],
+    ));
+    assert!(
+        names(&users, "user").contains(&"via-wss".to_string()),
+        "{users}"
+    );
+    // A certificate for another name is refused as well.
+    let other = format!(
+        "wss://127.0.0.1:{}/",
+        node.server.addr(Scheme::Https).port()
+    );
+    let mut args = vec!["--url", other.as_str(), "--ca", cert_path];
+    args.extend(login);
+    args.extend(["user", "list"]);
+    let err = fails(run(&args, &[]), 2);
+    assert!(err.contains("certificate"), "{err}");
+}
+
+#[test]
 fn connection_settings_come_from_flags_env_or_config_file() {
     let node = TestNode::start();
     let ws = ws_url(&node);
@@ -374,6 +451,7 @@ fn connection_settings_come_from_flags_env_or_config_file() {
         .env_remove("NEXUS_USER")
         .env_remove("NEXUS_PASSWORD")
         .env_remove("NEXUS_CONFIG")
+        .env_remove("NEXUS_CA")
         .output()
         .unwrap();
     assert_eq!(ok(out).as_array().unwrap().len(), 1);
@@ -394,6 +472,7 @@ fn connection_settings_come_from_flags_env_or_config_file() {
             .env_remove("NEXUS_USER")
             .env_remove("NEXUS_PASSWORD")
             .env_remove("NEXUS_CONFIG")
+            .env_remove("NEXUS_CA")
             .output()
             .unwrap()
     };

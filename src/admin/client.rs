@@ -1,22 +1,49 @@
-//! A blocking JSON-RPC client for the admin CLI: WebSocket (`ws://`) or the raw TCP
-//! stream (`tcp://`), one request at a time.
+//! A blocking JSON-RPC client for the admin CLI: WebSocket (`ws://`, `wss://`) or the raw
+//! TCP stream (`tcp://`, `ssl://`), one request at a time.
 
-use std::io::{BufReader, Write};
+use std::cell::RefCell;
+use std::io::{self, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::path::Path;
+use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use serde_json::{json, Value};
-use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{Message, WebSocket};
 
+/// The byte stream to the node: TCP, or TLS over it.
+trait Stream: Read + Write {}
+impl<T: Read + Write> Stream for T {}
+
+/// One stream shared by the JSON reader and the writer of a `tcp://`/`ssl://` link (TLS
+/// cannot be split in two; requests go one at a time, so the two never overlap).
+#[derive(Clone)]
+struct Shared(Rc<RefCell<Box<dyn Stream>>>);
+
+impl Read for Shared {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.borrow_mut().read(buf)
+    }
+}
+
+impl Write for Shared {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.borrow_mut().write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.borrow_mut().flush()
+    }
+}
+
 enum Link {
-    Ws(Box<WebSocket<MaybeTlsStream<TcpStream>>>),
+    Ws(Box<WebSocket<Box<dyn Stream>>>),
     Tcp {
-        writer: TcpStream,
+        writer: Shared,
         reader: serde_json::StreamDeserializer<
             'static,
-            serde_json::de::IoRead<BufReader<TcpStream>>,
+            serde_json::de::IoRead<BufReader<Shared>>,
             Value,
         >,
     },
@@ -43,33 +70,38 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects to `url` (`ws://host:port/path` or `tcp://host:port`); every read and
-    /// write gives up after `timeout`.
-    pub fn connect(url: &str, timeout: Duration) -> anyhow::Result<Client> {
+    /// Connects to `url` (`ws://host:port/path`, `wss://...`, `tcp://host:port` or
+    /// `ssl://...`); every read and write gives up after `timeout`. TLS certificates are
+    /// checked against `ca` (PEM) when given, else against the system's roots.
+    pub fn connect(url: &str, ca: Option<&Path>, timeout: Duration) -> anyhow::Result<Client> {
         let parsed = url::Url::parse(url).with_context(|| format!("invalid URL {url:?}"))?;
         let host = parsed
             .host_str()
             .ok_or_else(|| anyhow!("no host in {url}"))?;
-        let link = match parsed.scheme() {
-            "ws" => {
-                let port = parsed.port().unwrap_or(80);
-                let stream = dial(host, port, timeout)?;
-                let (ws, _) = tungstenite::client(url, MaybeTlsStream::Plain(stream))
-                    .map_err(|e| anyhow!("WebSocket handshake with {url}: {e}"))?;
-                Link::Ws(Box::new(ws))
+        let (websocket, tls, default_port) = match parsed.scheme() {
+            "ws" => (true, false, 80),
+            "wss" => (true, true, 443),
+            "tcp" => (false, false, 1717),
+            "ssl" => (false, true, 1718),
+            other => bail!("the CLI speaks ws://, wss://, tcp:// and ssl://, not {other}://"),
+        };
+        let tcp = dial(host, parsed.port().unwrap_or(default_port), timeout)?;
+        let stream: Box<dyn Stream> = if tls {
+            Box::new(tls_over(tcp, host, ca)?)
+        } else {
+            Box::new(tcp)
+        };
+        let link = if websocket {
+            let (ws, _) = tungstenite::client(url, stream)
+                .map_err(|e| anyhow!("WebSocket handshake with {url}: {e}"))?;
+            Link::Ws(Box::new(ws))
+        } else {
+            let shared = Shared(Rc::new(RefCell::new(stream)));
+            let reader = BufReader::new(shared.clone());
+            Link::Tcp {
+                writer: shared,
+                reader: serde_json::Deserializer::from_reader(reader).into_iter(),
             }
-            "tcp" => {
-                let port = parsed.port().unwrap_or(1717);
-                let writer = dial(host, port, timeout)?;
-                let reader = BufReader::new(writer.try_clone()?);
-                Link::Tcp {
-                    writer,
-                    reader: serde_json::Deserializer::from_reader(reader).into_iter(),
-                }
-            }
-            other => bail!(
-                "the CLI speaks ws:// and tcp://, not {other}:// (reach TLS listeners through a local ws:// or tcp:// listener)"
-            ),
         };
         Ok(Client { link, next_id: 0 })
     }
@@ -127,6 +159,50 @@ impl Client {
             },
         }
     }
+}
+
+/// A TLS client stream over `tcp`, verifying the node's certificate for `host`.
+fn tls_over(
+    tcp: TcpStream,
+    host: &str,
+    ca: Option<&Path>,
+) -> anyhow::Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>> {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca {
+        Some(path) => {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("reading the CA file {}", path.display()))?;
+            for cert in rustls_pemfile::certs(&mut &pem[..]) {
+                let cert = cert.with_context(|| format!("a certificate in {}", path.display()))?;
+                roots.add(cert)?;
+            }
+            if roots.is_empty() {
+                bail!("no certificate in the CA file {}", path.display());
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            let (added, _) = roots.add_parsable_certificates(found.certs);
+            if added == 0 {
+                bail!("no system root certificates found: name the node's CA with --ca FILE");
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from(host.to_string())
+        .with_context(|| format!("{host} is not a valid TLS server name"))?;
+    let mut conn = rustls::ClientConnection::new(Arc::new(config), name)?;
+    let mut tcp = tcp;
+    // The handshake now, so that a certificate problem is reported as one.
+    while conn.is_handshaking() {
+        conn.complete_io(&mut tcp)
+            .with_context(|| format!("TLS handshake with {host}"))?;
+    }
+    Ok(rustls::StreamOwned::new(conn, tcp))
 }
 
 fn dial(host: &str, port: u16, timeout: Duration) -> anyhow::Result<TcpStream> {

@@ -19,9 +19,14 @@ pub use client::{Client, RpcFailure};
 /// the config file.
 #[derive(Debug, Clone, Args)]
 pub struct Connection {
-    /// Node to talk to: ws://host:port/ or tcp://host:port [default: ws://127.0.0.1:8080/]
+    /// Node to talk to: ws://host:port/, wss://host:port/, tcp://host:port or
+    /// ssl://host:port [default: ws://127.0.0.1:8080/]
     #[arg(long, env = "NEXUS_URL")]
     pub url: Option<String>,
+    /// PEM file with the certificate authority (or the self-signed certificate) that
+    /// wss:// and ssl:// nodes are checked against [default: the system's roots]
+    #[arg(long, env = "NEXUS_CA", value_name = "FILE")]
+    pub ca: Option<PathBuf>,
     /// User to log in as (no login when neither flag, variable nor config file names one).
     #[arg(long, env = "NEXUS_USER")]
     pub user: Option<String>,
@@ -31,7 +36,7 @@ pub struct Connection {
     /// Print answers as JSON (one value per command) instead of tables.
     #[arg(long)]
     pub json: bool,
-    /// TOML file with `url`, `user` and `password` [default: ~/.config/nexus/cli.toml]
+    /// TOML file with `url`, `user`, `password` and `ca` [default: ~/.config/nexus/cli.toml]
     #[arg(long, env = "NEXUS_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Seconds to wait for the node at each step.
@@ -43,6 +48,7 @@ pub struct Connection {
 #[serde(deny_unknown_fields)]
 struct ConfigFile {
     url: Option<String>,
+    ca: Option<PathBuf>,
     user: Option<String>,
     password: Option<String>,
 }
@@ -271,7 +277,8 @@ fn connect(conn: Connection, timeout: Duration) -> anyhow::Result<Client> {
         .unwrap_or_else(|| "ws://127.0.0.1:8080/".to_string());
     let user = conn.user.or(file.user);
     let password = conn.password.or(file.password);
-    let mut client = Client::connect(&url, timeout)?;
+    let ca = conn.ca.or(file.ca);
+    let mut client = Client::connect(&url, ca.as_deref(), timeout)?;
     match (user, password) {
         (Some(user), Some(pass)) => {
             client
