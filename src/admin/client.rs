@@ -1,12 +1,10 @@
-//! A blocking JSON-RPC client for the admin CLI: WebSocket (`ws://`, `wss://`) or the raw
-//! TCP stream (`tcp://`, `ssl://`), one request at a time.
+//! A blocking JSON-RPC client for the admin CLI and the threaded benches: WebSocket
+//! (`ws://`, `wss://`) or the raw TCP stream (`tcp://`, `ssl://`).
 
-use std::cell::RefCell;
 use std::io::{self, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::rc::Rc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
@@ -14,26 +12,33 @@ use serde_json::{json, Value};
 use tungstenite::{Message, WebSocket};
 
 /// The byte stream to the node: TCP, or TLS over it.
-trait Stream: Read + Write {}
-impl<T: Read + Write> Stream for T {}
+trait Stream: Read + Write + Send {}
+impl<T: Read + Write + Send> Stream for T {}
 
 /// One stream shared by the JSON reader and the writer of a `tcp://`/`ssl://` link (TLS
-/// cannot be split in two; requests go one at a time, so the two never overlap).
+/// cannot be split in two; the client is used by one thread at a time, so the lock is
+/// never contended).
 #[derive(Clone)]
-struct Shared(Rc<RefCell<Box<dyn Stream>>>);
+struct Shared(Arc<Mutex<Box<dyn Stream>>>);
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Box<dyn Stream>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
 
 impl Read for Shared {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.borrow_mut().read(buf)
+        self.lock().read(buf)
     }
 }
 
 impl Write for Shared {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.borrow_mut().write(buf)
+        self.lock().write(buf)
     }
     fn flush(&mut self) -> io::Result<()> {
-        self.0.borrow_mut().flush()
+        self.lock().flush()
     }
 }
 
@@ -96,7 +101,7 @@ impl Client {
                 .map_err(|e| anyhow!("WebSocket handshake with {url}: {e}"))?;
             Link::Ws(Box::new(ws))
         } else {
-            let shared = Shared(Rc::new(RefCell::new(stream)));
+            let shared = Shared(Arc::new(Mutex::new(stream)));
             let reader = BufReader::new(shared.clone());
             Link::Tcp {
                 writer: shared,
@@ -108,12 +113,9 @@ impl Client {
 
     /// Sends one request and waits for its answer: the result, or the node's error.
     pub fn call(&mut self, method: &str, params: Value) -> anyhow::Result<Value> {
-        self.next_id += 1;
-        let id = self.next_id;
-        let req = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
-        self.send(&req.to_string())?;
+        let id = self.send_request(method, params)?;
         loop {
-            let answer = self.recv()?;
+            let answer = self.next_answer()?;
             // With one request in flight, an error the node could not tie to a request
             // (`"id": null`: unparsable or too large) is the answer to ours.
             let unmatched_error = answer.get("id") == Some(&Value::Null);
@@ -135,16 +137,25 @@ impl Client {
         }
     }
 
-    fn send(&mut self, text: &str) -> anyhow::Result<()> {
+    /// Sends a request without waiting for its answer; returns its id. For several
+    /// requests in flight (`next_answer` reads their answers as they come).
+    pub fn send_request(&mut self, method: &str, params: Value) -> anyhow::Result<u64> {
+        self.next_id += 1;
+        let req = json!({"jsonrpc": "2.0", "id": self.next_id, "method": method, "params": params});
+        let text = req.to_string();
         match &mut self.link {
-            Link::Ws(ws) => ws.send(Message::text(text)).context("sending to the node"),
+            Link::Ws(ws) => ws
+                .send(Message::text(text))
+                .context("sending to the node")?,
             Link::Tcp { writer, .. } => writer
                 .write_all(text.as_bytes())
-                .context("sending to the node"),
+                .context("sending to the node")?,
         }
+        Ok(self.next_id)
     }
 
-    fn recv(&mut self) -> anyhow::Result<Value> {
+    /// The next answer the node sends, whole (`result` or `error`, and `id`).
+    pub fn next_answer(&mut self) -> anyhow::Result<Value> {
         match &mut self.link {
             Link::Ws(ws) => loop {
                 match ws.read().context("reading from the node")? {

@@ -1,15 +1,13 @@
 //! `nexus bench`: drives a running node over WebSocket and reports throughput and latency.
 //! Numbers from here go to docs/benchmarks.md; nothing in the test suite times anything.
 
-use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::admin::Client;
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
-use tungstenite::stream::MaybeTlsStream;
-use tungstenite::{Message, WebSocket};
 
 mod chart;
 mod client;
@@ -132,17 +130,23 @@ pub enum BenchKind {
     },
 }
 
-struct Ws {
-    ws: WebSocket<MaybeTlsStream<TcpStream>>,
-    next_id: u64,
-}
+/// A logged-in blocking connection of the threaded scenarios, answers taken whole.
+struct Ws(Client);
+
+/// How long the threaded scenarios wait for any one answer (a login storm queues logins
+/// behind the node's hash bound).
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(300);
 
 impl Ws {
-    /// Client number `k` connects to URL `k mod n`.
-    fn connect(args: &BenchArgs, k: usize) -> anyhow::Result<Ws> {
+    /// Client number `k` connects to URL `k mod n`, not logged in.
+    fn open(args: &BenchArgs, k: usize) -> anyhow::Result<Ws> {
         let url = &args.url[k % args.url.len().max(1)];
-        let (ws, _) = tungstenite::connect(url.as_str())?;
-        let mut c = Ws { ws, next_id: 0 };
+        Ok(Ws(Client::connect(url, None, ANSWER_TIMEOUT)?))
+    }
+
+    /// Client number `k` connects to URL `k mod n` and logs in.
+    fn connect(args: &BenchArgs, k: usize) -> anyhow::Result<Ws> {
+        let mut c = Ws::open(args, k)?;
         let r = c.call("sys.login", json!({"user": args.user, "pass": args.pass}))?;
         if r.get("error").is_some() {
             anyhow::bail!("login failed: {r}");
@@ -151,20 +155,11 @@ impl Ws {
     }
 
     fn send(&mut self, method: &str, params: Value) -> anyhow::Result<u64> {
-        self.next_id += 1;
-        let req = json!({"jsonrpc": "2.0", "id": self.next_id, "method": method, "params": params});
-        self.ws.send(Message::text(req.to_string()))?;
-        Ok(self.next_id)
+        self.0.send_request(method, params)
     }
 
     fn recv(&mut self) -> anyhow::Result<Value> {
-        loop {
-            match self.ws.read()? {
-                Message::Text(t) => return Ok(serde_json::from_str(t.as_str())?),
-                Message::Close(_) => anyhow::bail!("connection closed"),
-                _ => continue,
-            }
-        }
+        self.0.next_answer()
     }
 
     /// Sends `requests` keeping up to `window` of them unanswered, handing each answer to
@@ -348,9 +343,7 @@ fn logins(
         let before = rss()?;
         let mut conns = Vec::with_capacity(clients);
         for k in 0..clients {
-            let url = &args.url[k % args.url.len()];
-            let (ws, _) = tungstenite::connect(url.as_str())?;
-            conns.push(Ws { ws, next_id: 0 });
+            conns.push(Ws::open(args, k)?);
         }
         let connected = rss()?;
         let start = Instant::now();
