@@ -184,9 +184,17 @@ impl Node {
             Ok(()) => return Ok(()),
             Err(msgs) => msgs, // not a pipe of this node
         };
-        let owner = self.read(|s| s.owner_node(pipeid));
-        match (owner, self.cluster.get()) {
-            (Some(owner), Some(link)) if owner != self.raft_id => {
+        let Some(link) = self.cluster.get() else {
+            return Err(RpcError::new(ERR_INVALID_PIPE));
+        };
+        let mut owner = self.read(|s| s.owner_node(pipeid));
+        if owner.is_none() && pipeid.len() > crate::names::CONNID_LEN {
+            // The owner may be a process that started a moment ago, announced in an entry
+            // this node has not applied yet: look again after a linearizable barrier.
+            owner = self.read_linear(|s| s.owner_node(pipeid)).await?;
+        }
+        match owner {
+            Some(owner) if owner != self.raft_id => {
                 link.router.write_pipe(owner, pipeid, &msgs).await
             }
             _ => Err(RpcError::new(ERR_INVALID_PIPE)),
