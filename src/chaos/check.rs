@@ -150,7 +150,7 @@ fn recovery(records: &[Record], report: &mut Report) {
         );
     }
     match records.iter().rev().find(|r| r.op == "final.state") {
-        Some(r) if r.kind == Kind::Ok => report.count("nodes compared at the end", 1),
+        Some(r) if r.kind == Kind::Ok => report.count("end state equal on every node", 1),
         Some(r) => report.violation("convergence", format!("{}", r.result)),
         None => report.violation("convergence", "the final state was never compared".into()),
     }
