@@ -239,8 +239,9 @@ pub struct ClusterArgs {
     #[arg(long, value_name = "SECS", default_value_t = 72 * 3600)]
     pub remove_dead_after: u64,
 
-    /// How long a pipe write routed to the pipe's node waits for its answer, in
-    /// milliseconds (then -32603, retryable).
+    /// How long a request routed to another node waits for its answer, in milliseconds:
+    /// a pipe write to the pipe's node (then -32603, retryable), and each node's
+    /// confirmation that it applied a topic.sub/unsub (then answered without it).
     #[arg(long, default_value_t = 5000)]
     pub route_timeout_ms: u64,
 
@@ -259,6 +260,10 @@ pub struct ClusterArgs {
     /// Test only: skew this node's wall clock by this many milliseconds.
     #[arg(long, hide = true, default_value_t = 0, allow_negative_numbers = true)]
     pub test_clock_offset_ms: i64,
+
+    /// Test only: hold every applied batch back this many milliseconds (a slow node).
+    #[arg(long, hide = true, default_value_t = 0)]
+    pub test_apply_delay_ms: u64,
 }
 
 impl ClusterArgs {

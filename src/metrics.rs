@@ -411,7 +411,7 @@ fn sample(s: &Sampled, node: &Node, gossip: Option<(usize, usize)>) {
     let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
     s.raft_term.set(load(&stats.term) as i64);
     s.raft_commit.set(load(&stats.commit_index) as i64);
-    s.raft_applied.set(load(&stats.applied_index) as i64);
+    s.raft_applied.set(stats.applied_index() as i64);
     s.raft_leader.set(load(&stats.leader_id) as i64);
     catch_up(&s.raft_snapshots, load(&stats.snapshots));
     let role = stats.role();

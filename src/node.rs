@@ -154,24 +154,24 @@ impl Node {
     /// Waits until every other node running a process has applied this node's log as far
     /// as this node has: a subscription change answered after this is seen by every
     /// later publish, on whichever node. A node that does not confirm within the route
-    /// timeout (cut off, paused, stopped) is not waited for longer; a peer whose link is
-    /// down is not asked.
+    /// timeout (cut off, paused, stopped, or on a build without `AwaitApplied`) is not
+    /// waited for longer.
     pub async fn until_applied_everywhere(&self) {
         let Some(link) = self.cluster.get() else {
             return;
         };
-        let index = self
-            .raft
-            .stats
-            .applied_index
-            .load(std::sync::atomic::Ordering::Relaxed);
+        let index = self.raft.stats.applied_index();
         let others: Vec<u64> = self.read(|s| s.cluster.nodes.keys().copied().collect());
         let waits = others
             .into_iter()
-            .filter(|n| *n != self.raft_id && link.transport.connected(*n))
+            .filter(|n| *n != self.raft_id)
             .map(|n| async move {
                 if !link.router.await_applied(n, index).await {
-                    tracing::debug!(node = n, index, "a node did not confirm it applied the log");
+                    tracing::warn!(
+                        node = n,
+                        index,
+                        "a node did not confirm within the route timeout that it applied a subscription change"
+                    );
                 }
             });
         futures_util::future::join_all(waits).await;
@@ -201,8 +201,9 @@ impl Node {
         }
     }
 
-    /// A routed delivery from member `from`: a write to one of our pipes (answered), a
-    /// publish for our pipes, or the answer to one of our writes.
+    /// A routed frame from member `from`: a write to one of our pipes (answered), a
+    /// publish for our pipes, a wait until we applied an index (answered), or the answer
+    /// to one of our own requests.
     pub fn on_routed(&self, from: u64, frame: Frame) {
         let Some(link) = self.cluster.get() else {
             return;
@@ -231,14 +232,11 @@ impl Node {
             Some(frame::Body::RoutedAnswer(r)) => link.router.on_result(r),
             Some(frame::Body::AwaitApplied(q)) => {
                 let (stats, link) = (self.raft.stats.clone(), link.clone());
+                // Answered once applied; not at all when the asker has given up anyway.
                 tokio::spawn(async move {
-                    let within = link.router.timeout();
-                    let code = if stats.wait_applied(q.index, within).await {
-                        0
-                    } else {
-                        crate::rpc::ERR_INTERNAL
-                    };
-                    link.router.answer(from, q.request_id, code);
+                    if stats.wait_applied(q.index, link.router.timeout()).await {
+                        link.router.answer(from, q.request_id, 0);
+                    }
                 });
             }
             _ => {}

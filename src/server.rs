@@ -331,6 +331,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         read_timeout: Duration::from_millis(args.read_timeout_ms.max(1)),
         expire_tick: Duration::from_millis(args.expire_tick_ms.max(1)),
         max_voters: args.cluster.max_voters.max(1),
+        test_apply_delay: Duration::from_millis(args.cluster.test_apply_delay_ms),
         ..RaftConfig::default()
     };
     let cluster = match &args.cluster.cluster {

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::cluster::{leader_of, three_joined, wait_voters, Proc};
+use common::cluster::{leader_of, three_joined, three_joined_each, wait_voters, Proc};
 use common::{expect_code, expect_ok, Client};
 use serde_json::{json, Value};
 
@@ -158,11 +158,16 @@ fn a_publish_reaches_subscribers_on_every_node_in_order() {
 
 /// A subscription answered on one node is seen by the very next publish on any node, and
 /// an unsubscription likewise (followers learn of a commit a little after the node that
-/// proposed it, so this needs `topic.sub` to wait for them).
+/// proposed it, so this needs `topic.sub` to wait for them). Node 2 applies every batch
+/// 30 ms late, so that without the wait its publishes would miss nearly every change.
 #[test]
 fn a_publish_right_after_a_subscription_answer_reaches_it_from_every_node() {
     let root = tempfile::tempdir().unwrap();
-    let nodes = three(root.path());
+    let nodes = three_joined_each(root.path(), |i| match i {
+        2 => vec!["--test-apply-delay-ms".into(), "30".into()],
+        _ => vec![],
+    });
+    wait_voters(&nodes[0], 3);
     let mut clients: Vec<Client> = nodes.iter().map(Proc::root).collect();
     let mut missed = Vec::new();
     for i in 0..60 {
@@ -177,6 +182,7 @@ fn a_publish_right_after_a_subscription_answer_reaches_it_from_every_node() {
                 ));
             }
         }
+        assert!(missed.is_empty(), "stale subscriptions: {missed:#?}");
         let got = read_n(&mut clients[home], &pipe, 2);
         assert_eq!(got.len(), 2, "#{i}: both publishes arrive");
         expect_ok(clients[home].call("topic.unsub", json!({"pipeid": pipe, "topic": topic})));

@@ -76,13 +76,21 @@ pub struct Client {
 
 impl Client {
     /// Connects to `url` (`ws://host:port/path`, `wss://...`, `tcp://host:port` or
-    /// `ssl://...`); every read and write gives up after `timeout`. TLS certificates are
-    /// checked against `ca` (PEM) when given, else against the system's roots.
-    pub fn connect(url: &str, ca: Option<&Path>, timeout: Duration) -> anyhow::Result<Client> {
+    /// `ssl://...`) within `timeout`; every later read and write gives up after
+    /// `answer_timeout`. TLS certificates are checked against `ca` (PEM) when given, else
+    /// against the system's roots.
+    pub fn connect(
+        url: &str,
+        ca: Option<&Path>,
+        timeout: Duration,
+        answer_timeout: Duration,
+    ) -> anyhow::Result<Client> {
         let parsed = url::Url::parse(url).with_context(|| format!("invalid URL {url:?}"))?;
         let host = parsed
             .host_str()
             .ok_or_else(|| anyhow!("no host in {url}"))?;
+        // An IPv6 address comes in brackets ([::1]).
+        let host = host.trim_start_matches('[').trim_end_matches(']');
         let (websocket, tls, default_port) = match parsed.scheme() {
             "ws" => (true, false, 80),
             "wss" => (true, true, 443),
@@ -91,6 +99,8 @@ impl Client {
             other => bail!("the CLI speaks ws://, wss://, tcp:// and ssl://, not {other}://"),
         };
         let tcp = dial(host, parsed.port().unwrap_or(default_port), timeout)?;
+        // The same socket, to set the answer timeout once the handshakes are done.
+        let socket = tcp.try_clone()?;
         let stream: Box<dyn Stream> = if tls {
             Box::new(tls_over(tcp, host, ca)?)
         } else {
@@ -108,6 +118,8 @@ impl Client {
                 reader: serde_json::Deserializer::from_reader(reader).into_iter(),
             }
         };
+        socket.set_read_timeout(Some(answer_timeout))?;
+        socket.set_write_timeout(Some(answer_timeout))?;
         Ok(Client { link, next_id: 0 })
     }
 
@@ -185,7 +197,9 @@ fn tls_over(
                 .with_context(|| format!("reading the CA file {}", path.display()))?;
             for cert in rustls_pemfile::certs(&mut &pem[..]) {
                 let cert = cert.with_context(|| format!("a certificate in {}", path.display()))?;
-                roots.add(cert)?;
+                roots
+                    .add(cert)
+                    .with_context(|| format!("a certificate in {}", path.display()))?;
             }
             if roots.is_empty() {
                 bail!("no certificate in the CA file {}", path.display());

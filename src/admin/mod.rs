@@ -278,7 +278,7 @@ fn connect(conn: Connection, timeout: Duration) -> anyhow::Result<Client> {
     let user = conn.user.or(file.user);
     let password = conn.password.or(file.password);
     let ca = conn.ca.or(file.ca);
-    let mut client = Client::connect(&url, ca.as_deref(), timeout)?;
+    let mut client = Client::connect(&url, ca.as_deref(), timeout, timeout)?;
     match (user, password) {
         (Some(user), Some(pass)) => {
             client

@@ -133,15 +133,21 @@ pub enum BenchKind {
 /// A logged-in blocking connection of the threaded scenarios, answers taken whole.
 struct Ws(Client);
 
-/// How long the threaded scenarios wait for any one answer (a login storm queues logins
-/// behind the node's hash bound).
+/// How long the threaded scenarios wait to connect (a node that is gone is skipped soon),
+/// and for any one answer (a login storm queues logins behind the node's hash bound).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(300);
 
 impl Ws {
     /// Client number `k` connects to URL `k mod n`, not logged in.
     fn open(args: &BenchArgs, k: usize) -> anyhow::Result<Ws> {
         let url = &args.url[k % args.url.len().max(1)];
-        Ok(Ws(Client::connect(url, None, ANSWER_TIMEOUT)?))
+        Ok(Ws(Client::connect(
+            url,
+            None,
+            CONNECT_TIMEOUT,
+            ANSWER_TIMEOUT,
+        )?))
     }
 
     /// Client number `k` connects to URL `k mod n` and logs in.

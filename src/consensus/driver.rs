@@ -777,6 +777,9 @@ impl Driver {
         if entries.is_empty() {
             return Ok(());
         }
+        if !self.cfg.test_apply_delay.is_zero() {
+            std::thread::sleep(self.cfg.test_apply_delay);
+        }
         let mut all_events = Vec::new();
         let mut answers = Vec::new();
         {

@@ -44,6 +44,8 @@ pub struct RaftConfig {
     pub expire_tick: Duration,
     /// Members beyond this many voters stay learners.
     pub max_voters: usize,
+    /// Test only: each applied batch is held back this long (a slow node).
+    pub test_apply_delay: Duration,
 }
 
 impl Default for RaftConfig {
@@ -60,6 +62,7 @@ impl Default for RaftConfig {
             read_timeout: Duration::from_secs(5),
             expire_tick: Duration::from_millis(100),
             max_voters: 5,
+            test_apply_delay: Duration::ZERO,
         }
     }
 }
@@ -180,7 +183,8 @@ pub struct RaftStats {
     pub synced_writes: AtomicU64,
     /// Entries applied to the state machine.
     pub applied: AtomicU64,
-    pub applied_index: AtomicU64,
+    /// Only through `set_applied`, which also wakes the waiters.
+    applied_index: AtomicU64,
     /// The applied index, for tasks that wait for it (`wait_applied`).
     applied_watch: tokio::sync::watch::Sender<u64>,
     pub commit_index: AtomicU64,
@@ -209,6 +213,11 @@ pub fn process_ms() -> u64 {
 }
 
 impl RaftStats {
+    /// The index this node has applied the log up to.
+    pub fn applied_index(&self) -> u64 {
+        self.applied_index.load(Ordering::Relaxed)
+    }
+
     /// Records the applied index (it only grows) and wakes the tasks waiting for it.
     pub fn set_applied(&self, index: u64) {
         self.applied_index.fetch_max(index, Ordering::Relaxed);
@@ -312,7 +321,7 @@ impl RaftStats {
             return Err("no raft leader known".into());
         }
         let commit = self.commit_index.load(Ordering::Relaxed);
-        let applied = self.applied_index.load(Ordering::Relaxed);
+        let applied = self.applied_index();
         if commit > applied + 1000 {
             return Err(format!("apply lags: applied {applied} of {commit}"));
         }
@@ -405,5 +414,38 @@ impl RaftHandle {
         if let Some(t) = thread {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn wait_applied_answers_at_once_when_reached_and_only_ever_grows() {
+        let stats = RaftStats::default();
+        stats.set_applied(7);
+        assert!(stats.wait_applied(7, Duration::ZERO).await);
+        assert!(stats.wait_applied(3, Duration::ZERO).await);
+        // An older index never moves it back.
+        stats.set_applied(5);
+        assert_eq!(stats.applied_index(), 7);
+    }
+
+    #[tokio::test]
+    async fn wait_applied_wakes_when_the_index_is_reached_or_gives_up() {
+        let stats = Arc::new(RaftStats::default());
+        stats.set_applied(1);
+        assert!(!stats.wait_applied(2, Duration::from_millis(20)).await);
+        let waiting = tokio::spawn({
+            let stats = stats.clone();
+            async move { stats.wait_applied(10, Duration::from_secs(30)).await }
+        });
+        tokio::task::yield_now().await;
+        stats.set_applied(9);
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "9 is not 10");
+        stats.set_applied(12);
+        assert!(waiting.await.unwrap());
     }
 }
