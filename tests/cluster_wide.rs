@@ -198,6 +198,30 @@ fn a_publish_right_after_a_subscription_answer_reaches_it_from_every_node() {
     assert!(missed.is_empty(), "stale subscriptions: {missed:#?}");
 }
 
+/// A pipe of a process that started a moment ago is found by a node that has not applied
+/// that start yet. Node 2 applies every batch a second late; a write from it to a pipe
+/// created on the just restarted node 1 looks the owner up again after a read barrier
+/// instead of answering "no such pipe".
+#[test]
+fn a_pipe_of_a_just_restarted_node_is_found_by_a_node_that_lags() {
+    let root = tempfile::tempdir().unwrap();
+    let mut nodes = three_joined_each(root.path(), |i| match i {
+        2 => vec!["--test-apply-delay-ms".into(), "1000".into()],
+        _ => vec![],
+    });
+    wait_voters(&nodes[0], 3);
+    let mut lagging = nodes[2].root();
+    nodes[1].kill9();
+    nodes[1].spawn();
+    nodes[1].wait_ready(Duration::from_secs(60));
+    let mut fresh = nodes[1].root();
+    let pipe = expect_ok(fresh.call("pipe.create", json!({})))["pipeid"].clone();
+    expect_ok(lagging.call("pipe.write", json!({"pipeid": pipe, "msg": "hello"})));
+    let got = read_n(&mut fresh, &pipe, 1);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0]["msg"], json!("hello"));
+}
+
 fn listed(c: &mut Client, id: u64) -> bool {
     let list = expect_ok(c.call("sys.node.list", json!({})));
     list.as_array()
