@@ -326,22 +326,9 @@ fn pub_and_sub_carry_messages() {
 #[test]
 fn tls_listeners_are_reached_with_the_nodes_certificate_authority() {
     let dir = tempfile::tempdir().unwrap();
-    let rcgen::CertifiedKey { cert, key_pair } =
-        rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&cert_path, cert.pem()).unwrap();
-    std::fs::write(&key_path, key_pair.serialize_pem()).unwrap();
-    let (cert_path, key_path) = (cert_path.to_str().unwrap(), key_path.to_str().unwrap());
-    let node = TestNode::start_with(&[
-        "-l",
-        "ssl://127.0.0.1:0",
-        "-l",
-        "https://127.0.0.1:0",
-        "--tls-cert",
-        cert_path,
-        "--tls-key",
-        key_path,
-    ]);
+    let (cert_path, key_path, _) = tls_files(dir.path());
+    let node = tls_node(&cert_path, &key_path);
+    let cert_path = cert_path.as_str();
     let wss = format!(
         "wss://localhost:{}/",
         node.server.addr(Scheme::Https).port()

@@ -169,33 +169,41 @@ fn a_publish_right_after_a_subscription_answer_reaches_it_from_every_node() {
     });
     wait_voters(&nodes[0], 3);
     let mut clients: Vec<Client> = nodes.iter().map(Proc::root).collect();
-    let mut missed = Vec::new();
     for i in 0..60 {
         let (home, topic) = (i % 3, format!("fresh.t{i}"));
         let pipe = expect_ok(clients[home].call("pipe.create", json!({})))["pipeid"].clone();
         expect_ok(clients[home].call("topic.sub", json!({"pipeid": pipe, "topic": topic})));
-        for k in (0..3).filter(|k| *k != home) {
-            let r = expect_ok(clients[k].call("topic.pub", json!({"topic": topic, "msg": k})));
-            if r["sent"] != json!(1) {
-                missed.push(format!(
-                    "#{i}: publish on node {k} after subscribing on {home}"
-                ));
-            }
-        }
-        assert!(missed.is_empty(), "stale subscriptions: {missed:#?}");
+        let stale = publish_from_the_others(&mut clients, home, &topic, 1);
+        assert!(
+            stale.is_empty(),
+            "#{i}: subscribed on {home}, missed by {stale:?}"
+        );
         let got = read_n(&mut clients[home], &pipe, 2);
         assert_eq!(got.len(), 2, "#{i}: both publishes arrive");
         expect_ok(clients[home].call("topic.unsub", json!({"pipeid": pipe, "topic": topic})));
-        for k in (0..3).filter(|k| *k != home) {
-            let r = expect_ok(clients[k].call("topic.pub", json!({"topic": topic, "msg": k})));
-            if r["sent"] != json!(0) {
-                missed.push(format!(
-                    "#{i}: publish on node {k} after unsubscribing on {home}"
-                ));
-            }
+        let stale = publish_from_the_others(&mut clients, home, &topic, 0);
+        assert!(
+            stale.is_empty(),
+            "#{i}: unsubscribed on {home}, still sent by {stale:?}"
+        );
+    }
+}
+
+/// Publishes on `topic` from every node but `home`; the nodes whose `sent` was not `want`.
+fn publish_from_the_others(
+    clients: &mut [Client],
+    home: usize,
+    topic: &str,
+    want: u64,
+) -> Vec<usize> {
+    let mut stale = Vec::new();
+    for (k, c) in clients.iter_mut().enumerate().filter(|(k, _)| *k != home) {
+        let r = expect_ok(c.call("topic.pub", json!({"topic": topic, "msg": k})));
+        if r["sent"] != json!(want) {
+            stale.push(k);
         }
     }
-    assert!(missed.is_empty(), "stale subscriptions: {missed:#?}");
+    stale
 }
 
 /// A pipe of a process that started a moment ago is found by a node that has not applied

@@ -315,20 +315,6 @@ fn health_answers_200() {
     assert_eq!((status, body.as_slice()), (200, b"ok\n".as_slice()));
 }
 
-fn tls_files(dir: &std::path::Path) -> (String, String, Vec<u8>) {
-    let rcgen::CertifiedKey { cert, key_pair } =
-        rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let cert_path = dir.join("cert.pem");
-    let key_path = dir.join("key.pem");
-    std::fs::write(&cert_path, cert.pem()).unwrap();
-    std::fs::write(&key_path, key_pair.serialize_pem()).unwrap();
-    (
-        cert_path.to_str().unwrap().to_string(),
-        key_path.to_str().unwrap().to_string(),
-        cert.der().to_vec(),
-    )
-}
-
 fn tls_connect(
     addr: std::net::SocketAddr,
     cert_der: &[u8],
@@ -356,16 +342,7 @@ fn tls_connect(
 fn tls_listeners_serve_ssl_https_and_wss() {
     let certs = tempfile::tempdir().unwrap();
     let (cert, key, der) = tls_files(certs.path());
-    let node = TestNode::start_with(&[
-        "-l",
-        "ssl://127.0.0.1:0",
-        "-l",
-        "https://127.0.0.1:0",
-        "--tls-cert",
-        &cert,
-        "--tls-key",
-        &key,
-    ]);
+    let node = tls_node(&cert, &key);
 
     let mut s = tls_connect(node.server.addr(Scheme::Ssl), &der);
     s.write_all(br#"{"id":1,"method":"sys.login","params":{"user":"root","pass":"root"}}"#)

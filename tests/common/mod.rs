@@ -329,3 +329,33 @@ pub fn metric(
             other => panic!("{name} is not a single value: {other:?}"),
         })
 }
+
+/// A self-signed certificate for `localhost` and its key, written as PEM files in `dir`:
+/// (certificate path, key path, certificate DER).
+pub fn tls_files(dir: &std::path::Path) -> (String, String, Vec<u8>) {
+    let rcgen::CertifiedKey { cert, key_pair } =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let cert_path = dir.join("cert.pem");
+    let key_path = dir.join("key.pem");
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key_pair.serialize_pem()).unwrap();
+    (
+        cert_path.to_str().unwrap().to_string(),
+        key_path.to_str().unwrap().to_string(),
+        cert.der().to_vec(),
+    )
+}
+
+/// A node with ssl:// and https:// listeners (besides the usual ones) serving `cert`/`key`.
+pub fn tls_node(cert: &str, key: &str) -> TestNode {
+    TestNode::start_with(&[
+        "-l",
+        "ssl://127.0.0.1:0",
+        "-l",
+        "https://127.0.0.1:0",
+        "--tls-cert",
+        cert,
+        "--tls-key",
+        key,
+    ])
+}
