@@ -188,7 +188,9 @@ impl Node {
             return Err(RpcError::new(ERR_INVALID_PIPE));
         };
         let mut owner = self.read(|s| s.owner_node(pipeid));
-        if owner.is_none() && pipeid.len() > crate::names::CONNID_LEN {
+        let pipe_shaped = pipeid.len() == crate::names::CONNID_LEN + ID_SUFFIX_LEN
+            && pipeid.bytes().all(|b| b.is_ascii_hexdigit());
+        if owner.is_none() && pipe_shaped {
             // The owner may be a process that started a moment ago, announced in an entry
             // this node has not applied yet: look again after a linearizable barrier.
             owner = self.read_linear(|s| s.owner_node(pipeid)).await?;

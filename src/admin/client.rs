@@ -193,16 +193,12 @@ fn tls_over(
     let mut roots = rustls::RootCertStore::empty();
     match ca {
         Some(path) => {
-            let pem = std::fs::read(path)
-                .with_context(|| format!("reading the CA file {}", path.display()))?;
-            for cert in rustls_pemfile::certs(&mut &pem[..]) {
-                let cert = cert.with_context(|| format!("a certificate in {}", path.display()))?;
+            let certs =
+                crate::transport::tls::load_certs(path).map_err(|e| anyhow!("the CA file: {e}"))?;
+            for cert in certs {
                 roots
                     .add(cert)
                     .with_context(|| format!("a certificate in {}", path.display()))?;
-            }
-            if roots.is_empty() {
-                bail!("no certificate in the CA file {}", path.display());
             }
         }
         None => {

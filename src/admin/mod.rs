@@ -213,13 +213,13 @@ pub enum AdminCmd {
     },
 }
 
-/// Runs one admin command; errors are one line for the user.
 /// `secs` as a duration, refusing what is not a number of seconds.
 fn seconds(flag: &str, secs: f64) -> anyhow::Result<Duration> {
     Duration::try_from_secs_f64(secs)
         .map_err(|_| anyhow!("{flag} must be a number of seconds, not {secs}"))
 }
 
+/// Runs one admin command; errors are one line for the user.
 pub fn run(conn: Connection, cmd: AdminCmd) -> anyhow::Result<()> {
     let json_out = conn.json;
     let timeout = seconds("--timeout", conn.timeout)?.max(Duration::from_millis(100));

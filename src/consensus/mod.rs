@@ -220,12 +220,11 @@ impl RaftStats {
 
     /// Records the applied index (it only grows) and wakes the tasks waiting for it.
     pub fn set_applied(&self, index: u64) {
-        self.applied_index.fetch_max(index, Ordering::Relaxed);
-        self.applied_watch.send_if_modified(|a| {
-            let grew = index > *a;
-            *a = (*a).max(index);
-            grew
-        });
+        // Called after every driver turn: the watch (a lock) only when the index grew. The
+        // driver thread is the only writer, so the two cannot disagree.
+        if self.applied_index.fetch_max(index, Ordering::Relaxed) < index {
+            self.applied_watch.send_replace(index);
+        }
     }
 
     /// Waits until this node has applied the log up to `index`; false when `within`

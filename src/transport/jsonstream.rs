@@ -95,8 +95,9 @@ impl JsonStream {
                             items.push(Item::ParseError("top-level value too long".into()));
                             // An unfinished string: its end arrives later.
                             if self.buf[start] == b'"' {
-                                let rest = &self.buf[start + 1..];
-                                self.in_dropped_str = Some(string_end(rest, false).unwrap_err());
+                                if let Err(escaped) = string_end(&self.buf[start + 1..], false) {
+                                    self.in_dropped_str = Some(escaped);
+                                }
                             }
                             start = self.buf.len();
                             continue;

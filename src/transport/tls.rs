@@ -3,19 +3,30 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use rustls::pki_types::CertificateDer;
+
 pub use tokio_rustls::TlsAcceptor;
+
+fn read(p: &Path) -> Result<Vec<u8>, String> {
+    std::fs::read(p).map_err(|e| format!("reading {}: {e}", p.display()))
+}
+
+/// The certificates of a PEM file (at least one).
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let pem = read(path)?;
+    let certs = rustls_pemfile::certs(&mut pem.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("parsing {}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no certificate found", path.display()));
+    }
+    Ok(certs)
+}
 
 /// Loads a PEM certificate chain and private key into a server configuration.
 pub fn server_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, String> {
-    let read = |p: &Path| std::fs::read(p).map_err(|e| format!("reading {}: {e}", p.display()));
-    let cert_pem = read(cert)?;
+    let certs = load_certs(cert)?;
     let key_pem = read(key)?;
-    let certs = rustls_pemfile::certs(&mut cert_pem.as_slice())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("parsing {}: {e}", cert.display()))?;
-    if certs.is_empty() {
-        return Err(format!("{}: no certificate found", cert.display()));
-    }
     let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
         .map_err(|e| format!("parsing {}: {e}", key.display()))?
         .ok_or_else(|| format!("{}: no private key found", key.display()))?;
