@@ -443,7 +443,8 @@ fn connection_settings_come_from_flags_env_or_config_file() {
         .unwrap();
     assert_eq!(ok(out).as_array().unwrap().len(), 1);
     // Flags win over the environment, which wins over the file: the file names a port
-    // with nothing behind it, the environment the right node, the flag a wrong password.
+    // with nothing behind it, the environment the right node and password, the flag a
+    // wrong password.
     let nowhere = format!("ws://127.0.0.1:{}/", free_port());
     std::fs::write(
         dir.path().join(".config/nexus/cli.toml"),
@@ -456,8 +457,8 @@ fn connection_settings_come_from_flags_env_or_config_file() {
             .args(["--json", "call", "sys.ping"])
             .env("HOME", dir.path())
             .env("NEXUS_URL", &ws)
+            .env("NEXUS_PASSWORD", ROOT_PASS)
             .env_remove("NEXUS_USER")
-            .env_remove("NEXUS_PASSWORD")
             .env_remove("NEXUS_CONFIG")
             .env_remove("NEXUS_CA")
             .output()

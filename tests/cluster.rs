@@ -92,17 +92,24 @@ fn cluster_metrics_agree(nodes: &[Proc]) {
     let mut seen = String::new();
     let agree = eventually(Duration::from_secs(20), || {
         let scrapes: Vec<_> = nodes.iter().map(|n| scrape(addr(n))).collect();
-        let leaders: f64 = scrapes
+        let roles: Vec<Option<f64>> = scrapes
             .iter()
-            .filter_map(|s| metric(s, "nexus_raft_role", &[("role", "leader")]))
-            .sum();
-        let leader_ids: std::collections::BTreeSet<u64> = scrapes
-            .iter()
-            .filter_map(|s| metric(s, "nexus_raft_leader_id", &[]))
-            .map(|id| id as u64)
+            .map(|s| metric(s, "nexus_raft_role", &[("role", "leader")]))
             .collect();
-        seen = format!("{leaders} leaders, leader ids {leader_ids:?}");
-        leaders == 1.0 && leader_ids.len() == 1
+        let leader_ids: Vec<Option<f64>> = scrapes
+            .iter()
+            .map(|s| metric(s, "nexus_raft_leader_id", &[]))
+            .collect();
+        seen = format!("leader roles {roles:?}, leader ids {leader_ids:?}");
+        // Every node reports both; exactly one leads, and all name that one.
+        let leading: Vec<usize> = (0..roles.len())
+            .filter(|i| roles[*i] == Some(1.0))
+            .collect();
+        roles.iter().all(Option::is_some)
+            && leading.len() == 1
+            && leader_ids
+                .iter()
+                .all(|id| *id == Some(ids[leading[0]] as f64))
     });
     assert!(agree, "{seen}");
 }

@@ -140,28 +140,25 @@ async fn log_in_see_three_nodes_and_kick_a_session() {
         .unwrap();
     field("login-button").await.unwrap().click().await.unwrap();
 
-    // Three nodes, one leader, each by its raft id.
+    // Three nodes, one leader, each by its raft id, all ready. The table is rebuilt every
+    // 2 s, so each look reads it whole in one script (no element kept across calls).
+    let mut want = raft_ids.clone();
+    want.sort();
     until(Duration::from_secs(30), "three ready nodes", || async {
         let rows = browser
-            .find_all(Locator::Css("#nodes tbody tr"))
-            .await
-            .unwrap();
-        let mut keys = Vec::new();
-        for r in &rows {
-            keys.push(r.attr("data-key").await.unwrap().unwrap_or_default());
-        }
-        keys.sort();
-        let mut want = raft_ids.clone();
-        want.sort();
-        let text = browser
             .execute(
-                "return document.querySelector('#nodes tbody').innerText",
+                "return Array.from(document.querySelectorAll('#nodes tbody tr'))
+                    .map(r => [r.dataset.key || '', r.cells[1].innerText, r.cells[2].innerText])",
                 vec![],
             )
             .await
             .unwrap();
-        let text = text.as_str().unwrap_or_default().to_string();
-        keys == want && text.matches("leader").count() == 1 && text.matches("ready").count() == 3
+        let rows: Vec<(String, String, String)> = serde_json::from_value(rows).unwrap_or_default();
+        let mut keys: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
+        keys.sort();
+        keys == want
+            && rows.iter().filter(|r| r.1 == "leader").count() == 1
+            && rows.iter().all(|r| r.2 == "ready")
     })
     .await;
 
@@ -183,15 +180,23 @@ async fn log_in_see_three_nodes_and_kick_a_session() {
     );
     assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
 
-    browser
-        .find(Locator::Css(&format!(
-            "button.kick[data-connid='{connid}']"
-        )))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    // Clicked from a script for the same reason: a refresh may replace the button.
+    let kick = format!("button.kick[data-connid='{connid}']");
+    until(
+        Duration::from_secs(30),
+        "the kick button clicked",
+        || async {
+            let clicked = browser
+                .execute(
+                    "const b = document.querySelector(arguments[0]); if (b) b.click(); return !!b",
+                    vec![json!(kick)],
+                )
+                .await
+                .unwrap();
+            clicked == json!(true)
+        },
+    )
+    .await;
     until(
         Duration::from_secs(30),
         "the session row to disappear",

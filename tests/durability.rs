@@ -226,7 +226,7 @@ fn a_large_state_is_not_rewritten_every_few_small_commands() {
     );
     assert!(
         capped >= 3,
-        "{capped} snapshots in 800 entries with a cap of 200"
+        "{capped} snapshots in 1600 commands with a cap of 200"
     );
 }
 

@@ -213,11 +213,13 @@ fn every_listed_method_exists_so_labels_name_real_methods() {
 #[test]
 fn metrics_can_be_kept_off_the_client_listeners() {
     let node = TestNode::start_with(&["--metrics-only-on-health"]);
-    let (_, headers, _) = http_request_to(node.http_addr(), "GET", "/metrics", &[], b"");
+    let (_, headers, body) = http_request_to(node.http_addr(), "GET", "/metrics", &[], b"");
     let kind = header(&headers, "content-type")
         .unwrap_or_default()
         .to_string();
     assert!(!kind.contains("openmetrics"), "{kind}");
+    let body = String::from_utf8_lossy(&body);
+    assert!(!body.contains("nexus_requests_total"), "{body}");
     let h = scrape(node.server.addr(Scheme::Health));
     assert_eq!(metric(&h, "nexus_raft_voters", &[]), Some(1.0));
 }

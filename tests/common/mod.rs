@@ -194,7 +194,6 @@ pub fn expect_ok(a: Answer) -> Value {
     }
 }
 
-/// Creates `user` with `pass` as root.
 /// Logs `c` in and answers its connid.
 pub fn connid(c: &mut Client, user: &str, pass: &str) -> String {
     expect_ok(c.login(user, pass))["connid"]
@@ -203,6 +202,7 @@ pub fn connid(c: &mut Client, user: &str, pass: &str) -> String {
         .to_string()
 }
 
+/// Creates `user` with `pass` as root.
 pub fn create_user(root: &mut Client, user: &str, pass: &str) {
     expect_ok(root.call("user.create", json!({"user": user, "pass": pass})));
 }
