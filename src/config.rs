@@ -30,8 +30,19 @@ pub enum Command {
     Bench(crate::bench::BenchArgs),
     /// Start a cluster, drive a workload while injecting faults, check the history.
     Chaos(crate::chaos::ChaosArgs),
+    /// Prepare a stopped cluster member whose storage is damaged to rebuild from its peers:
+    /// its data dir is moved aside (kept, never deleted) and, started again as before, the
+    /// node joins as a new member that replaces its old raft id.
+    Rebuild(RebuildArgs),
     #[command(flatten)]
     Admin(crate::admin::AdminCmd),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RebuildArgs {
+    /// The stopped node's data dir.
+    #[arg(long)]
+    pub data_dir: PathBuf,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -28,10 +28,30 @@ fn main() -> std::process::ExitCode {
                 Err(e) => {
                     tracing::error!("{e:#}");
                     eprintln!("nexus: {e:#}");
-                    std::process::ExitCode::FAILURE
+                    if e.downcast_ref::<nexus::store::datadir::Refusal>().is_some() {
+                        std::process::ExitCode::from(nexus::store::datadir::REFUSED_EXIT_CODE)
+                    } else {
+                        std::process::ExitCode::FAILURE
+                    }
                 }
             }
         }
+        Command::Rebuild(args) => match nexus::store::datadir::rebuild(&args.data_dir) {
+            Ok(aside) => {
+                println!(
+                    "moved {} to {} (delete it once the node is back). Start the node as \
+                     before, with --join naming its peers: it joins as a new member, copies \
+                     the state from them and replaces its old raft id.",
+                    args.data_dir.display(),
+                    aside.display()
+                );
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("nexus rebuild: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        },
         Command::Bench(args) => match nexus::bench::run(args) {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {

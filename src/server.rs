@@ -163,7 +163,17 @@ async fn start_cluster(
     .await
     .with_context(|| format!("starting gossip on {listen_raw}"))?;
     let mut joining = false;
-    if fresh {
+    if fresh && store::datadir::rebuild_requested(&args.data_dir) {
+        if c.join.is_empty() {
+            return Err(anyhow!(
+                "{} was emptied by `nexus rebuild` to copy the state from peers: start the \
+                 node with --join naming them",
+                args.data_dir.display()
+            ));
+        }
+        info!("rebuilding from peers: joining as a new member that replaces the old one at {advertised}");
+        joining = true;
+    } else if fresh {
         match (c.join.is_empty(), c.bootstrap_expect) {
             (true, _) => {
                 info!("fresh node without --join: bootstrapping a cluster of one");
@@ -301,14 +311,14 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
     let secret = cluster_secret(&args)?;
     crate::clock::set_test_offset_ms(args.cluster.test_clock_offset_ms);
-    let db = store::open_db(&args.data_dir)
-        .with_context(|| format!("opening the database in {}", args.data_dir.display()))?;
+    let opened = store::open(&args.data_dir)?;
     let me = Identity {
-        raft_id: store::raft_id(&db)?,
+        raft_id: opened.raft_id,
         incarnation: random_hex(8),
-        generation: store::next_generation(&db)?,
+        generation: opened.generation,
     };
-    let storage = RaftStorage::open(db)?;
+    let storage = opened.storage;
+    storage.start_durable_witness(Duration::from_secs(1));
     let state = Arc::new(RwLock::new(State::default()));
     // Applied events reach the node straight from the Raft thread (one hop fewer than an
     // event loop); events applied before the node exists (replay at start) concern no
@@ -334,7 +344,18 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         test_apply_delay: Duration::from_millis(args.cluster.test_apply_delay_ms),
         ..RaftConfig::default()
     };
+    if !storage.is_fresh() {
+        // A rebuild that got as far as joining (the store has state) is done.
+        store::datadir::rebuild_done(&args.data_dir);
+    }
     let cluster = match &args.cluster.cluster {
+        None if store::datadir::rebuild_requested(&args.data_dir) => {
+            return Err(anyhow!(
+                "{} was emptied by `nexus rebuild`: a node rebuilds from peers only in a \
+                 cluster (--cluster and --join)",
+                args.data_dir.display()
+            ));
+        }
         None => {
             if storage.is_fresh() {
                 bootstrap_storage(&storage, [(me.raft_id, String::new())].into())?;
@@ -356,12 +377,22 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
     if let Some(c) = &cluster {
         let _ = c.raft_slot.set(raft.clone());
         if c.joining {
-            actix_rt::spawn(membership::join(
+            let rebuild = store::datadir::rebuild_requested(&args.data_dir);
+            let join = membership::join(
                 c.transport.clone(),
                 raft.clone(),
                 args.cluster.join.clone(),
                 c.hello.clone(),
-            ));
+                rebuild,
+            );
+            let dir = args.data_dir.clone();
+            actix_rt::spawn(async move {
+                join.await;
+                if rebuild {
+                    store::datadir::rebuild_done(&dir);
+                    info!("rebuilt from peers: this node is a member again");
+                }
+            });
         }
     }
     let node = Arc::new(Node::new(

@@ -132,6 +132,7 @@ fn answer_request(
             let _ = raft.deliver(Msg::Join {
                 raft_id: req.raft_id,
                 addr: req.cluster_addr,
+                replace: req.replace,
                 reply: tx,
             });
             tokio::spawn(async move {
@@ -234,7 +235,14 @@ pub async fn discover(
 
 /// Asks the seeds (then the leader they name) to add this node, until the Raft driver sees
 /// itself in the configuration.
-pub async fn join(transport: Transport, raft: RaftHandle, seeds: Vec<String>, me: PeerHello) {
+/// `replace`: this node was rebuilt and replaces the member at its own cluster address.
+pub async fn join(
+    transport: Transport,
+    raft: RaftHandle,
+    seeds: Vec<String>,
+    me: PeerHello,
+    replace: bool,
+) {
     let member = |raft: &RaftHandle| raft.stats.role() != Role::None;
     let mut last_log = Instant::now();
     while !member(&raft) {
@@ -245,6 +253,7 @@ pub async fn join(transport: Transport, raft: RaftHandle, seeds: Vec<String>, me
                     body: Some(frame::Body::JoinRequest(JoinRequest {
                         raft_id: me.raft_id,
                         cluster_addr: me.cluster_addr.clone(),
+                        replace,
                     })),
                 };
                 let answer = transport.call(&addr, req, Duration::from_secs(3)).await;

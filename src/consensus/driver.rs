@@ -93,6 +93,7 @@ pub fn start(
     };
     driver.publish_membership();
     driver.announce_peers();
+    let dir = driver.storage.dir().to_path_buf();
     let thread = std::thread::Builder::new()
         .name("raft".into())
         .spawn(move || {
@@ -100,7 +101,15 @@ pub fn start(
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 driver.run(rx);
             }));
-            if outcome.is_err() {
+            if let Err(panic) = outcome {
+                let message = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("");
+                if let Some(why) = storage_fault(message) {
+                    fail_stop(&dir, &why);
+                }
                 error!("the raft driver panicked: aborting");
                 std::process::abort();
             }
@@ -111,6 +120,26 @@ pub fn start(
         stats,
         thread: Arc::new(std::sync::Mutex::new(Some(thread))),
     })
+}
+
+/// What a raft-rs panic says about this node's storage, when it says that the log lost
+/// entries it had (a leader knows this node matched further than its log now reaches) or
+/// that a stored record is damaged.
+fn storage_fault(panic_message: &str) -> Option<String> {
+    let lost = panic_message.contains("out of range [last_index")
+        || panic_message.contains("was the raft log corrupted");
+    let damaged = panic_message.contains("Corruption:");
+    (lost || damaged).then(|| format!("raft found the stored log damaged: {panic_message}"))
+}
+
+/// Stops a node whose storage is damaged, for good: marks the data dir so that no later
+/// start votes or serves with it, says so in one line, and exits with the refusal status.
+fn fail_stop(dir: &std::path::Path, why: &str) -> ! {
+    crate::store::datadir::mark_damaged(dir, why);
+    let refusal = crate::store::datadir::refusal(dir, why);
+    error!("{refusal}");
+    eprintln!("nexus: {refusal}");
+    std::process::exit(crate::store::datadir::REFUSED_EXIT_CODE.into());
 }
 
 /// A request waiting for its proposal to be applied here.
@@ -215,12 +244,16 @@ impl Driver {
                 self.raw.read_index(ctx);
             }
             if let Err(e) = self.on_ready() {
-                // The log cannot be written (disk full, I/O error) or an entry cannot be
-                // applied: nothing this node acknowledges could be trusted. Fail every
-                // waiter and exit so that the supervisor restarts the node and it recovers
-                // from what is on disk (or an operator looks at it).
-                error!("raft storage or apply failure, exiting: {e}");
                 self.fail_waiters("storage failure");
+                // Damage read back from the store: this node must not run on it again.
+                if matches!(e, StoreError::Db(_)) && e.is_corruption() {
+                    fail_stop(self.storage.dir(), &format!("a read found damage: {e}"));
+                }
+                // The log cannot be written (disk full, I/O error) or an entry cannot be
+                // applied: nothing this node acknowledges could be trusted. Exit so that
+                // the supervisor restarts the node and it recovers from what is on disk
+                // (or an operator looks at it).
+                error!("raft storage or apply failure, exiting: {e}");
                 std::process::exit(70);
             }
             self.after_turn();
@@ -286,9 +319,10 @@ impl Driver {
             Msg::Join {
                 raft_id,
                 addr,
+                replace,
                 reply,
             } => {
-                let _ = reply.send(self.on_join(raft_id, addr));
+                let _ = reply.send(self.on_join(raft_id, addr, replace));
             }
             Msg::Remove { raft_id, reply } => {
                 let _ = reply.send(self.on_remove(raft_id));
@@ -416,7 +450,7 @@ impl Driver {
         (cs.voters, cs.learners)
     }
 
-    fn on_join(&mut self, raft_id: u64, addr: String) -> JoinResponse {
+    fn on_join(&mut self, raft_id: u64, addr: String, replace: bool) -> JoinResponse {
         if !self.is_leader() {
             let leader = self.raw.raft.leader_id;
             let leader_addr = self.read_state(|s| s.cluster.members.get(&leader).cloned());
@@ -437,6 +471,29 @@ impl Driver {
             return JoinResponse {
                 ok: false,
                 error: "another membership change is in progress, retry".into(),
+                ..Default::default()
+            };
+        }
+        // A rebuilt node: its old raft id (the member at the same address) leaves first, so
+        // the votes it cast with its lost log are void and it never counts twice.
+        let old_self = self.read_state(|s| {
+            s.cluster
+                .members
+                .iter()
+                .find(|(id, a)| **id != raft_id && **a == addr)
+                .map(|(id, _)| *id)
+        });
+        if let Some(old) = old_self.filter(|_| replace) {
+            let outcome = match self.on_remove(old) {
+                Ok(()) => {
+                    info!(old, new = raft_id, %addr, "a rebuilt node replaces its old raft id");
+                    format!("removing {old}, the old member at {addr}: retry")
+                }
+                Err(e) => format!("cannot remove {old}, the old member at {addr}: {e}"),
+            };
+            return JoinResponse {
+                ok: false,
+                error: outcome,
                 ..Default::default()
             };
         }

@@ -123,6 +123,8 @@ pub enum Msg {
     Join {
         raft_id: u64,
         addr: String,
+        /// Replace the member at `addr` (a rebuilt node's old raft id).
+        replace: bool,
         reply: oneshot::Sender<JoinResponse>,
     },
     /// An admin removes a member.

@@ -1,5 +1,12 @@
 //! RocksDB-backed storage: the Raft log, Raft metadata (hard state, conf state, the latest
 //! snapshot) and node metadata (the persistent raft id). Implements raft-rs `Storage`.
+//!
+//! A node runs only on storage it has checked: RocksDB replays its WAL in absolute
+//! consistency (any damaged record stops the open instead of cutting the log short), and
+//! `open` reads every record back and checks that the log, the snapshot and the Raft
+//! metadata still fit together (docs/reliability.md, "Storage faults").
+
+pub mod datadir;
 
 use std::collections::VecDeque;
 use std::path::Path;
@@ -9,7 +16,8 @@ use protobuf::Message as PbMessage;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, Storage, StorageError};
 use rocksdb::{
-    ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB,
+    ColumnFamilyDescriptor, DBRecoveryMode, Direction, ErrorKind, IteratorMode, Options,
+    WriteBatch, WriteOptions, DB,
 };
 
 const CF_LOG: &str = "raft_log";
@@ -31,13 +39,175 @@ pub enum StoreError {
     Corrupt(&'static str, String),
 }
 
-/// Opens (creating if needed) the node's database under `dir`.
-pub fn open_db(dir: &Path) -> Result<Arc<DB>, StoreError> {
+impl StoreError {
+    /// Damage found in the stored data (as opposed to an I/O error or a full disk).
+    pub fn is_corruption(&self) -> bool {
+        match self {
+            StoreError::Db(e) => e.kind() == ErrorKind::Corruption,
+            StoreError::Corrupt(..) => true,
+        }
+    }
+}
+
+fn db_options() -> Options {
     let mut opts = Options::default();
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
-    let cfs = [CF_LOG, CF_META].map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
-    Ok(Arc::new(DB::open_cf_descriptors(&opts, dir, cfs)?))
+    // Every write a node acknowledges was fsync'd, so a WAL record that fails its checksum
+    // or ends early is damage, not a write cut short by a crash: stop there instead of
+    // replaying up to it (the default, which dropped half a log without a word).
+    opts.set_wal_recovery_mode(DBRecoveryMode::AbsoluteConsistency);
+    opts.set_paranoid_checks(true);
+    opts
+}
+
+fn column_families() -> [ColumnFamilyDescriptor; 2] {
+    [CF_LOG, CF_META].map(|name| ColumnFamilyDescriptor::new(name, Options::default()))
+}
+
+/// Opens (creating if needed) the node's database under `dir`.
+pub fn open_db(dir: &Path) -> Result<Arc<DB>, StoreError> {
+    Ok(Arc::new(DB::open_cf_descriptors(
+        &db_options(),
+        dir,
+        column_families(),
+    )?))
+}
+
+/// Opens the database under `dir` without changing a file (its WAL replayed in memory).
+fn open_db_read_only(dir: &Path) -> Result<Arc<DB>, StoreError> {
+    Ok(Arc::new(DB::open_cf_descriptors_read_only(
+        &db_options(),
+        dir,
+        column_families(),
+        false,
+    )?))
+}
+
+/// A node's storage, opened and checked.
+pub struct Opened {
+    pub storage: RaftStorage,
+    pub raft_id: u64,
+    /// This start's generation (see `next_generation`).
+    pub generation: u64,
+}
+
+/// Opens the node's storage in `dir` (creating it when empty) and checks it. Damage, a
+/// data dir of another format or one marked damaged before is a `datadir::Refusal`; any
+/// other failure (permissions, a lock held by another process) is a plain error.
+pub fn open(dir: &Path) -> anyhow::Result<Opened> {
+    if let Some(why) = datadir::damaged(dir) {
+        return Err(datadir::refusal(dir, format!("it was marked damaged ({why})")).into());
+    }
+    let recorded = datadir::recorded_raft_id(dir)?;
+    let durable = datadir::recorded_durable(dir)?;
+    let refuse = |e: StoreError| -> anyhow::Error {
+        if e.is_corruption() || recorded.is_some() && is_missing_file(&e) {
+            let what = match damaged_wal(dir).filter(|_| !e.to_string().contains('/')) {
+                Some(wal) => format!("its write-ahead log {wal} is damaged: {e}"),
+                None => format!("its database is damaged: {e}"),
+            };
+            datadir::refusal(dir, what).into()
+        } else {
+            anyhow::Error::new(e).context(format!("opening the database in {}", dir.display()))
+        }
+    };
+    // Checked on a read-only open first: opening for writing already changes the files
+    // (RocksDB flushes the replayed WAL and starts a new MANIFEST), and a refusal must
+    // leave the data dir exactly as it found it.
+    if dir.join("CURRENT").exists() {
+        let db = open_db_read_only(dir).map_err(refuse)?;
+        check_identity(dir, stored_raft_id(&db).map_err(refuse)?, recorded)?;
+        let storage = RaftStorage::open(db).map_err(refuse)?;
+        check_durable(dir, &storage, durable)?;
+    }
+    let db = open_db(dir).map_err(refuse)?;
+    let raft_id = match check_identity(dir, stored_raft_id(&db).map_err(refuse)?, recorded)? {
+        Some(id) => id,
+        // A new data dir, or one from a build before nexus.id: record the id now.
+        None => {
+            let id = raft_id(&db).map_err(refuse)?;
+            datadir::record_raft_id(dir, id)
+                .map_err(|e| anyhow::anyhow!("writing {}/nexus.id: {e}", dir.display()))?;
+            id
+        }
+    };
+    let storage = RaftStorage::open(db).map_err(refuse)?;
+    check_durable(dir, &storage, durable)?;
+    let generation = next_generation(&storage.db).map_err(refuse)?;
+    Ok(Opened {
+        storage,
+        raft_id,
+        generation,
+    })
+}
+
+/// The raft id when the database and `nexus.id` agree on it, `None` when neither has one
+/// yet (or only the database, written by a build before `nexus.id`).
+fn check_identity(
+    dir: &Path,
+    stored: Option<u64>,
+    recorded: Option<u64>,
+) -> Result<Option<u64>, datadir::Refusal> {
+    match (stored, recorded) {
+        (Some(id), Some(rec)) if id != rec => Err(datadir::refusal(
+            dir,
+            format!("its database holds raft id {id} but nexus.id records {rec}"),
+        )),
+        (None, Some(rec)) => Err(datadir::refusal(
+            dir,
+            format!(
+                "nexus.id records raft id {rec} but the database has no raft id: its records \
+                 were lost"
+            ),
+        )),
+        (Some(id), Some(_)) => Ok(Some(id)),
+        (_, None) => Ok(None),
+    }
+}
+
+/// RocksDB cannot see records cut off at a record boundary (a WAL truncated to zero, say):
+/// the committed index recorded outside it can.
+fn check_durable(
+    dir: &Path,
+    storage: &RaftStorage,
+    durable: Option<u64>,
+) -> Result<(), datadir::Refusal> {
+    let Some(durable) = durable else {
+        return Ok(());
+    };
+    let c = storage.read();
+    let held = c.last.max(c.snapshot_meta.index);
+    if held < durable {
+        return Err(datadir::refusal(
+            dir,
+            format!(
+                "its log ends at entry {held} but held every entry through {durable} \
+                 (nexus.durable): records were lost"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The write-ahead log files in `dir`: RocksDB names the file in every open error but
+/// those of WAL replay, so a damage report without a file name is about one of these.
+fn damaged_wal(dir: &Path) -> Option<String> {
+    let mut wals: Vec<String> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .map(|p| p.display().to_string())
+        .collect();
+    wals.sort();
+    (!wals.is_empty()).then(|| wals.join(" or "))
+}
+
+/// RocksDB's answer when a file its MANIFEST lists is gone.
+fn is_missing_file(e: &StoreError) -> bool {
+    matches!(e, StoreError::Db(e) if e.kind() == ErrorKind::IOError
+        && e.as_ref().contains("No such file"))
 }
 
 fn cf<'a>(db: &'a DB, name: &str) -> &'a rocksdb::ColumnFamily {
@@ -59,10 +229,15 @@ fn meta_u64(db: &DB, key: &'static [u8], what: &'static str) -> Result<Option<u6
     }
 }
 
+/// The raft id this database holds, if it has one yet.
+pub fn stored_raft_id(db: &DB) -> Result<Option<u64>, StoreError> {
+    meta_u64(db, KEY_RAFT_ID, "raft_id")
+}
+
 /// The raft id of this node, created (random, non-zero) on first use and kept forever.
 pub fn raft_id(db: &DB) -> Result<u64, StoreError> {
     let meta = cf(db, CF_META);
-    if let Some(id) = meta_u64(db, KEY_RAFT_ID, "raft_id")? {
+    if let Some(id) = stored_raft_id(db)? {
         return Ok(id);
     }
     let id = rand::random::<u64>().max(1) >> 1; // keep it positive for JSON consumers
@@ -95,6 +270,68 @@ fn encode<M: PbMessage>(m: &M) -> Vec<u8> {
 
 fn log_key(index: u64) -> [u8; 8] {
     index.to_be_bytes()
+}
+
+/// Whether the Raft records read at open still fit together. Each check is one that every
+/// healthy store passes, so a failure means records were lost or damaged (RocksDB's own
+/// checksums cannot see a record that is missing altogether).
+fn check_consistent(
+    hs: &HardState,
+    cs: &ConfState,
+    snap: &SnapshotMetadata,
+    first: u64,
+    last: u64,
+) -> Result<(), StoreError> {
+    let fresh = cs.voters.is_empty()
+        && cs.learners.is_empty()
+        && last == 0
+        && snap.index == 0
+        && hs.term == 0;
+    if fresh {
+        return Ok(());
+    }
+    let fail = |what: String| Err(StoreError::Corrupt("raft records", what));
+    // A store is started from a snapshot (bootstrap or the leader's) before anything else.
+    if snap.index == 0 {
+        return fail(
+            "the log or hard state exists but the snapshot it starts from is missing".into(),
+        );
+    }
+    if cs.voters.is_empty() && cs.learners.is_empty() {
+        return fail("the membership record is missing".into());
+    }
+    if first > snap.index + 1 {
+        return fail(format!(
+            "entries {} to {} are missing between the snapshot and the log",
+            snap.index + 1,
+            first - 1
+        ));
+    }
+    if last < snap.index {
+        return fail(format!(
+            "the log ends at {last}, before the snapshot at {}",
+            snap.index
+        ));
+    }
+    if hs.commit > last {
+        return fail(format!(
+            "entries up to {} were committed but the log ends at {last}",
+            hs.commit
+        ));
+    }
+    if hs.commit < snap.index {
+        return fail(format!(
+            "the commit index {} is behind the snapshot at {}",
+            hs.commit, snap.index
+        ));
+    }
+    if hs.term < snap.term {
+        return fail(format!(
+            "the term {} is behind the snapshot's term {}",
+            hs.term, snap.term
+        ));
+    }
+    Ok(())
 }
 
 /// What `Storage` answers from memory; the log itself is read from RocksDB.
@@ -205,6 +442,11 @@ impl RaftStorage {
         let conf_index = meta_u64(&db, KEY_CONF_INDEX, "conf_index")?.unwrap_or(0);
         // One pass over the log: its bounds, and every entry's term (kept in memory so
         // raft's frequent term lookups never decode an entry).
+        // Every other record is read once too, so a damaged block anywhere is found now
+        // rather than while serving.
+        for item in db.iterator_cf(meta, IteratorMode::Start) {
+            item?;
+        }
         let mut terms = VecDeque::new();
         let mut first = snapshot_meta.index + 1;
         for item in db.iterator_cf(cf(&db, CF_LOG), IteratorMode::Start) {
@@ -217,9 +459,27 @@ impl RaftStorage {
             if terms.is_empty() {
                 first = index;
             }
-            terms.push_back(decode::<Entry>("entry", &v)?.term);
+            let expected = first + terms.len() as u64;
+            let entry = decode::<Entry>("entry", &v)?;
+            if index != expected || entry.index != index {
+                return Err(StoreError::Corrupt(
+                    "raft log",
+                    format!(
+                        "expected entry {expected} next, found key {index} holding entry {}",
+                        entry.index
+                    ),
+                ));
+            }
+            if terms.back().is_some_and(|t| *t > entry.term) {
+                return Err(StoreError::Corrupt(
+                    "raft log",
+                    format!("entry {index} has a term lower than the entry before it"),
+                ));
+            }
+            terms.push_back(entry.term);
         }
         let last = first + terms.len() as u64 - 1;
+        check_consistent(&hard_state, &conf_state, &snapshot_meta, first, last)?;
         let cached = Cached {
             hard_state,
             conf_state,
@@ -236,6 +496,47 @@ impl RaftStorage {
             cached: Arc::new(RwLock::new(cached)),
             snapshot_wanted: Arc::default(),
         })
+    }
+
+    /// Rewrites `nexus.durable` every `period` on a thread of its own while this storage is
+    /// in use: the commit index in storage is covered by entries written (and fsync'd)
+    /// before it, so the log held every entry through it.
+    pub fn start_durable_witness(&self, period: std::time::Duration) {
+        let cached = Arc::downgrade(&self.cached);
+        let dir = self.dir().to_path_buf();
+        let spawned = std::thread::Builder::new()
+            .name("durable-witness".into())
+            .spawn(move || {
+                let mut recorded = 0;
+                loop {
+                    std::thread::sleep(period);
+                    let Some(cached) = cached.upgrade() else {
+                        return;
+                    };
+                    let commit = cached
+                        .read()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .hard_state
+                        .commit;
+                    drop(cached);
+                    if commit > recorded {
+                        match datadir::record_durable(&dir, commit) {
+                            Ok(()) => recorded = commit,
+                            Err(e) => {
+                                tracing::warn!("cannot write {}/nexus.durable: {e}", dir.display())
+                            }
+                        }
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("no durable-index witness: {e}");
+        }
+    }
+
+    /// The data dir this storage lives in.
+    pub fn dir(&self) -> &Path {
+        self.db.path()
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Cached> {
