@@ -460,3 +460,98 @@ fn a_damaged_follower_refuses_and_rebuilds_from_its_peers() {
         "the rebuild request is cleared once the node is a member"
     );
 }
+
+/// Ends of the logical records of a RocksDB WAL file (format: 32 KiB blocks of records
+/// with a 7-byte header: checksum, length, type; FULL = 1 and LAST = 4 end a record).
+fn wal_record_ends(bytes: &[u8]) -> Vec<usize> {
+    const BLOCK: usize = 32 * 1024;
+    let mut ends = Vec::new();
+    let mut pos = 0;
+    while pos + 7 <= bytes.len() {
+        let left_in_block = BLOCK - pos % BLOCK;
+        if left_in_block < 7 {
+            pos += left_in_block;
+            continue;
+        }
+        let len = u16::from_le_bytes([bytes[pos + 4], bytes[pos + 5]]) as usize;
+        let kind = bytes[pos + 6];
+        if kind == 0 && len == 0 {
+            break; // preallocated space
+        }
+        pos += 7 + len;
+        if kind == 1 || kind == 4 {
+            ends.push(pos);
+        }
+    }
+    ends
+}
+
+/// A follower whose WAL lost its last records at a record boundary, inside the second that
+/// `nexus.durable` lags (stood for here by removing that file), passes every check at
+/// start. The leader, which knows how far the follower's log reached, gives it away at the
+/// first heartbeat: the node marks its dir damaged and stops with one line, exit 65, and
+/// every later start refuses it. The cluster keeps every write.
+#[test]
+fn a_follower_that_lost_its_log_tail_is_stopped_by_its_leader() {
+    let root = tempfile::tempdir().unwrap();
+    let mut nodes = three_joined(root.path(), &[]);
+    wait_voters(&nodes[0], 3);
+    let leader = leader_of(&nodes);
+    let cut = (0..3).find(|i| *i != leader).unwrap();
+    let mut c = nodes[leader].root();
+    create_users(&mut c, 0..200);
+    drop(c);
+    nodes[cut].kill9();
+    let wal = wal_of(&nodes[cut]);
+    let bytes = std::fs::read(&wal).unwrap();
+    let ends = wal_record_ends(&bytes);
+    assert!(ends.len() > 100, "{} records in {wal:?}", ends.len());
+    assert_eq!(
+        *ends.last().unwrap(),
+        bytes.len(),
+        "the parser reads the whole WAL"
+    );
+    // A record boundary well inside the writes: the log loses its last tens of entries.
+    truncate(&wal, ends[ends.len() * 3 / 4] as u64);
+    std::fs::remove_file(nodes[cut].dir.join("data/nexus.durable")).unwrap();
+
+    nodes[cut].spawn();
+    let mut child = nodes[cut].child.take().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the follower with a shortened log keeps running; its log:\n{}",
+            nodes[cut].log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(REFUSED), "{}", nodes[cut].log());
+    let marked = std::fs::read_to_string(nodes[cut].dir.join("data/nexus.damaged")).unwrap();
+    assert!(marked.contains("out of range"), "{marked}");
+
+    nodes[cut].spawn();
+    let mut child = nodes[cut].child.take().unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(REFUSED));
+    let log = nodes[cut].log();
+    assert!(
+        log.lines()
+            .any(|l| l.starts_with("nexus: refusing to start: it was marked damaged")),
+        "{log}"
+    );
+    let other = (0..3).find(|i| *i != leader && *i != cut).unwrap();
+    for i in [leader, other] {
+        let mut seen = None;
+        assert!(
+            eventually(Duration::from_secs(30), || {
+                seen = users_on(&nodes[i]);
+                seen == Some(200)
+            }),
+            "node {i} serves {seen:?} of 200 users"
+        );
+    }
+}

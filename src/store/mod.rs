@@ -855,16 +855,12 @@ mod tests {
             let db = open_db(dir.path()).unwrap();
             let s = RaftStorage::open(db).unwrap();
             assert!(s.is_fresh());
-            s.write(RaftWrite {
-                conf_state: Some(&ConfState::from((vec![7], vec![]))),
-                ..Default::default()
-            })
-            .unwrap();
+            s.bootstrap(&[7], b"initial".to_vec()).unwrap();
             assert!(!s.is_fresh());
-            let ents: Vec<Entry> = (1..=5).map(|i| entry(i, 1)).collect();
+            let ents: Vec<Entry> = (2..=6).map(|i| entry(i, 1)).collect();
             let hs = HardState {
                 term: 1,
-                commit: 3,
+                commit: 4,
                 ..Default::default()
             };
             s.write(RaftWrite {
@@ -874,40 +870,40 @@ mod tests {
                 ..Default::default()
             })
             .unwrap();
-            // A new leader overwrites the tail from index 4.
+            // A new leader overwrites the tail from index 5.
             s.write(RaftWrite {
-                entries: &[entry(4, 2)],
+                entries: &[entry(5, 2)],
                 sync: true,
                 ..Default::default()
             })
             .unwrap();
-            assert_eq!(s.last_index().unwrap(), 4);
-            assert_eq!(s.term(4).unwrap(), 2, "the overwritten tail's term");
-            assert_eq!(s.term(3).unwrap(), 1);
-            assert!(s.term(5).is_err());
+            assert_eq!(s.last_index().unwrap(), 5);
+            assert_eq!(s.term(5).unwrap(), 2, "the overwritten tail's term");
+            assert_eq!(s.term(4).unwrap(), 1);
+            assert!(s.term(6).is_err());
             // Served from the recent-entries cache here, from RocksDB after the reopen below.
             let got = s
-                .entries(2, 5, None, GetEntriesContext::empty(false))
+                .entries(3, 6, None, GetEntriesContext::empty(false))
                 .unwrap();
             let got: Vec<(u64, u64)> = got.iter().map(|e| (e.index, e.term)).collect();
-            assert_eq!(got, vec![(2, 1), (3, 1), (4, 2)]);
+            assert_eq!(got, vec![(3, 1), (4, 1), (5, 2)]);
         }
         let db = open_db(dir.path()).unwrap();
         let s = RaftStorage::open(db).unwrap();
         let st = s.initial_state().unwrap();
-        assert_eq!(st.hard_state.commit, 3);
+        assert_eq!(st.hard_state.commit, 4);
         assert_eq!(
             st.conf_state.voters,
             vec![7],
             "the bootstrapped voters persist"
         );
-        assert_eq!((s.first_index().unwrap(), s.last_index().unwrap()), (1, 4));
-        assert_eq!(s.term(4).unwrap(), 2);
+        assert_eq!((s.first_index().unwrap(), s.last_index().unwrap()), (2, 5));
+        assert_eq!(s.term(5).unwrap(), 2);
         let got = s
-            .entries(2, 5, None, GetEntriesContext::empty(false))
+            .entries(3, 6, None, GetEntriesContext::empty(false))
             .unwrap();
         let got: Vec<(u64, u64)> = got.iter().map(|e| (e.index, e.term)).collect();
-        assert_eq!(got, vec![(2, 1), (3, 1), (4, 2)]);
+        assert_eq!(got, vec![(3, 1), (4, 1), (5, 2)]);
     }
 
     #[test]
@@ -915,9 +911,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = open_db(dir.path()).unwrap();
         let s = RaftStorage::open(db.clone()).unwrap();
-        let ents: Vec<Entry> = (1..=10).map(|i| entry(i, 3)).collect();
+        s.bootstrap(&[7], Vec::new()).unwrap();
+        let ents: Vec<Entry> = (2..=10).map(|i| entry(i, 3)).collect();
+        let hs = HardState {
+            term: 3,
+            commit: 10,
+            ..Default::default()
+        };
         s.write(RaftWrite {
             entries: &ents,
+            hard_state: Some(&hs),
             sync: true,
             ..Default::default()
         })
@@ -944,5 +947,54 @@ mod tests {
         let id = raft_id(&fresh_db).unwrap();
         assert!(id > 0);
         assert_eq!(raft_id(&fresh_db).unwrap(), id, "the raft id is stable");
+    }
+
+    /// Records that no longer fit together are refused at open, each with its reason.
+    #[test]
+    fn open_refuses_records_that_do_not_fit_together() {
+        let open_err = |prepare: &dyn Fn(&RaftStorage, &DB)| -> String {
+            let dir = tempfile::tempdir().unwrap();
+            let db = open_db(dir.path()).unwrap();
+            let s = RaftStorage::open(db.clone()).unwrap();
+            s.bootstrap(&[7], Vec::new()).unwrap();
+            let ents: Vec<Entry> = (2..=6).map(|i| entry(i, 2)).collect();
+            let hs = HardState {
+                term: 2,
+                commit: 6,
+                ..Default::default()
+            };
+            s.write(RaftWrite {
+                entries: &ents,
+                hard_state: Some(&hs),
+                sync: true,
+                ..Default::default()
+            })
+            .unwrap();
+            prepare(&s, &db);
+            drop(s);
+            match RaftStorage::open(db) {
+                Ok(_) => String::new(),
+                Err(e) => e.to_string(),
+            }
+        };
+        assert_eq!(open_err(&|_, _| {}), "", "an intact store opens");
+        fn log(db: &DB) -> &rocksdb::ColumnFamily {
+            cf(db, CF_LOG)
+        }
+        let e = open_err(&|_, db| db.delete_cf(log(db), log_key(4)).unwrap());
+        assert!(e.contains("expected entry 4 next"), "{e}");
+        let e = open_err(&|_, db| db.delete_cf(log(db), log_key(2)).unwrap());
+        assert!(e.contains("entries 2 to 2 are missing"), "{e}");
+        let e = open_err(&|_, db| db.delete_cf(log(db), log_key(6)).unwrap());
+        assert!(e.contains("committed but the log ends at 5"), "{e}");
+        let e = open_err(&|_, db| {
+            db.put_cf(log(db), log_key(5), encode(&entry(5, 1)))
+                .unwrap()
+        });
+        assert!(e.contains("term lower"), "{e}");
+        let e = open_err(&|_, db| db.delete_cf(cf(db, CF_META), KEY_SNAPSHOT).unwrap());
+        assert!(e.contains("snapshot it starts from is missing"), "{e}");
+        let e = open_err(&|_, db| db.delete_cf(cf(db, CF_META), KEY_CONF_STATE).unwrap());
+        assert!(e.contains("membership record is missing"), "{e}");
     }
 }
