@@ -128,6 +128,11 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 10_000)]
     pub snapshot_every: u64,
 
+    /// Free disk space (MiB) kept under the data dir: below it the node refuses writes
+    /// with an error and keeps serving reads, until space returns.
+    #[arg(long, value_name = "MIB", default_value_t = 128)]
+    pub disk_reserve_mb: u64,
+
     /// A state snapshot also waits until the log applied since the last one is this
     /// percentage of that snapshot's size, so a large state (a deep task queue) is not
     /// rewritten every few thousand commands. 0: count entries only.

@@ -311,6 +311,8 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
     let secret = cluster_secret(&args)?;
     crate::clock::set_test_offset_ms(args.cluster.test_clock_offset_ms);
+    let reserve = args.disk_reserve_mb.saturating_mul(1 << 20);
+    store::space::DiskGuard::wait_for_space(&args.data_dir, reserve);
     let opened = store::open(&args.data_dir)?;
     let me = Identity {
         raft_id: opened.raft_id,
@@ -342,6 +344,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         expire_tick: Duration::from_millis(args.expire_tick_ms.max(1)),
         max_voters: args.cluster.max_voters.max(1),
         test_apply_delay: Duration::from_millis(args.cluster.test_apply_delay_ms),
+        disk: store::space::DiskGuard::watch(&args.data_dir, reserve),
         ..RaftConfig::default()
     };
     if !storage.is_fresh() {

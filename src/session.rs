@@ -167,7 +167,9 @@ impl Session {
 
 /// The answer to a request of a session that could not be opened.
 fn not_open(id: Value) -> String {
-    let err = RpcError::internal("the session could not be registered (no raft quorum), retry");
+    let err = RpcError::internal(
+        "the session could not be registered (no raft quorum, or no disk space for writes), retry",
+    );
     Response::error(id, err).to_json()
 }
 

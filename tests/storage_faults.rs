@@ -561,3 +561,33 @@ fn a_follower_that_lost_its_log_tail_is_stopped_by_its_leader() {
         );
     }
 }
+
+/// A write cut short by a crash or a full disk leaves an incomplete last WAL record. It
+/// was never acknowledged (a write is acknowledged once fsync'd whole), so the node passes
+/// over it and serves everything, instead of calling the WAL damaged.
+#[test]
+fn an_incomplete_last_wal_record_is_a_write_cut_short_not_damage() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("data");
+    let mut node = Node::spawn(&dir, &[]);
+    create_users(&mut node.outcome().unwrap(), 0..50);
+    wait_durable_witness(&dir);
+    node.kill9();
+    let wal = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "log"))
+        .expect("a WAL file");
+    let mut bytes = std::fs::read(&wal).unwrap();
+    let ends = wal_record_ends(&bytes);
+    assert_eq!(*ends.last().unwrap(), bytes.len());
+    // The start of one more FULL record of 100 bytes, of which only 20 reached the disk.
+    bytes.extend_from_slice(&[0xde, 0xad, 0xbe, 0xef, 100, 0, 1]);
+    bytes.extend_from_slice(&[0x55; 20]);
+    std::fs::write(&wal, &bytes).unwrap();
+    let mut node = Node::spawn(&dir, &[]);
+    let mut c = node
+        .outcome()
+        .unwrap_or_else(|s| panic!("refused ({s}): {}", refusal_line(&node.stderr)));
+    assert_eq!(acknowledged_users(&mut c), 50);
+}

@@ -90,6 +90,7 @@ pub fn start(
         last_expire: Instant::now(),
         last_promote: Instant::now(),
         transfer: None,
+        last_disk_transfer: Instant::now(),
     };
     driver.publish_membership();
     driver.announce_peers();
@@ -201,6 +202,7 @@ struct Driver {
     last_expire: Instant,
     last_promote: Instant,
     transfer: Option<(oneshot::Sender<bool>, Instant)>,
+    last_disk_transfer: Instant,
 }
 
 const RETRYABLE_TERM: &str =
@@ -338,6 +340,10 @@ impl Driver {
 
     /// A proposal of this node: appended here when leading, else forwarded to the leader.
     fn propose_local(&mut self, data: Vec<u8>, reply: oneshot::Sender<Outcome>) {
+        if self.cfg.disk.is_low() {
+            let _ = reply.send(Err(RpcError::internal(self.cfg.disk.refusal())));
+            return;
+        }
         self.next_proposal += 1;
         let id = self.next_proposal;
         let context = ProposalContext {
@@ -387,6 +393,9 @@ impl Driver {
 
     /// Stamps a proposal with the cluster clock and appends it to the leader's log.
     fn append(&mut self, context: &[u8], data: Vec<u8>) -> Result<(), String> {
+        if self.cfg.disk.is_low() {
+            return Err(self.cfg.disk.refusal());
+        }
         let mut ctx = ProposalContext::decode(context).map_err(|e| e.to_string())?;
         ctx.clock_ms = self.clock_now();
         let before = self.raw.raft.raft_log.last_index();
@@ -578,12 +587,7 @@ impl Driver {
             let _ = reply.send(true);
             return;
         }
-        let (voters, _) = self.voters_and_learners();
-        let target = voters
-            .into_iter()
-            .filter(|id| *id != self.me.raft_id)
-            .max_by_key(|id| self.raw.raft.prs().get(*id).map_or(0, |p| p.matched));
-        match target {
+        match self.transfer_target() {
             Some(id) => {
                 info!(to = id, "transferring raft leadership before stopping");
                 self.raw.transfer_leader(id);
@@ -592,6 +596,34 @@ impl Driver {
             None => {
                 let _ = reply.send(false);
             }
+        }
+    }
+
+    /// The voter best placed to take over leadership: the most caught-up one.
+    fn transfer_target(&self) -> Option<u64> {
+        let (voters, _) = self.voters_and_learners();
+        voters
+            .into_iter()
+            .filter(|id| *id != self.me.raft_id)
+            .max_by_key(|id| self.raw.raft.prs().get(*id).map_or(0, |p| p.matched))
+    }
+
+    /// A leader whose disk is below its reserve cannot append: it hands leadership to a
+    /// voter that can (every second while the disk stays low).
+    fn leave_leadership_if_disk_low(&mut self) {
+        if !self.is_leader() || !self.cfg.disk.is_low() || self.transfer.is_some() {
+            return;
+        }
+        if self.last_disk_transfer.elapsed() < Duration::from_secs(1) {
+            return;
+        }
+        self.last_disk_transfer = Instant::now();
+        if let Some(id) = self.transfer_target() {
+            warn!(
+                to = id,
+                "this leader's disk is below its reserve: transferring leadership"
+            );
+            self.raw.transfer_leader(id);
         }
     }
 
@@ -608,6 +640,7 @@ impl Driver {
             self.last_expire = Instant::now();
             self.maybe_expire();
         }
+        self.leave_leadership_if_disk_low();
     }
 
     fn fail_timed_out(&mut self) {
@@ -749,7 +782,11 @@ impl Driver {
     }
 
     fn on_ready(&mut self) -> Result<(), StoreError> {
-        if !self.raw.has_ready() {
+        // Entries (or a snapshot) to persist wait while the disk is below its reserve:
+        // raft holds them, and this node falls silent to the leader until space returns.
+        let unstable = &self.raw.raft.raft_log.unstable;
+        let to_persist = !unstable.entries.is_empty() || unstable.snapshot.is_some();
+        if !self.raw.has_ready() || to_persist && self.cfg.disk.is_low() {
             self.reads
                 .progress(self.raw.raft.raft_log.applied, self.cfg.read_timeout);
             return Ok(());
@@ -956,7 +993,7 @@ impl Driver {
     /// on meanwhile. One snapshot is written at a time.
     fn maybe_snapshot(&mut self) -> Result<(), StoreError> {
         self.finish_snapshot(false)?;
-        if self.snapshotting.is_some() {
+        if self.snapshotting.is_some() || self.cfg.disk.is_low() {
             return Ok(());
         }
         let applied = self.raw.raft.raft_log.applied;

@@ -46,6 +46,8 @@ pub struct RaftConfig {
     pub max_voters: usize,
     /// Test only: each applied batch is held back this long (a slow node).
     pub test_apply_delay: Duration,
+    /// Writes wait while the data dir's disk is below its reserve.
+    pub disk: crate::store::space::DiskGuard,
 }
 
 impl Default for RaftConfig {
@@ -63,6 +65,7 @@ impl Default for RaftConfig {
             expire_tick: Duration::from_millis(100),
             max_voters: 5,
             test_apply_delay: Duration::ZERO,
+            disk: Default::default(),
         }
     }
 }

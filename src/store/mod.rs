@@ -7,6 +7,7 @@
 //! metadata still fit together (docs/reliability.md, "Storage faults").
 
 pub mod datadir;
+pub mod space;
 
 use std::collections::VecDeque;
 use std::path::Path;
@@ -53,10 +54,12 @@ fn db_options() -> Options {
     let mut opts = Options::default();
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
-    // Every write a node acknowledges was fsync'd, so a WAL record that fails its checksum
-    // or ends early is damage, not a write cut short by a crash: stop there instead of
-    // replaying up to it (the default, which dropped half a log without a word).
-    opts.set_wal_recovery_mode(DBRecoveryMode::AbsoluteConsistency);
+    // A WAL record that fails its checksum is damage: refuse to open instead of replaying
+    // up to it (the default point-in-time mode, which dropped half a log without a word).
+    // Only an incomplete last record is passed over: that is a write cut short by a crash
+    // or a full disk, never acknowledged, since a write is acknowledged once it is fsync'd
+    // whole. A cut deeper into the log is caught by `nexus.durable` (see `check_durable`).
+    opts.set_wal_recovery_mode(DBRecoveryMode::TolerateCorruptedTailRecords);
     opts.set_paranoid_checks(true);
     opts
 }
