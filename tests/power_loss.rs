@@ -11,78 +11,15 @@ use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::symlink;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::cluster::{wait_voters, Proc};
+use common::faultfs::FaultFs;
 use common::*;
 use serde_json::{json, Value};
-
-/// A mounted `nexus-faultfs`; unmounted when dropped.
-struct FaultFs {
-    child: Child,
-    mount: PathBuf,
-    _dirs: tempfile::TempDir,
-}
-
-impl FaultFs {
-    fn mount() -> FaultFs {
-        let dirs = tempfile::tempdir().unwrap();
-        let (backing, mount) = (dirs.path().join("backing"), dirs.path().join("mnt"));
-        std::fs::create_dir(&backing).unwrap();
-        std::fs::create_dir(&mount).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_nexus-faultfs"))
-            .arg(&backing)
-            .arg(&mount)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(
-            line.trim(),
-            "mounted",
-            "nexus-faultfs did not mount (root and /dev/fuse are needed)"
-        );
-        FaultFs {
-            child,
-            mount,
-            _dirs: dirs,
-        }
-    }
-
-    /// The power cut: every write not fsync'd since it was made is gone.
-    fn cut_power(&self) {
-        signal(self.child.id(), libc::SIGUSR1);
-        // The cut is done once a read shows it: poll a file written unsynced just before.
-        let probe = self.mount.join(".probe");
-        std::fs::write(&probe, b"unsynced").unwrap();
-        signal(self.child.id(), libc::SIGUSR1);
-        assert!(
-            eventually(Duration::from_secs(5), || {
-                std::fs::read(&probe).is_ok_and(|b| b.is_empty())
-            }),
-            "the power cut did not happen"
-        );
-    }
-}
-
-impl Drop for FaultFs {
-    fn drop(&mut self) {
-        signal(self.child.id(), libc::SIGTERM);
-        let _ = self.child.wait();
-    }
-}
-
-fn signal(pid: u32, sig: i32) {
-    assert_eq!(unsafe { libc::kill(pid as i32, sig) }, 0);
-}
 
 /// The injector itself: a write without fsync is lost at the cut, a synced one is kept,
 /// and writes after the last fsync of a file are lost while what it synced stays.

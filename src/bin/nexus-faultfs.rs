@@ -3,8 +3,9 @@
 //! cut Jepsen's LazyFS simulates, for the storage-fault tests.
 //!
 //! ```text
-//! nexus-faultfs BACKING MOUNTPOINT      # mounts; prints "mounted" once ready
+//! nexus-faultfs BACKING MOUNTPOINT [FSYNC_DELAY_MS]   # mounts; prints "mounted" when ready
 //! kill -USR1 PID                        # power cut: unsynced writes vanish
+//! kill -USR2 PID                        # slow disk on/off: each fsync first waits the delay
 //! kill -TERM PID                        # unmount and exit
 //! ```
 //!
@@ -19,6 +20,7 @@ use std::ffi::OsStr;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -53,6 +55,9 @@ struct Inner {
 struct FaultFs {
     backing: PathBuf,
     inner: Arc<Mutex<Inner>>,
+    /// While set, every fsync first waits `fsync_delay_ms` (a slow or stalled disk).
+    slow: Arc<AtomicBool>,
+    fsync_delay_ms: u64,
 }
 
 fn errno(e: std::io::Error) -> c_int {
@@ -437,6 +442,9 @@ impl Filesystem for FaultFs {
         let Some(rel) = self.rel(ino) else {
             return reply.error(ENOENT);
         };
+        if self.slow.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(self.fsync_delay_ms));
+        }
         match self.sync(ino, &rel) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
@@ -564,17 +572,22 @@ fn block(signals: &[c_int]) -> libc::sigset_t {
 
 fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().collect();
-    if args.len() != 3 {
+    let delay = args.get(3).map(|d| d.parse::<u64>());
+    if !(3..=4).contains(&args.len()) || matches!(delay, Some(Err(_))) {
         eprintln!(
-            "usage: nexus-faultfs BACKING MOUNTPOINT (USR1: drop unsynced writes; TERM: unmount)"
+            "usage: nexus-faultfs BACKING MOUNTPOINT [FSYNC_DELAY_MS] (USR1: drop unsynced \
+             writes; USR2: slow fsync on/off; TERM: unmount)"
         );
         return std::process::ExitCode::from(2);
     }
-    let set = block(&[libc::SIGUSR1, libc::SIGTERM, libc::SIGINT]);
+    let set = block(&[libc::SIGUSR1, libc::SIGUSR2, libc::SIGTERM, libc::SIGINT]);
     let inner = Arc::new(Mutex::new(Inner::default()));
+    let slow = Arc::new(AtomicBool::new(false));
     let fs = FaultFs {
         backing: PathBuf::from(&args[1]),
         inner: inner.clone(),
+        slow: slow.clone(),
+        fsync_delay_ms: delay.and_then(Result::ok).unwrap_or(2_000),
     };
     let options = [
         MountOption::FSName("nexus-faultfs".into()),
@@ -600,6 +613,12 @@ fn main() -> std::process::ExitCode {
                 n
             };
             eprintln!("nexus-faultfs: power cut, {dropped} unsynced writes dropped");
+        } else if sig == libc::SIGUSR2 {
+            let was = slow.fetch_xor(true, Ordering::Relaxed);
+            eprintln!(
+                "nexus-faultfs: slow fsync {}",
+                if was { "off" } else { "on" }
+            );
         } else {
             drop(session);
             return std::process::ExitCode::SUCCESS;

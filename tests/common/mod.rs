@@ -13,6 +13,7 @@ use nexus::server::Background;
 use serde_json::{json, Value};
 
 pub mod cluster;
+pub mod faultfs;
 pub mod standalone;
 
 pub const ROOT_PASS: &str = "root";
