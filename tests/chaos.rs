@@ -6,6 +6,24 @@ use std::process::Command;
 
 #[test]
 fn a_minute_of_mixed_faults_breaks_no_promise() {
+    a_minute_of(&[], 2, &[]);
+}
+
+/// Storage faults: flipped bits and truncations (the damaged node refuses and is rebuilt
+/// from its peers), power cuts of all three nodes at once, a slow disk (nexus-faultfs: root
+/// and /dev/fuse, like the namespaces of the test above).
+#[test]
+fn a_minute_of_storage_faults_breaks_no_promise() {
+    a_minute_of(
+        &["--faults", "corrupt,truncate,power-cut,slow-disk"],
+        3,
+        &["corrupt", "truncate", "power-cut", "slow-disk"],
+    );
+}
+
+/// Runs `nexus chaos` for a minute with `extra` arguments and seed `seed`; requires 0
+/// violations, enough faults (of each kind in `kinds`) and acknowledged operations.
+fn a_minute_of(extra: &[&str], seed: u64, kinds: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_nexus"))
         .args([
@@ -13,10 +31,11 @@ fn a_minute_of_mixed_faults_breaks_no_promise() {
             "--duration",
             "60s",
             "--seed",
-            "2",
+            &seed.to_string(),
             "--fault-every",
             "6s",
         ])
+        .args(extra)
         // A debug build on two cores: fewer clients, so the nodes are not starved.
         .args([
             "--mix",
@@ -45,6 +64,12 @@ fn a_minute_of_mixed_faults_breaks_no_promise() {
     let history = std::fs::read_to_string(dir.path().join("history.jsonl")).unwrap();
     let count = |needle: &str| history.lines().filter(|l| l.contains(needle)).count();
     assert!(count(r#""type":"fault""#) >= 3, "too few faults injected");
+    for kind in kinds {
+        assert!(
+            count(&format!(r#""op":"{kind}""#)) > 0,
+            "no {kind} fault injected"
+        );
+    }
     for op in [
         "task.push",
         "sync.lock",

@@ -76,7 +76,7 @@ impl Faults {
     fn on(&self, node: usize, a: f64, b: f64) -> bool {
         self.windows
             .iter()
-            .any(|&(n, s, e)| n == node && s <= b && e >= a)
+            .any(|&(n, s, e)| hits(n, node) && s <= b && e >= a)
     }
 
     /// Any fault overlaps [a, b].
@@ -89,10 +89,15 @@ impl Faults {
     fn cap(&self, node: usize, start: f64, end: f64) -> f64 {
         self.windows
             .iter()
-            .filter(|&&(n, _, e)| n == node && e > start)
+            .filter(|&&(n, _, e)| hits(n, node) && e > start)
             .map(|&(_, s, _)| s.max(start))
             .fold(end, f64::min)
     }
+}
+
+/// Whether a fault recorded on `faulted` (`ALL_NODES` for a power cut) concerns `node`.
+fn hits(faulted: usize, node: usize) -> bool {
+    faulted == node || faulted == super::history::ALL_NODES
 }
 
 pub fn check(records: &[Record]) -> Report {

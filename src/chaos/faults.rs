@@ -10,7 +10,7 @@ use clap::ValueEnum;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::history::{Kind, Recorder};
+use super::history::{Kind, Recorder, ALL_NODES};
 use super::nodes::Cluster;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -25,6 +25,15 @@ pub enum FaultKind {
     /// A random node's traffic to and from its peers dropped (network namespaces).
     Isolate,
     IsolateLeader,
+    /// A random node killed, one bit flipped in one of its data files (WAL, SST or
+    /// MANIFEST), restarted: it serves everything or refuses and is rebuilt from its peers.
+    Corrupt,
+    /// The same with the file cut short at a random offset.
+    Truncate,
+    /// Every node killed at once and what none of them fsync'd dropped (nexus-faultfs).
+    PowerCut,
+    /// A random node's fsyncs each take 2 s for a while (nexus-faultfs).
+    SlowDisk,
 }
 
 impl FaultKind {
@@ -36,6 +45,10 @@ impl FaultKind {
             FaultKind::PauseLeader => "pause-leader",
             FaultKind::Isolate => "isolate",
             FaultKind::IsolateLeader => "isolate-leader",
+            FaultKind::Corrupt => "corrupt",
+            FaultKind::Truncate => "truncate",
+            FaultKind::PowerCut => "power-cut",
+            FaultKind::SlowDisk => "slow-disk",
         }
     }
 
@@ -50,11 +63,20 @@ impl FaultKind {
         matches!(self, FaultKind::Isolate | FaultKind::IsolateLeader)
     }
 
+    /// Runs the nodes on nexus-faultfs mounts (root and /dev/fuse).
+    pub fn needs_faultfs(self) -> bool {
+        matches!(self, FaultKind::PowerCut | FaultKind::SlowDisk)
+    }
+
     /// How long the fault lasts: pauses and isolations outlast an election and the
     /// node-down delay (2.5 s), so the cluster moves on without the node.
     fn hold(self, rng: &mut StdRng) -> Duration {
         let secs = match self {
             FaultKind::Kill | FaultKind::KillLeader => rng.gen_range(1.0..4.0),
+            FaultKind::Corrupt | FaultKind::Truncate | FaultKind::PowerCut => {
+                rng.gen_range(1.0..3.0)
+            }
+            FaultKind::SlowDisk => rng.gen_range(3.0..8.0),
             FaultKind::Pause | FaultKind::PauseLeader => rng.gen_range(3.0..6.0),
             FaultKind::Isolate | FaultKind::IsolateLeader => rng.gen_range(3.0..8.0),
         };
@@ -71,6 +93,8 @@ pub struct Planned {
     /// Quiet time before it.
     pub gap: Duration,
     pub hold: Duration,
+    /// Draws the damage of a corrupt or truncate fault (file, offset, bit).
+    pub salt: u64,
 }
 
 /// The schedule's source: the same seed, kinds, node count and fault interval always give
@@ -100,11 +124,13 @@ impl Schedule {
         let node = self.rng.gen_range(0..self.nodes);
         let gap = self.every.mul_f64(self.rng.gen_range(0.5..1.5));
         let hold = kind.hold(&mut self.rng);
+        let salt = self.rng.gen();
         Some(Planned {
             kind,
             node,
             gap,
             hold,
+            salt,
         })
     }
 }
@@ -150,17 +176,43 @@ pub fn inject(
             plan.kind.name(),
             plan.hold.as_secs_f64()
         );
+        // A power cut hits every node: its window covers them all.
+        let node = if plan.kind == FaultKind::PowerCut {
+            ALL_NODES
+        } else {
+            node
+        };
         rec.event(Kind::Fault, plan.kind.name(), node);
         match plan.kind {
             FaultKind::Kill | FaultKind::KillLeader => cluster.kill(node),
             FaultKind::Pause | FaultKind::PauseLeader => cluster.signal(node, libc::SIGSTOP),
             FaultKind::Isolate | FaultKind::IsolateLeader => cluster.isolate(node)?,
+            FaultKind::Corrupt | FaultKind::Truncate => {
+                cluster.kill(node);
+                let what = cluster.damage(node, plan.kind == FaultKind::Truncate, plan.salt)?;
+                eprintln!("  [{:>5.1}s]   n{node}: {what}", rec.now());
+            }
+            FaultKind::PowerCut => {
+                for i in 0..cluster.nodes.len() {
+                    cluster.kill(i);
+                }
+                cluster.cut_power()?;
+            }
+            FaultKind::SlowDisk => cluster.toggle_slow_disk(node)?,
         }
         std::thread::sleep(plan.hold);
         match plan.kind {
-            FaultKind::Kill | FaultKind::KillLeader => cluster.start(node)?,
+            FaultKind::Kill | FaultKind::KillLeader | FaultKind::Corrupt | FaultKind::Truncate => {
+                cluster.start(node)?
+            }
             FaultKind::Pause | FaultKind::PauseLeader => cluster.signal(node, libc::SIGCONT),
             FaultKind::Isolate | FaultKind::IsolateLeader => cluster.heal_network(node)?,
+            FaultKind::PowerCut => {
+                for i in 0..cluster.nodes.len() {
+                    cluster.start(i)?;
+                }
+            }
+            FaultKind::SlowDisk => cluster.toggle_slow_disk(node)?,
         }
         rec.event(Kind::Heal, plan.kind.name(), node);
         status.injected.lock().unwrap().push((plan.kind, node));

@@ -9,6 +9,9 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+/// The node of a fault that hits every node at once (a power cut).
+pub const ALL_NODES: usize = usize::MAX;
+
 /// What a line records. Client operations are written twice: `invoke` when they complete
 /// (with the invocation time), then their outcome.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -142,7 +142,8 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<bool> {
         kinds.retain(|k| !k.needs_netns());
     }
     let exe = std::env::current_exe()?;
-    let mut cluster = Cluster::new(&exe, &dir, args.nodes, net)?;
+    let faultfs = kinds.iter().any(|k| k.needs_faultfs());
+    let mut cluster = Cluster::new(&exe, &dir, args.nodes, net, faultfs)?;
     for i in 0..args.nodes {
         cluster.start(i)?;
     }
@@ -201,6 +202,7 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<bool> {
     done.store(true, Ordering::Relaxed);
     let _ = progress.join();
     cluster.stop_all(Duration::from_secs(10));
+    cluster.unmount();
     injected?;
 
     let report = check::check(&rec.take_records());
@@ -209,7 +211,9 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<bool> {
     let clean = report.violations.is_empty();
     if clean && !args.keep_data {
         for i in 0..args.nodes {
-            let _ = std::fs::remove_dir_all(dir.join(format!("n{i}/data")));
+            for data in ["data", "disk", "backing"] {
+                let _ = std::fs::remove_dir_all(dir.join(format!("n{i}/{data}")));
+            }
         }
     }
     eprintln!("  history: {}", dir.join("history.jsonl").display());

@@ -65,19 +65,36 @@ impl Node {
     pub fn log_path(&self) -> PathBuf {
         self.dir.join("node.log")
     }
+
+    /// Where nexus-faultfs mounts this node's disk (when the run uses it).
+    fn disk(&self) -> PathBuf {
+        self.dir.join("disk")
+    }
 }
+
+/// Exit status of a node that refused its data dir as damaged.
+const REFUSED: i32 = 65;
 
 pub struct Cluster {
     pub nodes: Vec<Node>,
     exe: PathBuf,
     secret: String,
+    /// One nexus-faultfs per node (its disk), when the run injects power cuts or slow disks.
+    faultfs: Vec<Child>,
     /// Present when nodes run in their own namespaces (isolation possible). Dropped last.
     net: Option<Netns>,
 }
 
 impl Cluster {
-    /// Lays out `n` nodes under `dir`; `net` puts each in its namespace.
-    pub fn new(exe: &Path, dir: &Path, n: usize, net: Option<Netns>) -> anyhow::Result<Cluster> {
+    /// Lays out `n` nodes under `dir`; `net` puts each in its namespace; `faultfs` puts
+    /// each node's data dir on a nexus-faultfs mount of its own.
+    pub fn new(
+        exe: &Path,
+        dir: &Path,
+        n: usize,
+        net: Option<Netns>,
+        faultfs: bool,
+    ) -> anyhow::Result<Cluster> {
         let mut nodes = Vec::new();
         for i in 0..n {
             let node_dir = dir.join(format!("n{i}"));
@@ -100,12 +117,162 @@ impl Cluster {
             });
         }
         let secret = format!("{:032x}", rand::random::<u128>());
-        Ok(Cluster {
+        let mut cluster = Cluster {
             nodes,
             exe: exe.to_path_buf(),
             secret,
+            faultfs: Vec::new(),
             net,
-        })
+        };
+        if faultfs {
+            cluster.mount_faultfs()?;
+        }
+        Ok(cluster)
+    }
+
+    /// Mounts a nexus-faultfs (found beside this binary) on each node's disk directory.
+    fn mount_faultfs(&mut self) -> anyhow::Result<()> {
+        use std::io::BufRead;
+        let tool = self.exe.with_file_name("nexus-faultfs");
+        anyhow::ensure!(
+            tool.exists(),
+            "power-cut and slow-disk need {} (built with nexus)",
+            tool.display()
+        );
+        for node in &self.nodes {
+            let backing = node.dir.join("backing");
+            std::fs::create_dir_all(&backing)?;
+            std::fs::create_dir_all(node.disk())?;
+            let mut child = Command::new(&tool)
+                .arg(&backing)
+                .arg(node.disk())
+                .arg("2000")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()?;
+            let mut line = String::new();
+            std::io::BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line)?;
+            if line.trim() != "mounted" {
+                let _ = child.kill();
+                anyhow::bail!(
+                    "nexus-faultfs did not mount on {} (root and /dev/fuse are needed)",
+                    node.disk().display()
+                );
+            }
+            self.faultfs.push(child);
+        }
+        Ok(())
+    }
+
+    /// Node `i`'s data dir: on its faultfs mount when there is one.
+    fn data_dir(&self, i: usize) -> PathBuf {
+        match self.faultfs.is_empty() {
+            true => self.nodes[i].dir.join("data"),
+            false => self.nodes[i].disk().join("data"),
+        }
+    }
+
+    /// Damages one data file (WAL, SST or MANIFEST, drawn from `salt`) of stopped node `i`:
+    /// one bit flipped, or the file cut short. Says what it did.
+    pub fn damage(&self, i: usize, truncate: bool, salt: u64) -> anyhow::Result<String> {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(salt);
+        let dir = self.data_dir(i);
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                let name = p.file_name().unwrap_or_default().to_string_lossy();
+                name.ends_with(".log") || name.ends_with(".sst") || name.starts_with("MANIFEST-")
+            })
+            .filter(|p| std::fs::metadata(p).is_ok_and(|m| m.len() > 0))
+            .collect();
+        files.sort();
+        anyhow::ensure!(!files.is_empty(), "no data file in {}", dir.display());
+        let file = &files[rng.gen_range(0..files.len())];
+        let len = std::fs::metadata(file)?.len();
+        let offset = rng.gen_range(0..len);
+        let name = file.file_name().unwrap_or_default().to_string_lossy();
+        if truncate {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(file)?
+                .set_len(offset)?;
+            Ok(format!("{name} cut from {len} to {offset} bytes"))
+        } else {
+            let bit = rng.gen_range(0..8u8);
+            let mut bytes = std::fs::read(file)?;
+            bytes[offset as usize] ^= 1 << bit;
+            std::fs::write(file, bytes)?;
+            Ok(format!("{name}: bit {bit} of byte {offset} flipped"))
+        }
+    }
+
+    /// The power cut: every node's unsynced writes dropped (the nodes are stopped first).
+    pub fn cut_power(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(!self.faultfs.is_empty(), "power cuts need nexus-faultfs");
+        for (node, fs) in self.nodes.iter().zip(&self.faultfs) {
+            // Done once a file written unsynced right before reads back empty.
+            let probe = node.disk().join(".probe");
+            std::fs::write(&probe, b"unsynced")?;
+            // SAFETY: kill(2) on a child process this harness started.
+            unsafe { libc::kill(fs.id() as i32, libc::SIGUSR1) };
+            let until = Instant::now() + Duration::from_secs(10);
+            while std::fs::read(&probe).map_or(true, |b| !b.is_empty()) {
+                anyhow::ensure!(Instant::now() < until, "the power cut did not happen");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        Ok(())
+    }
+
+    /// Slow disk on or off for node `i`.
+    pub fn toggle_slow_disk(&self, i: usize) -> anyhow::Result<()> {
+        let fs = self
+            .faultfs
+            .get(i)
+            .ok_or_else(|| anyhow::anyhow!("slow disks need nexus-faultfs"))?;
+        // SAFETY: kill(2) on a child process this harness started.
+        unsafe { libc::kill(fs.id() as i32, libc::SIGUSR2) };
+        Ok(())
+    }
+
+    /// Does the operator's part for a node that refused its damaged data dir: `nexus
+    /// rebuild`, then starts it again to rejoin from its peers.
+    fn rebuild_refused(&mut self) {
+        for i in 0..self.nodes.len() {
+            let exited = match self.nodes[i].child.as_mut().map(|c| c.try_wait()) {
+                Some(Ok(Some(status))) => status,
+                _ => continue,
+            };
+            self.nodes[i].child = None;
+            if exited.code() != Some(REFUSED) {
+                eprintln!("  n{i} exited: {exited}");
+                continue;
+            }
+            eprintln!("  n{i} refused its damaged data dir: nexus rebuild, then start");
+            let rebuilt = Command::new(&self.exe)
+                .arg("rebuild")
+                .arg("--data-dir")
+                .arg(self.data_dir(i))
+                .stdout(Stdio::null())
+                .status();
+            if !rebuilt.is_ok_and(|s| s.success()) {
+                eprintln!("  n{i}: nexus rebuild failed");
+                continue;
+            }
+            if let Err(e) = self.start(i) {
+                eprintln!("  n{i} did not start again: {e:#}");
+            }
+        }
+    }
+
+    /// Unmounts the nodes' nexus-faultfs disks (the nodes are stopped first).
+    pub fn unmount(&mut self) {
+        for mut fs in self.faultfs.drain(..) {
+            // SAFETY: kill(2) on a child process this harness started.
+            unsafe { libc::kill(fs.id() as i32, libc::SIGTERM) };
+            let _ = fs.wait();
+        }
     }
 
     pub fn can_isolate(&self) -> bool {
@@ -115,6 +282,7 @@ impl Cluster {
     pub fn start(&mut self, i: usize) -> anyhow::Result<()> {
         let joins: Vec<String> = self.nodes.iter().map(Node::cluster_addr).collect();
         let n = self.nodes.len();
+        let data_dir = self.data_dir(i);
         let node = &mut self.nodes[i];
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -130,7 +298,7 @@ impl Cluster {
         };
         cmd.arg("serve")
             .arg("--data-dir")
-            .arg(node.dir.join("data"))
+            .arg(data_dir)
             .args(["-l", &format!("http://{}", node.client_addr())])
             .args([
                 "-l",
@@ -179,10 +347,12 @@ impl Cluster {
         }
     }
 
-    /// Waits until every node answers its health check.
-    pub fn wait_healthy(&self, within: Duration) -> bool {
+    /// Waits until every node answers its health check, rebuilding meanwhile any node that
+    /// refused its data dir as damaged.
+    pub fn wait_healthy(&mut self, within: Duration) -> bool {
         let until = Instant::now() + within;
         loop {
+            self.rebuild_refused();
             if self.nodes.iter().all(Node::healthy) {
                 return true;
             }
@@ -243,6 +413,7 @@ impl Drop for Cluster {
         for i in 0..self.nodes.len() {
             self.kill(i);
         }
+        self.unmount();
     }
 }
 
