@@ -6,6 +6,7 @@
 //! nexus-faultfs BACKING MOUNTPOINT [FSYNC_DELAY_MS]   # mounts; prints "mounted" when ready
 //! kill -USR1 PID                        # power cut: unsynced writes vanish
 //! kill -USR2 PID                        # slow disk on/off: each fsync first waits the delay
+//! kill -RTMIN PID                       # full disk on/off: statfs reports no free space
 //! kill -TERM PID                        # unmount and exit
 //! ```
 //!
@@ -58,6 +59,9 @@ struct FaultFs {
     /// While set, every fsync first waits `fsync_delay_ms` (a slow or stalled disk).
     slow: Arc<AtomicBool>,
     fsync_delay_ms: u64,
+    /// While set, statfs reports no free space (writes still land: what a node sees as its
+    /// disk fills, before the last blocks go).
+    full: Arc<AtomicBool>,
 }
 
 fn errno(e: std::io::Error) -> c_int {
@@ -498,6 +502,10 @@ impl Filesystem for FaultFs {
         if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
             return reply.error(EIO);
         }
+        if self.full.load(Ordering::Relaxed) {
+            st.f_bavail = 0;
+            st.f_bfree = 0;
+        }
         reply.statfs(
             st.f_blocks,
             st.f_bfree,
@@ -580,10 +588,18 @@ fn main() -> std::process::ExitCode {
         );
         return std::process::ExitCode::from(2);
     }
-    let set = block(&[libc::SIGUSR1, libc::SIGUSR2, libc::SIGTERM, libc::SIGINT]);
+    let set = block(&[
+        libc::SIGUSR1,
+        libc::SIGUSR2,
+        libc::SIGRTMIN(),
+        libc::SIGTERM,
+        libc::SIGINT,
+    ]);
     let inner = Arc::new(Mutex::new(Inner::default()));
     let slow = Arc::new(AtomicBool::new(false));
+    let full = Arc::new(AtomicBool::new(false));
     let fs = FaultFs {
+        full: full.clone(),
         backing: PathBuf::from(&args[1]),
         inner: inner.clone(),
         slow: slow.clone(),
@@ -613,6 +629,12 @@ fn main() -> std::process::ExitCode {
                 n
             };
             eprintln!("nexus-faultfs: power cut, {dropped} unsynced writes dropped");
+        } else if sig == libc::SIGRTMIN() {
+            let was = full.fetch_xor(true, Ordering::Relaxed);
+            eprintln!(
+                "nexus-faultfs: full disk {}",
+                if was { "off" } else { "on" }
+            );
         } else if sig == libc::SIGUSR2 {
             let was = slow.fetch_xor(true, Ordering::Relaxed);
             eprintln!(

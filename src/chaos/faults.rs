@@ -34,6 +34,9 @@ pub enum FaultKind {
     PowerCut,
     /// A random node's fsyncs each take 2 s for a while (nexus-faultfs).
     SlowDisk,
+    /// A random node's disk reports no free space for a while (nexus-faultfs): it refuses
+    /// writes and hands leadership over until space returns.
+    DiskFull,
 }
 
 impl FaultKind {
@@ -49,6 +52,7 @@ impl FaultKind {
             FaultKind::Truncate => "truncate",
             FaultKind::PowerCut => "power-cut",
             FaultKind::SlowDisk => "slow-disk",
+            FaultKind::DiskFull => "disk-full",
         }
     }
 
@@ -65,7 +69,10 @@ impl FaultKind {
 
     /// Runs the nodes on nexus-faultfs mounts (root and /dev/fuse).
     pub fn needs_faultfs(self) -> bool {
-        matches!(self, FaultKind::PowerCut | FaultKind::SlowDisk)
+        matches!(
+            self,
+            FaultKind::PowerCut | FaultKind::SlowDisk | FaultKind::DiskFull
+        )
     }
 
     /// How long the fault lasts: pauses and isolations outlast an election and the
@@ -76,7 +83,7 @@ impl FaultKind {
             FaultKind::Corrupt | FaultKind::Truncate | FaultKind::PowerCut => {
                 rng.gen_range(1.0..3.0)
             }
-            FaultKind::SlowDisk => rng.gen_range(3.0..8.0),
+            FaultKind::SlowDisk | FaultKind::DiskFull => rng.gen_range(3.0..8.0),
             FaultKind::Pause | FaultKind::PauseLeader => rng.gen_range(3.0..6.0),
             FaultKind::Isolate | FaultKind::IsolateLeader => rng.gen_range(3.0..8.0),
         };
@@ -199,6 +206,7 @@ pub fn inject(
                 cluster.cut_power()?;
             }
             FaultKind::SlowDisk => cluster.toggle_slow_disk(node)?,
+            FaultKind::DiskFull => cluster.toggle_full_disk(node)?,
         }
         std::thread::sleep(plan.hold);
         match plan.kind {
@@ -213,6 +221,7 @@ pub fn inject(
                 }
             }
             FaultKind::SlowDisk => cluster.toggle_slow_disk(node)?,
+            FaultKind::DiskFull => cluster.toggle_full_disk(node)?,
         }
         rec.event(Kind::Heal, plan.kind.name(), node);
         status.injected.lock().unwrap().push((plan.kind, node));

@@ -227,12 +227,21 @@ impl Cluster {
 
     /// Slow disk on or off for node `i`.
     pub fn toggle_slow_disk(&self, i: usize) -> anyhow::Result<()> {
+        self.signal_faultfs(i, libc::SIGUSR2)
+    }
+
+    /// Full disk on or off for node `i`.
+    pub fn toggle_full_disk(&self, i: usize) -> anyhow::Result<()> {
+        self.signal_faultfs(i, libc::SIGRTMIN())
+    }
+
+    fn signal_faultfs(&self, i: usize, sig: i32) -> anyhow::Result<()> {
         let fs = self
             .faultfs
             .get(i)
-            .ok_or_else(|| anyhow::anyhow!("slow disks need nexus-faultfs"))?;
+            .ok_or_else(|| anyhow::anyhow!("disk faults need nexus-faultfs"))?;
         // SAFETY: kill(2) on a child process this harness started.
-        unsafe { libc::kill(fs.id() as i32, libc::SIGUSR2) };
+        unsafe { libc::kill(fs.id() as i32, sig) };
         Ok(())
     }
 
