@@ -127,9 +127,11 @@ pub fn start(
 /// entries it had (a leader knows this node matched further than its log now reaches) or
 /// that a stored record is damaged.
 fn storage_fault(panic_message: &str) -> Option<String> {
-    let lost = panic_message.contains("out of range [last_index")
-        || panic_message.contains("was the raft log corrupted");
-    let damaged = panic_message.contains("Corruption:");
+    // raft-rs 0.7: "to_commit {} is out of range [last_index {}]" (commit_to).
+    let lost = panic_message.contains("out of range [last_index");
+    // A read of the log that failed its checks, passed up through raft-rs: RocksDB's
+    // checksums ("Corruption:") or ours (`StoreError::Corrupt`, "corrupt record").
+    let damaged = panic_message.contains("Corruption:") || panic_message.contains("corrupt record");
     (lost || damaged).then(|| format!("raft found the stored log damaged: {panic_message}"))
 }
 
@@ -140,7 +142,10 @@ fn fail_stop(dir: &std::path::Path, why: &str) -> ! {
     let refusal = crate::store::datadir::refusal(dir, why);
     error!("{refusal}");
     eprintln!("nexus: {refusal}");
-    std::process::exit(crate::store::datadir::REFUSED_EXIT_CODE.into());
+    // _exit, not exit: RocksDB's static destructors would run while its threads still
+    // work, and an abort there would replace the refusal status.
+    // SAFETY: ends the process at once; the marker above is already durable.
+    unsafe { libc::_exit(crate::store::datadir::REFUSED_EXIT_CODE.into()) }
 }
 
 /// A request waiting for its proposal to be applied here.
@@ -289,6 +294,13 @@ impl Driver {
             Msg::Propose { data, reply } => self.propose_local(data, reply),
             Msg::Read { reply } => self.reads.add(reply),
             Msg::Raft { from, msg } => {
+                // Entries this node could not store wait in memory: take none while the
+                // disk is below its reserve (the leader retries once this node answers).
+                if msg.get_msg_type() == raft::eraftpb::MessageType::MsgAppend
+                    && self.cfg.disk.is_low()
+                {
+                    return;
+                }
                 if msg.from != from {
                     warn!(
                         from,
@@ -489,7 +501,9 @@ impl Driver {
             s.cluster
                 .members
                 .iter()
-                .find(|(id, a)| **id != raft_id && **a == addr)
+                .find(|(id, a)| {
+                    **id != raft_id && **a == addr && (voters.contains(id) || learners.contains(id))
+                })
                 .map(|(id, _)| *id)
         });
         if let Some(old) = old_self.filter(|_| replace) {
@@ -1065,5 +1079,24 @@ impl Driver {
         self.stats.snapshots.fetch_add(1, Ordering::Relaxed);
         debug!(index, "state snapshot written, log compacted");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::storage_fault;
+
+    /// The messages raft-rs 0.7 panics with when the log lost entries, or a read of it
+    /// failed its checks, are told apart from other panics.
+    #[test]
+    fn storage_faults_are_told_from_other_panics() {
+        let lost = "to_commit 333 is out of range [last_index 111], raft_id: 7";
+        assert!(storage_fault(lost).is_some());
+        let read =
+            r#"unexpected error: Store(Other("rocksdb: Corruption: block checksum mismatch"))"#;
+        assert!(storage_fault(read).is_some());
+        let ours = r#"unexpected error: Store(Other("corrupt record entry: invalid wire type"))"#;
+        assert!(storage_fault(ours).is_some());
+        assert!(storage_fault("index out of bounds: the len is 3 but the index is 5").is_none());
     }
 }

@@ -18,10 +18,11 @@ const REBUILD_FILE: &str = "nexus.rebuild";
 /// before. `main` prints it as one line and exits with `REFUSED_EXIT_CODE`.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "refusing to start: {what}. Nothing in {dir} was changed. Recover by restoring the data \
-     dir from a backup or, on a member of a cluster whose other members are healthy, by \
-     running `nexus rebuild --data-dir {dir}` and starting the node again: it rejoins as a \
-     new member and copies the state from its peers",
+    "refusing to start: {what}. Nothing in {dir} was changed. Recover a member of a cluster \
+     whose other members are healthy by running `nexus rebuild --data-dir {dir}` and \
+     starting the node again: it rejoins as a new member and copies the state from its \
+     peers. Recover a single node by restoring its data dir from a backup (never a \
+     member: an old copy would vote with less than it acknowledged)",
     dir = .dir.display()
 )]
 pub struct Refusal {
@@ -204,7 +205,7 @@ pub fn rebuild(dir: &Path) -> anyhow::Result<PathBuf> {
 
 /// Whether a running process holds RocksDB's lock on the data dir (RocksDB takes an fcntl
 /// write lock on `LOCK`).
-fn in_use(dir: &Path) -> anyhow::Result<bool> {
+pub fn in_use(dir: &Path) -> anyhow::Result<bool> {
     use std::os::fd::AsRawFd;
     let lock = dir.join("LOCK");
     let f = match std::fs::OpenOptions::new()

@@ -1,10 +1,10 @@
 //! RocksDB-backed storage: the Raft log, Raft metadata (hard state, conf state, the latest
 //! snapshot) and node metadata (the persistent raft id). Implements raft-rs `Storage`.
 //!
-//! A node runs only on storage it has checked: RocksDB replays its WAL in absolute
-//! consistency (any damaged record stops the open instead of cutting the log short), and
-//! `open` reads every record back and checks that the log, the snapshot and the Raft
-//! metadata still fit together (docs/reliability.md, "Storage faults").
+//! A node runs only on storage it has checked: RocksDB refuses a WAL record that fails its
+//! checksum (instead of cutting the log short there), and `open` reads every record back
+//! and checks that the log, the snapshot and the Raft metadata still fit together
+//! (docs/reliability.md, "Storage faults").
 
 pub mod datadir;
 pub mod space;
@@ -115,11 +115,30 @@ pub fn open(dir: &Path) -> anyhow::Result<Opened> {
             anyhow::Error::new(e).context(format!("opening the database in {}", dir.display()))
         }
     };
+    // Another process on this dir (a second instance) would show files changing under
+    // the check below: say so instead of calling the dir damaged.
+    if datadir::in_use(dir)? {
+        anyhow::bail!(
+            "another process holds the database lock of {}: is a node running on it?",
+            dir.display()
+        );
+    }
     // Checked on a read-only open first: opening for writing already changes the files
     // (RocksDB flushes the replayed WAL and starts a new MANIFEST), and a refusal must
-    // leave the data dir exactly as it found it.
-    if dir.join("CURRENT").exists() {
-        let db = open_db_read_only(dir).map_err(refuse)?;
+    // leave the data dir exactly as it found it. A database whose very first open was cut
+    // short (no column families yet, no nexus.id) is new, not damaged.
+    let cut_at_creation = |e: &StoreError| {
+        recorded.is_none()
+            && matches!(e, StoreError::Db(e) if e.kind() == ErrorKind::InvalidArgument)
+    };
+    let checked = match dir.join("CURRENT").exists() {
+        true => match open_db_read_only(dir) {
+            Err(e) if cut_at_creation(&e) => None,
+            opened => Some(opened.map_err(refuse)?),
+        },
+        false => None,
+    };
+    if let Some(db) = checked {
         check_identity(dir, stored_raft_id(&db).map_err(refuse)?, recorded)?;
         let storage = RaftStorage::open(db).map_err(refuse)?;
         check_durable(dir, &storage, durable)?;
@@ -285,11 +304,13 @@ fn check_consistent(
     first: u64,
     last: u64,
 ) -> Result<(), StoreError> {
+    // Before its first snapshot a store holds at most a hard state (a joiner that heard
+    // from the leader and was stopped before the snapshot arrived).
     let fresh = cs.voters.is_empty()
         && cs.learners.is_empty()
         && last == 0
         && snap.index == 0
-        && hs.term == 0;
+        && hs.commit == 0;
     if fresh {
         return Ok(());
     }
@@ -600,13 +621,15 @@ impl RaftStorage {
     }
 
     /// True when this store never belonged to a cluster: no voters, no log, no snapshot.
+    /// A joiner that heard from the leader (its hard state has a term) but got no snapshot
+    /// yet is still fresh: it asks to join again.
     pub fn is_fresh(&self) -> bool {
         let c = self.read();
         c.conf_state.voters.is_empty()
             && c.conf_state.learners.is_empty()
             && c.last == 0
             && c.snapshot_meta.index == 0
-            && c.hard_state.term == 0
+            && c.hard_state.commit == 0
     }
 
     /// Starts a new cluster: an initial snapshot at index 1, term 1, whose conf state has
@@ -950,6 +973,28 @@ mod tests {
         let id = raft_id(&fresh_db).unwrap();
         assert!(id > 0);
         assert_eq!(raft_id(&fresh_db).unwrap(), id, "the raft id is stable");
+    }
+
+    /// A joiner stopped after it heard from the leader (a hard state with a term) but before
+    /// its first snapshot is still fresh: it opens, and asks to join again.
+    #[test]
+    fn a_joiner_stopped_before_its_snapshot_is_fresh() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open_db(dir.path()).unwrap();
+        let s = RaftStorage::open(db.clone()).unwrap();
+        let hs = HardState {
+            term: 5,
+            ..Default::default()
+        };
+        s.write(RaftWrite {
+            hard_state: Some(&hs),
+            sync: true,
+            ..Default::default()
+        })
+        .unwrap();
+        drop(s);
+        let s = RaftStorage::open(db).expect("opens");
+        assert!(s.is_fresh());
     }
 
     /// Records that no longer fit together are refused at open, each with its reason.
