@@ -618,3 +618,51 @@ fn an_incomplete_last_wal_record_is_a_write_cut_short_not_damage() {
         .unwrap_or_else(|s| panic!("refused ({s}): {}", refusal_line(&node.stderr)));
     assert_eq!(acknowledged_users(&mut c), 50);
 }
+
+/// A flipped bit that enlarges the length field of a record in the WAL's last block makes
+/// RocksDB take it for a write cut short and drop it and all after it. With `nexus.durable`
+/// removed (standing for the second it lags), only our own read of the WAL tail sees the
+/// valid records that follow, and refuses.
+#[test]
+fn a_damaged_length_field_near_the_wal_end_is_refused() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("data");
+    let mut node = Node::spawn(&dir, &[]);
+    let mut c = node.outcome().unwrap();
+    create_users(&mut c, 0..60);
+    node.kill9();
+    std::fs::remove_file(dir.join("nexus.durable")).ok();
+    let wal = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "log"))
+        .expect("a WAL file");
+    let bytes = std::fs::read(&wal).unwrap();
+    let ends = wal_record_ends(&bytes);
+    // The fifth record from the end, in the file's last (partial) block.
+    let start = ends[ends.len() - 6];
+    assert_eq!(
+        start / (32 * 1024),
+        bytes.len() / (32 * 1024),
+        "not in the last block"
+    );
+    let high = bytes[start + 5];
+    let bit = (4..8)
+        .rev()
+        .find(|b| high & (1 << b) == 0)
+        .expect("a clear high bit");
+    flip_bit(&wal, (start + 5) as u64, bit);
+    let mut node = Node::spawn(&dir, &[]);
+    match node.outcome() {
+        Ok(mut c) => panic!("served {} of 60 users", acknowledged_users(&mut c)),
+        Err(status) => {
+            assert_eq!(status.code(), Some(REFUSED));
+            let line = refusal_line(&node.stderr);
+            let name = wal.file_name().unwrap().to_string_lossy().to_string();
+            assert!(
+                line.contains(&name) && line.contains("a valid record follows"),
+                "{line}"
+            );
+        }
+    }
+}

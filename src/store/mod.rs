@@ -8,6 +8,7 @@
 
 pub mod datadir;
 pub mod space;
+pub mod wal;
 
 use std::collections::VecDeque;
 use std::path::Path;
@@ -142,6 +143,7 @@ pub fn open(dir: &Path) -> anyhow::Result<Opened> {
         check_identity(dir, stored_raft_id(&db).map_err(refuse)?, recorded)?;
         let storage = RaftStorage::open(db).map_err(refuse)?;
         check_durable(dir, &storage, durable)?;
+        wal::check_dir(dir).map_err(|what| datadir::refusal(dir, what))?;
     }
     let db = open_db(dir).map_err(refuse)?;
     let raft_id = match check_identity(dir, stored_raft_id(&db).map_err(refuse)?, recorded)? {
