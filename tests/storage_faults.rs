@@ -301,21 +301,29 @@ fn a_flipped_bit_or_truncation_anywhere_never_loses_an_acknowledged_write() {
     }
 }
 
+/// A single node on `dir` that acknowledged `users` users (and, with `witness`, recorded
+/// them in `nexus.durable`), then killed: returns its WAL file.
+fn stopped_after_users(dir: &Path, users: usize, witness: bool) -> PathBuf {
+    let mut node = Node::spawn(dir, &[]);
+    let mut c = node.outcome().unwrap();
+    create_users(&mut c, 0..users);
+    if witness {
+        wait_durable_witness(dir, &mut c);
+    }
+    node.kill9();
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "log"))
+        .expect("a WAL file")
+}
+
 /// A refusal names the damaged file: the WAL, whose open error from RocksDB does not.
 #[test]
 fn a_damaged_wal_is_named_and_a_marked_dir_stays_refused() {
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().join("data");
-    let mut node = Node::spawn(&dir, &[]);
-    let mut c = node.outcome().unwrap();
-    create_users(&mut c, 0..100);
-    wait_durable_witness(&dir, &mut c);
-    node.kill9();
-    let wal = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|e| e == "log"))
-        .expect("a WAL file");
+    let wal = stopped_after_users(&dir, 100, true);
     let size = std::fs::metadata(&wal).unwrap().len();
     flip_bit(&wal, size / 2, 3);
     let mut node = Node::spawn(&dir, &[]);
@@ -595,16 +603,7 @@ fn a_follower_that_lost_its_log_tail_is_stopped_or_refilled_by_its_leader() {
 fn an_incomplete_last_wal_record_is_a_write_cut_short_not_damage() {
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().join("data");
-    let mut node = Node::spawn(&dir, &[]);
-    let mut c = node.outcome().unwrap();
-    create_users(&mut c, 0..50);
-    wait_durable_witness(&dir, &mut c);
-    node.kill9();
-    let wal = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|e| e == "log"))
-        .expect("a WAL file");
+    let wal = stopped_after_users(&dir, 50, true);
     let mut bytes = std::fs::read(&wal).unwrap();
     let ends = wal_record_ends(&bytes);
     assert_eq!(*ends.last().unwrap(), bytes.len());
@@ -627,16 +626,8 @@ fn an_incomplete_last_wal_record_is_a_write_cut_short_not_damage() {
 fn a_damaged_length_field_near_the_wal_end_is_refused() {
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().join("data");
-    let mut node = Node::spawn(&dir, &[]);
-    let mut c = node.outcome().unwrap();
-    create_users(&mut c, 0..60);
-    node.kill9();
+    let wal = stopped_after_users(&dir, 60, false);
     std::fs::remove_file(dir.join("nexus.durable")).ok();
-    let wal = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|e| e == "log"))
-        .expect("a WAL file");
     let bytes = std::fs::read(&wal).unwrap();
     let ends = wal_record_ends(&bytes);
     // The fifth record from the end, in the file's last (partial) block.

@@ -196,6 +196,26 @@ impl FaultFs {
         file.sync_data()
     }
 
+    /// Removes a name at once (names are not held back), and what was unsynced with it.
+    fn remove(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        remove: fn(&Path) -> std::io::Result<()>,
+        reply: ReplyEmpty,
+    ) {
+        let Some(rel) = self.child(parent, name) else {
+            return reply.error(ENOENT);
+        };
+        match remove(&self.real(&rel)) {
+            Ok(()) => {
+                self.inner.lock().unwrap().forget_path(&rel);
+                reply.ok()
+            }
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
     fn unsynced_mut<'a>(
         inner: &'a mut Inner,
         ino: u64,
@@ -312,29 +332,11 @@ impl Filesystem for FaultFs {
     }
 
     fn unlink(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
-        let Some(rel) = self.child(parent, name) else {
-            return reply.error(ENOENT);
-        };
-        match std::fs::remove_file(self.real(&rel)) {
-            Ok(()) => {
-                self.inner.lock().unwrap().forget_path(&rel);
-                reply.ok()
-            }
-            Err(e) => reply.error(errno(e)),
-        }
+        self.remove(parent, name, |p| std::fs::remove_file(p), reply)
     }
 
     fn rmdir(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
-        let Some(rel) = self.child(parent, name) else {
-            return reply.error(ENOENT);
-        };
-        match std::fs::remove_dir(self.real(&rel)) {
-            Ok(()) => {
-                self.inner.lock().unwrap().forget_path(&rel);
-                reply.ok()
-            }
-            Err(e) => reply.error(errno(e)),
-        }
+        self.remove(parent, name, |p| std::fs::remove_dir(p), reply)
     }
 
     fn rename(

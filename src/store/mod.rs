@@ -876,6 +876,27 @@ mod tests {
         }
     }
 
+    /// A store bootstrapped with voter 7, then entries 2..=`last` of `term`, all committed.
+    fn bootstrapped_with_log(dir: &Path, last: u64, term: u64) -> (Arc<DB>, RaftStorage) {
+        let db = open_db(dir).unwrap();
+        let s = RaftStorage::open(db.clone()).unwrap();
+        s.bootstrap(&[7], Vec::new()).unwrap();
+        let ents: Vec<Entry> = (2..=last).map(|i| entry(i, term)).collect();
+        let hs = HardState {
+            term,
+            commit: last,
+            ..Default::default()
+        };
+        s.write(RaftWrite {
+            entries: &ents,
+            hard_state: Some(&hs),
+            sync: true,
+            ..Default::default()
+        })
+        .unwrap();
+        (db, s)
+    }
+
     #[test]
     fn log_survives_reopen_and_truncates_conflicts() {
         let dir = tempfile::tempdir().unwrap();
@@ -937,22 +958,7 @@ mod tests {
     #[test]
     fn snapshot_compacts_the_log() {
         let dir = tempfile::tempdir().unwrap();
-        let db = open_db(dir.path()).unwrap();
-        let s = RaftStorage::open(db.clone()).unwrap();
-        s.bootstrap(&[7], Vec::new()).unwrap();
-        let ents: Vec<Entry> = (2..=10).map(|i| entry(i, 3)).collect();
-        let hs = HardState {
-            term: 3,
-            commit: 10,
-            ..Default::default()
-        };
-        s.write(RaftWrite {
-            entries: &ents,
-            hard_state: Some(&hs),
-            sync: true,
-            ..Default::default()
-        })
-        .unwrap();
+        let (db, s) = bootstrapped_with_log(dir.path(), 10, 3);
         s.compact_to_snapshot(4, s.conf_state(), b"early".to_vec(), 2)
             .unwrap();
         assert_eq!(s.first_index().unwrap(), 3, "a tail of 2 entries is kept");
@@ -1004,22 +1010,7 @@ mod tests {
     fn open_refuses_records_that_do_not_fit_together() {
         let open_err = |prepare: &dyn Fn(&RaftStorage, &DB)| -> String {
             let dir = tempfile::tempdir().unwrap();
-            let db = open_db(dir.path()).unwrap();
-            let s = RaftStorage::open(db.clone()).unwrap();
-            s.bootstrap(&[7], Vec::new()).unwrap();
-            let ents: Vec<Entry> = (2..=6).map(|i| entry(i, 2)).collect();
-            let hs = HardState {
-                term: 2,
-                commit: 6,
-                ..Default::default()
-            };
-            s.write(RaftWrite {
-                entries: &ents,
-                hard_state: Some(&hs),
-                sync: true,
-                ..Default::default()
-            })
-            .unwrap();
+            let (db, s) = bootstrapped_with_log(dir.path(), 6, 2);
             prepare(&s, &db);
             drop(s);
             match RaftStorage::open(db) {
