@@ -10,7 +10,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${SECS:-10}
-ANCHORS=$(cd "${ANCHORS:-../shared/anchors}" && pwd)
+if ! ANCHORS=$(cd "${ANCHORS:-../shared/anchors}" 2>/dev/null && pwd); then
+  echo "make compare needs the reference harness (nats-server configs, its bench client and" >&2
+  echo "compare.sh): set ANCHORS=DIR to where it is; it is not part of this repository" >&2
+  exit 2
+fi
 OUT=${1:-$(mktemp -d -t nexus-compare-XXXXXX)}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)

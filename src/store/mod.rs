@@ -217,15 +217,9 @@ fn check_durable(
 /// The write-ahead log files in `dir`: RocksDB names the file in every open error but
 /// those of WAL replay, so a damage report without a file name is about one of these.
 fn damaged_wal(dir: &Path) -> Option<String> {
-    let mut wals: Vec<String> = std::fs::read_dir(dir)
-        .ok()?
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "log"))
-        .map(|p| p.display().to_string())
-        .collect();
-    wals.sort();
-    (!wals.is_empty()).then(|| wals.join(" or "))
+    let wals = wal::files(dir).ok()?;
+    let names: Vec<String> = wals.iter().map(|p| p.display().to_string()).collect();
+    (!names.is_empty()).then(|| names.join(" or "))
 }
 
 /// RocksDB's answer when a file its MANIFEST lists is gone.

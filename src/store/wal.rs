@@ -73,14 +73,19 @@ pub fn check_tail(bytes: &[u8]) -> Result<(), String> {
     }
 }
 
-/// Checks every WAL file in `dir`; the first damaged one is named in the error.
-pub fn check_dir(dir: &Path) -> Result<(), String> {
-    let mut wals: Vec<_> = std::fs::read_dir(dir)
-        .map_err(|e| format!("reading {}: {e}", dir.display()))?
+/// The WAL files in `dir`, in order.
+pub fn files(dir: &Path) -> std::io::Result<Vec<std::path::PathBuf>> {
+    let mut wals: Vec<_> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "log"))
         .collect();
     wals.sort();
+    Ok(wals)
+}
+
+/// Checks every WAL file in `dir`; the first damaged one is named in the error.
+pub fn check_dir(dir: &Path) -> Result<(), String> {
+    let wals = files(dir).map_err(|e| format!("reading {}: {e}", dir.display()))?;
     for wal in wals {
         let bytes = std::fs::read(&wal).map_err(|e| format!("reading {}: {e}", wal.display()))?;
         check_tail(&bytes)
