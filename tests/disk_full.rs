@@ -55,10 +55,20 @@ impl Drop for SmallDisk {
 
 const BLOB: usize = 50_000;
 
-/// Tag writes of about 50 KB each, through `c`, until one is refused: returns the answers
-/// acknowledged (prefix → value) and the refusal.
-fn fill(c: &mut Client, tag: &str, limit: usize) -> (Vec<(String, u64)>, Err) {
-    let mut acked = Vec::new();
+/// What a fill left behind: the writes acknowledged and those whose outcome is unknown
+/// (the leader changed under them), each as (prefix, n), in the order they were sent.
+#[derive(Default)]
+struct Filled {
+    acked: Vec<(String, u64)>,
+    unknown: Vec<(String, u64)>,
+}
+
+/// Tag writes of about 50 KB each, through `c`, until one is refused: returns what was
+/// written and the refusal. A write whose outcome is unknown (the full leader handed over
+/// while it was in flight) is remembered as maybe applied, and the fill goes on as the
+/// error says.
+fn fill(c: &mut Client, tag: &str, limit: usize) -> (Filled, Err) {
+    let mut filled = Filled::default();
     for i in 0..limit as u64 {
         let prefix = format!("{tag}{}", i % 40);
         let a = c.call(
@@ -66,8 +76,9 @@ fn fill(c: &mut Client, tag: &str, limit: usize) -> (Vec<(String, u64)>, Err) {
             json!({"user": "root", "prefix": prefix, "tags": {"blob": "y".repeat(BLOB), "n": i}}),
         );
         match a {
-            Ok(_) => acked.push((prefix, i)),
-            Err(e) => return (acked, e),
+            Ok(_) => filled.acked.push((prefix, i)),
+            Err(e) if e.message.contains("outcome is unknown") => filled.unknown.push((prefix, i)),
+            Err(e) => return (filled, e),
         }
     }
     panic!("{limit} writes of {BLOB} bytes never filled the disk");
@@ -79,14 +90,25 @@ fn tag_n(c: &mut Client, prefix: &str) -> Option<u64> {
     tags["tags"][prefix]["n"].as_u64()
 }
 
-/// What a node holds for the last acknowledged write of each prefix.
-fn check_acked(c: &mut Client, acked: &[(String, u64)]) {
+/// A node holds, for each prefix, its last acknowledged write, or a later write whose
+/// outcome was unknown.
+fn check_acked(c: &mut Client, filled: &Filled) {
     let mut last = std::collections::BTreeMap::new();
-    for (prefix, n) in acked {
+    for (prefix, n) in &filled.acked {
         last.insert(prefix.clone(), *n);
     }
     for (prefix, n) in last {
-        assert_eq!(tag_n(c, &prefix), Some(n), "{prefix} lost its last write");
+        let held = tag_n(c, &prefix);
+        let later_unknown = |h: u64| {
+            filled
+                .unknown
+                .iter()
+                .any(|(p, m)| *p == prefix && *m == h && h > n)
+        };
+        assert!(
+            held == Some(n) || held.is_some_and(later_unknown),
+            "{prefix} lost its last write {n}: holds {held:?}"
+        );
     }
 }
 
@@ -116,22 +138,22 @@ fn a_full_disk_refuses_writes_keeps_reads_and_recovers_by_itself() {
     let mut node = node_on(root.path(), 0, &disk.mount.join("n0"), free_port(), &[]);
     node.wait_ready(Duration::from_secs(60));
     let mut c = node.root();
-    let (acked, refusal) = fill(&mut c, "fill", 2_000);
+    let (filled, refusal) = fill(&mut c, "fill", 2_000);
     assert_eq!(refusal.code, ERR_INTERNAL, "{refusal:?}");
     assert!(
         refusal.message.contains("no space left for writes"),
         "{refusal:?}"
     );
     assert!(
-        acked.len() > 50,
+        filled.acked.len() > 50,
         "only {} writes before the disk filled",
-        acked.len()
+        filled.acked.len()
     );
 
     // Still up and serving reads to its sessions; writes stay refused, and so does a new
     // login, which registers a session (a replicated write), with an error, not a hang.
     assert!(running(&mut node), "the node exited on a full disk");
-    check_acked(&mut c, &acked);
+    check_acked(&mut c, &filled);
     let mut newcomer = Client::tcp(tcp(&node));
     let login = expect_code(newcomer.login("root", ROOT_PASS), ERR_INTERNAL);
     assert!(login.message.contains("disk space"), "{login:?}");
@@ -161,7 +183,7 @@ fn a_full_disk_refuses_writes_keeps_reads_and_recovers_by_itself() {
     node.spawn();
     node.wait_ready(Duration::from_secs(60));
     let mut c = node.root();
-    check_acked(&mut c, &acked);
+    check_acked(&mut c, &filled);
     assert_eq!(tag_n(&mut c, "after"), Some(7));
 }
 
@@ -190,7 +212,7 @@ fn a_leader_with_a_full_disk_hands_over_and_the_cluster_goes_on() {
     assert_eq!(leader_of(&nodes), 0, "the first node leads");
     let mut c = Client::tcp(tcp(&nodes[0]));
     expect_ok(c.login("root", ROOT_PASS));
-    let (acked, refusal) = fill(&mut c, "fill", 2_000);
+    let (filled, refusal) = fill(&mut c, "fill", 2_000);
     assert!(refusal.message.contains("no space left"), "{refusal:?}");
 
     // Leadership moves to a node that can write, and writes through it go on.
@@ -211,7 +233,7 @@ fn a_leader_with_a_full_disk_hands_over_and_the_cluster_goes_on() {
         "a node with space leads"
     );
     assert!(running(&mut nodes[0]), "the node with a full disk exited");
-    check_acked(&mut on_other, &acked);
+    check_acked(&mut on_other, &filled);
 
     // Space returns: the node catches up by itself and has everything.
     disk.resize(128);
@@ -225,5 +247,5 @@ fn a_leader_with_a_full_disk_hands_over_and_the_cluster_goes_on() {
         eventually(Duration::from_secs(30), caught_up),
         "the node did not catch up once space returned"
     );
-    check_acked(&mut nodes[0].root(), &acked);
+    check_acked(&mut nodes[0].root(), &filled);
 }
