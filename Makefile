@@ -31,9 +31,9 @@ cluster: build
 ## The whole suite: formatting, clippy, unit and integration tests, pynexus2 interop.
 test: test-deps lint
 	@if cargo nextest --version >/dev/null 2>&1; then \
-		cargo nextest run --no-fail-fast; \
+		cargo nextest run --workspace --no-fail-fast; \
 	else \
-		cargo test --no-fail-fast; \
+		cargo test --workspace --no-fail-fast; \
 	fi
 	./scripts/interop.sh
 
@@ -65,11 +65,11 @@ interop: deps
 	./scripts/interop.sh
 
 lint:
-	cargo fmt --check
-	cargo clippy --all-targets -- -D warnings
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
 
 fmt:
-	cargo fmt
+	cargo fmt --all
 
 clean-data:
 	rm -rf ./data ./data-cluster

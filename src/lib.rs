@@ -7,33 +7,22 @@
 
 pub mod admin;
 pub mod api;
-pub mod auth;
 pub mod bench;
 pub mod chaos;
-pub mod clock;
-pub mod cluster;
 pub mod config;
 pub mod conn;
-pub mod consensus;
 pub mod credcache;
-pub mod listing;
 pub mod local;
 pub mod metrics;
-pub mod names;
 pub mod node;
 pub mod pipe;
 pub mod reconcile;
-pub mod rpc;
 pub mod server;
 pub mod session;
-pub mod state;
-pub mod store;
 pub mod telemetry;
 pub mod throttle;
 pub mod transport;
 
-/// Generated from `proto/`: node-to-node messages (`nexus.proto`), the Raft log's commands
-/// and the state snapshot format (`log.proto`).
-pub mod proto {
-    include!(concat!(env!("OUT_DIR"), "/nexus.rs"));
-}
+pub use nexus_cluster as cluster;
+pub use nexus_consensus::{self as consensus, clock, store};
+pub use nexus_core::{auth, listing, names, proto, rpc, state};

@@ -345,4 +345,5 @@ pub const CONNID_LEN: usize = crate::names::CONNID_LEN;
 /// Random hex after the connid in task, pull and pipe ids.
 pub const ID_SUFFIX_LEN: usize = 20;
 
-pub use crate::clock::{now_ms, now_rfc3339, random_hex, rfc3339_ms};
+pub use crate::clock::{now_ms, now_rfc3339, rfc3339_ms};
+pub use nexus_core::ids::random_hex;

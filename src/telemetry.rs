@@ -1,4 +1,4 @@
-//! Logging: tracing to stderr, human-readable or JSON; raft-rs's slog records routed into it.
+//! Logging: tracing to stderr, human-readable or JSON.
 
 use tracing_subscriber::EnvFilter;
 
@@ -23,27 +23,4 @@ pub fn init(format: LogFormat, verbose: bool) {
         LogFormat::Human => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
-}
-
-/// A slog drain that forwards raft-rs's records to tracing under target `raft`.
-struct TracingDrain;
-
-impl slog::Drain for TracingDrain {
-    type Ok = ();
-    type Err = slog::Never;
-
-    fn log(&self, record: &slog::Record, _values: &slog::OwnedKVList) -> Result<(), slog::Never> {
-        let msg = record.msg().to_string();
-        match record.level() {
-            slog::Level::Critical | slog::Level::Error => tracing::error!(target: "raft", "{msg}"),
-            slog::Level::Warning => tracing::warn!(target: "raft", "{msg}"),
-            slog::Level::Info => tracing::info!(target: "raft", "{msg}"),
-            slog::Level::Debug | slog::Level::Trace => tracing::debug!(target: "raft", "{msg}"),
-        }
-        Ok(())
-    }
-}
-
-pub fn raft_logger() -> slog::Logger {
-    slog::Logger::root(TracingDrain, slog::o!())
 }

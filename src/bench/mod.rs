@@ -407,7 +407,7 @@ fn writes(args: &BenchArgs) -> anyhow::Result<()> {
         args.seconds,
         args.url.join(",")
     );
-    let lock = format!("bench.writes.r{}", crate::clock::random_hex(6));
+    let lock = format!("bench.writes.r{}", nexus_core::ids::random_hex(6));
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
     let mut node = 0;
     let mut client: Option<Ws> = None;
@@ -484,7 +484,7 @@ fn fill(
     window: usize,
     clients: usize,
 ) -> anyhow::Result<()> {
-    let tag = crate::clock::random_hex(6);
+    let tag = nexus_core::ids::random_hex(6);
     eprintln!(
         "filling: {users} users, {tasks} detached tasks over {clients} connections to {}",
         args.url.join(",")
@@ -625,7 +625,7 @@ fn cleanup(args: &BenchArgs, kill_pid: u32) -> anyhow::Result<()> {
     if args.url.len() < 2 {
         anyhow::bail!("cleanup needs two URLs: the node to kill, then an observer");
     }
-    let lock = format!("bench.cleanup.r{}", crate::clock::random_hex(6));
+    let lock = format!("bench.cleanup.r{}", nexus_core::ids::random_hex(6));
     let mut holder = Ws::connect(args, 0)?;
     let mut observer = Ws::connect(args, 1)?;
     check_answer(holder.call("sync.lock", json!({"lock": lock}))?)?;

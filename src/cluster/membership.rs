@@ -9,8 +9,8 @@ use protobuf::Message as PbMessage;
 use tracing::{debug, info, warn};
 
 use super::transport::{EventSink, PeerEvent, Transport};
-use crate::consensus::{Msg, Peers, RaftHandle, Role};
-use crate::proto::{frame, Frame, JoinRequest, JoinResponse, PeerHello};
+use nexus_consensus::{Msg, Peers, RaftHandle, Role};
+use nexus_core::proto::{frame, Frame, JoinRequest, JoinResponse, PeerHello};
 
 impl Peers for Transport {
     fn send(&self, to: u64, frame: Frame) {
@@ -313,9 +313,9 @@ pub async fn remove_member(
     }
     let addr = leader_addr.ok_or("no raft leader known, retry")?;
     let req = Frame {
-        body: Some(frame::Body::RemoveRequest(crate::proto::RemoveRequest {
-            raft_id,
-        })),
+        body: Some(frame::Body::RemoveRequest(
+            nexus_core::proto::RemoveRequest { raft_id },
+        )),
     };
     let answer = link
         .transport
@@ -379,7 +379,7 @@ pub async fn reap_dead_members(link: Arc<super::ClusterLink>, raft: RaftHandle, 
 pub async fn watch_liveness(
     link: Arc<super::ClusterLink>,
     raft: RaftHandle,
-    state: Arc<std::sync::RwLock<crate::state::State>>,
+    state: Arc<std::sync::RwLock<nexus_core::state::State>>,
     me: u64,
     lease: Duration,
 ) {
@@ -391,7 +391,7 @@ pub async fn watch_liveness(
             leading_since_ms = None;
             continue;
         }
-        let since = *leading_since_ms.get_or_insert_with(crate::consensus::process_ms);
+        let since = *leading_since_ms.get_or_insert_with(nexus_consensus::process_ms);
         let processes: Vec<(u64, String)> = state
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -401,7 +401,7 @@ pub async fn watch_liveness(
             .filter(|(id, _)| **id != me)
             .map(|(id, n)| (*id, n.incarnation.clone()))
             .collect();
-        let now = crate::consensus::process_ms();
+        let now = nexus_consensus::process_ms();
         let silent: Vec<(u64, String, u64)> = processes
             .into_iter()
             .filter_map(|(id, incarnation)| {
@@ -423,7 +423,7 @@ pub async fn watch_liveness(
             }
             warn!(raft_id = node_id, %incarnation, silent_ms = quiet,
                 "node process is gone: cleaning up after its connections");
-            let cmd = crate::state::Command::NodeDown {
+            let cmd = nexus_core::state::Command::NodeDown {
                 node_id,
                 incarnation,
             };

@@ -13,8 +13,8 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 
 use super::transport::{SendError, Transport};
-use crate::proto::{frame, AwaitApplied, Frame, PipeWrite, RoutedAnswer, TopicDelivery};
-use crate::rpc::{RpcError, ERR_INVALID_PIPE};
+use nexus_core::proto::{frame, AwaitApplied, Frame, PipeWrite, RoutedAnswer, TopicDelivery};
+use nexus_core::rpc::{RpcError, ERR_INVALID_PIPE};
 
 pub struct Router {
     transport: Transport,

@@ -41,7 +41,7 @@ use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::proto::{
+use nexus_core::proto::{
     frame::Body, Frame, HandshakeFinish, HandshakeOffer, HandshakeProof, PeerHello, SnapshotAck,
     SnapshotChunk,
 };
@@ -1431,7 +1431,7 @@ fn raft_sender(raw: &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::Forward;
+    use nexus_core::proto::Forward;
     use tokio::sync::mpsc::UnboundedReceiver;
 
     const WAIT: Duration = Duration::from_secs(5);

@@ -23,10 +23,10 @@ use tracing::{debug, error, info, warn};
 
 use super::reads::Reads;
 use super::{EventSink, Identity, Msg, Peers, RaftConfig, RaftHandle, RaftStats, Role};
-use crate::proto::{frame, Forward, ForwardResult, Frame, JoinResponse, ProposalContext};
-use crate::rpc::RpcError;
-use crate::state::{codec, Command, Event, Origin, Outcome, State};
 use crate::store::{RaftStorage, RaftWrite, StoreError};
+use nexus_core::proto::{frame, Forward, ForwardResult, Frame, JoinResponse, ProposalContext};
+use nexus_core::rpc::RpcError;
+use nexus_core::state::{codec, Command, Event, Origin, Outcome, State};
 
 /// Starts the driver thread. `state` is restored from the stored snapshot first.
 pub fn start(
@@ -61,7 +61,7 @@ pub fn start(
     raft_cfg
         .validate()
         .map_err(|e| StoreError::Corrupt("raft config", e.to_string()))?;
-    let logger = crate::telemetry::raft_logger();
+    let logger = crate::raft_log::logger();
     let raw = RawNode::new(&raft_cfg, storage.clone(), &logger)
         .map_err(|e| StoreError::Corrupt("raft state", e.to_string()))?;
     let (tx, rx) = mpsc::channel();

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use crate::rpc::RpcError;
+use nexus_core::rpc::RpcError;
 
 /// Re-issue a ReadIndex not confirmed within this time.
 const RETRY_AFTER: Duration = Duration::from_millis(300);

@@ -1,5 +1,5 @@
-//! Time helpers shared by the state machine and the node. The state machine never reads a
-//! clock: it is handed the cluster clock (leader-stamped ms) inside each entry.
+//! The wall clock the leader stamps into each entry (the cluster clock). The state machine
+//! never reads a clock: it is handed that stamp.
 
 /// Milliseconds since the Unix epoch on this node's wall clock, plus the test-only offset
 /// (`--test-clock-offset-ms`) that simulates a skewed host.
@@ -18,22 +18,9 @@ pub fn set_test_offset_ms(offset: i64) {
     OFFSET_MS.store(offset, std::sync::atomic::Ordering::Relaxed);
 }
 
-/// RFC 3339 UTC with milliseconds for a Unix time in ms, e.g. `2016-08-31T09:44:16.316Z`.
-pub fn rfc3339_ms(ms: u64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms.min(i64::MAX as u64) as i64)
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
+pub use nexus_core::time::rfc3339_ms;
 
 /// Now as RFC 3339 UTC with milliseconds.
 pub fn now_rfc3339() -> String {
     rfc3339_ms(now_ms())
-}
-
-/// `n` random lowercase hex chars.
-pub fn random_hex(n: usize) -> String {
-    let bytes: Vec<u8> = (0..n.div_ceil(2)).map(|_| rand::random::<u8>()).collect();
-    let mut s = hex::encode(bytes);
-    s.truncate(n);
-    s
 }

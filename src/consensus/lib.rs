@@ -1,10 +1,14 @@
 //! The Raft layer: one raft-rs `RawNode` driven on its own thread (`driver`), its log in
-//! RocksDB (`crate::store`), the state machine applied as entries commit. The rest of the
+//! RocksDB (`store`), the state machine applied as entries commit. The rest of the
 //! node talks to it through `RaftHandle`; peers reach it through `Peers` (the cluster's
 //! transport implements it).
 
+pub mod clock;
 mod driver;
+mod raft_log;
 mod reads;
+pub mod store;
+pub mod timings;
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{mpsc, Arc, RwLock};
@@ -13,9 +17,9 @@ use std::time::Duration;
 use raft::eraftpb::Message as RaftMessage;
 use tokio::sync::oneshot;
 
-use crate::proto::{Forward, ForwardResult, Frame, JoinResponse};
-use crate::rpc::RpcError;
-use crate::state::{codec, Command, Event, Outcome};
+use nexus_core::proto::{Forward, ForwardResult, Frame, JoinResponse};
+use nexus_core::rpc::RpcError;
+use nexus_core::state::{codec, Command, Event, Outcome};
 
 pub use driver::start;
 
@@ -205,7 +209,7 @@ pub struct RaftStats {
     /// When a Raft message from each peer last arrived (`process_ms` clock).
     peer_contact_ms: RwLock<std::collections::HashMap<u64, u64>>,
     /// Latencies and sizes for `/metrics`.
-    pub timings: crate::metrics::RaftTimings,
+    pub timings: crate::timings::RaftTimings,
 }
 
 /// Milliseconds since this process started (a monotonic clock for the stats).

@@ -64,8 +64,8 @@ pub struct Pull {
 fn stamps(now_ms: u64, timeout_ms: u64) -> (String, String, u64) {
     let deadline_ms = now_ms.saturating_add(timeout_ms);
     (
-        crate::clock::rfc3339_ms(now_ms),
-        crate::clock::rfc3339_ms(deadline_ms),
+        crate::time::rfc3339_ms(now_ms),
+        crate::time::rfc3339_ms(deadline_ms),
         deadline_ms,
     )
 }

@@ -22,4 +22,4 @@ pub struct ClusterLink {
 
 /// Receives the frames of routed deliveries (pipe writes, topic publishes and their
 /// answers) with the member that sent them.
-pub type RoutedSink = Arc<dyn Fn(u64, crate::proto::Frame) + Send + Sync>;
+pub type RoutedSink = Arc<dyn Fn(u64, nexus_core::proto::Frame) + Send + Sync>;
