@@ -16,7 +16,10 @@ fn main() -> std::process::ExitCode {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("nexus: {e:#}");
-                let refused = e.downcast_ref::<nexus::admin::RpcFailure>().is_some();
+                let refused = matches!(
+                    e.downcast_ref::<nexus::admin::CallError>(),
+                    Some(nexus::admin::CallError::Rpc(_))
+                );
                 std::process::ExitCode::from(if refused { 1 } else { 2 })
             }
         },

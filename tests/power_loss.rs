@@ -8,8 +8,8 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Write;
+use std::net::SocketAddr;
 use std::os::unix::fs::symlink;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use common::cluster::{wait_voters, Proc};
 use common::faultfs::FaultFs;
 use common::*;
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// The injector itself: a write without fsync is lost at the cut, a synced one is kept,
 /// and writes after the last fsync of a file are lost while what it synced stays.
@@ -54,32 +54,23 @@ fn the_injector_drops_exactly_what_was_not_fsyncd() {
 
 /// One connection creating users until told to stop or cut off; returns the acknowledged.
 fn writer(addr: SocketAddr, prefix: String, stop: Arc<AtomicBool>, acked: Arc<Mutex<Vec<String>>>) {
-    let Ok(stream) = TcpStream::connect(addr) else {
+    let opts = nexus_client::Options {
+        answer_timeout: Duration::from_secs(10),
+        ..Default::default()
+    };
+    let Ok(mut c) = nexus_client::Client::login(&format!("tcp://{addr}"), &opts, "root", ROOT_PASS)
+    else {
         return;
     };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut stream = stream;
-    let mut call = |id: u64, method: &str, params: Value| -> Option<Value> {
-        let req = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
-        stream.write_all(req.to_string().as_bytes()).ok()?;
-        let mut line = String::new();
-        (reader.read_line(&mut line).ok()? > 0).then_some(())?;
-        serde_json::from_str(&line).ok()
-    };
-    match call(0, "sys.login", json!({"user": "root", "pass": ROOT_PASS})) {
-        Some(a) if a.get("result").is_some() => {}
-        _ => return,
-    }
     for i in 1..=5_000u64 {
         if stop.load(Ordering::Relaxed) {
             return;
         }
         let name = format!("{prefix}{i:05}");
-        match call(i, "user.create", json!({"user": name, "pass": "password1"})) {
-            Some(a) if a.get("result").is_some() => acked.lock().unwrap().push(name),
-            Some(_) => {}   // refused: not acknowledged
-            None => return, // cut off: the outcome is unknown
+        match c.call("user.create", json!({"user": name, "pass": "password1"})) {
+            Ok(_) => acked.lock().unwrap().push(name),
+            Err(nexus_client::CallError::Rpc(_)) => {} // refused: not acknowledged
+            Err(_) => return,                          // cut off: the outcome is unknown
         }
     }
 }

@@ -2,7 +2,6 @@
 //! Every command is one or a few JSON-RPC calls to any node, so it needs nothing a client
 //! could not do, and permissions are the node's.
 
-mod client;
 mod output;
 
 use std::path::PathBuf;
@@ -13,7 +12,7 @@ use clap::{Args, Subcommand};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-pub use client::{Client, RpcFailure};
+pub use nexus_client::{CallError, Client};
 
 /// Where the CLI connects and as whom: flags, else `NEXUS_*` environment variables, else
 /// the config file.
@@ -278,7 +277,12 @@ fn connect(conn: Connection, timeout: Duration) -> anyhow::Result<Client> {
     let user = conn.user.or(file.user);
     let password = conn.password.or(file.password);
     let ca = conn.ca.or(file.ca);
-    let mut client = Client::connect(&url, ca.as_deref(), timeout, timeout)?;
+    let opts = nexus_client::Options {
+        ca,
+        connect_timeout: timeout,
+        answer_timeout: timeout,
+    };
+    let mut client = Client::connect(&url, &opts)?;
     match (user, password) {
         (Some(user), Some(pass)) => {
             client
@@ -323,9 +327,9 @@ fn list_params(l: &Listing) -> Value {
 
 fn listing(c: &mut Client, namespace: &str, cmd: ListCmd) -> anyhow::Result<Value> {
     match cmd {
-        ListCmd::List(l) => c.call(&format!("{namespace}.list"), list_params(&l)),
+        ListCmd::List(l) => Ok(c.call(&format!("{namespace}.list"), list_params(&l))?),
         ListCmd::Count { prefix } => {
-            c.call(&format!("{namespace}.count"), json!({"prefix": prefix}))
+            Ok(c.call(&format!("{namespace}.count"), json!({"prefix": prefix}))?)
         }
     }
 }
@@ -340,9 +344,11 @@ fn session(c: &mut Client, cmd: SessionCmd, json_out: bool) -> anyhow::Result<Va
                 one_row_per_session(&by_user)
             })
         }
-        SessionCmd::Count { prefix } => c.call("sys.session.count", json!({"prefix": prefix})),
-        SessionCmd::Kick { connid } => c.call("sys.session.kick", json!({"connid": connid})),
-        SessionCmd::Reload { connid } => c.call("sys.session.reload", json!({"connid": connid})),
+        SessionCmd::Count { prefix } => Ok(c.call("sys.session.count", json!({"prefix": prefix}))?),
+        SessionCmd::Kick { connid } => Ok(c.call("sys.session.kick", json!({"connid": connid}))?),
+        SessionCmd::Reload { connid } => {
+            Ok(c.call("sys.session.reload", json!({"connid": connid}))?)
+        }
     }
 }
 
@@ -407,7 +413,7 @@ fn user(c: &mut Client, cmd: UserCmd) -> anyhow::Result<Value> {
         Disable { user } => ("user.setDisabled", json!({"user": user, "disabled": true})),
         Enable { user } => ("user.setDisabled", json!({"user": user, "disabled": false})),
     };
-    c.call(method, params)
+    Ok(c.call(method, params)?)
 }
 
 /// The members as the connected node sees them, with a summary: for people a table and

@@ -13,8 +13,8 @@ use serde::de::IgnoredAny;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::client::Client;
 use super::{chart, percentile, progress, BenchArgs};
+use nexus_client::pipelined::Client;
 
 /// How many connections each side uses.
 #[derive(Debug, Clone, Copy)]

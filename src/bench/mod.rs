@@ -5,12 +5,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::admin::Client;
 use clap::{Args, Subcommand};
+use nexus_client::{Client, Options};
 use serde_json::{json, Value};
 
 mod chart;
-mod client;
 mod load;
 
 #[derive(Debug, Clone, Args)]
@@ -142,12 +141,12 @@ impl Ws {
     /// Client number `k` connects to URL `k mod n`, not logged in.
     fn open(args: &BenchArgs, k: usize) -> anyhow::Result<Ws> {
         let url = &args.url[k % args.url.len().max(1)];
-        Ok(Ws(Client::connect(
-            url,
-            None,
-            CONNECT_TIMEOUT,
-            ANSWER_TIMEOUT,
-        )?))
+        let opts = Options {
+            ca: None,
+            connect_timeout: CONNECT_TIMEOUT,
+            answer_timeout: ANSWER_TIMEOUT,
+        };
+        Ok(Ws(Client::connect(url, &opts)?))
     }
 
     /// Client number `k` connects to URL `k mod n` and logs in.
@@ -161,11 +160,11 @@ impl Ws {
     }
 
     fn send(&mut self, method: &str, params: Value) -> anyhow::Result<u64> {
-        self.0.send_request(method, params)
+        Ok(self.0.send_request(method, params)?)
     }
 
     fn recv(&mut self) -> anyhow::Result<Value> {
-        self.0.next_answer()
+        Ok(self.0.next_answer()?)
     }
 
     /// Sends `requests` keeping up to `window` of them unanswered, handing each answer to

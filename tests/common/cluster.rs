@@ -1,6 +1,5 @@
 //! Clusters of real `nexus serve` processes on loopback, for the multi-node tests.
 
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -72,17 +71,7 @@ impl Proc {
     /// The health listener answers 200 (a leader is known, apply keeps up). Listeners
     /// are bound before the node serves them, so a connect alone says nothing.
     pub fn healthy(&self) -> bool {
-        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.health)) else {
-            return false;
-        };
-        s.set_read_timeout(Some(Duration::from_millis(500)))
-            .unwrap();
-        let req = "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
-        if s.write_all(req.as_bytes()).is_err() {
-            return false;
-        }
-        let mut head = [0u8; 12];
-        s.read_exact(&mut head).is_ok() && &head[9..12] == b"200"
+        super::http_status(([127, 0, 0, 1], self.health).into()) == 200
     }
 
     pub fn wait_ready(&self, within: Duration) {

@@ -2,8 +2,7 @@
 //! each transport. Nothing here fakes a part of the server.
 #![allow(dead_code)]
 
-use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -72,45 +71,28 @@ impl TestNode {
 }
 
 /// A JSON-RPC error as received.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Err {
-    pub code: i64,
-    pub message: String,
-}
+pub type Err = nexus_client::RpcError;
 
 pub type Answer = Result<Value, Err>;
 
 pub fn answer_of(resp: &Value) -> Answer {
-    if let Some(e) = resp.get("error") {
-        return Err(Err {
-            code: e["code"].as_i64().unwrap(),
-            message: e["message"].as_str().unwrap_or_default().to_string(),
-        });
-    }
-    Ok(resp["result"].clone())
+    nexus_client::answer_of(resp)
 }
 
-/// Reads `\r\n`-terminated JSON answers from a TCP connection; answers are matched by id.
+/// The one JSON-RPC client (`nexus_client`) over plain TCP, as the tests use it: a lost
+/// connection or a missing answer fails the test, and every answer must end with CRLF.
 pub struct Client {
+    inner: nexus_client::Client,
+    /// The socket under the client, for tests that write or shut it down themselves.
     pub stream: TcpStream,
-    reader: BufReader<TcpStream>,
-    next_id: u64,
-    pending: HashMap<String, Value>,
 }
 
 impl Client {
     pub fn tcp(addr: SocketAddr) -> Client {
-        let stream = TcpStream::connect(addr).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(20)))
-            .unwrap();
-        let reader = BufReader::new(stream.try_clone().unwrap());
-        Client {
-            stream,
-            reader,
-            next_id: 0,
-            pending: HashMap::new(),
-        }
+        let inner = nexus_client::Client::connect(&format!("tcp://{addr}"), &Default::default())
+            .unwrap_or_else(|e| panic!("connecting to {addr}: {e:#}"));
+        let stream = inner.socket().try_clone().unwrap();
+        Client { inner, stream }
     }
 
     pub fn send_raw(&mut self, bytes: &[u8]) {
@@ -119,41 +101,35 @@ impl Client {
 
     /// The next answer line, parsed; `None` when the server closed the connection.
     pub fn read_value(&mut self) -> Option<Value> {
-        let mut line = String::new();
-        match self.reader.read_line(&mut line) {
-            Ok(0) => None,
-            Ok(_) => {
+        match self.inner.next_text() {
+            Ok(line) => {
                 assert!(line.ends_with("\r\n"), "answers end with CRLF: {line:?}");
                 Some(serde_json::from_str(&line).unwrap())
             }
+            Err(nexus_client::CallError::Lost(_)) => None,
             Err(e) => panic!("read failed: {e}"),
         }
     }
 
     /// Sends a request and returns its id.
     pub fn send(&mut self, method: &str, params: Value) -> Value {
-        self.next_id += 1;
-        let id = json!(self.next_id);
-        let req = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
-        self.send_raw(req.to_string().as_bytes());
-        id
+        json!(self.inner.send_request(method, params).expect("send"))
     }
 
     /// Waits for the answer with `id`, keeping others for later.
     pub fn wait(&mut self, id: &Value) -> Value {
-        let key = id.to_string();
-        loop {
-            if let Some(v) = self.pending.remove(&key) {
-                return v;
-            }
-            let v = self.read_value().expect("connection closed while waiting");
-            self.pending.insert(v["id"].to_string(), v);
-        }
+        let id = id.as_u64().expect("an id from send");
+        self.inner
+            .wait_answer(id)
+            .unwrap_or_else(|e| panic!("waiting for answer {id}: {e}"))
     }
 
     pub fn call(&mut self, method: &str, params: Value) -> Answer {
-        let id = self.send(method, params);
-        answer_of(&self.wait(&id))
+        match self.inner.call(method, params) {
+            Ok(v) => Ok(v),
+            Err(nexus_client::CallError::Rpc(e)) => Err(e),
+            Err(e) => panic!("{method}: {e}"),
+        }
     }
 
     pub fn login(&mut self, user: &str, pass: &str) -> Answer {
@@ -162,16 +138,7 @@ impl Client {
 
     /// True when the server closes the connection within `within`.
     pub fn closed_within(&mut self, within: Duration) -> bool {
-        self.stream.set_read_timeout(Some(within)).unwrap();
-        let mut buf = [0u8; 1024];
-        loop {
-            match self.reader.read(&mut buf) {
-                Ok(0) => return true,
-                Ok(_) => continue,
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
-                Err(_) => return false,
-            }
-        }
+        self.inner.closed_within(within)
     }
 }
 
@@ -225,39 +192,45 @@ pub fn http_request_to(
     extra_headers: &[(&str, &str)],
     body: &[u8],
 ) -> (u16, Vec<(String, String)>, Vec<u8>) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(20)))
+        .build()
+        .into();
+    let mut request = ureq::http::Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"));
     for (k, v) in extra_headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
+        request = request.header(*k, *v);
     }
-    head.push_str("\r\n");
-    s.write_all(head.as_bytes()).unwrap();
-    s.write_all(body).unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("HTTP head");
-    let head = String::from_utf8_lossy(&raw[..split]).to_string();
-    let mut lines = head.split("\r\n");
-    let status: u16 = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_lowercase(), v.trim().to_string()))
+    let mut response = agent
+        .run(request.body(body.to_vec()).unwrap())
+        .unwrap_or_else(|e| panic!("{method} http://{addr}{path}: {e}"));
+    let headers = response
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
         .collect();
-    (status, headers, raw[split + 4..].to_vec())
+    let body = response
+        .body_mut()
+        .with_config()
+        .limit(u64::MAX)
+        .read_to_vec()
+        .unwrap();
+    (response.status().as_u16(), headers, body)
+}
+
+/// The status `GET /` answers on `addr` within half a second; 0 when none comes.
+pub fn http_status(addr: SocketAddr) -> u16 {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_millis(500)))
+        .build()
+        .into();
+    agent
+        .get(format!("http://{addr}/"))
+        .call()
+        .map_or(0, |r| r.status().as_u16())
 }
 
 pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {

@@ -1,7 +1,5 @@
 //! A single `nexus serve` process (not in-process), for tests that watch its memory.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -52,16 +50,9 @@ impl Standalone {
 
     /// A fresh connection answers sys.ping.
     pub fn ping(&self) -> bool {
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.tcp)) else {
-            return false;
-        };
-        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        let req = br#"{"jsonrpc":"2.0","id":1,"method":"sys.ping"}"#;
-        if s.write_all(req).is_err() {
-            return false;
-        }
-        let mut line = String::new();
-        BufReader::new(s).read_line(&mut line).is_ok() && line.contains(r#""ok":true"#)
+        let url = format!("tcp://127.0.0.1:{}", self.tcp);
+        nexus_client::Client::connect(&url, &Default::default())
+            .is_ok_and(|mut c| c.call("sys.ping", serde_json::json!({})).is_ok())
     }
 
     pub fn rss_kib(&self) -> u64 {

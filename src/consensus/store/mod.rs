@@ -106,7 +106,14 @@ pub fn open(dir: &Path) -> anyhow::Result<Opened> {
     let recorded = datadir::recorded_raft_id(dir)?;
     let durable = datadir::recorded_durable(dir)?;
     let refuse = |e: StoreError| -> anyhow::Error {
-        if e.is_corruption() || recorded.is_some() && is_missing_file(&e) {
+        if recorded.is_some() && is_missing_column_family(&e) {
+            // A MANIFEST cut at a record boundary forgot that the column families exist.
+            let what = format!(
+                "its MANIFEST {} no longer describes the database: {e}",
+                manifest(dir)
+            );
+            datadir::refusal(dir, what).into()
+        } else if e.is_corruption() || recorded.is_some() && is_missing_file(&e) {
             let what = match damaged_wal(dir).filter(|_| !e.to_string().contains('/')) {
                 Some(wal) => format!("its write-ahead log {wal} is damaged: {e}"),
                 None => format!("its database is damaged: {e}"),
@@ -223,6 +230,17 @@ fn damaged_wal(dir: &Path) -> Option<String> {
 }
 
 /// RocksDB's answer when a file its MANIFEST lists is gone.
+fn is_missing_column_family(e: &StoreError) -> bool {
+    matches!(e, StoreError::Db(e) if e.kind() == ErrorKind::InvalidArgument
+        && e.as_ref().contains("Column family not found"))
+}
+
+/// The MANIFEST that `CURRENT` names, as a path.
+fn manifest(dir: &Path) -> String {
+    let current = std::fs::read_to_string(dir.join("CURRENT")).unwrap_or_default();
+    dir.join(current.trim()).display().to_string()
+}
+
 fn is_missing_file(e: &StoreError) -> bool {
     matches!(e, StoreError::Db(e) if e.kind() == ErrorKind::IOError
         && e.as_ref().contains("No such file"))

@@ -1,7 +1,7 @@
-//! An asynchronous JSON-RPC client over one WebSocket for the load benchmarks: many
-//! requests in flight on one connection, answers matched by id, writes coalesced (every
-//! frame queued when the writer wakes goes out in one flush). It is lean on purpose: the
-//! load generator shares the machine's cores with the node it measures.
+//! A JSON-RPC client over one WebSocket with many requests in flight, for load generation:
+//! answers matched by id, writes coalesced (every frame queued when the writer wakes goes
+//! out in one flush). It is lean on purpose: the load generator shares the machine's cores
+//! with the node it measures.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
