@@ -4,17 +4,13 @@
 # generated from it. Ratios are only meaningful within one run.
 #
 # Usage: scripts/compare.sh [OUTDIR]          (make compare)
-#   env: SECS=10 (per scenario), ANCHORS=../shared/anchors (the reference harness: its
-#        bench client, server configs and compare.sh, which installs nats-server)
+#   env: SECS=10 (per scenario), ANCHORS=scripts/nats (the reference harness: its NATS
+#        client, server configs and compare.sh, which installs nats-server 2.15.1)
 # Writes OUTDIR/table.md and prints it; every raw output stays in OUTDIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${SECS:-10}
-if ! ANCHORS=$(cd "${ANCHORS:-../shared/anchors}" 2>/dev/null && pwd); then
-  echo "make compare needs the reference harness (nats-server configs, its bench client and" >&2
-  echo "compare.sh): set ANCHORS=DIR to where it is; it is not part of this repository" >&2
-  exit 2
-fi
+ANCHORS=$(cd "${ANCHORS:-scripts/nats}" && pwd)
 OUT=${1:-$(mktemp -d -t nexus-compare-XXXXXX)}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)

@@ -1,5 +1,8 @@
+mod cli;
+
 use clap::Parser;
-use nexus::config::{Cli, Command};
+use cli::{Cli, Command};
+use nexus_consensus::store::datadir;
 
 /// mimalloc instead of glibc malloc: requests are allocated on the session threads and
 /// freed on the Raft thread (and back), which glibc serves through locked arenas (~10% of
@@ -12,34 +15,35 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match cli.command {
         // 1: the node refused (the error's line says why); 2: no answer (connection, input).
-        Command::Admin(cmd) => match nexus::admin::run(cli.connection, cmd) {
+        Command::Admin(cmd) => match nexus_admin::run(cli.connection, cmd) {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("nexus: {e:#}");
                 let refused = matches!(
-                    e.downcast_ref::<nexus::admin::CallError>(),
-                    Some(nexus::admin::CallError::Rpc(_))
+                    e.downcast_ref::<nexus_client::CallError>(),
+                    Some(nexus_client::CallError::Rpc(_))
                 );
                 std::process::ExitCode::from(if refused { 1 } else { 2 })
             }
         },
         Command::Serve(args) => {
-            nexus::telemetry::init(args.log_format, args.verbose);
-            let result = actix_rt::System::new().block_on(nexus::server::run_until_signal(*args));
+            nexus_server::telemetry::init(args.log_format, args.verbose);
+            let result =
+                actix_rt::System::new().block_on(nexus_server::server::run_until_signal(*args));
             match result {
                 Ok(()) => std::process::ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");
                     eprintln!("nexus: {e:#}");
-                    if e.downcast_ref::<nexus::store::datadir::Refusal>().is_some() {
-                        std::process::ExitCode::from(nexus::store::datadir::REFUSED_EXIT_CODE)
+                    if e.downcast_ref::<datadir::Refusal>().is_some() {
+                        std::process::ExitCode::from(datadir::REFUSED_EXIT_CODE)
                     } else {
                         std::process::ExitCode::FAILURE
                     }
                 }
             }
         }
-        Command::Rebuild(args) => match nexus::store::datadir::rebuild(&args.data_dir) {
+        Command::Rebuild(args) => match datadir::rebuild(&args.data_dir) {
             Ok(aside) => {
                 println!(
                     "moved {} to {} (delete it once the node is back). Start the node as \
@@ -55,7 +59,7 @@ fn main() -> std::process::ExitCode {
                 std::process::ExitCode::FAILURE
             }
         },
-        Command::Bench(args) => match nexus::bench::run(args) {
+        Command::Bench(args) => match nexus_bench::run(args) {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("nexus bench: {e:#}");
@@ -63,7 +67,7 @@ fn main() -> std::process::ExitCode {
             }
         },
         // 0: no violation; 1: violations found; 2: the run itself failed.
-        Command::Chaos(args) => match nexus::chaos::run(args) {
+        Command::Chaos(args) => match nexus_chaos::run(args) {
             Ok(true) => std::process::ExitCode::SUCCESS,
             Ok(false) => std::process::ExitCode::from(1),
             Err(e) => {

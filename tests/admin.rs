@@ -5,7 +5,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use nexus::rpc::*;
+use nexus_core::rpc::*;
 use serde_json::{json, Value};
 
 #[test]
@@ -138,7 +138,7 @@ fn node_list_describes_this_node() {
         .collect();
     assert!(listening.contains(&format!(
         "tcp://{}",
-        node.server.addr(nexus::config::Scheme::Tcp)
+        node.server.addr(nexus_server::config::Scheme::Tcp)
     )));
     assert_eq!(
         expect_ok(root.call("sys.node.list", json!({"skip": 1}))),

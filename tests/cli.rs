@@ -8,7 +8,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use common::*;
-use nexus::config::Scheme;
+use nexus_server::config::Scheme;
 use serde_json::{json, Value};
 
 fn ws_url(node: &TestNode) -> String {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::cluster::{leader_of, wait_voters, Proc};
 use common::*;
-use nexus::rpc::ERR_INTERNAL;
+use nexus_core::rpc::ERR_INTERNAL;
 use serde_json::json;
 
 /// A tmpfs of `mib` MiB mounted on a fresh directory; unmounted when dropped.

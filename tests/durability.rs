@@ -8,9 +8,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use nexus::config::Scheme;
-use nexus::rpc::*;
-use nexus::server::Background;
+use nexus_core::rpc::*;
+use nexus_server::config::Scheme;
+use nexus_server::server::Background;
 use serde_json::json;
 
 struct Proc {

@@ -33,7 +33,7 @@ fn start_node() -> Node {
 // Generators
 
 /// Every implemented method (the node's own table).
-const METHODS: &[&str] = nexus::api::METHODS;
+const METHODS: &[&str] = nexus_server::api::METHODS;
 
 /// Plausible params for `method` (names never "root": the fuzz must not lock itself out).
 fn template(method: &str, rng: &mut StdRng) -> Value {

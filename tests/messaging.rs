@@ -5,7 +5,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use nexus::rpc::*;
+use nexus_core::rpc::*;
 use serde_json::{json, Value};
 
 fn create_pipe(c: &mut Client, len: Option<i64>) -> String {

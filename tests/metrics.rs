@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use nexus::config::Scheme;
+use nexus_server::config::Scheme;
 use serde_json::json;
 
 #[test]
@@ -107,7 +107,7 @@ fn metrics_count_what_clients_did() {
 fn task_prefixes_are_bounded_in_labels() {
     let node = TestNode::start();
     let mut root = node.root();
-    let n = nexus::metrics::MAX_PREFIXES + 5;
+    let n = nexus_server::metrics::MAX_PREFIXES + 5;
     for i in 0..n {
         let method = format!("p{i:03}.m");
         expect_ok(root.call(
@@ -121,7 +121,7 @@ fn task_prefixes_are_bounded_in_labels() {
         .iter()
         .filter(|x| x.metric == "nexus_tasks")
         .collect();
-    assert_eq!(series.len(), nexus::metrics::MAX_PREFIXES + 1);
+    assert_eq!(series.len(), nexus_server::metrics::MAX_PREFIXES + 1);
     let other = [("prefix", "(other)"), ("state", "queued")];
     assert_eq!(metric(&s, "nexus_tasks", &other), Some(5.0));
     let total: f64 = series
@@ -199,7 +199,7 @@ fn the_grafana_dashboard_uses_only_exported_metrics() {
 fn every_listed_method_exists_so_labels_name_real_methods() {
     let node = TestNode::start();
     let mut root = node.root();
-    for method in nexus::api::METHODS {
+    for method in nexus_server::api::METHODS {
         if let Err(e) = root.call(method, json!({})) {
             assert_ne!(e.code, -32601, "{method} is listed but not implemented");
         }

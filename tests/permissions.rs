@@ -1,7 +1,7 @@
 //! The permission matrix: every method × {not logged in, user without tags, user tagged on
 //! another prefix, user tagged on the method's path, `@admin`}, each cell checked against
-//! SPEC.md §3–4 over a real connection. A denied cell must answer -32010 and change
-//! nothing; an allowed cell must not answer -32010.
+//! docs/api.md (permissions and methods) over a real connection. A denied cell must answer
+//! -32010 and change nothing; an allowed cell must not answer -32010.
 
 mod common;
 
@@ -433,7 +433,7 @@ fn every_method_by_every_kind_of_caller() {
     let mut world = World {
         root: node.root(),
         target_sessions: Vec::new(),
-        node_tcp: node.server.addr(nexus::config::Scheme::Tcp),
+        node_tcp: node.server.addr(nexus_server::config::Scheme::Tcp),
     };
     create_user(&mut world.root, TARGET, PASS);
     create_user(&mut world.root, TEMPLATE, PASS);

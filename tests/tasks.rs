@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use common::*;
-use nexus::rpc::*;
+use nexus_core::rpc::*;
 use serde_json::{json, Value};
 
 fn pull(c: &mut Client, prefix: &str, timeout: f64) -> Answer {
@@ -452,7 +452,7 @@ fn list_and_count_show_tasks_and_pulls() {
 #[test]
 fn many_pushers_and_workers_run_each_task_exactly_once() {
     let node = TestNode::start();
-    let addr = node.server.addr(nexus::config::Scheme::Tcp);
+    let addr = node.server.addr(nexus_server::config::Scheme::Tcp);
     let pushers = 4;
     let per_pusher = 75;
     let workers = 4;

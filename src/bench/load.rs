@@ -84,7 +84,7 @@ pub fn tasks(
         workers_url.to_vec()
     };
     on_runtime(async move {
-        let prefix = format!("bench.tasks.r{}", nexus_core::ids::random_hex(6));
+        let prefix = format!("bench.tasks.r{}", super::run_tag());
         // Connections and logins (scrypt) happen before the clock starts.
         let caller_conns = connect_all(args, &args.url, callers, shape.connections).await?;
         let worker_conns =
@@ -222,7 +222,7 @@ pub fn topics(
     shape: Shape,
 ) -> anyhow::Result<()> {
     on_runtime(async move {
-        let topic = format!("bench.topic.r{}", nexus_core::ids::random_hex(6));
+        let topic = format!("bench.topic.r{}", super::run_tag());
         let mode = if notify {
             "fire-and-forget".to_string()
         } else {

@@ -1,4 +1,4 @@
-//! The checker: reads a run's history and lists every broken promise (SPEC.md §6).
+//! The checker: reads a run's history and lists every broken promise (docs/api.md, "In a cluster"; docs/reliability.md).
 //!
 //! Faults make some outcomes legitimate (a connection lost on a killed node, a lock freed
 //! because its holder's node was declared down), so each check knows the fault windows:

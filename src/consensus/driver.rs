@@ -885,6 +885,7 @@ impl Driver {
         if entries.is_empty() {
             return Ok(());
         }
+        #[cfg(feature = "test-hooks")]
         if !self.cfg.test_apply_delay.is_zero() {
             std::thread::sleep(self.cfg.test_apply_delay);
         }

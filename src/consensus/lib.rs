@@ -49,6 +49,7 @@ pub struct RaftConfig {
     /// Members beyond this many voters stay learners.
     pub max_voters: usize,
     /// Test only: each applied batch is held back this long (a slow node).
+    #[cfg(feature = "test-hooks")]
     pub test_apply_delay: Duration,
     /// Writes wait while the data dir's disk is below its reserve.
     pub disk: crate::store::space::DiskGuard,
@@ -68,6 +69,7 @@ impl Default for RaftConfig {
             read_timeout: Duration::from_secs(5),
             expire_tick: Duration::from_millis(100),
             max_voters: 5,
+            #[cfg(feature = "test-hooks")]
             test_apply_delay: Duration::ZERO,
             disk: Default::default(),
         }
@@ -363,15 +365,6 @@ impl RaftHandle {
         let took = start.elapsed().as_secs_f64();
         self.stats.timings.proposal_seconds.observe(took);
         outcome
-    }
-
-    /// Proposes without waiting for the outcome.
-    pub fn propose_detached(&self, cmd: Command) {
-        let (reply, _rx) = oneshot::channel();
-        let _ = self.deliver(Msg::Propose {
-            data: codec::encode_command(cmd),
-            reply,
-        });
     }
 
     /// Waits until this node's applied state includes every write acknowledged anywhere

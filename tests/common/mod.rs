@@ -7,8 +7,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use nexus::config::{Scheme, ServeArgs};
-use nexus::server::Background;
+use nexus_server::config::{Scheme, ServeArgs};
+use nexus_server::server::Background;
 use serde_json::{json, Value};
 
 pub mod cluster;
@@ -24,8 +24,13 @@ pub struct TestNode {
 }
 
 pub fn args_for(dir: &Path, extra: &[&str]) -> ServeArgs {
+    /// `nexus serve`'s arguments, parsed as the binary parses them.
+    #[derive(clap::Parser)]
+    struct Serve {
+        #[command(flatten)]
+        args: ServeArgs,
+    }
     let mut argv = vec![
-        "nexus",
         "serve",
         "--data-dir",
         dir.to_str().unwrap(),
@@ -37,11 +42,7 @@ pub fn args_for(dir: &Path, extra: &[&str]) -> ServeArgs {
         "health://127.0.0.1:0",
     ];
     argv.extend_from_slice(extra);
-    let cli = <nexus::config::Cli as clap::Parser>::parse_from(argv);
-    match cli.command {
-        nexus::config::Command::Serve(args) => *args,
-        other => panic!("not serve: {other:?}"),
-    }
+    <Serve as clap::Parser>::parse_from(argv).args
 }
 
 impl TestNode {

@@ -124,11 +124,6 @@ impl Cluster {
             .find(|(_, n)| n.incarnation == incarnation)
             .map(|(id, _)| *id)
     }
-
-    /// The generation of `node_id` most recently seen proposing.
-    pub fn generation_of(&self, node_id: u64) -> u64 {
-        self.proposers.get(&node_id).map_or(0, |r| r.generation)
-    }
 }
 
 #[cfg(test)]

@@ -452,7 +452,6 @@ fn session_to_pb(s: &SessionRecord) -> pb::SessionRec {
         remote_address: s.remote_address.clone(),
         protocol: s.protocol.clone(),
         creation_time: s.creation_time.clone(),
-        internal: s.internal,
     }
 }
 
@@ -465,7 +464,6 @@ fn session_from_pb(s: pb::SessionRec) -> SessionRecord {
         remote_address: s.remote_address,
         protocol: s.protocol,
         creation_time: s.creation_time,
-        internal: s.internal,
     }
 }
 

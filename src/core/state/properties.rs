@@ -86,7 +86,6 @@ impl World {
                         remote_address: "127.0.0.1:1".into(),
                         protocol: "tcp".into(),
                         creation_time: "t".into(),
-                        internal: false,
                     },
                 }
             }

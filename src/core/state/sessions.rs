@@ -17,9 +17,6 @@ pub struct SessionRecord {
     pub remote_address: String,
     pub protocol: String,
     pub creation_time: String,
-    /// Server-internal sessions are not listed.
-    #[serde(default)]
-    pub internal: bool,
 }
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]

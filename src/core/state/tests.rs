@@ -12,7 +12,6 @@ fn session(connid: &str, node_id: u64, incarnation: &str) -> SessionRecord {
         remote_address: "127.0.0.1:1".into(),
         protocol: "tcp".into(),
         creation_time: "t".into(),
-        internal: false,
     }
 }
 
@@ -492,10 +491,7 @@ fn every_command() -> Vec<Command> {
             at: "2026-01-01T00:00:00Z".into(),
         },
         Command::SessionOpen {
-            session: SessionRecord {
-                internal: true,
-                ..session("aaaaaaaa00000001", 2, "aaaaaaaa")
-            },
+            session: session("aaaaaaaa00000001", 2, "aaaaaaaa"),
         },
         Command::SessionLogin {
             connid: "c".into(),

@@ -17,7 +17,7 @@ use tracing::debug;
 
 use crate::conn::Conn;
 use crate::node::Node;
-use crate::rpc::{Params, Request, Response, RpcError, RpcResult, ERR_METHOD_NOT_FOUND};
+use nexus_core::rpc::{Params, Request, Response, RpcError, RpcResult, ERR_METHOD_NOT_FOUND};
 
 /// Every method this node implements: the only method names metrics label by (anything
 /// else a client sends counts as "(unknown)", so labels stay bounded).

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use crate::conn::Conn;
-use crate::listing::ListQuery;
 use crate::node::{Node, CONNID_LEN};
-use crate::rpc::{Params, RpcError, RpcResult, ERR_METHOD_NOT_FOUND};
-use crate::state::Command;
+use nexus_core::listing::ListQuery;
+use nexus_core::rpc::{Params, RpcError, RpcResult, ERR_METHOD_NOT_FOUND};
+use nexus_core::state::Command;
 
 pub async fn call(node: &Arc<Node>, conn: &Rc<Conn>, name: &str, p: &Params<'_>) -> RpcResult {
     match name {
@@ -21,7 +21,7 @@ pub async fn call(node: &Arc<Node>, conn: &Rc<Conn>, name: &str, p: &Params<'_>)
             let by_user = node
                 .read_linear(|s| {
                     let mut by_user: BTreeMap<String, Vec<Value>> = BTreeMap::new();
-                    for r in s.sessions.iter().filter(|r| !r.internal) {
+                    for r in s.sessions.iter() {
                         by_user.entry(r.user.clone()).or_default().push(json!({
                             "connid": r.connid,
                             "nodeid": r.incarnation,
@@ -46,13 +46,7 @@ pub async fn call(node: &Arc<Node>, conn: &Rc<Conn>, name: &str, p: &Params<'_>)
             let q = ListQuery::from_params(p)?;
             conn.require(q.permission_path(), "sys.session.count")?;
             let users: Vec<String> = node
-                .read_linear(|s| {
-                    s.sessions
-                        .iter()
-                        .filter(|r| !r.internal)
-                        .map(|r| r.user.clone())
-                        .collect()
-                })
+                .read_linear(|s| s.sessions.iter().map(|r| r.user.clone()).collect())
                 .await?;
             Ok(q.count(users.iter().map(String::as_str)))
         }

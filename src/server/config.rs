@@ -1,49 +1,12 @@
-//! Command line and configuration: every listener, timeout and limit with its default.
+//! `nexus serve`'s settings: every listener, timeout and limit with its default.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::Args;
 
 use crate::telemetry::LogFormat;
-
-#[derive(Debug, Parser)]
-#[command(
-    name = "nexus",
-    version,
-    about = "Nexus-rs: a clustered JSON-RPC message broker (Nexus API 1.9)"
-)]
-pub struct Cli {
-    /// Where the admin commands connect (ignored by serve, bench and chaos).
-    #[command(flatten)]
-    pub connection: crate::admin::Connection,
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Run a node.
-    Serve(Box<ServeArgs>),
-    /// Load a running node over WebSocket and report throughput and latency.
-    Bench(crate::bench::BenchArgs),
-    /// Start a cluster, drive a workload while injecting faults, check the history.
-    Chaos(crate::chaos::ChaosArgs),
-    /// Prepare a stopped cluster member whose storage is damaged to rebuild from its peers:
-    /// its data dir is moved aside (kept, never deleted) and, started again as before, the
-    /// node joins as a new member that replaces its old raft id.
-    Rebuild(RebuildArgs),
-    #[command(flatten)]
-    Admin(crate::admin::AdminCmd),
-}
-
-#[derive(Debug, Clone, Args)]
-pub struct RebuildArgs {
-    /// The stopped node's data dir.
-    #[arg(long)]
-    pub data_dir: PathBuf,
-}
 
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
@@ -101,6 +64,12 @@ pub struct ServeArgs {
     /// Default idle seconds before a connection is closed (sys.watchdog changes it per session).
     #[arg(long, default_value_t = 90)]
     pub watchdog: u64,
+
+    /// Test only: the shortest watchdog a session may set (10 s otherwise, as the API says),
+    /// so that watchdog tests need not wait 10 s.
+    #[cfg(feature = "test-hooks")]
+    #[arg(long, hide = true)]
+    pub test_watchdog_min_secs: Option<u64>,
 
     /// Raft tick in milliseconds (a follower campaigns after 16 to 32 ticks without a
     /// leader; the leader sends heartbeats every 3).
@@ -274,10 +243,12 @@ pub struct ClusterArgs {
     pub fence_after_ms: u64,
 
     /// Test only: skew this node's wall clock by this many milliseconds.
+    #[cfg(feature = "test-hooks")]
     #[arg(long, hide = true, default_value_t = 0, allow_negative_numbers = true)]
     pub test_clock_offset_ms: i64,
 
     /// Test only: hold every applied batch back this many milliseconds (a slow node).
+    #[cfg(feature = "test-hooks")]
     #[arg(long, hide = true, default_value_t = 0)]
     pub test_apply_delay_ms: u64,
 }
@@ -290,6 +261,15 @@ impl ClusterArgs {
 }
 
 impl ServeArgs {
+    /// The shortest watchdog a session may set.
+    fn watchdog_min_secs(&self) -> u64 {
+        #[cfg(feature = "test-hooks")]
+        if let Some(min) = self.test_watchdog_min_secs {
+            return min.max(1);
+        }
+        crate::conn::WATCHDOG_MIN
+    }
+
     /// The limits connections are served with.
     pub fn limits(&self) -> crate::node::Limits {
         crate::node::Limits {
@@ -299,6 +279,7 @@ impl ServeArgs {
             max_inflight: self.max_inflight,
             eof_grace: Duration::from_millis(self.eof_grace_ms),
             watchdog_secs: self.watchdog,
+            watchdog_min_secs: self.watchdog_min_secs(),
             hash_concurrency: self.hash_concurrency,
             session_open_timeout: Duration::from_millis(self.session_open_timeout_ms.max(1)),
             session_close_timeout: Duration::from_millis(self.session_close_timeout_ms.max(1)),
@@ -426,9 +407,12 @@ mod tests {
         );
         assert!(Listener::parse("ftp://1.2.3.4:1").is_err());
         assert!(Listener::parse("tcp://example.com:1").is_err());
-        let Command::Serve(a) = Cli::parse_from(["nexus", "serve"]).command else {
-            panic!("parsed serve");
-        };
+        #[derive(clap::Parser)]
+        struct Serve {
+            #[command(flatten)]
+            args: ServeArgs,
+        }
+        let a = <Serve as clap::Parser>::parse_from(["serve"]).args;
         assert_eq!(a.listeners().unwrap().len(), 2);
         assert_eq!(a.max_message_size, 32 << 20);
     }

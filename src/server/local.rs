@@ -10,7 +10,7 @@ use tokio::sync::oneshot;
 
 use crate::node::Control;
 use crate::pipe::{self, Pipe};
-use crate::rpc::RpcResult;
+use nexus_core::rpc::RpcResult;
 
 /// A pipe of this process: its actor and the inbox writers append to.
 type LocalPipe = (Addr<Pipe>, Arc<pipe::Inbox>);
@@ -21,11 +21,19 @@ pub struct Local {
     /// This node's pipes by pipeid, with their inboxes.
     pipes: Mutex<HashMap<String, LocalPipe>>,
     /// Requests waiting for an applied event: pushes by task id, pulls by pull id.
-    waiters: Mutex<HashMap<String, oneshot::Sender<RpcResult>>>,
+    waiters: Mutex<HashMap<String, Waiter>>,
     /// Messages dropped at full pipes of this node (a metric).
     pub pipe_drops: prometheus_client::metrics::counter::Counter,
     /// Published messages put into pipes of this node (a metric).
     pub topic_deliveries: prometheus_client::metrics::counter::Counter,
+}
+
+/// A request waiting for the event that ends it.
+struct Waiter {
+    tx: oneshot::Sender<RpcResult>,
+    /// Its push or pull is known to be in the state: from then on, a snapshot that no
+    /// longer holds it swallowed its end. Before, its proposal may still be on its way.
+    applied: bool,
 }
 
 /// Removes a waiter when the waiting request goes away (answered, cancelled, or its
@@ -49,7 +57,8 @@ impl Local {
     /// Registers interest in the event that ends request `key`; the guard unregisters.
     pub fn wait_for(&self, key: &str) -> (oneshot::Receiver<RpcResult>, WaiterGuard<'_>) {
         let (tx, rx) = oneshot::channel();
-        lock(&self.waiters).insert(key.to_string(), tx);
+        let waiter = Waiter { tx, applied: false };
+        lock(&self.waiters).insert(key.to_string(), waiter);
         (
             rx,
             WaiterGuard {
@@ -61,14 +70,25 @@ impl Local {
 
     /// Answers the request waiting on `key`, if it is still here.
     pub fn wake(&self, key: &str, result: RpcResult) {
-        if let Some(tx) = lock(&self.waiters).remove(key) {
-            let _ = tx.send(result);
+        if let Some(w) = lock(&self.waiters).remove(key) {
+            let _ = w.tx.send(result);
         }
     }
 
-    /// Keys of every waiting request.
-    pub fn waiting(&self) -> Vec<String> {
-        lock(&self.waiters).keys().cloned().collect()
+    /// Marks the request waiting on `key` as one whose push or pull was applied here.
+    pub fn mark_applied(&self, key: &str) {
+        if let Some(w) = lock(&self.waiters).get_mut(key) {
+            w.applied = true;
+        }
+    }
+
+    /// Keys of the waiting requests whose push or pull was applied here.
+    pub fn waiting_applied(&self) -> Vec<String> {
+        lock(&self.waiters)
+            .iter()
+            .filter(|(_, w)| w.applied)
+            .map(|(k, _)| k.clone())
+            .collect()
     }
 
     /// Starts pipe `pipeid` (capacity `cap` messages, `max_bytes` estimated bytes) here.

@@ -6,11 +6,11 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use crate::conn::Conn;
-use crate::listing::ListQuery;
-use crate::names::normalize_path;
 use crate::node::Node;
-use crate::rpc::{Params, RpcError, RpcResult, ERR_METHOD_NOT_FOUND};
-use crate::state::Command;
+use nexus_core::listing::ListQuery;
+use nexus_core::names::normalize_path;
+use nexus_core::rpc::{Params, RpcError, RpcResult, ERR_METHOD_NOT_FOUND};
+use nexus_core::state::Command;
 
 pub async fn call(node: &Arc<Node>, conn: &Rc<Conn>, name: &str, p: &Params<'_>) -> RpcResult {
     match name {

@@ -6,11 +6,13 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use crate::auth;
-use crate::cluster::gossip::Member;
-use crate::conn::{Conn, WATCHDOG_MAX, WATCHDOG_MIN};
+use crate::conn::{Conn, WATCHDOG_MAX};
 use crate::node::Node;
-use crate::rpc::{self, Params, RpcError, RpcResult, ERR_INVALID_REQUEST, ERR_METHOD_NOT_FOUND};
+use nexus_cluster::gossip::Member;
+use nexus_core::auth;
+use nexus_core::rpc::{
+    self, Params, RpcError, RpcResult, ERR_INVALID_REQUEST, ERR_METHOD_NOT_FOUND,
+};
 
 /// The API level implemented.
 pub const API_VERSION: &str = "1.9.0";
@@ -19,7 +21,7 @@ pub async fn call(node: &Arc<Node>, conn: &Rc<Conn>, name: &str, p: &Params<'_>)
     match name {
         "ping" => Ok(rpc::ok()),
         "version" => Ok(json!({"version": API_VERSION})),
-        "watchdog" => watchdog(conn, p),
+        "watchdog" => watchdog(node, conn, p),
         "login" => super::login::login(node, conn, p).await,
         "reload" => {
             if !conn.auth.borrow().logged_in() {
@@ -37,10 +39,11 @@ pub async fn call(node: &Arc<Node>, conn: &Rc<Conn>, name: &str, p: &Params<'_>)
     }
 }
 
-fn watchdog(conn: &Conn, p: &Params) -> RpcResult {
+fn watchdog(node: &Node, conn: &Conn, p: &Params) -> RpcResult {
     if let Some(secs) = p.opt_i64("watchdog")? {
+        let min = node.limits.watchdog_min_secs as i64;
         conn.watchdog
-            .set(secs.clamp(WATCHDOG_MIN as i64, WATCHDOG_MAX as i64) as u64);
+            .set(secs.clamp(min, WATCHDOG_MAX as i64) as u64);
     }
     Ok(json!({"watchdog": conn.watchdog.get()}))
 }
@@ -176,7 +179,7 @@ async fn node_remove(node: &Node, conn: &Conn, p: &Params<'_>) -> RpcResult {
         Some(leader) => node.read(|s| s.cluster.members.get(&leader).cloned()),
         None => None,
     };
-    crate::cluster::membership::remove_member(link, &node.raft, leader_addr, id as u64)
+    nexus_cluster::membership::remove_member(link, &node.raft, leader_addr, id as u64)
         .await
         .map_err(RpcError::internal)?;
     Ok(rpc::ok())

@@ -15,8 +15,8 @@ use tokio::sync::oneshot;
 
 use super::jsonstream::JsonStream;
 use crate::node::{Control, Node};
-use crate::rpc::{self, Response, RpcError};
 use crate::session::{Inbound, Reply, Session, TransportEvent};
+use nexus_core::rpc::{self, Response, RpcError};
 
 fn cors(resp: &mut actix_web::HttpResponseBuilder) -> &mut actix_web::HttpResponseBuilder {
     resp.insert_header((header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"))

@@ -6,16 +6,16 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use crate::auth;
 use crate::conn::Conn;
-use crate::listing::ListQuery;
-use crate::names::normalize_path;
 use crate::node::Node;
-use crate::rpc::{
+use nexus_core::auth;
+use nexus_core::listing::ListQuery;
+use nexus_core::names::normalize_path;
+use nexus_core::rpc::{
     standard_text, Params, RpcError, RpcResult, ERR_INTERNAL, ERR_INVALID_TASK,
     ERR_METHOD_NOT_FOUND,
 };
-use crate::state::{Command, Ending, Pull, Task};
+use nexus_core::state::{Command, Ending, Pull, Task};
 
 /// Default push and pull timeout: 10 days.
 pub const DEFAULT_TIMEOUT_SECS: f64 = 10.0 * 24.0 * 3600.0;
@@ -208,7 +208,7 @@ pub async fn push(node: &Node, conn: &Rc<Conn>, task: Task, req_id: Option<&Valu
     let _pending = Pending::new(conn, req_id, &taskid);
     if detach {
         node.raft.propose(Command::TaskPush { task }).await?;
-        return Ok(crate::rpc::ok());
+        return Ok(nexus_core::rpc::ok());
     }
     let (rx, _guard) = node.local.wait_for(&taskid);
     propose_then_wait(node, Command::TaskPush { task }, &taskid, rx).await
@@ -237,6 +237,15 @@ async fn propose_then_wait(
         if pending != Ok(true) {
             return rx.try_recv().unwrap_or(Err(e));
         }
+    }
+    // The push or pull is applied. From here on, a snapshot install that swallows its end
+    // answers the waiter (`Node::reconcile_waiters`); one installed before this mark is
+    // seen by looking at the state once more.
+    node.local.mark_applied(id);
+    if !node.read(|s| s.tasks.contains(id)) {
+        return rx
+            .try_recv()
+            .unwrap_or_else(|_| Err(crate::node::caught_up_by_snapshot()));
     }
     rx.await
         .map_err(|_| RpcError::internal("request abandoned"))?

@@ -7,19 +7,19 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Context as _};
 use tracing::{debug, info, warn};
 
-use crate::auth;
 use crate::config::{Listener, Scheme, ServeArgs};
+use nexus_core::auth;
 use std::sync::OnceLock;
 
-use crate::cluster::gossip::{self, Gossip, GossipConfig};
-use crate::cluster::transport::{Transport, TransportConfig};
-use crate::cluster::{membership, secret};
-use crate::consensus::{self, Identity, RaftConfig};
 use crate::node::{now_rfc3339, random_hex, Control, Node};
-use crate::proto::PeerHello;
-use crate::state::{Command, State};
-use crate::store::{self, RaftStorage};
 use crate::transport::{http, stream, tls};
+use nexus_cluster::gossip::{self, Gossip, GossipConfig};
+use nexus_cluster::transport::{Transport, TransportConfig};
+use nexus_cluster::{membership, secret};
+use nexus_consensus::store::{self, RaftStorage};
+use nexus_consensus::{self as consensus, Identity, RaftConfig};
+use nexus_core::proto::PeerHello;
+use nexus_core::state::{Command, State};
 
 pub const DEFAULT_ROOT_PASSWORD: &str = "root";
 
@@ -43,7 +43,7 @@ struct ClusterRuntime {
     gossip: Arc<Gossip>,
     raft_slot: Arc<OnceLock<consensus::RaftHandle>>,
     /// Where routed deliveries go once the node exists.
-    routed_slot: Arc<OnceLock<crate::cluster::RoutedSink>>,
+    routed_slot: Arc<OnceLock<nexus_cluster::RoutedSink>>,
     hello: PeerHello,
     /// A fresh node that must ask to be added.
     joining: bool,
@@ -115,7 +115,7 @@ async fn start_cluster(
     let advertise = resolve(&advertised).await?;
     let fresh = storage.is_fresh();
     let hello = PeerHello {
-        cluster_version: crate::cluster::CLUSTER_VERSION,
+        cluster_version: nexus_cluster::CLUSTER_VERSION,
         raft_id: me.raft_id,
         generation: me.generation,
         cluster_addr: advertised.clone(),
@@ -125,7 +125,7 @@ async fn start_cluster(
         ..Default::default()
     };
     let raft_slot: Arc<OnceLock<consensus::RaftHandle>> = Arc::default();
-    let routed_slot: Arc<OnceLock<crate::cluster::RoutedSink>> = Arc::default();
+    let routed_slot: Arc<OnceLock<nexus_cluster::RoutedSink>> = Arc::default();
     let transport = Transport::start(
         TransportConfig {
             listen,
@@ -310,7 +310,8 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
     let secret = cluster_secret(&args)?;
-    crate::clock::set_test_offset_ms(args.cluster.test_clock_offset_ms);
+    #[cfg(feature = "test-hooks")]
+    nexus_consensus::clock::set_test_offset_ms(args.cluster.test_clock_offset_ms);
     let reserve = args.disk_reserve_mb.saturating_mul(1 << 20);
     store::space::DiskGuard::wait_for_space(&args.data_dir, reserve);
     let opened = store::open(&args.data_dir)?;
@@ -343,6 +344,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         read_timeout: Duration::from_millis(args.read_timeout_ms.max(1)),
         expire_tick: Duration::from_millis(args.expire_tick_ms.max(1)),
         max_voters: args.cluster.max_voters.max(1),
+        #[cfg(feature = "test-hooks")]
         test_apply_delay: Duration::from_millis(args.cluster.test_apply_delay_ms),
         disk: store::space::DiskGuard::watch(&args.data_dir, reserve),
         ..RaftConfig::default()
@@ -407,10 +409,10 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         state,
     ));
     if let Some(c) = &cluster {
-        let link = Arc::new(crate::cluster::ClusterLink {
+        let link = Arc::new(nexus_cluster::ClusterLink {
             gossip: c.gossip.clone(),
             transport: c.transport.clone(),
-            router: crate::cluster::routing::Router::new(
+            router: nexus_cluster::routing::Router::new(
                 c.transport.clone(),
                 Duration::from_millis(args.cluster.route_timeout_ms.max(1)),
             ),

@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::auth::{self, Tags};
 use crate::conn::{AuthState, Conn};
-use crate::names::normalize_path;
 use crate::node::Node;
-use crate::rpc::{Params, RpcError, RpcResult, ERR_PERMISSION_DENIED};
-use crate::state::Command;
+use nexus_core::auth::{self, Tags};
+use nexus_core::names::normalize_path;
+use nexus_core::rpc::{Params, RpcError, RpcResult, ERR_PERMISSION_DENIED};
+use nexus_core::state::Command;
 
 /// How long a login plugin worker has to answer.
 const PLUGIN_TIMEOUT: Duration = Duration::from_secs(10);

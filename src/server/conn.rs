@@ -8,8 +8,8 @@ use std::time::Instant;
 use serde_json::Value;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
-use crate::auth::Tags;
-use crate::rpc::RpcError;
+use nexus_core::auth::Tags;
+use nexus_core::rpc::RpcError;
 
 pub const NOBODY: &str = "nobody";
 pub const WATCHDOG_MIN: u64 = 10;
@@ -84,7 +84,7 @@ impl Conn {
 
     /// Fails with `-32010` unless the tags in force at `path` allow `method`.
     pub fn require(&self, path: &str, method: &str) -> Result<(), RpcError> {
-        if crate::auth::may(&self.auth.borrow().tags, path, method) {
+        if nexus_core::auth::may(&self.auth.borrow().tags, path, method) {
             Ok(())
         } else {
             Err(RpcError::permission_denied())

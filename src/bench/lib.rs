@@ -406,7 +406,7 @@ fn writes(args: &BenchArgs) -> anyhow::Result<()> {
         args.seconds,
         args.url.join(",")
     );
-    let lock = format!("bench.writes.r{}", nexus_core::ids::random_hex(6));
+    let lock = format!("bench.writes.r{}", run_tag());
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
     let mut node = 0;
     let mut client: Option<Ws> = None;
@@ -483,7 +483,7 @@ fn fill(
     window: usize,
     clients: usize,
 ) -> anyhow::Result<()> {
-    let tag = nexus_core::ids::random_hex(6);
+    let tag = run_tag();
     eprintln!(
         "filling: {users} users, {tasks} detached tasks over {clients} connections to {}",
         args.url.join(",")
@@ -624,7 +624,7 @@ fn cleanup(args: &BenchArgs, kill_pid: u32) -> anyhow::Result<()> {
     if args.url.len() < 2 {
         anyhow::bail!("cleanup needs two URLs: the node to kill, then an observer");
     }
-    let lock = format!("bench.cleanup.r{}", nexus_core::ids::random_hex(6));
+    let lock = format!("bench.cleanup.r{}", run_tag());
     let mut holder = Ws::connect(args, 0)?;
     let mut observer = Ws::connect(args, 1)?;
     check_answer(holder.call("sync.lock", json!({"lock": lock}))?)?;
@@ -655,4 +655,9 @@ fn cleanup(args: &BenchArgs, kill_pid: u32) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(10));
     }
     anyhow::bail!("the lock was not released within {limit:?}")
+}
+
+/// Six random hex digits that keep one run's names apart from another's.
+fn run_tag() -> String {
+    format!("{:06x}", rand::random::<u32>() & 0xff_ffff)
 }

@@ -5,13 +5,13 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use crate::auth;
 use crate::conn::Conn;
-use crate::listing::ListQuery;
-use crate::names::{normalize_path, normalize_prefix};
 use crate::node::{now_rfc3339, Node};
-use crate::rpc::{Params, RpcError, RpcResult, ERR_METHOD_NOT_FOUND};
-use crate::state::{Command, UserChange};
+use nexus_core::auth;
+use nexus_core::listing::ListQuery;
+use nexus_core::names::{normalize_path, normalize_prefix};
+use nexus_core::rpc::{Params, RpcError, RpcResult, ERR_METHOD_NOT_FOUND};
+use nexus_core::state::{Command, UserChange};
 
 const NAME_LEN: std::ops::RangeInclusive<usize> = 3..=500;
 const PASS_LEN: std::ops::RangeInclusive<usize> = 4..=500;

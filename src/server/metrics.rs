@@ -18,8 +18,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::consensus::Role;
 use crate::node::Node;
+use nexus_consensus::Role;
 
 /// Distinct first path segments reported for tasks; the rest are summed as "(other)".
 pub const MAX_PREFIXES: usize = 100;
@@ -346,7 +346,7 @@ fn sample(s: &Sampled, node: &Node, gossip: Option<(usize, usize)>) {
     node.read(|state| {
         let mut by_prefix: std::collections::HashMap<(&str, bool), i64> = Default::default();
         for rec in state.sessions.iter() {
-            if rec.node_id == me && !rec.internal {
+            if rec.node_id == me {
                 let logged_in = rec.user != crate::conn::NOBODY;
                 *sessions
                     .entry((rec.protocol.clone(), logged_in))

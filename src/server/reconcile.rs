@@ -14,7 +14,7 @@ use std::time::Duration;
 use tracing::{debug, warn};
 
 use crate::node::{Control, Node};
-use crate::state::Command;
+use nexus_core::state::Command;
 
 pub async fn run(node: Weak<Node>, every: Duration) {
     loop {

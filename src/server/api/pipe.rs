@@ -9,8 +9,8 @@ use serde_json::{json, Value};
 use crate::conn::Conn;
 use crate::node::Node;
 use crate::pipe;
-use crate::rpc::{self, Params, RpcError, RpcResult, ERR_INVALID_PIPE, ERR_METHOD_NOT_FOUND};
-use crate::state::Command;
+use nexus_core::rpc::{self, Params, RpcError, RpcResult, ERR_INVALID_PIPE, ERR_METHOD_NOT_FOUND};
+use nexus_core::state::Command;
 
 const DEFAULT_READ_MAX: i64 = 10;
 

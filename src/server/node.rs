@@ -7,11 +7,11 @@ use std::sync::{Arc, Mutex, RwLock};
 use actix::Message;
 use serde_json::{json, Value};
 
-use crate::consensus::RaftHandle;
 use crate::local::Local;
-use crate::proto::{frame, Frame};
-use crate::rpc::{RpcError, ERR_INVALID_PARAMS, ERR_INVALID_PIPE};
-use crate::state::{Event, State};
+use nexus_consensus::RaftHandle;
+use nexus_core::proto::{frame, Frame};
+use nexus_core::rpc::{RpcError, ERR_INVALID_PARAMS, ERR_INVALID_PIPE};
+use nexus_core::state::{Event, State};
 
 /// The limits connections are served with (from the command line; see `config`).
 #[derive(Debug, Clone)]
@@ -27,6 +27,8 @@ pub struct Limits {
     pub eof_grace: std::time::Duration,
     /// Default idle seconds before a connection is closed.
     pub watchdog_secs: u64,
+    /// The shortest watchdog a session may set (`WATCHDOG_MIN`, lower only in tests).
+    pub watchdog_min_secs: u64,
     /// Password hashes computed at once (0: one per core).
     pub hash_concurrency: usize,
     /// How long a new connection's session may take to commit before the connection closes.
@@ -74,7 +76,7 @@ pub struct Node {
     /// The listener URLs, for `sys.node.list`.
     pub listening: Mutex<Vec<String>>,
     /// Gossip and the peer transport; unset when standalone.
-    pub cluster: std::sync::OnceLock<Arc<crate::cluster::ClusterLink>>,
+    pub cluster: std::sync::OnceLock<Arc<nexus_cluster::ClusterLink>>,
     /// Sessions, pipes and waiting requests of this process.
     pub local: Local,
     /// What `/metrics` serves.
@@ -188,7 +190,7 @@ impl Node {
             return Err(RpcError::new(ERR_INVALID_PIPE));
         };
         let mut owner = self.read(|s| s.owner_node(pipeid));
-        let pipe_shaped = pipeid.len() == crate::names::CONNID_LEN + ID_SUFFIX_LEN
+        let pipe_shaped = pipeid.len() == nexus_core::names::CONNID_LEN + ID_SUFFIX_LEN
             && pipeid.bytes().all(|b| b.is_ascii_hexdigit());
         if owner.is_none() && pipe_shaped {
             // The owner may be a process that started a moment ago, announced in an entry
@@ -295,27 +297,24 @@ impl Node {
     }
 
     /// The command announcing this process to the cluster's node table.
-    pub fn started(&self) -> crate::state::Command {
-        crate::state::Command::NodeStarted {
+    pub fn started(&self) -> nexus_core::state::Command {
+        nexus_core::state::Command::NodeStarted {
             node_id: self.raft_id,
             incarnation: self.incarnation.clone(),
             generation: self.generation,
         }
     }
 
-    /// After a snapshot install: pushes and pulls whose task or pull is gone ended inside
-    /// the snapshot, and their answer was never seen here.
+    /// After a snapshot install: pushes and pulls that were applied here and whose task or
+    /// pull is gone ended inside the snapshot, and their answer was never seen here. One
+    /// whose proposal has not come back yet may only be created by a later entry: its
+    /// proposer decides (see `api::task::propose_then_wait`).
     fn reconcile_waiters(&self) {
-        let keys = self.local.waiting();
+        let keys = self.local.waiting_applied();
         let gone: Vec<String> =
             self.read(|s| keys.into_iter().filter(|k| !s.tasks.contains(k)).collect());
         for k in gone {
-            self.local.wake(
-                &k,
-                Err(crate::rpc::RpcError::internal(
-                    "this node caught up by snapshot: the outcome is unknown, retry",
-                )),
-            );
+            self.local.wake(&k, Err(caught_up_by_snapshot()));
         }
     }
 
@@ -329,7 +328,7 @@ impl Node {
     pub async fn read_linear<R>(
         &self,
         f: impl FnOnce(&State) -> R,
-    ) -> Result<R, crate::rpc::RpcError> {
+    ) -> Result<R, nexus_core::rpc::RpcError> {
         self.raft.read_barrier().await?;
         Ok(self.read(f))
     }
@@ -341,9 +340,16 @@ impl Node {
 }
 
 /// A connid: incarnation (8 hex) + 8 hex.
-pub const CONNID_LEN: usize = crate::names::CONNID_LEN;
+pub const CONNID_LEN: usize = nexus_core::names::CONNID_LEN;
 /// Random hex after the connid in task, pull and pipe ids.
 pub const ID_SUFFIX_LEN: usize = 20;
 
-pub use crate::clock::{now_ms, now_rfc3339, rfc3339_ms};
+pub use nexus_consensus::clock::{now_ms, now_rfc3339, rfc3339_ms};
 pub use nexus_core::ids::random_hex;
+
+/// What a push or pull whose end a snapshot swallowed is told.
+pub fn caught_up_by_snapshot() -> nexus_core::rpc::RpcError {
+    nexus_core::rpc::RpcError::internal(
+        "this node caught up by snapshot: the outcome is unknown, retry",
+    )
+}

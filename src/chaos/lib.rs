@@ -1,6 +1,7 @@
 //! `nexus chaos`: starts its own cluster from this binary, drives a mixed workload from
 //! clients on every node while faults are injected on a seeded schedule, records a
-//! history and checks it against the promises of SPEC.md §6 (docs/reliability.md).
+//! history and checks it against the promises of docs/api.md ("In a cluster") and
+//! docs/reliability.md.
 
 mod check;
 mod client;

@@ -13,10 +13,10 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tracing::debug;
 
-use crate::conn::{AuthState, Conn, Outgoing, NOBODY, WATCHDOG_MAX, WATCHDOG_MIN};
+use crate::conn::{AuthState, Conn, Outgoing, NOBODY, WATCHDOG_MAX};
 use crate::node::{now_rfc3339, Control, Node};
-use crate::rpc::{self, Incoming, Response, RpcError};
-use crate::state::{Command, SessionRecord};
+use nexus_core::rpc::{self, Incoming, Response, RpcError};
+use nexus_core::state::{Command, SessionRecord};
 
 /// Where the answers to an `Incoming` go.
 pub enum Reply {
@@ -84,7 +84,11 @@ impl Session {
             remote,
             protocol,
             auth: RefCell::new(AuthState::nobody()),
-            watchdog: Cell::new(node.limits.watchdog_secs.clamp(WATCHDOG_MIN, WATCHDOG_MAX)),
+            watchdog: Cell::new(
+                node.limits
+                    .watchdog_secs
+                    .clamp(node.limits.watchdog_min_secs, WATCHDOG_MAX),
+            ),
             last_activity: Cell::new(Instant::now()),
             out: out_tx,
             pending: RefCell::new(Default::default()),
@@ -225,7 +229,6 @@ impl Actor for Session {
             remote_address: c.remote.clone(),
             protocol: c.protocol.to_string(),
             creation_time: now_rfc3339(),
-            internal: false,
         };
         let (node, addr) = (self.node.clone(), ctx.address());
         let within = self.node.limits.session_open_timeout;

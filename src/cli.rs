@@ -1,0 +1,42 @@
+//! The `nexus` command line: the server, the operator's tools and the admin commands.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "nexus",
+    version,
+    about = "Nexus-rs: a clustered JSON-RPC message broker (Nexus API 1.9)"
+)]
+pub struct Cli {
+    /// Where the admin commands connect (ignored by serve, bench and chaos).
+    #[command(flatten)]
+    pub connection: nexus_admin::Connection,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a node.
+    Serve(Box<nexus_server::config::ServeArgs>),
+    /// Load a running node over WebSocket and report throughput and latency.
+    Bench(nexus_bench::BenchArgs),
+    /// Start a cluster, drive a workload while injecting faults, check the history.
+    Chaos(nexus_chaos::ChaosArgs),
+    /// Prepare a stopped cluster member whose storage is damaged to rebuild from its peers:
+    /// its data dir is moved aside (kept, never deleted) and, started again as before, the
+    /// node joins as a new member that replaces its old raft id.
+    Rebuild(RebuildArgs),
+    #[command(flatten)]
+    Admin(nexus_admin::AdminCmd),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RebuildArgs {
+    /// The stopped node's data dir.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+}

@@ -1,0 +1,28 @@
+//! The Nexus-rs server: what one node runs on top of the Raft layer and the cluster.
+//!
+//! Inside, each module only uses those listed above it:
+//! - `telemetry`, `throttle`, `credcache`: logging, failed-login throttling, remembered
+//!   credentials;
+//! - `metrics`: what `/metrics` exports;
+//! - `pipe`, `local`, `node`: pipes, what this process holds for its connections, and
+//!   what sessions share (identity, Raft handle, cluster link), reacting to applied events;
+//! - `conn`, `api`, `session`: one connection as handlers see it, the API namespaces, the
+//!   session actor that runs requests through them;
+//! - `transport`: listeners (tcp/ssl stream, ws/wss, the HTTP bridge, health, dashboard);
+//! - `reconcile`, `server`: repair of this process's footprint, and starting and stopping
+//!   a node; `config`: `nexus serve`'s settings.
+
+pub mod api;
+pub mod config;
+pub mod conn;
+pub mod credcache;
+pub mod local;
+pub mod metrics;
+pub mod node;
+pub mod pipe;
+pub mod reconcile;
+pub mod server;
+pub mod session;
+pub mod telemetry;
+pub mod throttle;
+pub mod transport;
