@@ -438,3 +438,88 @@ fn members_are_removed_by_an_admin_and_when_long_dead() {
         -32603,
     );
 }
+
+/// A follower frozen while its worker's pull is handed a task catches up by snapshot: the
+/// hand-over is inside the snapshot, not an event it applied. The pull still gets its task
+/// (its connection works on it now), and the pusher its result. Found by the disk-full
+/// chaos run, where such a pull was told "unknown, retry" and the task stayed `working`.
+#[test]
+fn a_pull_handed_its_task_inside_a_snapshot_still_gets_the_task() {
+    let root = tempfile::tempdir().unwrap();
+    // Small snapshots and a short log, so the frozen follower needs a snapshot; fencing
+    // and node-down far away, so that the freeze ends neither its sessions nor its pull.
+    let extra = [
+        "--snapshot-every",
+        "20",
+        "--log-retain",
+        "5",
+        "--fence-after-ms",
+        "60000",
+        "--node-down-after-ms",
+        "120000",
+    ];
+    let mut nodes = three_joined(root.path(), &extra);
+    wait_voters(&nodes[0], 3);
+    let leader = leader_of(&nodes);
+    let f = (leader + 1) % 3;
+    let mut worker = nodes[f].root();
+    let pull = worker.send("task.pull", json!({"prefix": "snapped.", "timeout": 120}));
+    // The pull is in the state the follower applied.
+    let mut on_f = nodes[f].root();
+    assert!(eventually(Duration::from_secs(10), || {
+        expect_ok(on_f.call("task.count", json!({"prefix": "snapped."})))["pullCount"] == 1
+    }));
+    let installs = |n: &Proc| n.log().matches("installed a state snapshot").count();
+    let installed_before = installs(&nodes[f]);
+    let pid = nodes[f].child.as_ref().unwrap().id() as i32;
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    // First more writes than the leader keeps in flight to the frozen follower (256
+    // messages, one per write here): what comes after is not on its way to it.
+    let mut c = nodes[leader].root();
+    let mut write = |from: usize, to: usize| {
+        for i in from..to {
+            expect_ok(c.call("sync.lock", json!({"lock": format!("past{i}")})));
+        }
+    };
+    write(0, 300);
+    let mut pusher = nodes[leader].root();
+    let push = pusher.send(
+        "task.push",
+        json!({"method": "snapped.work", "params": {"n": 7}}),
+    );
+    let mut on_leader = nodes[leader].root();
+    assert!(eventually(Duration::from_secs(10), || {
+        let l = expect_ok(on_leader.call("task.list", json!({"prefix": "snapped."})));
+        l.as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["state"] == "working")
+    }));
+    // Then enough for snapshots that compact the log past the hand-over.
+    write(300, 400);
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    let answer = worker.wait(&pull);
+    let task = &answer["result"];
+    assert_eq!(
+        task["params"],
+        json!({"n": 7}),
+        "the pull's answer: {answer}"
+    );
+    assert!(
+        installs(&nodes[f]) > installed_before,
+        "the follower caught up by snapshot: {}\nleader: {}",
+        nodes[f].log(),
+        nodes[leader].log()
+    );
+    expect_ok(worker.call(
+        "task.result",
+        json!({"taskid": task["taskid"], "result": "done"}),
+    ));
+    let answer = pusher.wait(&push);
+    assert_eq!(
+        answer["result"],
+        json!("done"),
+        "the push's answer: {answer}"
+    );
+    nodes[f].kill9();
+}

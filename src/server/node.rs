@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use crate::local::Local;
 use nexus_consensus::RaftHandle;
 use nexus_core::proto::{frame, Frame};
-use nexus_core::rpc::{RpcError, ERR_INVALID_PARAMS, ERR_INVALID_PIPE};
+use nexus_core::rpc::{RpcError, RpcResult, ERR_INVALID_PARAMS, ERR_INVALID_PIPE};
 use nexus_core::state::{Event, State};
 
 /// The limits connections are served with (from the command line; see `config`).
@@ -311,10 +311,13 @@ impl Node {
     /// proposer decides (see `api::task::propose_then_wait`).
     fn reconcile_waiters(&self) {
         let keys = self.local.waiting_applied();
-        let gone: Vec<String> =
-            self.read(|s| keys.into_iter().filter(|k| !s.tasks.contains(k)).collect());
-        for k in gone {
-            self.local.wake(&k, Err(caught_up_by_snapshot()));
+        let ended: Vec<(String, RpcResult)> = self.read(|s| {
+            keys.into_iter()
+                .filter_map(|k| ended_unseen(s, &k).map(|r| (k, r)))
+                .collect()
+        });
+        for (k, result) in ended {
+            self.local.wake(&k, result);
         }
     }
 
@@ -346,6 +349,16 @@ pub const ID_SUFFIX_LEN: usize = 20;
 
 pub use nexus_consensus::clock::{now_ms, now_rfc3339, rfc3339_ms};
 pub use nexus_core::ids::random_hex;
+
+/// How push or pull `id`, applied and no longer in `s`, ended where this node did not see
+/// it happen (inside a snapshot): a pull handed a task still worked on gets that task, as
+/// the worker it now is; any other end is unknown here. None while it still waits.
+pub fn ended_unseen(s: &State, id: &str) -> Option<RpcResult> {
+    if s.tasks.contains(id) {
+        return None;
+    }
+    Some(s.tasks.answer_of_pull(id).ok_or_else(caught_up_by_snapshot))
+}
 
 /// What a push or pull whose end a snapshot swallowed is told.
 pub fn caught_up_by_snapshot() -> nexus_core::rpc::RpcError {

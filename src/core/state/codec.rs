@@ -485,6 +485,7 @@ fn task_to_pb(t: &Task) -> pb::TaskRec {
         timeout_ms: t.timeout_ms,
         seq: t.seq,
         working: t.working.clone(),
+        pulled_by: t.pulled_by.clone(),
     }
 }
 
@@ -506,6 +507,7 @@ fn task_from_pb(t: pb::TaskRec) -> Result<Task, DecodeError> {
         timeout_ms: t.timeout_ms,
         seq: t.seq,
         working: t.working,
+        pulled_by: t.pulled_by,
     })
 }
 

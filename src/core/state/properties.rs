@@ -125,6 +125,7 @@ impl World {
                         timeout_ms: self.rng.gen_range(0..3) * 500,
                         seq: 0,
                         working: None,
+                        pulled_by: None,
                     },
                 }
             }
@@ -250,6 +251,18 @@ fn check_invariants(s: &State, step: usize, cmd: &Command) {
                 ctx()
             );
         }
+        assert!(
+            match (&t.working, &t.pulled_by) {
+                (Some(w), Some(p)) => p.starts_with(w.as_str()),
+                (None, None) => true,
+                _ => false,
+            },
+            "task {} worked by {:?} for pull {:?} {}",
+            t.id,
+            t.working,
+            t.pulled_by,
+            ctx()
+        );
         if !t.detach {
             assert!(
                 open.contains(t.pusher.as_str()),

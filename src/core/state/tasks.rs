@@ -39,6 +39,10 @@ pub struct Task {
     /// The connid working on it, when pulled.
     #[serde(default)]
     pub working: Option<String>,
+    /// The pull it was handed to, while worked: a node that learns of the hand-over from
+    /// a snapshot (not from the event) still answers that pull with this task.
+    #[serde(default)]
+    pub pulled_by: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -170,6 +174,7 @@ impl Tasks {
         self.seq += 1;
         task.seq = self.seq;
         task.working = None;
+        task.pulled_by = None;
         emit.hook("push", &task, None);
         self.deadlines.insert((task.deadline_ms, task.id.clone()));
         self.enqueue(task, emit);
@@ -256,6 +261,7 @@ impl Tasks {
             .insert(task.id.clone());
         let mut task = task;
         task.working = Some(pull.connid.clone());
+        task.pulled_by = Some(pull.id.clone());
         emit.events.push(Event::TaskAssigned {
             pull_id: pull.id.clone(),
             puller: pull.connid.clone(),
@@ -325,6 +331,7 @@ impl Tasks {
         let Some(mut task) = self.tasks.get(taskid).cloned() else {
             return;
         };
+        task.pulled_by = None;
         if let Some(puller) = task.working.take() {
             if let Some(set) = self.working_by.get_mut(&puller) {
                 set.remove(taskid);
@@ -456,6 +463,15 @@ impl Tasks {
     /// Is `id` a task or a waiting pull?
     pub fn contains(&self, id: &str) -> bool {
         self.tasks.contains_key(id) || self.pulls.contains_key(id)
+    }
+
+    /// What pull `pull_id` is answered with, when it was handed a task still worked on.
+    /// Scans every task: only asked after a snapshot install or an unknown outcome.
+    pub fn answer_of_pull(&self, pull_id: &str) -> Option<Value> {
+        self.tasks
+            .values()
+            .find(|t| t.pulled_by.as_deref() == Some(pull_id))
+            .map(pull_answer)
     }
 
     /// (name for listing, is a push) for tasks and waiting pulls: what `task.count` needs,

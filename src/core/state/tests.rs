@@ -405,6 +405,7 @@ fn tasks_sample(connid: &str, i: u64) -> Task {
         timeout_ms: 0,
         seq: 0,
         working: None,
+        pulled_by: None,
     }
 }
 

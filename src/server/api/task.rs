@@ -192,6 +192,7 @@ pub fn build_task(
         timeout_ms: timeout_ms(timeout_secs),
         seq: 0,
         working: None,
+        pulled_by: None,
     }
 }
 
@@ -233,19 +234,20 @@ async fn propose_then_wait(
         }
         // Events are handled before proposers are answered, so an end that already
         // happened is in `rx` by the time the barrier returns.
-        let pending = node.read_linear(|s| s.tasks.contains(id)).await;
-        if pending != Ok(true) {
-            return rx.try_recv().unwrap_or(Err(e));
+        // A pull handed a task inside a snapshot this node installed meanwhile is
+        // answered with it: its connection now works on that task.
+        match node.read_linear(|s| crate::node::ended_unseen(s, id)).await {
+            Ok(None) => {}
+            Ok(Some(Ok(task))) => return rx.try_recv().unwrap_or(Ok(task)),
+            _ => return rx.try_recv().unwrap_or(Err(e)),
         }
     }
     // The push or pull is applied. From here on, a snapshot install that swallows its end
     // answers the waiter (`Node::reconcile_waiters`); one installed before this mark is
     // seen by looking at the state once more.
     node.local.mark_applied(id);
-    if !node.read(|s| s.tasks.contains(id)) {
-        return rx
-            .try_recv()
-            .unwrap_or_else(|_| Err(crate::node::caught_up_by_snapshot()));
+    if let Some(unseen) = node.read(|s| crate::node::ended_unseen(s, id)) {
+        return rx.try_recv().unwrap_or(unseen);
     }
     rx.await
         .map_err(|_| RpcError::internal("request abandoned"))?
