@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use protobuf::Message as PbMessage;
 use tracing::{debug, info, warn};
 
 use super::transport::{EventSink, PeerEvent, Transport};
@@ -64,33 +63,21 @@ pub fn event_sink(
             return;
         };
         // Contact is noted as traffic arrives, not when the Raft thread gets to it.
-        if let PeerEvent::Frame { from, .. } | PeerEvent::Snapshot { from, .. } = &event {
+        if let PeerEvent::Frame { from, .. } | PeerEvent::Raft { from, .. } = &event {
             raft.stats.touch_peer_contact(*from);
             if raft.stats.leader() == Some(*from) {
                 raft.stats.touch_leader_contact();
             }
         }
         let msg = match event {
+            PeerEvent::Raft { from, msg } => Msg::Raft {
+                from,
+                msg: Box::new(msg),
+            },
             PeerEvent::Frame { from, frame } => match frame.body {
-                Some(frame::Body::Raft(bytes)) => {
-                    match raft::eraftpb::Message::parse_from_bytes(&bytes) {
-                        Ok(m) => Msg::Raft {
-                            from,
-                            msg: Box::new(m),
-                        },
-                        Err(e) => {
-                            warn!(from, "undecodable raft message: {e}");
-                            return;
-                        }
-                    }
-                }
                 Some(frame::Body::Forward(fwd)) => Msg::Forwarded { from, fwd },
                 Some(frame::Body::ForwardResult(r)) => Msg::ForwardFailed(r),
                 _ => return,
-            },
-            PeerEvent::Snapshot { from, msg } => Msg::Raft {
-                from,
-                msg: Box::new(msg),
             },
             PeerEvent::Unreachable { to } => Msg::Unreachable { to },
             PeerEvent::SnapshotDone { to, ok } => Msg::SnapshotDone { to, ok },

@@ -26,7 +26,7 @@ use super::{EventSink, Identity, Msg, Peers, RaftConfig, RaftHandle, RaftStats, 
 use crate::store::{RaftStorage, RaftWrite, StoreError};
 use nexus_core::proto::{frame, Forward, ForwardResult, Frame, JoinResponse, ProposalContext};
 use nexus_core::rpc::RpcError;
-use nexus_core::state::{codec, Command, Event, Origin, Outcome, State};
+use nexus_core::state::{codec, Command, Event, MemberChange, Origin, Outcome, State};
 
 /// Starts the driver thread. `state` is restored from the stored snapshot first.
 pub fn start(
@@ -966,15 +966,15 @@ impl Driver {
         events: &mut Vec<Event>,
     ) -> Result<(), StoreError> {
         let id = cc.node_id;
-        match cc.get_change_type() {
-            ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
-                if !cc.context.is_empty() {
-                    let addr = String::from_utf8_lossy(&cc.context).to_string();
-                    state.cluster.members.insert(id, addr);
-                }
-            }
-            ConfChangeType::RemoveNode => events.extend(state.member_removed(id)),
-        }
+        let change = match cc.get_change_type() {
+            ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => MemberChange::Added {
+                node_id: id,
+                addr: (!cc.context.is_empty())
+                    .then(|| String::from_utf8_lossy(&cc.context).to_string()),
+            },
+            ConfChangeType::RemoveNode => MemberChange::Removed { node_id: id },
+        };
+        events.extend(state.apply_member_change(change));
         if index > self.storage.conf_index() {
             match self.raw.apply_conf_change(cc) {
                 Ok(cs) => self.storage.write(RaftWrite {

@@ -132,6 +132,13 @@ pub enum Command {
     },
 }
 
+/// A member joined (as voter or learner, at `addr`) or left the Raft configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MemberChange {
+    Added { node_id: u64, addr: Option<String> },
+    Removed { node_id: u64 },
+}
+
 /// What applying a command changed, for the local reactions of each node.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
@@ -429,9 +436,24 @@ impl State {
         (outcome, events)
     }
 
+    /// Applies a committed membership change (a Raft conf change entry), on every node
+    /// alike. Raft's own configuration is the consensus layer's; this is the state's half.
+    pub fn apply_member_change(&mut self, change: MemberChange) -> Vec<Event> {
+        match change {
+            MemberChange::Added { node_id, addr } => {
+                // A change without an address (an old entry) keeps the one known.
+                if let Some(addr) = addr {
+                    self.cluster.members.insert(node_id, addr);
+                }
+                Vec::new()
+            }
+            MemberChange::Removed { node_id } => self.member_removed(node_id),
+        }
+    }
+
     /// Member `node_id` left the Raft configuration: what its process still owned goes as
-    /// on `NodeDown` (applied from the conf change entry, on every node alike).
-    pub fn member_removed(&mut self, node_id: u64) -> Vec<Event> {
+    /// on `NodeDown`.
+    fn member_removed(&mut self, node_id: u64) -> Vec<Event> {
         let mut events = Vec::new();
         self.cluster.members.remove(&node_id);
         if let Some(rec) = self.cluster.nodes.remove(&node_id) {

@@ -273,7 +273,7 @@ fn node_down_closes_its_sessions_and_fences_late_opens() {
     assert!(again.is_ok() && events.is_empty(), "idempotent open");
     assert_eq!(s.sessions.len(), 1);
     // A member removed from the configuration takes its sessions with it.
-    let events = s.member_removed(2);
+    let events = s.apply_member_change(MemberChange::Removed { node_id: 2 });
     assert!(events.contains(&Event::SessionClosed {
         connid: "bbbbbbbb00000001".into()
     }));
@@ -636,7 +636,10 @@ fn a_snapshot_keeps_every_table() {
             at: "t".into(),
         },
     );
-    s.cluster.members.insert(7, "127.0.0.1:7000".into());
+    s.apply_member_change(MemberChange::Added {
+        node_id: 7,
+        addr: Some("127.0.0.1:7000".into()),
+    });
     let restored = State::from_snapshot(&s.to_snapshot()).unwrap();
     // Compare through the JSON form of every table (it covers every field).
     let tables = |s: &State| {
