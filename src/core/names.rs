@@ -45,12 +45,6 @@ pub fn prefixes(path: &str) -> Vec<&str> {
     out
 }
 
-/// Length of a connid: the node incarnation (8 hex) + 8 hex. Pipe, task and pull ids start
-/// with their owner's connid.
-pub const CONNID_LEN: usize = 16;
-/// Length of a node incarnation, the first part of every connid.
-pub const INCARNATION_LEN: usize = 8;
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -190,8 +190,7 @@ impl Node {
             return Err(RpcError::new(ERR_INVALID_PIPE));
         };
         let mut owner = self.read(|s| s.owner_node(pipeid));
-        let pipe_shaped = pipeid.len() == nexus_core::names::CONNID_LEN + ID_SUFFIX_LEN
-            && pipeid.bytes().all(|b| b.is_ascii_hexdigit());
+        let pipe_shaped = nexus_core::ids::is_owned_id(pipeid);
         if owner.is_none() && pipe_shaped {
             // The owner may be a process that started a moment ago, announced in an entry
             // this node has not applied yet: look again after a linearizable barrier.
@@ -338,17 +337,11 @@ impl Node {
 
     /// A new connection id: incarnation + 8 random hex chars.
     pub fn new_connid(&self) -> String {
-        format!("{}{}", self.incarnation, random_hex(8))
+        nexus_core::ids::new_connid(&self.incarnation)
     }
 }
 
-/// A connid: incarnation (8 hex) + 8 hex.
-pub const CONNID_LEN: usize = nexus_core::names::CONNID_LEN;
-/// Random hex after the connid in task, pull and pipe ids.
-pub const ID_SUFFIX_LEN: usize = 20;
-
 pub use nexus_consensus::clock::{now_ms, now_rfc3339, rfc3339_ms};
-pub use nexus_core::ids::random_hex;
 
 /// How push or pull `id`, applied and no longer in `s`, ended where this node did not see
 /// it happen (inside a snapshot): a pull handed a task still worked on gets that task, as

@@ -11,7 +11,7 @@ use crate::config::{Listener, Scheme, ServeArgs};
 use nexus_core::auth;
 use std::sync::OnceLock;
 
-use crate::node::{now_rfc3339, random_hex, Control, Node};
+use crate::node::{now_rfc3339, Control, Node};
 use crate::transport::{http, stream, tls};
 use nexus_cluster::gossip::{self, Gossip, GossipConfig};
 use nexus_cluster::transport::{Transport, TransportConfig};
@@ -317,7 +317,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
     let opened = store::open(&args.data_dir)?;
     let me = Identity {
         raft_id: opened.raft_id,
-        incarnation: random_hex(8),
+        incarnation: nexus_core::ids::new_incarnation(),
         generation: opened.generation,
     };
     let storage = opened.storage;

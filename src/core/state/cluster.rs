@@ -3,7 +3,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde::{Deserialize, Serialize};
+#[cfg(test)]
+use serde::Serialize;
 
 /// Who proposed an entry and the cluster time it was stamped with (from its context).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -28,7 +29,8 @@ pub enum Admit {
 /// Proposal ids remembered per node beyond the lowest one still possible in flight.
 const WINDOW: u64 = 16_384;
 
-#[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Default, Clone, PartialEq)]
+#[cfg_attr(test, derive(Serialize))]
 pub(super) struct ProposerRecord {
     pub(super) generation: u64,
     /// Ids at or below this are treated as already applied.
@@ -37,19 +39,20 @@ pub(super) struct ProposerRecord {
 }
 
 /// The running process of a member, from its last `NodeStarted`.
-#[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Default, Clone, PartialEq)]
+#[cfg_attr(test, derive(Serialize))]
 pub struct NodeRecord {
     /// Prefix of every connid, pipe id and task id of that process.
     pub incarnation: String,
     pub generation: u64,
 }
 
-#[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Default, Clone, PartialEq)]
+#[cfg_attr(test, derive(Serialize))]
 pub struct Cluster {
     /// Raft id → cluster address, kept from the conf changes that added each member.
     pub members: BTreeMap<u64, String>,
     /// Raft id → its current process: routes a connid, pipe id or task id to its node.
-    #[serde(default)]
     pub nodes: BTreeMap<u64, NodeRecord>,
     /// The cluster clock: the highest stamp applied, never going backwards.
     pub clock_ms: u64,

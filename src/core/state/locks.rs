@@ -2,17 +2,18 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use serde::{Deserialize, Serialize};
+#[cfg(test)]
+use serde::Serialize;
 
-#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone)]
+#[cfg_attr(test, derive(Serialize))]
 pub struct Locks {
     /// lock → owner connid.
     pub(super) owners: BTreeMap<String, String>,
     /// connid → its locks; derived.
-    #[serde(skip)]
+    #[cfg_attr(test, serde(skip))]
     by_owner: HashMap<String, BTreeSet<String>>,
     /// Grants so far, of any lock: the fencing token of the latest grant.
-    #[serde(default)]
     pub(super) grants: u64,
 }
 

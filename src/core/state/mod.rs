@@ -10,7 +10,8 @@ mod tasks;
 mod topics;
 mod users;
 
-use serde::{Deserialize, Serialize};
+#[cfg(test)]
+use serde::Serialize;
 use serde_json::Value;
 
 use crate::rpc::RpcError;
@@ -193,20 +194,17 @@ pub enum Event {
 
 pub type Outcome = Result<Value, RpcError>;
 
-#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone)]
+#[cfg_attr(test, derive(Serialize))]
 pub struct State {
     pub users: Users,
     pub sessions: Sessions,
-    #[serde(default)]
     pub tasks: Tasks,
-    #[serde(default)]
     pub locks: Locks,
-    #[serde(default)]
     pub topics: Topics,
     /// Set once `root` has been created, so that deleting it later does not recreate it.
     pub bootstrapped: bool,
     /// Members, cluster clock, proposer fencing.
-    #[serde(default)]
     pub cluster: Cluster,
 }
 
@@ -471,18 +469,13 @@ impl State {
     /// The member whose current process owns `id` (a connid, or a pipe, task or pull id
     /// starting with one); None when that process is gone.
     pub fn owner_node(&self, id: &str) -> Option<u64> {
-        let incarnation = id.get(..crate::names::INCARNATION_LEN)?;
+        let incarnation = crate::ids::incarnation_of(id)?;
         self.cluster.node_of_incarnation(incarnation)
     }
 
     /// A pipe can be subscribed while the connection owning it is open.
     fn pipe_owner_alive(&self, pipeid: &str) -> bool {
-        pipeid.len() > crate::names::CONNID_LEN
-            && pipeid.is_char_boundary(crate::names::CONNID_LEN)
-            && self
-                .sessions
-                .get(&pipeid[..crate::names::CONNID_LEN])
-                .is_some()
+        crate::ids::connid_of(pipeid).is_some_and(|connid| self.sessions.get(connid).is_some())
     }
 
     /// Everything a connection owned goes with it: its session record, pulls, non-detached

@@ -284,7 +284,7 @@ fn check_invariants(s: &State, step: usize, cmd: &Command) {
     }
     for pipes in s.topics.by_topic.values() {
         for pipe in pipes {
-            let owner = &pipe[..crate::names::CONNID_LEN.min(pipe.len())];
+            let owner = crate::ids::connid_of(pipe).unwrap_or(pipe);
             assert!(
                 open.contains(owner),
                 "subscription of closed pipe {pipe} {}",

@@ -3,10 +3,12 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use serde::{Deserialize, Serialize};
+#[cfg(test)]
+use serde::Serialize;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(test, derive(Serialize))]
+#[cfg_attr(test, serde(rename_all = "camelCase"))]
 pub struct SessionRecord {
     pub connid: String,
     /// Raft id of the node holding the connection.
@@ -19,11 +21,12 @@ pub struct SessionRecord {
     pub creation_time: String,
 }
 
-#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone)]
+#[cfg_attr(test, derive(Serialize))]
 pub struct Sessions {
     pub(super) by_connid: BTreeMap<String, SessionRecord>,
     /// user → connids; derived from `by_connid`, rebuilt after a snapshot restore.
-    #[serde(skip)]
+    #[cfg_attr(test, serde(skip))]
     by_user: HashMap<String, BTreeSet<String>>,
 }
 

@@ -5,14 +5,16 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use serde::{Deserialize, Serialize};
+#[cfg(test)]
+use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::{Event, Outcome};
 use crate::rpc::{self, RpcError, ERR_CANCEL, ERR_INVALID_TASK, ERR_TIMEOUT, ERR_TTL_EXPIRED};
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(test, derive(Serialize))]
+#[cfg_attr(test, serde(rename_all = "camelCase"))]
 pub struct Task {
     /// pusher connid + 20 hex.
     pub id: String,
@@ -31,22 +33,19 @@ pub struct Task {
     pub deadline: String,
     pub deadline_ms: u64,
     /// How long the task may wait, from the cluster clock when its push is applied.
-    #[serde(default)]
     pub timeout_ms: u64,
     /// Log order, assigned by apply: "oldest first" without trusting clocks.
-    #[serde(default)]
     pub seq: u64,
     /// The connid working on it, when pulled.
-    #[serde(default)]
     pub working: Option<String>,
     /// The pull it was handed to, while worked: a node that learns of the hand-over from
     /// a snapshot (not from the event) still answers that pull with this task.
-    #[serde(default)]
     pub pulled_by: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(test, derive(Serialize))]
+#[cfg_attr(test, serde(rename_all = "camelCase"))]
 pub struct Pull {
     /// puller connid + 20 hex.
     pub id: String,
@@ -57,9 +56,7 @@ pub struct Pull {
     pub deadline: String,
     pub deadline_ms: u64,
     /// How long the pull may wait, from the cluster clock when it is applied.
-    #[serde(default)]
     pub timeout_ms: u64,
-    #[serde(default)]
     pub seq: u64,
 }
 
@@ -75,8 +72,9 @@ fn stamps(now_ms: u64, timeout_ms: u64) -> (String, String, u64) {
 }
 
 /// How a worker ended a task.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(test, derive(Serialize))]
+#[cfg_attr(test, serde(rename_all = "camelCase"))]
 pub enum Ending {
     Result(Value),
     Error(RpcError),
@@ -84,22 +82,23 @@ pub enum Ending {
 
 type WaitKey = (Reverse<i64>, u64, String);
 
-#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone)]
+#[cfg_attr(test, derive(Serialize))]
 pub struct Tasks {
     pub(super) tasks: BTreeMap<String, Task>,
     pub(super) pulls: BTreeMap<String, Pull>,
     pub(super) seq: u64,
     /// path → waiting tasks, best first. Derived, like the indexes below.
-    #[serde(skip)]
+    #[cfg_attr(test, serde(skip))]
     waiting: HashMap<String, BTreeSet<WaitKey>>,
     /// path → waiting pulls in arrival order.
-    #[serde(skip)]
+    #[cfg_attr(test, serde(skip))]
     pulls_by_path: HashMap<String, BTreeSet<(u64, String)>>,
     /// puller connid → tasks it is working on.
-    #[serde(skip)]
+    #[cfg_attr(test, serde(skip))]
     working_by: HashMap<String, BTreeSet<String>>,
     /// (deadline ms, task or pull id).
-    #[serde(skip)]
+    #[cfg_attr(test, serde(skip))]
     deadlines: BTreeSet<(u64, String)>,
 }
 

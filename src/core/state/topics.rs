@@ -3,19 +3,21 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde::{Deserialize, Serialize};
+#[cfg(test)]
+use serde::Serialize;
 
 use crate::names::prefixes;
 
 /// The pattern that matches every topic.
 pub const ALL: &str = ".*";
 
-#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone)]
+#[cfg_attr(test, derive(Serialize))]
 pub struct Topics {
     /// pattern → subscribed pipes.
     pub(super) by_topic: BTreeMap<String, BTreeSet<String>>,
     /// pipe → its patterns; derived, rebuilt after a snapshot restore.
-    #[serde(skip)]
+    #[cfg_attr(test, serde(skip))]
     by_pipe: BTreeMap<String, BTreeSet<String>>,
 }
 

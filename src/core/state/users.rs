@@ -2,7 +2,8 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
+#[cfg(test)]
+use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::{Event, Outcome};
@@ -13,8 +14,9 @@ pub const ROOT_USER: &str = "root";
 /// Session limit of a new user.
 pub const DEFAULT_MAX_SESSIONS: i64 = 50;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(test, derive(Serialize))]
+#[cfg_attr(test, serde(rename_all = "camelCase"))]
 pub struct User {
     /// PHC scrypt hash; never returned, never logged.
     pub pass_hash: String,
@@ -58,8 +60,9 @@ impl User {
 }
 
 /// One change to an existing user.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(test, derive(Serialize))]
+#[cfg_attr(test, serde(rename_all = "camelCase"))]
 pub enum UserChange {
     SetTags { prefix: String, tags: TagMap },
     DelTags { prefix: String, tags: Vec<String> },
@@ -117,7 +120,8 @@ fn add_unique(list: &mut Vec<String>, item: String) {
     }
 }
 
-#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone)]
+#[cfg_attr(test, derive(Serialize))]
 pub struct Users {
     pub(super) by_name: BTreeMap<String, User>,
 }

@@ -111,11 +111,7 @@ async fn call(node: &Arc<Node>, conn: &Rc<Conn>, req: &Request) -> RpcResult {
 
 /// A new id owned by the connection: connid + 20 random hex chars.
 pub fn owned_id(conn: &Conn) -> String {
-    format!(
-        "{}{}",
-        conn.connid,
-        crate::node::random_hex(crate::node::ID_SUFFIX_LEN)
-    )
+    nexus_core::ids::new_owned_id(&conn.connid)
 }
 
 /// A seconds parameter: absent, zero or negative → `default`.

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use crate::conn::Conn;
-use crate::node::{Node, CONNID_LEN};
+use crate::node::Node;
+use nexus_core::ids::CONNID_LEN;
 use nexus_core::listing::ListQuery;
 use nexus_core::rpc::{Params, RpcError, RpcResult, ERR_METHOD_NOT_FOUND};
 use nexus_core::state::Command;
