@@ -171,7 +171,7 @@ fn state_is_restored_from_snapshot_plus_log() {
 }
 
 fn snapshots_written(server: &Background) -> u64 {
-    let stats = &server.node.raft.stats;
+    let stats = &server.node.replica.raft.stats;
     stats.snapshots.load(std::sync::atomic::Ordering::Relaxed)
 }
 
@@ -235,7 +235,7 @@ fn concurrent_proposals_share_fsyncs() {
     let node = TestNode::start();
     let mut root = node.root();
     create_user(&mut root, "busy", "busypass");
-    let stats = &node.server.node.raft.stats;
+    let stats = &node.server.node.replica.raft.stats;
     let writes_before = stats
         .synced_writes
         .load(std::sync::atomic::Ordering::Relaxed);

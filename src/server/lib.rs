@@ -4,8 +4,11 @@
 //! - `telemetry`, `throttle`, `credcache`: logging, failed-login throttling, remembered
 //!   credentials;
 //! - `metrics`: what `/metrics` exports;
+//! - `replica`, `logins`: the narrow services handlers take: proposals and reads of the
+//!   cluster state; password hashing, the login throttle and the credential cache;
 //! - `pipe`, `local`, `node`: pipes, what this process holds for its connections, and
-//!   what sessions share (identity, Raft handle, cluster link), reacting to applied events;
+//!   what the node-wide handlers share (identity, the services above, cluster link),
+//!   reacting to applied events;
 //! - `conn`, `api`, `session`: one connection as handlers see it, the API namespaces, the
 //!   session actor that runs requests through them;
 //! - `transport`: listeners (tcp/ssl stream, ws/wss, the HTTP bridge, health, dashboard);
@@ -17,10 +20,12 @@ pub mod config;
 pub mod conn;
 pub mod credcache;
 pub mod local;
+pub mod logins;
 pub mod metrics;
 pub mod node;
 pub mod pipe;
 pub mod reconcile;
+pub mod replica;
 pub mod server;
 pub mod session;
 pub mod telemetry;

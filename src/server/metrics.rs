@@ -312,7 +312,7 @@ impl Metrics {
             return text;
         }
         // Gossip sits behind an async lock: read it before taking ours.
-        let gossip = match node.cluster.get() {
+        let gossip = match node.cluster.as_ref() {
             Some(link) => Some((
                 link.gossip.live().await.len(),
                 link.gossip.dead().await.len(),
@@ -343,7 +343,7 @@ fn sample(s: &Sampled, node: &Node, gossip: Option<(usize, usize)>) {
     let mut tasks: BTreeMap<(String, bool), i64> = BTreeMap::new();
     // Counted by borrowed prefix under the state lock (no allocation per task), owned
     // once after.
-    node.read(|state| {
+    node.replica.read(|state| {
         let mut by_prefix: std::collections::HashMap<(&str, bool), i64> = Default::default();
         for rec in state.sessions.iter() {
             if rec.node_id == me {
@@ -383,7 +383,7 @@ fn sample(s: &Sampled, node: &Node, gossip: Option<(usize, usize)>) {
     }
     s.pipes.set(node.local.pipe_count() as i64);
 
-    let stats = &node.raft.stats;
+    let stats = &node.replica.raft.stats;
     let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
     s.raft_term.set(load(&stats.term) as i64);
     s.raft_commit.set(load(&stats.commit_index) as i64);
@@ -414,7 +414,7 @@ fn sample(s: &Sampled, node: &Node, gossip: Option<(usize, usize)>) {
     s.peer_connected.clear();
     s.peer_sent.clear();
     s.peer_received.clear();
-    if let Some(link) = node.cluster.get() {
+    if let Some(link) = node.cluster.as_ref() {
         for p in link.transport.traffic() {
             let labels = PeerLabels {
                 peer: p.raft_id.to_string(),

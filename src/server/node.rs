@@ -8,6 +8,8 @@ use actix::Message;
 use serde_json::{json, Value};
 
 use crate::local::Local;
+use crate::logins::Logins;
+use crate::replica::Replica;
 use nexus_consensus::RaftHandle;
 use nexus_core::proto::{frame, Frame};
 use nexus_core::rpc::{RpcError, RpcResult, ERR_INVALID_PARAMS, ERR_INVALID_PIPE};
@@ -65,18 +67,14 @@ pub struct Node {
     pub generation: u64,
     /// Set when a graceful stop began.
     pub stopping: std::sync::atomic::AtomicBool,
-    pub raft: RaftHandle,
-    pub state: Arc<RwLock<State>>,
-    /// Concurrent password hashes allowed (see `api::hashing`).
-    pub hash_slots: tokio::sync::Semaphore,
-    /// Failed logins per client address.
-    pub login_throttle: crate::throttle::LoginThrottle,
-    /// Credentials verified lately, so repeated logins skip scrypt.
-    pub verified: crate::credcache::CredentialCache,
+    /// The cluster state: proposals and reads.
+    pub replica: Replica,
+    /// Password hashing, the failed-login throttle, the credential cache.
+    pub logins: Logins,
     /// The listener URLs, for `sys.node.list`.
     pub listening: Mutex<Vec<String>>,
     /// Gossip and the peer transport; unset when standalone.
-    pub cluster: std::sync::OnceLock<Arc<nexus_cluster::ClusterLink>>,
+    pub cluster: Option<Arc<nexus_cluster::ClusterLink>>,
     /// Sessions, pipes and waiting requests of this process.
     pub local: Local,
     /// What `/metrics` serves.
@@ -91,12 +89,9 @@ impl Node {
         generation: u64,
         raft: RaftHandle,
         state: Arc<RwLock<State>>,
+        cluster: Option<Arc<nexus_cluster::ClusterLink>>,
     ) -> Self {
-        let hashes = match limits.hash_concurrency {
-            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
-            n => n,
-        };
-        let throttle = limits.login_throttle;
+        let logins = Logins::new(limits.hash_concurrency, limits.login_throttle);
         let local = Local::default();
         let metrics = crate::metrics::Metrics::new(
             &raft.stats.timings,
@@ -109,13 +104,10 @@ impl Node {
             incarnation,
             generation,
             stopping: Default::default(),
-            raft,
-            state,
-            hash_slots: tokio::sync::Semaphore::new(hashes),
-            login_throttle: crate::throttle::LoginThrottle::new(throttle),
-            verified: Default::default(),
+            replica: Replica::new(raft, state),
+            logins,
             listening: Mutex::new(Vec::new()),
-            cluster: std::sync::OnceLock::new(),
+            cluster,
             local,
             metrics,
         }
@@ -131,7 +123,7 @@ impl Node {
             if owner == self.raft_id {
                 sent += pipeids.len();
                 self.local.deliver(&pipeids, &envelope);
-            } else if let Some(link) = self.cluster.get() {
+            } else if let Some(link) = self.cluster.as_ref() {
                 sent += pipeids.len();
                 link.router.deliver_topic(owner, pipeids, &envelope);
             }
@@ -143,7 +135,7 @@ impl Node {
     /// of processes that are gone are left out.
     fn subscribers_by_node(&self, topic: &str) -> BTreeMap<u64, Vec<String>> {
         let mut by_node: BTreeMap<u64, Vec<String>> = BTreeMap::new();
-        self.read(|s| {
+        self.replica.read(|s| {
             for pipeid in s.topics.matching(topic) {
                 if let Some(owner) = s.owner_node(pipeid) {
                     by_node.entry(owner).or_default().push(pipeid.to_string());
@@ -159,11 +151,13 @@ impl Node {
     /// timeout (cut off, paused, stopped, or on a build without `AwaitApplied`) is not
     /// waited for longer.
     pub async fn until_applied_everywhere(&self) {
-        let Some(link) = self.cluster.get() else {
+        let Some(link) = self.cluster.as_ref() else {
             return;
         };
-        let index = self.raft.stats.applied_index();
-        let others: Vec<u64> = self.read(|s| s.cluster.nodes.keys().copied().collect());
+        let index = self.replica.raft.stats.applied_index();
+        let others: Vec<u64> = self
+            .replica
+            .read(|s| s.cluster.nodes.keys().copied().collect());
         let waits = others
             .into_iter()
             .filter(|n| *n != self.raft_id)
@@ -186,15 +180,15 @@ impl Node {
             Ok(()) => return Ok(()),
             Err(msgs) => msgs, // not a pipe of this node
         };
-        let Some(link) = self.cluster.get() else {
+        let Some(link) = self.cluster.as_ref() else {
             return Err(RpcError::new(ERR_INVALID_PIPE));
         };
-        let mut owner = self.read(|s| s.owner_node(pipeid));
+        let mut owner = self.replica.read(|s| s.owner_node(pipeid));
         let pipe_shaped = nexus_core::ids::is_owned_id(pipeid);
         if owner.is_none() && pipe_shaped {
             // The owner may be a process that started a moment ago, announced in an entry
             // this node has not applied yet: look again after a linearizable barrier.
-            owner = self.read_linear(|s| s.owner_node(pipeid)).await?;
+            owner = self.replica.read_linear(|s| s.owner_node(pipeid)).await?;
         }
         match owner {
             Some(owner) if owner != self.raft_id => {
@@ -208,7 +202,7 @@ impl Node {
     /// publish for our pipes, a wait until we applied an index (answered), or the answer
     /// to one of our own requests.
     pub fn on_routed(&self, from: u64, frame: Frame) {
-        let Some(link) = self.cluster.get() else {
+        let Some(link) = self.cluster.as_ref() else {
             return;
         };
         match frame.body {
@@ -234,7 +228,7 @@ impl Node {
             }
             Some(frame::Body::RoutedAnswer(r)) => link.router.on_result(r),
             Some(frame::Body::AwaitApplied(q)) => {
-                let (stats, link) = (self.raft.stats.clone(), link.clone());
+                let (stats, link) = (self.replica.raft.stats.clone(), link.clone());
                 // Answered once applied; not at all when the asker has given up anyway.
                 tokio::spawn(async move {
                     if stats.wait_applied(q.index, link.router.timeout()).await {
@@ -310,7 +304,7 @@ impl Node {
     /// proposer decides (see `api::task::propose_then_wait`).
     fn reconcile_waiters(&self) {
         let keys = self.local.waiting_applied();
-        let ended: Vec<(String, RpcResult)> = self.read(|s| {
+        let ended: Vec<(String, RpcResult)> = self.replica.read(|s| {
             keys.into_iter()
                 .filter_map(|k| ended_unseen(s, &k).map(|r| (k, r)))
                 .collect()
@@ -318,21 +312,6 @@ impl Node {
         for (k, result) in ended {
             self.local.wake(&k, result);
         }
-    }
-
-    /// Runs `f` on the applied state. Keep it short: the Raft thread waits for the lock.
-    pub fn read<R>(&self, f: impl FnOnce(&State) -> R) -> R {
-        f(&self.state.read().unwrap_or_else(|e| e.into_inner()))
-    }
-
-    /// Like `read`, after a Raft read barrier: sees every write acknowledged on any node
-    /// before the call (linearizable lists, counts, logins, kicks).
-    pub async fn read_linear<R>(
-        &self,
-        f: impl FnOnce(&State) -> R,
-    ) -> Result<R, nexus_core::rpc::RpcError> {
-        self.raft.read_barrier().await?;
-        Ok(self.read(f))
     }
 
     /// A new connection id: incarnation + 8 random hex chars.

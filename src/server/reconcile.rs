@@ -22,7 +22,7 @@ pub async fn run(node: Weak<Node>, every: Duration) {
         let Some(node) = node.upgrade() else {
             return;
         };
-        if node.stopping.load(Ordering::Relaxed) || node.raft.stats.leader().is_none() {
+        if node.stopping.load(Ordering::Relaxed) || node.replica.raft.stats.leader().is_none() {
             continue;
         }
         rejoin_if_gone(&node).await;
@@ -31,7 +31,7 @@ pub async fn run(node: Weak<Node>, every: Duration) {
 }
 
 async fn rejoin_if_gone(node: &Node) {
-    let (current, member) = node.read(|s| {
+    let (current, member) = node.replica.read(|s| {
         (
             s.cluster.is_current(node.raft_id, &node.incarnation),
             s.cluster.members.contains_key(&node.raft_id),
@@ -46,7 +46,7 @@ async fn rejoin_if_gone(node: &Node) {
     }
     warn!("this node process is not in the cluster's node table (declared down while cut off): closing its connections and announcing it again");
     node.local.broadcast(Control::Close);
-    if let Err(e) = node.raft.propose(node.started()).await {
+    if let Err(e) = node.replica.propose(node.started()).await {
         debug!(
             "announcing this node again failed, will retry: {}",
             e.message
@@ -55,7 +55,7 @@ async fn rejoin_if_gone(node: &Node) {
 }
 
 async fn close_orphans(node: &Node) {
-    let orphans: Vec<String> = node.read(|s| {
+    let orphans: Vec<String> = node.replica.read(|s| {
         s.sessions
             .iter()
             .filter(|r| r.node_id == node.raft_id && r.incarnation == node.incarnation)
@@ -65,7 +65,7 @@ async fn close_orphans(node: &Node) {
     });
     for connid in orphans {
         debug!(%connid, "closing a session record without a connection");
-        if let Err(e) = node.raft.propose(Command::SessionClose { connid }).await {
+        if let Err(e) = node.replica.propose(Command::SessionClose { connid }).await {
             debug!(
                 "closing an orphan session failed, will retry: {}",
                 e.message

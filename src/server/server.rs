@@ -213,7 +213,7 @@ async fn publish_gossip(node: Arc<Node>, gossip: Arc<Gossip>) {
             .unwrap_or_else(|e| e.into_inner())
             .join(",");
         let (l1, l5, l15) = crate::api::sys::load_average();
-        let status = match node.raft.stats.ready() {
+        let status = match node.replica.raft.stats.ready() {
             Ok(()) => "ready".to_string(),
             Err(why) => format!("not ready: {why}"),
         };
@@ -245,7 +245,7 @@ async fn self_fence(node: Arc<Node>, lease: Duration) {
         let Some(node) = weak.upgrade() else {
             return;
         };
-        let cut_off = node.raft.stats.since_quorum_contact(node.raft_id) > lease;
+        let cut_off = node.replica.raft.stats.since_quorum_contact(node.raft_id) > lease;
         if cut_off {
             if !fenced && node.local.session_count() > 0 {
                 warn!(?lease, "no contact with a raft majority: closing every client connection (self-fencing)");
@@ -400,6 +400,16 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
             });
         }
     }
+    let link = cluster.as_ref().map(|c| {
+        Arc::new(nexus_cluster::ClusterLink {
+            gossip: c.gossip.clone(),
+            transport: c.transport.clone(),
+            router: nexus_cluster::routing::Router::new(
+                c.transport.clone(),
+                Duration::from_millis(args.cluster.route_timeout_ms.max(1)),
+            ),
+        })
+    });
     let node = Arc::new(Node::new(
         args.limits(),
         me.raft_id,
@@ -407,17 +417,9 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         me.generation,
         raft,
         state,
+        link.clone(),
     ));
-    if let Some(c) = &cluster {
-        let link = Arc::new(nexus_cluster::ClusterLink {
-            gossip: c.gossip.clone(),
-            transport: c.transport.clone(),
-            router: nexus_cluster::routing::Router::new(
-                c.transport.clone(),
-                Duration::from_millis(args.cluster.route_timeout_ms.max(1)),
-            ),
-        });
-        let _ = node.cluster.set(link.clone());
+    if let (Some(c), Some(link)) = (&cluster, link) {
         let weak = Arc::downgrade(&node);
         let _ = c.routed_slot.set(Arc::new(move |from, frame| {
             if let Some(node) = weak.upgrade() {
@@ -427,8 +429,8 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         actix_rt::spawn(publish_gossip(node.clone(), c.gossip.clone()));
         actix_rt::spawn(membership::watch_liveness(
             link.clone(),
-            node.raft.clone(),
-            node.state.clone(),
+            node.replica.raft.clone(),
+            node.replica.state().clone(),
             node.raft_id,
             Duration::from_millis(args.cluster.node_down_after_ms),
         ));
@@ -439,7 +441,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         if args.cluster.remove_dead_after > 0 {
             actix_rt::spawn(membership::reap_dead_members(
                 link,
-                node.raft.clone(),
+                node.replica.raft.clone(),
                 Duration::from_secs(args.cluster.remove_dead_after),
             ));
         }
@@ -458,7 +460,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
     };
     if let Err(e) = ready.await {
         // Release storage before reporting: nothing may outlive a failed start.
-        node.raft.shutdown().await;
+        node.replica.raft.shutdown().await;
         if let Some(c) = cluster {
             c.stop().await;
         }
@@ -562,7 +564,7 @@ async fn announce_start(node: &Node) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut last_log = Instant::now();
     loop {
-        match node.raft.propose(node.started()).await {
+        match node.replica.propose(node.started()).await {
             Ok(_) => return Ok(()),
             Err(e) if Instant::now() < deadline => {
                 if last_log.elapsed() >= Duration::from_secs(5) {
@@ -583,14 +585,16 @@ async fn announce_start(node: &Node) -> anyhow::Result<()> {
 async fn bootstrap_root(node: &Node, root_password: Option<String>) -> anyhow::Result<()> {
     // Read what the cluster has applied, not what this node happened to see so far: a
     // joining node finds root already created. Apply creates root once whoever proposes.
-    node.raft
+    node.replica
+        .raft
         .read_barrier()
         .await
         .map_err(|e| anyhow!("reading the cluster state: {e}"))?;
-    if !node.read(|s| s.bootstrapped) {
+    if !node.replica.read(|s| s.bootstrapped) {
         let pass = root_password.unwrap_or_else(|| DEFAULT_ROOT_PASSWORD.to_string());
         let root_hash = tokio::task::spawn_blocking(move || auth::hash_password(&pass)).await?;
-        node.raft
+        node.replica
+            .raft
             .propose(Command::Bootstrap {
                 root_hash,
                 at: now_rfc3339(),
@@ -599,7 +603,10 @@ async fn bootstrap_root(node: &Node, root_password: Option<String>) -> anyhow::R
             .map_err(|e| anyhow!("bootstrapping root: {e}"))?;
         info!("fresh cluster: created user root");
     }
-    if let Some(hash) = node.read(|s| s.users.get("root").map(|u| u.pass_hash.clone())) {
+    if let Some(hash) = node
+        .replica
+        .read(|s| s.users.get("root").map(|u| u.pass_hash.clone()))
+    {
         let default = tokio::task::spawn_blocking(move || {
             auth::verify_password(DEFAULT_ROOT_PASSWORD, &hash)
         })
@@ -629,7 +636,7 @@ impl Running {
         // A leader hands over first, so writes (these sessions' closes among them) resume
         // on another node at once.
         if self.cluster.is_some() {
-            self.node.raft.transfer_leadership().await;
+            self.node.replica.raft.transfer_leadership().await;
         }
         self.node.local.broadcast(Control::Close);
         let deadline = Instant::now() + self.shutdown_grace;
@@ -643,11 +650,11 @@ impl Running {
                 node_id: self.node.raft_id,
                 incarnation: self.node.incarnation.clone(),
             };
-            let _ =
-                tokio::time::timeout(self.shutdown_grace, self.node.raft.propose(departure)).await;
+            let _ = tokio::time::timeout(self.shutdown_grace, self.node.replica.propose(departure))
+                .await;
         }
         // Session closes are queued ahead of the shutdown, so they are written first.
-        self.node.raft.shutdown().await;
+        self.node.replica.raft.shutdown().await;
         if let Some(c) = self.cluster {
             c.stop().await;
         }

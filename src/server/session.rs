@@ -191,7 +191,7 @@ async fn commit_retrying(
         if abandoned() {
             return false;
         }
-        match node.raft.propose(cmd.clone()).await {
+        match node.replica.propose(cmd.clone()).await {
             Ok(_) => return true,
             // A stopping node makes one attempt (its closes are written before Raft stops).
             Err(e)

@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use proptest::prelude::*;
@@ -19,7 +20,7 @@ use raft::StateRole;
 use tokio::sync::oneshot;
 
 use nexus_core::proto::{frame, Frame};
-use nexus_core::state::{codec, Command, Outcome, State};
+use nexus_core::state::{codec, Command, Event, Outcome, State};
 
 use super::Driver;
 use crate::{Identity, Msg, Peers, RaftConfig};
@@ -80,6 +81,8 @@ struct Node {
     /// None while crashed.
     driver: Option<Driver>,
     state: Arc<RwLock<State>>,
+    /// Snapshots from a leader installed here (`Event::StateReplaced`).
+    installs: Arc<AtomicU64>,
 }
 
 /// One step of a schedule. Node and packet numbers are taken modulo what exists.
@@ -186,6 +189,7 @@ impl Sim {
                 dir,
                 driver: None,
                 state: Arc::default(),
+                installs: Arc::default(),
             })
             .collect();
         let mut sim = Sim {
@@ -222,11 +226,19 @@ impl Sim {
             me: node.id,
             net: self.net.clone(),
         };
+        let installs = node.installs.clone();
+        let events: crate::EventSink = Arc::new(move |events| {
+            let replaced = events
+                .iter()
+                .filter(|e| **e == Event::StateReplaced)
+                .count();
+            installs.fetch_add(replaced as u64, Ordering::Relaxed);
+        });
         let (driver, _stats) = Driver::new(
             opened.storage,
             me,
             node.state.clone(),
-            Arc::new(|_| {}),
+            events,
             config(),
             Some(Arc::new(peers)),
         )
@@ -243,6 +255,11 @@ impl Sim {
         let mut shutdown = None;
         if let Err(e) = driver.turn(msgs, tick, &mut shutdown) {
             panic!("node {i}: the store failed: {e}");
+        }
+        // A snapshot is written on a helper thread: wait for it, so that when the log is
+        // compacted depends on the schedule only, and no writer outlives its node.
+        if let Err(e) = driver.snapshots.finish(true, &driver.stats) {
+            panic!("node {i}: writing a snapshot failed: {e}");
         }
         self.collect();
     }
@@ -431,6 +448,32 @@ impl Sim {
                 .all(|&(l, c, a)| l == leader && c == committed && a == committed)
     }
 
+    /// The node that leads now, by index, once one does.
+    fn leader(&self) -> Option<usize> {
+        self.nodes.iter().position(|n| {
+            n.driver
+                .as_ref()
+                .is_some_and(|d| d.raw.raft.state == StateRole::Leader)
+        })
+    }
+
+    /// Ticks and delivers until a leader is elected.
+    fn elect(&mut self) -> usize {
+        for _ in 0..1_000 {
+            if let Some(i) = self.leader() {
+                return i;
+            }
+            self.run(&Step::TickAll);
+            self.run(&Step::Deliver(1_000));
+        }
+        panic!("no leader elected");
+    }
+
+    /// Installs of a leader's snapshot so far, on node `i`.
+    fn installs(&self, i: usize) -> u64 {
+        self.nodes[i].installs.load(Ordering::Relaxed)
+    }
+
     /// (leader, committed, applied) of every running node.
     fn progress(&self) -> BTreeMap<u64, (u64, u64, u64)> {
         self.nodes
@@ -457,6 +500,67 @@ proptest! {
         }
         sim.finish();
     }
+}
+
+/// A follower cut off while the log moves past what the leader keeps catches up by
+/// snapshot once healed, and ends with every acknowledged write.
+#[test]
+fn an_isolated_follower_catches_up_by_snapshot() {
+    let mut sim = Sim::new();
+    let leader = sim.elect();
+    let follower = (leader + 1) % 3;
+    sim.run(&Step::Isolate(follower));
+    for _ in 0..40 {
+        sim.run(&Step::Propose(leader));
+        sim.run(&Step::Deliver(1_000));
+        sim.run(&Step::Deliver(1_000));
+    }
+    assert_eq!(
+        sim.acknowledged.len(),
+        40,
+        "the majority commits without it"
+    );
+    let before = sim.installs(follower);
+    sim.finish();
+    assert!(sim.installs(follower) > before, "it caught up by snapshot");
+}
+
+/// A leader cut off from the others acknowledges nothing it is asked meanwhile; the
+/// others elect a new leader and go on; healed, every node agrees.
+#[test]
+fn an_isolated_leader_acknowledges_nothing_and_is_replaced() {
+    let mut sim = Sim::new();
+    let old = sim.elect();
+    sim.run(&Step::Isolate(old));
+    for _ in 0..5 {
+        sim.run(&Step::Propose(old));
+        sim.run(&Step::Deliver(1_000));
+    }
+    let mut new = None;
+    for _ in 0..1_000 {
+        sim.run(&Step::TickAll);
+        sim.run(&Step::Deliver(1_000));
+        new = (0..3).find(|i| {
+            *i != old
+                && sim.nodes[*i]
+                    .driver
+                    .as_ref()
+                    .is_some_and(|d| d.raw.raft.state == StateRole::Leader)
+        });
+        if new.is_some() {
+            break;
+        }
+    }
+    let new = new.expect("the majority elects a new leader");
+    assert!(
+        sim.acknowledged.is_empty(),
+        "nothing acknowledged by the cut-off leader"
+    );
+    sim.run(&Step::Propose(new));
+    sim.run(&Step::Deliver(1_000));
+    sim.run(&Step::Deliver(1_000));
+    sim.finish();
+    assert!(!sim.acknowledged.is_empty(), "the new leader commits");
 }
 
 /// Without faults, writes through every node are acknowledged and replicated.

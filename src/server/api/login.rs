@@ -2,13 +2,14 @@
 //! answering the internal task `sys.login.<method>.login`).
 
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
 use crate::conn::{AuthState, Conn};
-use crate::node::Node;
+use crate::local::Local;
+use crate::logins::Logins;
+use crate::replica::Replica;
 use nexus_core::auth::{self, Tags};
 use nexus_core::names::normalize_path;
 use nexus_core::rpc::{Params, RpcError, RpcResult, ERR_PERMISSION_DENIED};
@@ -21,35 +22,56 @@ fn denied(detail: &str) -> RpcError {
     RpcError::detail(ERR_PERMISSION_DENIED, detail)
 }
 
-pub async fn login(node: &Arc<Node>, conn: &Rc<Conn>, p: &Params<'_>) -> RpcResult {
-    if let Err(wait) = node.login_throttle.check(&conn.remote) {
+pub async fn login(
+    replica: &Replica,
+    logins: &Logins,
+    local: &Local,
+    conn: &Rc<Conn>,
+    p: &Params<'_>,
+) -> RpcResult {
+    if let Err(wait) = logins.throttle.check(&conn.remote) {
         return Err(denied(&format!(
             "too many failed logins from this address, retry in {} s",
             wait.as_secs() + 1
         )));
     }
-    let result = attempt(node, conn, p).await;
+    let result = attempt(replica, logins, local, conn, p).await;
     if result
         .as_ref()
         .is_err_and(|e| e.code == ERR_PERMISSION_DENIED)
     {
-        node.login_throttle.failed(&conn.remote);
+        logins.throttle.failed(&conn.remote);
     }
     result
 }
 
-async fn attempt(node: &Arc<Node>, conn: &Rc<Conn>, p: &Params<'_>) -> RpcResult {
+async fn attempt(
+    replica: &Replica,
+    logins: &Logins,
+    local: &Local,
+    conn: &Rc<Conn>,
+    p: &Params<'_>,
+) -> RpcResult {
     let method = p.opt_str("method")?.unwrap_or("basic");
     let (user, mask, metadata) = if method == "basic" {
-        (basic(node, p, &conn.remote).await?, None, Value::Null)
+        (
+            basic(replica, logins, p, &conn.remote).await?,
+            None,
+            Value::Null,
+        )
     } else {
-        plugin(node, conn, method, p).await?
+        plugin(replica, local, conn, method, p).await?
     };
-    finish(node, conn, user, mask, metadata).await
+    finish(replica, conn, user, mask, metadata).await
 }
 
 /// Checks `user`/`pass`; answers the user the session becomes.
-async fn basic(node: &Node, p: &Params<'_>, remote: &str) -> Result<String, RpcError> {
+async fn basic(
+    replica: &Replica,
+    logins: &Logins,
+    p: &Params<'_>,
+    remote: &str,
+) -> Result<String, RpcError> {
     let given = p.str("user")?;
     let pass = p.str("pass")?.to_string();
     let (who, target) = match given.split_once('>') {
@@ -60,28 +82,29 @@ async fn basic(node: &Node, p: &Params<'_>, remote: &str) -> Result<String, RpcE
     // and wrong passwords answer alike, so names cannot be probed.
     let who = normalize_path(who).ok_or_else(RpcError::permission_denied)?;
     // After a read barrier: a password changed on another node a moment ago is in force.
-    let hash = node
+    let hash = replica
         .read_linear(|s| s.users.get(&who).map(|u| u.pass_hash.clone()))
         .await?
         .ok_or_else(RpcError::permission_denied)?;
-    if !node.verified.matches(&who, &pass, &hash) {
+    if !logins.verified.matches(&who, &pass, &hash) {
         // Checked again once a hash slot is ours: in a reconnect storm many clients share
         // one account, and only the first of them needs to pay for scrypt.
-        let again = || node.verified.matches(&who, &pass, &hash);
+        let again = || logins.verified.matches(&who, &pass, &hash);
         let (p, h) = (pass.clone(), hash.clone());
-        let verified =
-            super::hashing_unless(node, again, move || auth::verify_password(&p, &h)).await?;
+        let verified = logins
+            .hashing_unless(again, move || auth::verify_password(&p, &h))
+            .await?;
         if !verified {
             return Err(RpcError::permission_denied());
         }
-        node.verified.remember(&who, &pass, &hash);
+        logins.verified.remember(&who, &pass, &hash);
     }
     match target {
         None => Ok(who),
         Some(other) => {
             let other = normalize_path(other).ok_or_else(|| denied("unknown user"))?;
             // The admin's own account must be usable from here before it acts for another.
-            let admin_ok = node.read(|s| {
+            let admin_ok = replica.read(|s| {
                 s.users.get(&who).is_some_and(|u| {
                     !u.disabled && auth::address_allowed(&u.whitelist, &u.blacklist, remote)
                 })
@@ -89,7 +112,7 @@ async fn basic(node: &Node, p: &Params<'_>, remote: &str) -> Result<String, RpcE
             if !admin_ok {
                 return Err(denied("admin account disabled or address not allowed"));
             }
-            let admin_tags = node.read(|s| s.users.effective_tags(&who));
+            let admin_tags = replica.read(|s| s.users.effective_tags(&who));
             if !auth::may(&admin_tags, &other, "admin") {
                 return Err(denied("not an admin of that user"));
             }
@@ -101,7 +124,8 @@ async fn basic(node: &Node, p: &Params<'_>, remote: &str) -> Result<String, RpcE
 /// Pushes `sys.login.<method>.login` with the whole params and waits for a worker's
 /// `{"user", "tags"?, "metadata"?}`.
 async fn plugin(
-    node: &Node,
+    replica: &Replica,
+    local: &Local,
     conn: &Rc<Conn>,
     method: &str,
     p: &Params<'_>,
@@ -121,20 +145,23 @@ async fn plugin(
     );
     // Internal: the server pushes on the connection's behalf, whoever it is logged in as.
     let taskid = task.id.clone();
-    let answer =
-        match tokio::time::timeout(PLUGIN_TIMEOUT, super::task::push(node, conn, task, None)).await
-        {
-            Ok(answer) => answer.map_err(|e| denied(&format!("login worker: {}", e.message)))?,
-            Err(_) => {
-                // Withdraw the task now rather than leave it to its deadline.
-                let cancel = Command::TaskCancel {
-                    id: taskid,
-                    connid: conn.connid.clone(),
-                };
-                let _ = node.raft.propose(cancel).await;
-                return Err(denied("login worker timeout"));
-            }
-        };
+    let answer = match tokio::time::timeout(
+        PLUGIN_TIMEOUT,
+        super::task::push(replica, local, conn, task, None),
+    )
+    .await
+    {
+        Ok(answer) => answer.map_err(|e| denied(&format!("login worker: {}", e.message)))?,
+        Err(_) => {
+            // Withdraw the task now rather than leave it to its deadline.
+            let cancel = Command::TaskCancel {
+                id: taskid,
+                connid: conn.connid.clone(),
+            };
+            let _ = replica.propose(cancel).await;
+            return Err(denied("login worker timeout"));
+        }
+    };
     let user = answer
         .get("user")
         .and_then(Value::as_str)
@@ -153,13 +180,13 @@ async fn plugin(
 
 /// The checks after authentication, then the session switches user.
 async fn finish(
-    node: &Node,
+    replica: &Replica,
     conn: &Conn,
     user: String,
     mask: Option<Tags>,
     metadata: Value,
 ) -> RpcResult {
-    let lists = node.read(|s| {
+    let lists = replica.read(|s| {
         s.users
             .get(&user)
             .map(|u| (u.whitelist.clone(), u.blacklist.clone()))
@@ -170,13 +197,13 @@ async fn finish(
     }
     // Existence, disabled and maxsessions are checked again inside apply, atomically with
     // every other session change in the cluster.
-    node.raft
+    replica
         .propose(Command::SessionLogin {
             connid: conn.connid.clone(),
             user: user.clone(),
         })
         .await?;
-    let own = node.read(|s| s.users.effective_tags(&user));
+    let own = replica.read(|s| s.users.effective_tags(&user));
     let tags = match &mask {
         Some(m) => auth::apply_mask(&own, m),
         None => own,

@@ -100,11 +100,23 @@ async fn call(node: &Arc<Node>, conn: &Rc<Conn>, req: &Request) -> RpcResult {
     // which was 10% of the node's CPU in the task benchmark.
     match method.split_once('.') {
         Some(("sys", name)) => Box::pin(sys::call(node, conn, name, &p)).await,
-        Some(("user", name)) => Box::pin(user::call(node, conn, name, &p)).await,
+        Some(("user", name)) => {
+            Box::pin(user::call(&node.replica, &node.logins, conn, name, &p)).await
+        }
         Some(("pipe", name)) => Box::pin(pipe::call(node, conn, name, &p)).await,
         Some(("topic", name)) => Box::pin(topic::call(node, conn, name, &p)).await,
-        Some(("sync", name)) => Box::pin(sync::call(node, conn, name, &p)).await,
-        Some(("task", name)) => Box::pin(task::call(node, conn, name, &p, req.id.as_ref())).await,
+        Some(("sync", name)) => Box::pin(sync::call(&node.replica, conn, name, &p)).await,
+        Some(("task", name)) => {
+            Box::pin(task::call(
+                &node.replica,
+                &node.local,
+                conn,
+                name,
+                &p,
+                req.id.as_ref(),
+            ))
+            .await
+        }
         _ => Err(RpcError::new(ERR_METHOD_NOT_FOUND)),
     }
 }
@@ -120,36 +132,4 @@ pub fn seconds(p: &Params, name: &str, default: f64) -> Result<f64, RpcError> {
         Some(s) if s > 0.0 => s,
         _ => default,
     })
-}
-
-/// Runs password hashing off the session's thread, a few at a time: each scrypt run
-/// takes 16 MiB and a core, so a login storm queues here instead of growing the heap.
-pub async fn hashing<T: Send + 'static>(
-    node: &Node,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, RpcError> {
-    let _slot = hash_slot(node).await?;
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(RpcError::internal)
-}
-
-/// Like `hashing` for a check answering true or false, skipped (true) when `done()` is
-/// true once a slot is free: the answer arrived meanwhile from another request.
-pub async fn hashing_unless(
-    node: &Node,
-    done: impl Fn() -> bool,
-    f: impl FnOnce() -> bool + Send + 'static,
-) -> Result<bool, RpcError> {
-    let _slot = hash_slot(node).await?;
-    if done() {
-        return Ok(true);
-    }
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(RpcError::internal)
-}
-
-async fn hash_slot(node: &Node) -> Result<tokio::sync::SemaphorePermit<'_>, RpcError> {
-    node.hash_slots.acquire().await.map_err(RpcError::internal)
 }

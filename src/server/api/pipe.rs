@@ -70,7 +70,7 @@ pub async fn call(node: &Arc<Node>, conn: &Rc<Conn>, name: &str, p: &Params<'_>)
                 return Err(RpcError::new(ERR_INVALID_PIPE));
             }
             conn.pipes.borrow_mut().remove(&pipeid);
-            node.raft.propose(Command::PipeClosed { pipeid }).await
+            node.replica.propose(Command::PipeClosed { pipeid }).await
         }
         _ => Err(RpcError::new(ERR_METHOD_NOT_FOUND)),
     }

@@ -3,23 +3,22 @@
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
-use std::sync::Arc;
 
 use serde_json::{json, Value};
 
 use crate::conn::Conn;
-use crate::node::Node;
+use crate::replica::Replica;
 use nexus_core::ids::CONNID_LEN;
 use nexus_core::listing::ListQuery;
 use nexus_core::rpc::{Params, RpcError, RpcResult, ERR_METHOD_NOT_FOUND};
 use nexus_core::state::Command;
 
-pub async fn call(node: &Arc<Node>, conn: &Rc<Conn>, name: &str, p: &Params<'_>) -> RpcResult {
+pub async fn call(replica: &Replica, conn: &Rc<Conn>, name: &str, p: &Params<'_>) -> RpcResult {
     match name {
         "session.list" => {
             let q = ListQuery::from_params(p)?;
             conn.require(q.permission_path(), "sys.session.list")?;
-            let by_user = node
+            let by_user = replica
                 .read_linear(|s| {
                     let mut by_user: BTreeMap<String, Vec<Value>> = BTreeMap::new();
                     for r in s.sessions.iter() {
@@ -46,7 +45,7 @@ pub async fn call(node: &Arc<Node>, conn: &Rc<Conn>, name: &str, p: &Params<'_>)
         "session.count" => {
             let q = ListQuery::from_params(p)?;
             conn.require(q.permission_path(), "sys.session.count")?;
-            let users: Vec<String> = node
+            let users: Vec<String> = replica
                 .read_linear(|s| s.sessions.iter().map(|r| r.user.clone()).collect())
                 .await?;
             Ok(q.count(users.iter().map(String::as_str)))
@@ -60,7 +59,7 @@ pub async fn call(node: &Arc<Node>, conn: &Rc<Conn>, name: &str, p: &Params<'_>)
                     "at least 16 characters",
                 ));
             }
-            let matched: Vec<(String, String)> = node
+            let matched: Vec<(String, String)> = replica
                 .read_linear(|s| {
                     s.sessions
                         .iter()
@@ -79,7 +78,7 @@ pub async fn call(node: &Arc<Node>, conn: &Rc<Conn>, name: &str, p: &Params<'_>)
             } else {
                 Command::SessionReload { connids }
             };
-            node.raft.propose(cmd).await
+            replica.propose(cmd).await
         }
         _ => Err(RpcError::new(ERR_METHOD_NOT_FOUND)),
     }

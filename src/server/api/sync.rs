@@ -1,18 +1,17 @@
 //! `sync.*`: cluster-wide locks owned by a connection.
 
 use std::rc::Rc;
-use std::sync::Arc;
 
 use serde_json::{json, Value};
 
 use crate::conn::Conn;
-use crate::node::Node;
+use crate::replica::Replica;
 use nexus_core::listing::ListQuery;
 use nexus_core::names::normalize_path;
 use nexus_core::rpc::{Params, RpcError, RpcResult, ERR_METHOD_NOT_FOUND};
 use nexus_core::state::Command;
 
-pub async fn call(node: &Arc<Node>, conn: &Rc<Conn>, name: &str, p: &Params<'_>) -> RpcResult {
+pub async fn call(replica: &Replica, conn: &Rc<Conn>, name: &str, p: &Params<'_>) -> RpcResult {
     match name {
         "lock" | "unlock" => {
             let lock =
@@ -25,12 +24,12 @@ pub async fn call(node: &Arc<Node>, conn: &Rc<Conn>, name: &str, p: &Params<'_>)
                 // Only the holder can unlock: ownership is the check.
                 Command::Unlock { lock, connid }
             };
-            node.raft.propose(cmd).await
+            replica.propose(cmd).await
         }
         "list" => {
             let q = ListQuery::from_params(p)?;
             conn.require(q.permission_path(), "sync.list")?;
-            Ok(node
+            Ok(replica
                 .read_linear(|s| {
                     Value::Array(
                         q.select(
@@ -45,7 +44,7 @@ pub async fn call(node: &Arc<Node>, conn: &Rc<Conn>, name: &str, p: &Params<'_>)
         "count" => {
             let q = ListQuery::from_params(p)?;
             conn.require(q.permission_path(), "sync.count")?;
-            Ok(node
+            Ok(replica
                 .read_linear(|s| q.count(s.locks.iter().map(|(l, _)| l)))
                 .await?)
         }

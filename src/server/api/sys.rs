@@ -22,7 +22,7 @@ pub async fn call(node: &Arc<Node>, conn: &Rc<Conn>, name: &str, p: &Params<'_>)
         "ping" => Ok(rpc::ok()),
         "version" => Ok(json!({"version": API_VERSION})),
         "watchdog" => watchdog(node, conn, p),
-        "login" => super::login::login(node, conn, p).await,
+        "login" => super::login::login(&node.replica, &node.logins, &node.local, conn, p).await,
         "reload" => {
             if !conn.auth.borrow().logged_in() {
                 return Err(RpcError::detail(ERR_INVALID_REQUEST, "not logged in"));
@@ -33,7 +33,7 @@ pub async fn call(node: &Arc<Node>, conn: &Rc<Conn>, name: &str, p: &Params<'_>)
         "node.list" => node_list(node, conn, p).await,
         "node.remove" => node_remove(node, conn, p).await,
         "session.list" | "session.count" | "session.kick" | "session.reload" => {
-            super::sessions::call(node, conn, name, p).await
+            super::sessions::call(&node.replica, conn, name, p).await
         }
         _ => Err(RpcError::new(ERR_METHOD_NOT_FOUND)),
     }
@@ -55,7 +55,7 @@ pub fn reload_user(node: &Node, conn: &Conn) {
     if !auth.logged_in() {
         return;
     }
-    let tags = node.read(|s| s.users.effective_tags(&auth.user));
+    let tags = node.replica.read(|s| s.users.effective_tags(&auth.user));
     auth.tags = match &auth.mask {
         Some(mask) => auth::apply_mask(&tags, mask),
         None => tags,
@@ -75,16 +75,17 @@ async fn node_list(node: &Node, conn: &Conn, p: &Params<'_>) -> RpcResult {
     let skip = p.opt_i64("skip")?.unwrap_or(0).max(0) as usize;
     let all = p.opt_bool("all")?.unwrap_or(false);
     let (members, running) = node
+        .replica
         .read_linear(|s| (s.cluster.members.clone(), s.cluster.nodes.clone()))
         .await?;
-    let stats = &node.raft.stats;
+    let stats = &node.replica.raft.stats;
     let (voters, learners) = stats
         .membership
         .read()
         .unwrap_or_else(|e| e.into_inner())
         .clone();
     let leader = stats.leader();
-    let live: std::collections::HashMap<u64, Member> = match node.cluster.get() {
+    let live: std::collections::HashMap<u64, Member> = match node.cluster.as_ref() {
         Some(c) => c
             .gossip
             .live()
@@ -169,17 +170,19 @@ async fn node_remove(node: &Node, conn: &Conn, p: &Params<'_>) -> RpcResult {
             "a member's raft id (sys.node.list)",
         ));
     }
-    let Some(link) = node.cluster.get() else {
+    let Some(link) = node.cluster.as_ref() else {
         return Err(RpcError::detail(
             ERR_INVALID_REQUEST,
             "standalone node: no cluster members to remove",
         ));
     };
-    let leader_addr = match node.raft.stats.leader() {
-        Some(leader) => node.read(|s| s.cluster.members.get(&leader).cloned()),
+    let leader_addr = match node.replica.raft.stats.leader() {
+        Some(leader) => node
+            .replica
+            .read(|s| s.cluster.members.get(&leader).cloned()),
         None => None,
     };
-    nexus_cluster::membership::remove_member(link, &node.raft, leader_addr, id as u64)
+    nexus_cluster::membership::remove_member(link, &node.replica.raft, leader_addr, id as u64)
         .await
         .map_err(RpcError::internal)?;
     Ok(rpc::ok())

@@ -2,12 +2,12 @@
 //! the applied event that ends them (`TaskEnded`, `TaskAssigned`, `PullEnded`).
 
 use std::rc::Rc;
-use std::sync::Arc;
 
 use serde_json::{json, Value};
 
 use crate::conn::Conn;
-use crate::node::Node;
+use crate::local::Local;
+use crate::replica::Replica;
 use nexus_core::auth;
 use nexus_core::listing::ListQuery;
 use nexus_core::names::normalize_path;
@@ -22,7 +22,8 @@ pub const DEFAULT_TIMEOUT_SECS: f64 = 10.0 * 24.0 * 3600.0;
 pub const DEFAULT_TTL: i64 = 5;
 
 pub async fn call(
-    node: &Arc<Node>,
+    replica: &Replica,
+    local: &Local,
     conn: &Rc<Conn>,
     name: &str,
     p: &Params<'_>,
@@ -34,7 +35,7 @@ pub async fn call(
             conn.require(&full, "task.push")?;
             let task = new_task(conn, &full, p)?;
             let tags = json!(auth::tags_at(&conn.auth.borrow().tags, &full));
-            push(node, conn, Task { tags, ..task }, req_id).await
+            push(replica, local, conn, Task { tags, ..task }, req_id).await
         }
         "pull" => {
             let raw = p.str("prefix")?.to_lowercase();
@@ -55,14 +56,14 @@ pub async fn call(
                 seq: 0,
             };
             let id = pull.id.clone();
-            let (rx, _waiter) = node.local.wait_for(&id);
+            let (rx, _waiter) = local.wait_for(&id);
             let _pending = Pending::new(conn, req_id, &id);
-            propose_then_wait(node, Command::TaskPull { pull }, &id, rx).await
+            propose_then_wait(replica, local, Command::TaskPull { pull }, &id, rx).await
         }
         "result" => {
             let taskid = p.str("taskid")?.to_string();
             let result = p.payload("result")?.clone();
-            finish(node, conn, taskid, Ending::Result(result)).await
+            finish(replica, conn, taskid, Ending::Result(result)).await
         }
         "error" => {
             let taskid = p.str("taskid")?.to_string();
@@ -73,7 +74,7 @@ pub async fn call(
             };
             let data = p.get("data").cloned();
             finish(
-                node,
+                replica,
                 conn,
                 taskid,
                 Ending::Error(RpcError {
@@ -87,7 +88,7 @@ pub async fn call(
         "reject" => {
             let taskid = p.str("taskid")?.to_string();
             let worker = conn.connid.clone();
-            node.raft
+            replica
                 .propose(Command::TaskReject { taskid, worker })
                 .await
         }
@@ -108,7 +109,7 @@ pub async fn call(
                 })
             };
             let id = target.ok_or_else(|| RpcError::new(ERR_INVALID_TASK))?;
-            node.raft
+            replica
                 .propose(Command::TaskCancel {
                     id,
                     connid: conn.connid.clone(),
@@ -118,7 +119,7 @@ pub async fn call(
         "list" => {
             let q = ListQuery::from_params(p)?;
             conn.require(q.permission_path(), "task.list")?;
-            let items = node.read_linear(|s| s.tasks.listing()).await?;
+            let items = replica.read_linear(|s| s.tasks.listing()).await?;
             Ok(Value::Array(q.select(
                 items.iter().map(|(n, v, _)| (n.as_str(), v.clone())),
             )))
@@ -126,7 +127,7 @@ pub async fn call(
         "count" => {
             let q = ListQuery::from_params(p)?;
             conn.require(q.permission_path(), "task.count")?;
-            let items = node.read_linear(|s| s.tasks.names()).await?;
+            let items = replica.read_linear(|s| s.tasks.names()).await?;
             Ok(count(&q, &items))
         }
         _ => Err(RpcError::new(ERR_METHOD_NOT_FOUND)),
@@ -203,16 +204,22 @@ fn timeout_ms(timeout_secs: f64) -> u64 {
 }
 
 /// Proposes a push and, unless detached, waits for its end.
-pub async fn push(node: &Node, conn: &Rc<Conn>, task: Task, req_id: Option<&Value>) -> RpcResult {
+pub async fn push(
+    replica: &Replica,
+    local: &Local,
+    conn: &Rc<Conn>,
+    task: Task,
+    req_id: Option<&Value>,
+) -> RpcResult {
     let detach = task.detach;
     let taskid = task.id.clone();
     let _pending = Pending::new(conn, req_id, &taskid);
     if detach {
-        node.raft.propose(Command::TaskPush { task }).await?;
+        replica.propose(Command::TaskPush { task }).await?;
         return Ok(nexus_core::rpc::ok());
     }
-    let (rx, _guard) = node.local.wait_for(&taskid);
-    propose_then_wait(node, Command::TaskPush { task }, &taskid, rx).await
+    let (rx, _guard) = local.wait_for(&taskid);
+    propose_then_wait(replica, local, Command::TaskPush { task }, &taskid, rx).await
 }
 
 /// Proposes a push or pull (`id`) and waits for the event that ends it on `rx`.
@@ -223,12 +230,13 @@ pub async fn push(node: &Node, conn: &Rc<Conn>, task: Task, req_id: Option<&Valu
 /// task is handed to a pull whose client was told it failed (it would stay `working` for
 /// a live connection that never answers it).
 async fn propose_then_wait(
-    node: &Node,
+    replica: &Replica,
+    local: &Local,
     cmd: Command,
     id: &str,
     mut rx: tokio::sync::oneshot::Receiver<RpcResult>,
 ) -> RpcResult {
-    if let Err(e) = node.raft.propose(cmd).await {
+    if let Err(e) = replica.propose(cmd).await {
         if e.code != ERR_INTERNAL {
             return Err(e);
         }
@@ -236,7 +244,10 @@ async fn propose_then_wait(
         // happened is in `rx` by the time the barrier returns.
         // A pull handed a task inside a snapshot this node installed meanwhile is
         // answered with it: its connection now works on that task.
-        match node.read_linear(|s| crate::node::ended_unseen(s, id)).await {
+        match replica
+            .read_linear(|s| crate::node::ended_unseen(s, id))
+            .await
+        {
             Ok(None) => {}
             Ok(Some(Ok(task))) => return rx.try_recv().unwrap_or(Ok(task)),
             _ => return rx.try_recv().unwrap_or(Err(e)),
@@ -245,17 +256,17 @@ async fn propose_then_wait(
     // The push or pull is applied. From here on, a snapshot install that swallows its end
     // answers the waiter (`Node::reconcile_waiters`); one installed before this mark is
     // seen by looking at the state once more.
-    node.local.mark_applied(id);
-    if let Some(unseen) = node.read(|s| crate::node::ended_unseen(s, id)) {
+    local.mark_applied(id);
+    if let Some(unseen) = replica.read(|s| crate::node::ended_unseen(s, id)) {
         return rx.try_recv().unwrap_or(unseen);
     }
     rx.await
         .map_err(|_| RpcError::internal("request abandoned"))?
 }
 
-async fn finish(node: &Node, conn: &Conn, taskid: String, ending: Ending) -> RpcResult {
+async fn finish(replica: &Replica, conn: &Conn, taskid: String, ending: Ending) -> RpcResult {
     let worker = conn.connid.clone();
-    node.raft
+    replica
         .propose(Command::TaskFinish {
             taskid,
             worker,

@@ -27,7 +27,7 @@ pub async fn call(node: &Arc<Node>, conn: &Rc<Conn>, name: &str, p: &Params<'_>)
             } else {
                 Command::Unsubscribe { pipeid, topic }
             };
-            let outcome = node.raft.propose(cmd).await?;
+            let outcome = node.replica.propose(cmd).await?;
             // Answered once every node applied it, so that any publish that follows the
             // answer, on whichever node, sees the change (a follower learns of a commit a
             // little after the node that proposed it).
@@ -46,6 +46,7 @@ pub async fn call(node: &Arc<Node>, conn: &Rc<Conn>, name: &str, p: &Params<'_>)
             let q = ListQuery::from_params(p)?;
             conn.require(q.permission_path(), "topic.list")?;
             Ok(node
+                .replica
                 .read_linear(|s| {
                     Value::Array(
                         q.select(
@@ -61,6 +62,7 @@ pub async fn call(node: &Arc<Node>, conn: &Rc<Conn>, name: &str, p: &Params<'_>)
             let q = ListQuery::from_params(p)?;
             conn.require(q.permission_path(), "topic.count")?;
             Ok(node
+                .replica
                 .read_linear(|s| q.count(s.topics.iter().map(|(t, _)| t)))
                 .await?)
         }

@@ -1,12 +1,13 @@
 //! `user.*`: accounts, tags, templates, address lists and limits.
 
 use std::rc::Rc;
-use std::sync::Arc;
 
 use serde_json::{json, Value};
 
 use crate::conn::Conn;
-use crate::node::{now_rfc3339, Node};
+use crate::logins::Logins;
+use crate::node::now_rfc3339;
+use crate::replica::Replica;
 use nexus_core::auth;
 use nexus_core::listing::ListQuery;
 use nexus_core::names::{normalize_path, normalize_prefix};
@@ -16,7 +17,13 @@ use nexus_core::state::{Command, UserChange};
 const NAME_LEN: std::ops::RangeInclusive<usize> = 3..=500;
 const PASS_LEN: std::ops::RangeInclusive<usize> = 4..=500;
 
-pub async fn call(node: &Arc<Node>, conn: &Rc<Conn>, name: &str, p: &Params<'_>) -> RpcResult {
+pub async fn call(
+    replica: &Replica,
+    logins: &Logins,
+    conn: &Rc<Conn>,
+    name: &str,
+    p: &Params<'_>,
+) -> RpcResult {
     let method = format!("user.{name}");
     let require = |path: &str| conn.require(path, &method);
     match name {
@@ -24,49 +31,43 @@ pub async fn call(node: &Arc<Node>, conn: &Rc<Conn>, name: &str, p: &Params<'_>)
             let user = user_name(p, "user")?;
             let pass = password(p)?;
             require(&user)?;
-            let hash = super::hashing(node, move || auth::hash_password(&pass)).await?;
-            propose(
-                node,
-                Command::UserCreate {
+            let hash = logins.hashing(move || auth::hash_password(&pass)).await?;
+            replica
+                .propose(Command::UserCreate {
                     user,
                     hash,
                     at: now_rfc3339(),
                     actor: conn.user(),
-                },
-            )
-            .await
+                })
+                .await
         }
         "delete" => {
             let user = existing_name(p, "user")?;
             require(&user)?;
-            propose(
-                node,
-                Command::UserDelete {
+            replica
+                .propose(Command::UserDelete {
                     user,
                     actor: conn.user(),
-                },
-            )
-            .await
+                })
+                .await
         }
         "rename" => {
             let user = existing_name(p, "user")?;
             let new = user_name(p, "new")?;
             require(&user)?;
             require(&new)?;
-            propose(
-                node,
-                Command::UserRename {
+            replica
+                .propose(Command::UserRename {
                     user,
                     new,
                     actor: conn.user(),
-                },
-            )
-            .await
+                })
+                .await
         }
         "list" => {
             let q = ListQuery::from_params(p)?;
             require(q.permission_path())?;
-            Ok(node
+            Ok(replica
                 .read_linear(|s| {
                     Value::Array(
                         q.select(s.users.iter().map(|(n, u)| (n.as_str(), u.to_public(n)))),
@@ -77,21 +78,21 @@ pub async fn call(node: &Arc<Node>, conn: &Rc<Conn>, name: &str, p: &Params<'_>)
         "count" => {
             let q = ListQuery::from_params(p)?;
             require(q.permission_path())?;
-            Ok(node.read_linear(|s| q.count(s.users.names())).await?)
+            Ok(replica.read_linear(|s| q.count(s.users.names())).await?)
         }
         "setTags" => {
             let user = existing_name(p, "user")?;
             let prefix = tag_prefix(p)?;
             let tags = p.object("tags")?.clone();
             require(&prefix)?;
-            update(node, conn, user, UserChange::SetTags { prefix, tags }).await
+            update(replica, conn, user, UserChange::SetTags { prefix, tags }).await
         }
         "delTags" => {
             let user = existing_name(p, "user")?;
             let prefix = tag_prefix(p)?;
             let tags = p.strings("tags")?;
             require(&prefix)?;
-            update(node, conn, user, UserChange::DelTags { prefix, tags }).await
+            update(replica, conn, user, UserChange::DelTags { prefix, tags }).await
         }
         "getTags" => {
             let user = existing_name(p, "user")?;
@@ -99,7 +100,7 @@ pub async fn call(node: &Arc<Node>, conn: &Rc<Conn>, name: &str, p: &Params<'_>)
                 require(&user)?;
             }
             // By prefix, with the templates' tags merged in (the user's own win).
-            let tags = node
+            let tags = replica
                 .read_linear(|s| {
                     s.users
                         .get(&user)
@@ -115,7 +116,7 @@ pub async fn call(node: &Arc<Node>, conn: &Rc<Conn>, name: &str, p: &Params<'_>)
             if user != conn.user() {
                 require(&user)?;
             }
-            let tags = node
+            let tags = replica
                 .read_linear(|s| {
                     s.users
                         .get(&user)
@@ -134,8 +135,8 @@ pub async fn call(node: &Arc<Node>, conn: &Rc<Conn>, name: &str, p: &Params<'_>)
             if !own_allowed {
                 require(&user)?;
             }
-            let hash = super::hashing(node, move || auth::hash_password(&pass)).await?;
-            update(node, conn, user, UserChange::SetPass { hash }).await
+            let hash = logins.hashing(move || auth::hash_password(&pass)).await?;
+            update(replica, conn, user, UserChange::SetPass { hash }).await
         }
         "addTemplate" | "delTemplate" => {
             let user = existing_name(p, "user")?;
@@ -147,7 +148,7 @@ pub async fn call(node: &Arc<Node>, conn: &Rc<Conn>, name: &str, p: &Params<'_>)
             } else {
                 UserChange::DelTemplate { template }
             };
-            update(node, conn, user, change).await
+            update(replica, conn, user, change).await
         }
         "addWhitelist" | "delWhitelist" | "addBlacklist" | "delBlacklist" => {
             let user = existing_name(p, "user")?;
@@ -162,39 +163,39 @@ pub async fn call(node: &Arc<Node>, conn: &Rc<Conn>, name: &str, p: &Params<'_>)
                 "addBlacklist" => UserChange::AddBlacklist { ip },
                 _ => UserChange::DelBlacklist { ip },
             };
-            update(node, conn, user, change).await
+            update(replica, conn, user, change).await
         }
         "setMaxSessions" => {
             let user = existing_name(p, "user")?;
             let maxsessions = p.i64("maxsessions")?;
             require(&user)?;
-            update(node, conn, user, UserChange::SetMaxSessions { maxsessions }).await
+            update(
+                replica,
+                conn,
+                user,
+                UserChange::SetMaxSessions { maxsessions },
+            )
+            .await
         }
         "setDisabled" => {
             let user = existing_name(p, "user")?;
             let disabled = p.bool("disabled")?;
             require(&user)?;
-            update(node, conn, user, UserChange::SetDisabled { disabled }).await
+            update(replica, conn, user, UserChange::SetDisabled { disabled }).await
         }
         _ => Err(RpcError::new(ERR_METHOD_NOT_FOUND)),
     }
 }
 
-async fn propose(node: &Node, cmd: Command) -> RpcResult {
-    node.raft.propose(cmd).await
-}
-
-async fn update(node: &Node, conn: &Conn, user: String, change: UserChange) -> RpcResult {
+async fn update(replica: &Replica, conn: &Conn, user: String, change: UserChange) -> RpcResult {
     let actor = conn.user();
-    propose(
-        node,
-        Command::UserUpdate {
+    replica
+        .propose(Command::UserUpdate {
             user,
             change,
             actor,
-        },
-    )
-    .await
+        })
+        .await
 }
 
 /// A new user name: a valid label path of 3..500 chars, not `nobody`.

@@ -300,7 +300,7 @@ pub async fn health(req: HttpRequest, node: web::Data<Arc<Node>>) -> HttpRespons
     if is_metrics_scrape(&req) {
         return metrics(&node).await;
     }
-    match node.raft.stats.ready() {
+    match node.replica.raft.stats.ready() {
         Ok(()) => HttpResponse::Ok().content_type("text/plain").body("ok\n"),
         Err(why) => HttpResponse::ServiceUnavailable()
             .content_type("text/plain")

@@ -1,0 +1,60 @@
+//! What checking passwords needs: a bound on concurrent scrypt runs, the failed-login
+//! throttle, and the cache of credentials verified lately.
+
+use nexus_core::rpc::RpcError;
+
+pub struct Logins {
+    /// Concurrent password hashes allowed.
+    hash_slots: tokio::sync::Semaphore,
+    /// Failed logins per client address.
+    pub throttle: crate::throttle::LoginThrottle,
+    /// Credentials verified lately, so repeated logins skip scrypt.
+    pub verified: crate::credcache::CredentialCache,
+}
+
+impl Logins {
+    /// `hash_concurrency` 0: one hash per core.
+    pub fn new(hash_concurrency: usize, throttle: crate::throttle::ThrottleConfig) -> Self {
+        let hashes = match hash_concurrency {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n,
+        };
+        Logins {
+            hash_slots: tokio::sync::Semaphore::new(hashes),
+            throttle: crate::throttle::LoginThrottle::new(throttle),
+            verified: Default::default(),
+        }
+    }
+
+    /// Runs password hashing off the session's thread, a few at a time: each scrypt run
+    /// takes 16 MiB and a core, so a login storm queues here instead of growing the heap.
+    pub async fn hashing<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, RpcError> {
+        let _slot = self.slot().await?;
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(RpcError::internal)
+    }
+
+    /// Like `hashing` for a check answering true or false, skipped (true) when `done()` is
+    /// true once a slot is free: the answer arrived meanwhile from another request.
+    pub async fn hashing_unless(
+        &self,
+        done: impl Fn() -> bool,
+        f: impl FnOnce() -> bool + Send + 'static,
+    ) -> Result<bool, RpcError> {
+        let _slot = self.slot().await?;
+        if done() {
+            return Ok(true);
+        }
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(RpcError::internal)
+    }
+
+    async fn slot(&self) -> Result<tokio::sync::SemaphorePermit<'_>, RpcError> {
+        self.hash_slots.acquire().await.map_err(RpcError::internal)
+    }
+}
