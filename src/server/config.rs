@@ -71,6 +71,12 @@ pub struct ServeArgs {
     #[arg(long, hide = true)]
     pub test_watchdog_min_secs: Option<u64>,
 
+    /// Test only: how long `sys.login` waits for a login plugin's worker (default 10 s),
+    /// in milliseconds, so that its timeout tests need not wait 10 s.
+    #[cfg(feature = "test-hooks")]
+    #[arg(long, hide = true)]
+    pub test_login_plugin_timeout_ms: Option<u64>,
+
     /// Raft tick in milliseconds (a follower campaigns after 16 to 32 ticks without a
     /// leader; the leader sends heartbeats every 3).
     #[arg(long, default_value_t = 50)]
@@ -270,6 +276,15 @@ impl ServeArgs {
         crate::conn::WATCHDOG_MIN
     }
 
+    /// How long `sys.login` waits for a login plugin's worker.
+    fn login_plugin_timeout(&self) -> Duration {
+        #[cfg(feature = "test-hooks")]
+        if let Some(ms) = self.test_login_plugin_timeout_ms {
+            return Duration::from_millis(ms.max(1));
+        }
+        crate::api::login::PLUGIN_TIMEOUT
+    }
+
     /// The limits connections are served with.
     pub fn limits(&self) -> crate::node::Limits {
         crate::node::Limits {
@@ -281,6 +296,7 @@ impl ServeArgs {
             watchdog_secs: self.watchdog,
             watchdog_min_secs: self.watchdog_min_secs(),
             hash_concurrency: self.hash_concurrency,
+            login_plugin_timeout: self.login_plugin_timeout(),
             session_open_timeout: Duration::from_millis(self.session_open_timeout_ms.max(1)),
             session_close_timeout: Duration::from_millis(self.session_close_timeout_ms.max(1)),
             max_pipe_bytes: self.max_pipe_bytes.max(1),

@@ -22,6 +22,8 @@ pub struct Local {
     pipes: Mutex<HashMap<String, LocalPipe>>,
     /// Requests waiting for an applied event: pushes by task id, pulls by pull id.
     waiters: Mutex<HashMap<String, Waiter>>,
+    /// Snapshots from a leader this process installed (counted as their event arrives).
+    replacements: std::sync::atomic::AtomicU64,
     /// Messages dropped at full pipes of this node (a metric).
     pub pipe_drops: prometheus_client::metrics::counter::Counter,
     /// Published messages put into pipes of this node (a metric).
@@ -80,6 +82,17 @@ impl Local {
         if let Some(w) = lock(&self.waiters).get_mut(key) {
             w.applied = true;
         }
+    }
+
+    /// The state was replaced by a leader's snapshot.
+    pub fn state_replaced(&self) {
+        self.replacements
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// How many times the state was replaced by a leader's snapshot so far.
+    pub fn replacements(&self) -> u64 {
+        self.replacements.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Keys of the waiting requests whose push or pull was applied here.

@@ -10,11 +10,17 @@ pub struct Logins {
     pub throttle: crate::throttle::LoginThrottle,
     /// Credentials verified lately, so repeated logins skip scrypt.
     pub verified: crate::credcache::CredentialCache,
+    /// How long a login plugin's worker may take.
+    pub plugin_timeout: std::time::Duration,
 }
 
 impl Logins {
     /// `hash_concurrency` 0: one hash per core.
-    pub fn new(hash_concurrency: usize, throttle: crate::throttle::ThrottleConfig) -> Self {
+    pub fn new(
+        hash_concurrency: usize,
+        throttle: crate::throttle::ThrottleConfig,
+        plugin_timeout: std::time::Duration,
+    ) -> Self {
         let hashes = match hash_concurrency {
             0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
             n => n,
@@ -23,6 +29,7 @@ impl Logins {
             hash_slots: tokio::sync::Semaphore::new(hashes),
             throttle: crate::throttle::LoginThrottle::new(throttle),
             verified: Default::default(),
+            plugin_timeout,
         }
     }
 

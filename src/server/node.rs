@@ -33,6 +33,8 @@ pub struct Limits {
     pub watchdog_min_secs: u64,
     /// Password hashes computed at once (0: one per core).
     pub hash_concurrency: usize,
+    /// How long `sys.login` waits for a login plugin's worker.
+    pub login_plugin_timeout: std::time::Duration,
     /// How long a new connection's session may take to commit before the connection closes.
     pub session_open_timeout: std::time::Duration,
     /// How long a closed connection's session close is retried until it commits (the
@@ -91,7 +93,11 @@ impl Node {
         state: Arc<RwLock<State>>,
         cluster: Option<Arc<nexus_cluster::ClusterLink>>,
     ) -> Self {
-        let logins = Logins::new(limits.hash_concurrency, limits.login_throttle);
+        let logins = Logins::new(
+            limits.hash_concurrency,
+            limits.login_throttle,
+            limits.login_plugin_timeout,
+        );
         let local = Local::default();
         let metrics = crate::metrics::Metrics::new(
             &raft.stats.timings,
@@ -255,7 +261,10 @@ impl Node {
                 Event::Reload { connid } => self.local.control(&connid, Control::Reload),
                 // Every node applies the hook: each delivers to its own pipes.
                 Event::Hook { topic, msg } => self.publish_here(&topic, &msg),
-                Event::StateReplaced => self.reconcile_waiters(),
+                Event::StateReplaced => {
+                    self.local.state_replaced();
+                    self.reconcile_waiters()
+                }
                 Event::NodeDown {
                     node_id,
                     incarnation,

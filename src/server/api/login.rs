@@ -16,7 +16,7 @@ use nexus_core::rpc::{Params, RpcError, RpcResult, ERR_PERMISSION_DENIED};
 use nexus_core::state::Command;
 
 /// How long a login plugin worker has to answer.
-const PLUGIN_TIMEOUT: Duration = Duration::from_secs(10);
+pub const PLUGIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn denied(detail: &str) -> RpcError {
     RpcError::detail(ERR_PERMISSION_DENIED, detail)
@@ -60,7 +60,7 @@ async fn attempt(
             Value::Null,
         )
     } else {
-        plugin(replica, local, conn, method, p).await?
+        plugin(replica, logins, local, conn, method, p).await?
     };
     finish(replica, conn, user, mask, metadata).await
 }
@@ -125,6 +125,7 @@ async fn basic(
 /// `{"user", "tags"?, "metadata"?}`.
 async fn plugin(
     replica: &Replica,
+    logins: &Logins,
     local: &Local,
     conn: &Rc<Conn>,
     method: &str,
@@ -140,13 +141,13 @@ async fn plugin(
         params,
         0,
         1,
-        PLUGIN_TIMEOUT.as_secs_f64(),
+        logins.plugin_timeout.as_secs_f64(),
         false,
     );
     // Internal: the server pushes on the connection's behalf, whoever it is logged in as.
     let taskid = task.id.clone();
     let answer = match tokio::time::timeout(
-        PLUGIN_TIMEOUT,
+        logins.plugin_timeout,
         super::task::push(replica, local, conn, task, None),
     )
     .await
