@@ -13,6 +13,7 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 
 use super::transport::{SendError, Transport};
+use nexus_core::ids::PipeId;
 use nexus_core::proto::{frame, AwaitApplied, Frame, PipeWrite, RoutedAnswer, TopicDelivery};
 use nexus_core::rpc::{RpcError, ERR_INVALID_PIPE};
 
@@ -66,7 +67,12 @@ impl Router {
 
     /// Writes `msgs` into pipe `pipeid` of member `to` (no messages: only checks that the
     /// pipe exists). -32003 when the owner says there is no such pipe or cannot be reached.
-    pub async fn write_pipe(&self, to: u64, pipeid: &str, msgs: &[Value]) -> Result<(), RpcError> {
+    pub async fn write_pipe(
+        &self,
+        to: u64,
+        pipeid: &PipeId,
+        msgs: &[Value],
+    ) -> Result<(), RpcError> {
         let msgs_json = msgs.iter().map(json_bytes).collect();
         let answer = self.request(to, |request_id| {
             frame::Body::PipeWrite(PipeWrite {
@@ -138,10 +144,10 @@ impl Router {
     }
 
     /// Sends one publish to member `to` for its pipes `pipeids`.
-    pub fn deliver_topic(&self, to: u64, pipeids: Vec<String>, envelope: &Value) {
+    pub fn deliver_topic(&self, to: u64, pipeids: Vec<PipeId>, envelope: &Value) {
         let frame = Frame {
             body: Some(frame::Body::TopicDelivery(TopicDelivery {
-                pipeids,
+                pipeids: pipeids.into_iter().map(String::from).collect(),
                 envelope_json: json_bytes(envelope),
             })),
         };

@@ -9,6 +9,7 @@ use serde_json::Value;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
 use nexus_core::auth::Tags;
+use nexus_core::ids::{ConnId, PipeId};
 use nexus_core::rpc::RpcError;
 
 pub const NOBODY: &str = "nobody";
@@ -42,7 +43,7 @@ impl AuthState {
 
 /// The per-connection data request handlers use.
 pub struct Conn {
-    pub connid: String,
+    pub connid: ConnId,
     pub remote: String,
     pub protocol: &'static str,
     pub auth: RefCell<AuthState>,
@@ -53,7 +54,7 @@ pub struct Conn {
     /// so that `task.cancel` can find them.
     pub pending: RefCell<std::collections::HashMap<String, String>>,
     /// Pipes this connection owns; closed with it.
-    pub pipes: RefCell<std::collections::BTreeSet<String>>,
+    pub pipes: RefCell<std::collections::BTreeSet<PipeId>>,
 }
 
 /// One serialised response on its way to the socket. It holds its request's in-flight

@@ -10,6 +10,7 @@ use tokio::sync::oneshot;
 
 use crate::node::Control;
 use crate::pipe::{self, Pipe};
+use nexus_core::ids::{ConnId, PipeId};
 use nexus_core::rpc::RpcResult;
 
 /// A pipe of this process: its actor and the inbox writers append to.
@@ -17,10 +18,11 @@ type LocalPipe = (Addr<Pipe>, Arc<pipe::Inbox>);
 
 #[derive(Default)]
 pub struct Local {
-    sessions: Mutex<HashMap<String, Recipient<Control>>>,
+    sessions: Mutex<HashMap<ConnId, Recipient<Control>>>,
     /// This node's pipes by pipeid, with their inboxes.
-    pipes: Mutex<HashMap<String, LocalPipe>>,
-    /// Requests waiting for an applied event: pushes by task id, pulls by pull id.
+    pipes: Mutex<HashMap<PipeId, LocalPipe>>,
+    /// Requests waiting for an applied event: pushes by task id, pulls by pull id (both
+    /// as strings: they never collide, each starts with its connid and has its own random).
     waiters: Mutex<HashMap<String, Waiter>>,
     /// Snapshots from a leader this process installed (counted as their event arrives).
     replacements: std::sync::atomic::AtomicU64,
@@ -105,18 +107,18 @@ impl Local {
     }
 
     /// Starts pipe `pipeid` (capacity `cap` messages, `max_bytes` estimated bytes) here.
-    pub fn add_pipe(&self, pipeid: &str, cap: usize, max_bytes: usize) {
+    pub fn add_pipe(&self, pipeid: &PipeId, cap: usize, max_bytes: usize) {
         let inbox = Arc::new(pipe::Inbox::default());
         let addr = Pipe::new(cap, max_bytes, inbox.clone(), self.pipe_drops.clone()).start();
-        lock(&self.pipes).insert(pipeid.to_string(), (addr, inbox));
+        lock(&self.pipes).insert(pipeid.clone(), (addr, inbox));
     }
 
-    pub fn pipe(&self, pipeid: &str) -> Option<Addr<Pipe>> {
+    pub fn pipe(&self, pipeid: &PipeId) -> Option<Addr<Pipe>> {
         lock(&self.pipes).get(pipeid).map(|(addr, _)| addr.clone())
     }
 
     /// Unregisters and stops a pipe; false when it was not here.
-    pub fn close_pipe(&self, pipeid: &str) -> bool {
+    pub fn close_pipe(&self, pipeid: &PipeId) -> bool {
         match lock(&self.pipes).remove(pipeid) {
             Some((addr, _)) => {
                 addr.do_send(pipe::Close);
@@ -128,7 +130,7 @@ impl Local {
 
     /// Writes `msgs` in order into pipe `pipeid` of this node (none: the pipe is only
     /// checked); gives the messages back when there is no such pipe here.
-    pub fn write(&self, pipeid: &str, msgs: Vec<Value>) -> Result<(), Vec<Value>> {
+    pub fn write(&self, pipeid: &PipeId, msgs: Vec<Value>) -> Result<(), Vec<Value>> {
         let pipes = lock(&self.pipes);
         let Some((addr, inbox)) = pipes.get(pipeid) else {
             return Err(msgs);
@@ -140,7 +142,7 @@ impl Local {
     }
 
     /// Writes `envelope` into those of `pipeids` that live here.
-    pub fn deliver(&self, pipeids: &[String], envelope: &Value) {
+    pub fn deliver(&self, pipeids: &[PipeId], envelope: &Value) {
         let pipes = lock(&self.pipes);
         for pipeid in pipeids {
             if let Some((addr, inbox)) = pipes.get(pipeid) {
@@ -156,15 +158,15 @@ impl Local {
         lock(&self.pipes).len()
     }
 
-    pub fn register_session(&self, connid: &str, r: Recipient<Control>) {
-        lock(&self.sessions).insert(connid.to_string(), r);
+    pub fn register_session(&self, connid: &ConnId, r: Recipient<Control>) {
+        lock(&self.sessions).insert(connid.clone(), r);
     }
 
-    pub fn unregister_session(&self, connid: &str) {
+    pub fn unregister_session(&self, connid: &ConnId) {
         lock(&self.sessions).remove(connid);
     }
 
-    pub fn has_session(&self, connid: &str) -> bool {
+    pub fn has_session(&self, connid: &ConnId) -> bool {
         lock(&self.sessions).contains_key(connid)
     }
 
@@ -173,7 +175,7 @@ impl Local {
     }
 
     /// Sends `c` to session `connid` if it lives here.
-    pub fn control(&self, connid: &str, c: Control) {
+    pub fn control(&self, connid: &ConnId, c: Control) {
         if let Some(r) = lock(&self.sessions).get(connid) {
             r.do_send(c);
         }

@@ -11,6 +11,7 @@ use crate::local::Local;
 use crate::logins::Logins;
 use crate::replica::Replica;
 use nexus_consensus::RaftHandle;
+use nexus_core::ids::{ConnId, PipeId};
 use nexus_core::proto::{frame, Frame};
 use nexus_core::rpc::{RpcError, RpcResult, ERR_INVALID_PARAMS, ERR_INVALID_PIPE};
 use nexus_core::state::{Event, State};
@@ -139,12 +140,12 @@ impl Node {
 
     /// The pipes subscribed to `topic` (each once), grouped by the member owning them; pipes
     /// of processes that are gone are left out.
-    fn subscribers_by_node(&self, topic: &str) -> BTreeMap<u64, Vec<String>> {
-        let mut by_node: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+    fn subscribers_by_node(&self, topic: &str) -> BTreeMap<u64, Vec<PipeId>> {
+        let mut by_node: BTreeMap<u64, Vec<PipeId>> = BTreeMap::new();
         self.replica.read(|s| {
             for pipeid in s.topics.matching(topic) {
-                if let Some(owner) = s.owner_node(pipeid) {
-                    by_node.entry(owner).or_default().push(pipeid.to_string());
+                if let Some(owner) = s.owner_node(pipeid.as_str()) {
+                    by_node.entry(owner).or_default().push(pipeid.clone());
                 }
             }
         });
@@ -181,7 +182,7 @@ impl Node {
 
     /// Writes `msgs` in order into pipe `pipeid`, wherever it lives; -32003 when there is no
     /// such pipe (or its node is gone). No messages: only checks that the pipe exists.
-    pub async fn write_pipe(&self, pipeid: &str, msgs: Vec<Value>) -> Result<(), RpcError> {
+    pub async fn write_pipe(&self, pipeid: &PipeId, msgs: Vec<Value>) -> Result<(), RpcError> {
         let msgs = match self.local.write(pipeid, msgs) {
             Ok(()) => return Ok(()),
             Err(msgs) => msgs, // not a pipe of this node
@@ -189,12 +190,15 @@ impl Node {
         let Some(link) = self.cluster.as_ref() else {
             return Err(RpcError::new(ERR_INVALID_PIPE));
         };
-        let mut owner = self.replica.read(|s| s.owner_node(pipeid));
-        let pipe_shaped = nexus_core::ids::is_owned_id(pipeid);
+        let mut owner = self.replica.read(|s| s.owner_node(pipeid.as_str()));
+        let pipe_shaped = pipeid.is_ours();
         if owner.is_none() && pipe_shaped {
             // The owner may be a process that started a moment ago, announced in an entry
             // this node has not applied yet: look again after a linearizable barrier.
-            owner = self.replica.read_linear(|s| s.owner_node(pipeid)).await?;
+            owner = self
+                .replica
+                .read_linear(|s| s.owner_node(pipeid.as_str()))
+                .await?;
         }
         match owner {
             Some(owner) if owner != self.raft_id => {
@@ -220,7 +224,7 @@ impl Node {
                     .collect();
                 let code = match msgs {
                     Err(_) => ERR_INVALID_PARAMS,
-                    Ok(msgs) => match self.local.write(&w.pipeid, msgs) {
+                    Ok(msgs) => match self.local.write(&w.pipeid.into(), msgs) {
                         Ok(()) => 0,
                         Err(_) => ERR_INVALID_PIPE,
                     },
@@ -229,7 +233,8 @@ impl Node {
             }
             Some(frame::Body::TopicDelivery(d)) => {
                 if let Ok(envelope) = serde_json::from_slice::<Value>(&d.envelope_json) {
-                    self.local.deliver(&d.pipeids, &envelope);
+                    let pipeids: Vec<PipeId> = d.pipeids.into_iter().map(PipeId::from).collect();
+                    self.local.deliver(&pipeids, &envelope);
                 }
             }
             Some(frame::Body::RoutedAnswer(r)) => link.router.on_result(r),
@@ -252,11 +257,13 @@ impl Node {
             match event {
                 Event::TaskAssigned {
                     pull_id, answer, ..
-                } => self.local.wake(&pull_id, Ok(answer)),
+                } => self.local.wake(pull_id.as_str(), Ok(answer)),
                 Event::TaskEnded {
                     taskid, outcome, ..
-                } => self.local.wake(&taskid, outcome),
-                Event::PullEnded { pull_id, error, .. } => self.local.wake(&pull_id, Err(error)),
+                } => self.local.wake(taskid.as_str(), outcome),
+                Event::PullEnded { pull_id, error, .. } => {
+                    self.local.wake(pull_id.as_str(), Err(error))
+                }
                 Event::Kick { connid } => self.local.control(&connid, Control::Kick),
                 Event::Reload { connid } => self.local.control(&connid, Control::Reload),
                 // Every node applies the hook: each delivers to its own pipes.
@@ -324,8 +331,8 @@ impl Node {
     }
 
     /// A new connection id: incarnation + 8 random hex chars.
-    pub fn new_connid(&self) -> String {
-        nexus_core::ids::new_connid(&self.incarnation)
+    pub fn new_connid(&self) -> ConnId {
+        ConnId::new(&self.incarnation)
     }
 }
 

@@ -14,6 +14,7 @@ use std::time::Duration;
 use tracing::{debug, warn};
 
 use crate::node::{Control, Node};
+use nexus_core::ids::ConnId;
 use nexus_core::state::Command;
 
 pub async fn run(node: Weak<Node>, every: Duration) {
@@ -55,7 +56,7 @@ async fn rejoin_if_gone(node: &Node) {
 }
 
 async fn close_orphans(node: &Node) {
-    let orphans: Vec<String> = node.replica.read(|s| {
+    let orphans: Vec<ConnId> = node.replica.read(|s| {
         s.sessions
             .iter()
             .filter(|r| r.node_id == node.raft_id && r.incarnation == node.incarnation)

@@ -11,6 +11,7 @@ use serde_json::Value;
 use super::cluster::ProposerRecord;
 use super::{Command, Ending, NodeRecord, Pull, SessionRecord, State, Task, User, UserChange};
 use crate::proto::{self as pb, log_command::Cmd, user_change_rec::Change};
+use crate::ids::{ConnId, PipeId, PullId};
 use crate::rpc::RpcError;
 
 /// First bytes of every state snapshot; the fourth is the format version.
@@ -68,7 +69,7 @@ pub fn encode_state(state: &State) -> Vec<u8> {
             .iter()
             .map(|(lock, connid)| pb::LockCmd {
                 lock: lock.clone(),
-                connid: connid.clone(),
+                connid: connid.to_string(),
             })
             .collect(),
         topics: state
@@ -77,7 +78,7 @@ pub fn encode_state(state: &State) -> Vec<u8> {
             .iter()
             .map(|(topic, pipes)| pb::TopicRec {
                 topic: topic.clone(),
-                pipeids: pipes.iter().cloned().collect(),
+                pipeids: pipes.iter().map(PipeId::to_string).collect(),
             })
             .collect(),
         bootstrapped: state.bootstrapped,
@@ -156,13 +157,13 @@ pub fn decode_state(data: &[u8]) -> Result<State, DecodeError> {
     }
     state.tasks.seq = snap.task_seq;
     for l in snap.locks {
-        state.locks.owners.insert(l.lock, l.connid);
+        state.locks.owners.insert(l.lock, l.connid.into());
     }
     for t in snap.topics {
         state
             .topics
             .by_topic
-            .insert(t.topic, t.pipeids.into_iter().collect());
+            .insert(t.topic, t.pipeids.into_iter().map(PipeId::from).collect());
     }
     state.bootstrapped = snap.bootstrapped;
     state.locks.grants = snap.lock_grants;
@@ -227,10 +228,17 @@ fn command_to_pb(cmd: Command) -> Cmd {
         }),
         Command::Bootstrap { root_hash, at } => Cmd::Bootstrap(pb::BootstrapCmd { root_hash, at }),
         Command::SessionOpen { session } => Cmd::SessionOpen(session_to_pb(&session)),
-        Command::SessionLogin { connid, user } => Cmd::SessionLogin(pb::ConnUser { connid, user }),
-        Command::SessionClose { connid } => Cmd::SessionClose(connid),
-        Command::SessionKick { connids } => Cmd::SessionKick(pb::ConnidList { connids }),
-        Command::SessionReload { connids } => Cmd::SessionReload(pb::ConnidList { connids }),
+        Command::SessionLogin { connid, user } => Cmd::SessionLogin(pb::ConnUser {
+            connid: connid.into(),
+            user,
+        }),
+        Command::SessionClose { connid } => Cmd::SessionClose(connid.into()),
+        Command::SessionKick { connids } => Cmd::SessionKick(pb::ConnidList {
+            connids: strings(connids),
+        }),
+        Command::SessionReload { connids } => Cmd::SessionReload(pb::ConnidList {
+            connids: strings(connids),
+        }),
         Command::UserCreate {
             user,
             hash,
@@ -266,23 +274,41 @@ fn command_to_pb(cmd: Command) -> Cmd {
             worker,
             ending,
         } => Cmd::TaskFinish(pb::TaskFinishCmd {
-            taskid,
-            worker,
+            taskid: taskid.into(),
+            worker: worker.into(),
             ending: Some(match ending {
                 Ending::Result(v) => pb::task_finish_cmd::Ending::ResultJson(json(&v)),
                 Ending::Error(e) => pb::task_finish_cmd::Ending::Error(error_to_pb(&e)),
             }),
         }),
         Command::TaskReject { taskid, worker } => {
-            Cmd::TaskReject(pb::TaskRejectCmd { taskid, worker })
+            Cmd::TaskReject(pb::TaskRejectCmd {
+                taskid: taskid.into(),
+                worker: worker.into(),
+            })
         }
-        Command::TaskCancel { id, connid } => Cmd::TaskCancel(pb::TaskCancelCmd { id, connid }),
+        Command::TaskCancel { id, connid } => Cmd::TaskCancel(pb::TaskCancelCmd {
+            id,
+            connid: connid.into(),
+        }),
         Command::Expire {} => Cmd::Expire(pb::Empty {}),
-        Command::Lock { lock, connid } => Cmd::Lock(pb::LockCmd { lock, connid }),
-        Command::Unlock { lock, connid } => Cmd::Unlock(pb::LockCmd { lock, connid }),
-        Command::Subscribe { pipeid, topic } => Cmd::Subscribe(pb::PipeTopic { pipeid, topic }),
-        Command::Unsubscribe { pipeid, topic } => Cmd::Unsubscribe(pb::PipeTopic { pipeid, topic }),
-        Command::PipeClosed { pipeid } => Cmd::PipeClosed(pipeid),
+        Command::Lock { lock, connid } => Cmd::Lock(pb::LockCmd {
+            lock,
+            connid: connid.into(),
+        }),
+        Command::Unlock { lock, connid } => Cmd::Unlock(pb::LockCmd {
+            lock,
+            connid: connid.into(),
+        }),
+        Command::Subscribe { pipeid, topic } => Cmd::Subscribe(pb::PipeTopic {
+            pipeid: pipeid.into(),
+            topic,
+        }),
+        Command::Unsubscribe { pipeid, topic } => Cmd::Unsubscribe(pb::PipeTopic {
+            pipeid: pipeid.into(),
+            topic,
+        }),
+        Command::PipeClosed { pipeid } => Cmd::PipeClosed(pipeid.into()),
     }
 }
 
@@ -305,12 +331,18 @@ fn command_from_pb(cmd: Cmd) -> Result<Command, DecodeError> {
             session: session_from_pb(s),
         },
         Cmd::SessionLogin(c) => Command::SessionLogin {
-            connid: c.connid,
+            connid: c.connid.into(),
             user: c.user,
         },
-        Cmd::SessionClose(connid) => Command::SessionClose { connid },
-        Cmd::SessionKick(c) => Command::SessionKick { connids: c.connids },
-        Cmd::SessionReload(c) => Command::SessionReload { connids: c.connids },
+        Cmd::SessionClose(connid) => Command::SessionClose {
+            connid: connid.into(),
+        },
+        Cmd::SessionKick(c) => Command::SessionKick {
+            connids: typed(c.connids),
+        },
+        Cmd::SessionReload(c) => Command::SessionReload {
+            connids: typed(c.connids),
+        },
         Cmd::UserCreate(c) => Command::UserCreate {
             user: c.user,
             hash: c.hash,
@@ -342,8 +374,8 @@ fn command_from_pb(cmd: Cmd) -> Result<Command, DecodeError> {
             pull: pull_from_pb(p),
         },
         Cmd::TaskFinish(c) => Command::TaskFinish {
-            taskid: c.taskid,
-            worker: c.worker,
+            taskid: c.taskid.into(),
+            worker: c.worker.into(),
             ending: match c.ending.ok_or_else(|| bad("unknown task ending"))? {
                 pb::task_finish_cmd::Ending::ResultJson(b) => {
                     Ending::Result(from_json(&b, "task result")?)
@@ -352,32 +384,44 @@ fn command_from_pb(cmd: Cmd) -> Result<Command, DecodeError> {
             },
         },
         Cmd::TaskReject(c) => Command::TaskReject {
-            taskid: c.taskid,
-            worker: c.worker,
+            taskid: c.taskid.into(),
+            worker: c.worker.into(),
         },
         Cmd::TaskCancel(c) => Command::TaskCancel {
             id: c.id,
-            connid: c.connid,
+            connid: c.connid.into(),
         },
         Cmd::Expire(_) => Command::Expire {},
         Cmd::Lock(c) => Command::Lock {
             lock: c.lock,
-            connid: c.connid,
+            connid: c.connid.into(),
         },
         Cmd::Unlock(c) => Command::Unlock {
             lock: c.lock,
-            connid: c.connid,
+            connid: c.connid.into(),
         },
         Cmd::Subscribe(c) => Command::Subscribe {
-            pipeid: c.pipeid,
+            pipeid: c.pipeid.into(),
             topic: c.topic,
         },
         Cmd::Unsubscribe(c) => Command::Unsubscribe {
-            pipeid: c.pipeid,
+            pipeid: c.pipeid.into(),
             topic: c.topic,
         },
-        Cmd::PipeClosed(pipeid) => Command::PipeClosed { pipeid },
+        Cmd::PipeClosed(pipeid) => Command::PipeClosed {
+            pipeid: pipeid.into(),
+        },
     })
+}
+
+/// Typed ids as their strings, for the log.
+fn strings<T: Into<String>>(ids: Vec<T>) -> Vec<String> {
+    ids.into_iter().map(Into::into).collect()
+}
+
+/// Strings from the log as typed ids.
+fn typed<T: From<String>>(ids: Vec<String>) -> Vec<T> {
+    ids.into_iter().map(T::from).collect()
 }
 
 fn change_to_pb(change: UserChange) -> Change {
@@ -445,7 +489,7 @@ fn error_from_pb(e: pb::ErrorRec) -> Result<RpcError, DecodeError> {
 
 fn session_to_pb(s: &SessionRecord) -> pb::SessionRec {
     pb::SessionRec {
-        connid: s.connid.clone(),
+        connid: s.connid.to_string(),
         node_id: s.node_id,
         incarnation: s.incarnation.clone(),
         user: s.user.clone(),
@@ -457,7 +501,7 @@ fn session_to_pb(s: &SessionRecord) -> pb::SessionRec {
 
 fn session_from_pb(s: pb::SessionRec) -> SessionRecord {
     SessionRecord {
-        connid: s.connid,
+        connid: s.connid.into(),
         node_id: s.node_id,
         incarnation: s.incarnation,
         user: s.user,
@@ -469,7 +513,7 @@ fn session_from_pb(s: pb::SessionRec) -> SessionRecord {
 
 fn task_to_pb(t: &Task) -> pb::TaskRec {
     pb::TaskRec {
-        id: t.id.clone(),
+        id: t.id.to_string(),
         path: t.path.clone(),
         method: t.method.clone(),
         params_json: json(&t.params),
@@ -478,14 +522,14 @@ fn task_to_pb(t: &Task) -> pb::TaskRec {
         detach: t.detach,
         user: t.user.clone(),
         tags_json: json(&t.tags),
-        pusher: t.pusher.clone(),
+        pusher: t.pusher.to_string(),
         creation_time: t.creation_time.clone(),
         deadline: t.deadline.clone(),
         deadline_ms: t.deadline_ms,
         timeout_ms: t.timeout_ms,
         seq: t.seq,
-        working: t.working.clone(),
-        pulled_by: t.pulled_by.clone(),
+        working: t.working.as_ref().map(ConnId::to_string),
+        pulled_by: t.pulled_by.as_ref().map(PullId::to_string),
     }
 }
 
@@ -493,28 +537,28 @@ fn task_from_pb(t: pb::TaskRec) -> Result<Task, DecodeError> {
     Ok(Task {
         params: from_json(&t.params_json, "task params")?,
         tags: from_json(&t.tags_json, "task tags")?,
-        id: t.id,
+        id: t.id.into(),
         path: t.path,
         method: t.method,
         prio: t.prio,
         ttl: t.ttl,
         detach: t.detach,
         user: t.user,
-        pusher: t.pusher,
+        pusher: t.pusher.into(),
         creation_time: t.creation_time,
         deadline: t.deadline,
         deadline_ms: t.deadline_ms,
         timeout_ms: t.timeout_ms,
         seq: t.seq,
-        working: t.working,
-        pulled_by: t.pulled_by,
+        working: t.working.map(ConnId::from),
+        pulled_by: t.pulled_by.map(PullId::from),
     })
 }
 
 fn pull_to_pb(p: &Pull) -> pb::PullRec {
     pb::PullRec {
-        id: p.id.clone(),
-        connid: p.connid.clone(),
+        id: p.id.to_string(),
+        connid: p.connid.to_string(),
         path: p.path.clone(),
         user: p.user.clone(),
         creation_time: p.creation_time.clone(),
@@ -527,8 +571,8 @@ fn pull_to_pb(p: &Pull) -> pb::PullRec {
 
 fn pull_from_pb(p: pb::PullRec) -> Pull {
     Pull {
-        id: p.id,
-        connid: p.connid,
+        id: p.id.into(),
+        connid: p.connid.into(),
         path: p.path,
         user: p.user,
         creation_time: p.creation_time,

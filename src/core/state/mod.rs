@@ -14,6 +14,7 @@ mod users;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::ids::{ConnId, PipeId, PullId, TaskId};
 use crate::rpc::RpcError;
 
 pub use cluster::{Admit, Cluster, NodeRecord, Origin};
@@ -53,19 +54,19 @@ pub enum Command {
     /// A session authenticated as `user`; refused when the user is unknown, disabled, or
     /// already has `maxsessions` sessions cluster-wide.
     SessionLogin {
-        connid: String,
+        connid: ConnId,
         user: String,
     },
     SessionClose {
-        connid: String,
+        connid: ConnId,
     },
     /// End these sessions (as if closed) and have their nodes close the connections.
     SessionKick {
-        connids: Vec<String>,
+        connids: Vec<ConnId>,
     },
     /// Make these sessions reload their user data.
     SessionReload {
-        connids: Vec<String>,
+        connids: Vec<ConnId>,
     },
     UserCreate {
         user: String,
@@ -96,40 +97,40 @@ pub enum Command {
     /// `task.result|error` from connection `worker`: refused unless it is the task's
     /// current worker (a stale worker, requeued away from, cannot end the new assignment).
     TaskFinish {
-        taskid: String,
-        worker: String,
+        taskid: TaskId,
+        worker: ConnId,
         ending: Ending,
     },
     TaskReject {
-        taskid: String,
-        worker: String,
+        taskid: TaskId,
+        worker: ConnId,
     },
     /// Cancel `connid`'s own pending push (by task id) or pull (by pull id).
     TaskCancel {
         id: String,
-        connid: String,
+        connid: ConnId,
     },
     /// Proposed by the leader when deadlines have passed on the cluster clock (the entry's
     /// stamp); apply ends what is due at that point of the log.
     Expire {},
     Lock {
         lock: String,
-        connid: String,
+        connid: ConnId,
     },
     Unlock {
         lock: String,
-        connid: String,
+        connid: ConnId,
     },
     Subscribe {
-        pipeid: String,
+        pipeid: PipeId,
         topic: String,
     },
     Unsubscribe {
-        pipeid: String,
+        pipeid: PipeId,
         topic: String,
     },
     PipeClosed {
-        pipeid: String,
+        pipeid: PipeId,
     },
 }
 
@@ -148,10 +149,10 @@ pub enum Event {
         user: String,
     },
     SessionOpened {
-        connid: String,
+        connid: ConnId,
     },
     SessionClosed {
-        connid: String,
+        connid: ConnId,
     },
     /// A node process was declared gone (or left).
     NodeDown {
@@ -159,27 +160,27 @@ pub enum Event {
         incarnation: String,
     },
     Kick {
-        connid: String,
+        connid: ConnId,
     },
     Reload {
-        connid: String,
+        connid: ConnId,
     },
     /// A waiting pull got a task: the puller's node answers the pull with `answer`.
     TaskAssigned {
-        pull_id: String,
-        puller: String,
+        pull_id: PullId,
+        puller: ConnId,
         answer: Value,
     },
     /// A non-detached task ended: the pusher's node answers the push.
     TaskEnded {
-        taskid: String,
-        pusher: String,
+        taskid: TaskId,
+        pusher: ConnId,
         outcome: Outcome,
     },
     /// A waiting pull ended without a task (cancel, timeout).
     PullEnded {
-        pull_id: String,
-        connid: String,
+        pull_id: PullId,
+        connid: ConnId,
         error: RpcError,
     },
     /// Publish `msg` on `topic` to the local subscribed pipes (hooks).
@@ -427,7 +428,7 @@ impl State {
                 Ok(crate::rpc::ok())
             }
             Command::PipeClosed { pipeid } => {
-                self.topics.unsubscribe_prefix(&pipeid);
+                self.topics.unsubscribe_prefix(pipeid.as_str());
                 Ok(crate::rpc::ok())
             }
         };
@@ -474,23 +475,25 @@ impl State {
     }
 
     /// A pipe can be subscribed while the connection owning it is open.
-    fn pipe_owner_alive(&self, pipeid: &str) -> bool {
-        crate::ids::connid_of(pipeid).is_some_and(|connid| self.sessions.get(connid).is_some())
+    fn pipe_owner_alive(&self, pipeid: &PipeId) -> bool {
+        pipeid
+            .owner()
+            .is_some_and(|connid| self.sessions.get(&connid).is_some())
     }
 
     /// Everything a connection owned goes with it: its session record, pulls, non-detached
     /// pushes, locks and pipe subscriptions; tasks it was working on are requeued.
-    fn close_session(&mut self, connid: &str, events: &mut Vec<Event>) {
+    fn close_session(&mut self, connid: &ConnId, events: &mut Vec<Event>) {
         if !self.sessions.close(connid) {
             return;
         }
         events.push(Event::SessionClosed {
-            connid: connid.to_string(),
+            connid: connid.clone(),
         });
         let mut emit = tasks::Emit::new(events, self.topics.any_under("hook"));
         self.tasks.connection_closed(connid, &mut emit);
         self.locks.release_all(connid);
-        self.topics.unsubscribe_prefix(connid);
+        self.topics.unsubscribe_prefix(connid.as_str());
     }
 
     fn user_hook_if(

@@ -79,7 +79,7 @@ impl World {
                 self.connids.push(connid.clone());
                 Command::SessionOpen {
                     session: SessionRecord {
-                        connid,
+                        connid: connid.into(),
                         node_id: NODES[n],
                         incarnation: inc,
                         user: "nobody".into(),
@@ -90,18 +90,18 @@ impl World {
                 }
             }
             18..=22 => Command::SessionClose {
-                connid: self.connid(),
+                connid: self.connid().into(),
             },
             23..=24 => Command::SessionKick {
-                connids: vec![self.connid()],
+                connids: vec![self.connid().into()],
             },
             25..=34 => Command::Lock {
                 lock: self.pick(&LOCKS).unwrap().into(),
-                connid: self.connid(),
+                connid: self.connid().into(),
             },
             35..=41 => Command::Unlock {
                 lock: self.pick(&LOCKS).unwrap().into(),
-                connid: self.connid(),
+                connid: self.connid().into(),
             },
             42..=53 => {
                 let pusher = self.connid();
@@ -109,7 +109,7 @@ impl World {
                 self.tasks.push(id.clone());
                 Command::TaskPush {
                     task: Task {
-                        id,
+                        id: id.into(),
                         path: "a.b.".into(),
                         method: "m".into(),
                         params: json!({}),
@@ -118,7 +118,7 @@ impl World {
                         detach: self.rng.gen_bool(0.3),
                         user: "nobody".into(),
                         tags: json!({}),
-                        pusher,
+                        pusher: pusher.into(),
                         creation_time: String::new(),
                         deadline: String::new(),
                         deadline_ms: 0,
@@ -135,8 +135,8 @@ impl World {
                 self.pulls.push(id.clone());
                 Command::TaskPull {
                     pull: Pull {
-                        id,
-                        connid,
+                        id: id.into(),
+                        connid: connid.into(),
                         path: "a.b.".into(),
                         user: "nobody".into(),
                         creation_time: String::new(),
@@ -150,23 +150,23 @@ impl World {
             64..=71 => {
                 let tasks = self.tasks.clone();
                 Command::TaskFinish {
-                    taskid: self.pick(&tasks).unwrap_or_default(),
-                    worker: self.connid(),
+                    taskid: self.pick(&tasks).unwrap_or_default().into(),
+                    worker: self.connid().into(),
                     ending: Ending::Result(json!(1)),
                 }
             }
             72..=76 => {
                 let tasks = self.tasks.clone();
                 Command::TaskReject {
-                    taskid: self.pick(&tasks).unwrap_or_default(),
-                    worker: self.connid(),
+                    taskid: self.pick(&tasks).unwrap_or_default().into(),
+                    worker: self.connid().into(),
                 }
             }
             77..=79 => {
                 let ids: Vec<String> = self.tasks.iter().chain(&self.pulls).cloned().collect();
                 Command::TaskCancel {
                     id: self.pick(&ids).unwrap_or_default(),
-                    connid: self.connid(),
+                    connid: self.connid().into(),
                 }
             }
             80..=85 => {
@@ -178,21 +178,21 @@ impl World {
                 let pipeid = self.fresh(&owner);
                 self.pipes.push(pipeid.clone());
                 Command::Subscribe {
-                    pipeid,
+                    pipeid: pipeid.into(),
                     topic: "t.x".into(),
                 }
             }
             92..=95 => {
                 let pipes = self.pipes.clone();
                 Command::Unsubscribe {
-                    pipeid: self.pick(&pipes).unwrap_or_default(),
+                    pipeid: self.pick(&pipes).unwrap_or_default().into(),
                     topic: "t.x".into(),
                 }
             }
             _ => {
                 let pipes = self.pipes.clone();
                 Command::PipeClosed {
-                    pipeid: self.pick(&pipes).unwrap_or_default(),
+                    pipeid: self.pick(&pipes).unwrap_or_default().into(),
                 }
             }
         }
@@ -237,7 +237,7 @@ fn check_invariants(s: &State, step: usize, cmd: &Command) {
     }
     for (lock, owner) in s.locks.iter() {
         assert!(
-            open.contains(owner),
+            open.contains(owner.as_str()),
             "lock {lock} held by closed {owner} {}",
             ctx()
         );
@@ -253,7 +253,7 @@ fn check_invariants(s: &State, step: usize, cmd: &Command) {
         }
         assert!(
             match (&t.working, &t.pulled_by) {
-                (Some(w), Some(p)) => p.starts_with(w.as_str()),
+                (Some(w), Some(p)) => p.owner().as_ref() == Some(w),
                 (None, None) => true,
                 _ => false,
             },
@@ -284,9 +284,9 @@ fn check_invariants(s: &State, step: usize, cmd: &Command) {
     }
     for pipes in s.topics.by_topic.values() {
         for pipe in pipes {
-            let owner = crate::ids::connid_of(pipe).unwrap_or(pipe);
+            let owner = pipe.owner().unwrap_or_else(|| pipe.as_str().into());
             assert!(
-                open.contains(owner),
+                open.contains(owner.as_str()),
                 "subscription of closed pipe {pipe} {}",
                 ctx()
             );

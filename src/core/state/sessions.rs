@@ -6,11 +6,13 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 #[cfg(test)]
 use serde::Serialize;
 
+use crate::ids::ConnId;
+
 #[derive(Debug, Clone, PartialEq)]
 #[cfg_attr(test, derive(Serialize))]
 #[cfg_attr(test, serde(rename_all = "camelCase"))]
 pub struct SessionRecord {
-    pub connid: String,
+    pub connid: ConnId,
     /// Raft id of the node holding the connection.
     pub node_id: u64,
     /// Incarnation of that node's process (also the first 8 chars of `connid`).
@@ -24,10 +26,10 @@ pub struct SessionRecord {
 #[derive(Debug, Default, Clone)]
 #[cfg_attr(test, derive(Serialize))]
 pub struct Sessions {
-    pub(super) by_connid: BTreeMap<String, SessionRecord>,
+    pub(super) by_connid: BTreeMap<ConnId, SessionRecord>,
     /// user → connids; derived from `by_connid`, rebuilt after a snapshot restore.
     #[cfg_attr(test, serde(skip))]
-    by_user: HashMap<String, BTreeSet<String>>,
+    by_user: HashMap<String, BTreeSet<ConnId>>,
 }
 
 impl Sessions {
@@ -46,7 +48,7 @@ impl Sessions {
     }
 
     /// Removes a session; false when it was not there.
-    pub fn close(&mut self, connid: &str) -> bool {
+    pub fn close(&mut self, connid: &ConnId) -> bool {
         let Some(rec) = self.by_connid.remove(connid) else {
             return false;
         };
@@ -54,7 +56,7 @@ impl Sessions {
         true
     }
 
-    fn unindex(&mut self, user: &str, connid: &str) {
+    fn unindex(&mut self, user: &str, connid: &ConnId) {
         if let Some(set) = self.by_user.get_mut(user) {
             set.remove(connid);
             if set.is_empty() {
@@ -63,7 +65,7 @@ impl Sessions {
         }
     }
 
-    pub fn set_user(&mut self, connid: &str, user: &str) {
+    pub fn set_user(&mut self, connid: &ConnId, user: &str) {
         let Some(rec) = self.by_connid.get_mut(connid) else {
             return;
         };
@@ -72,17 +74,17 @@ impl Sessions {
         self.by_user
             .entry(user.to_string())
             .or_default()
-            .insert(connid.to_string());
+            .insert(connid.clone());
     }
 
     /// Sessions of `user` other than `except`.
-    pub fn count_of(&self, user: &str, except: &str) -> usize {
+    pub fn count_of(&self, user: &str, except: &ConnId) -> usize {
         self.by_user
             .get(user)
             .map_or(0, |set| set.len() - usize::from(set.contains(except)))
     }
 
-    pub fn get(&self, connid: &str) -> Option<&SessionRecord> {
+    pub fn get(&self, connid: &ConnId) -> Option<&SessionRecord> {
         self.by_connid.get(connid)
     }
 
@@ -99,7 +101,7 @@ impl Sessions {
     }
 
     /// The sessions of `node_id`'s earlier incarnations.
-    pub fn stale(&self, node_id: u64, incarnation: &str) -> Vec<String> {
+    pub fn stale(&self, node_id: u64, incarnation: &str) -> Vec<ConnId> {
         self.by_connid
             .values()
             .filter(|r| r.node_id == node_id && r.incarnation != incarnation)
@@ -108,7 +110,7 @@ impl Sessions {
     }
 
     /// Every session of `node_id`, whatever its incarnation.
-    pub fn of_node(&self, node_id: u64) -> Vec<String> {
+    pub fn of_node(&self, node_id: u64) -> Vec<ConnId> {
         self.by_connid
             .values()
             .filter(|r| r.node_id == node_id)

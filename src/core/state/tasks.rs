@@ -10,14 +10,14 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::{Event, Outcome};
+use crate::ids::{ConnId, PullId, TaskId};
 use crate::rpc::{self, RpcError, ERR_CANCEL, ERR_INVALID_TASK, ERR_TIMEOUT, ERR_TTL_EXPIRED};
 
 #[derive(Debug, Clone, PartialEq)]
 #[cfg_attr(test, derive(Serialize))]
 #[cfg_attr(test, serde(rename_all = "camelCase"))]
 pub struct Task {
-    /// pusher connid + 20 hex.
-    pub id: String,
+    pub id: TaskId,
     /// `a.b.` (with the trailing dot).
     pub path: String,
     pub method: String,
@@ -28,7 +28,7 @@ pub struct Task {
     pub user: String,
     /// The pusher's tags in force at the task's full method path.
     pub tags: Value,
-    pub pusher: String,
+    pub pusher: ConnId,
     pub creation_time: String,
     pub deadline: String,
     pub deadline_ms: u64,
@@ -37,19 +37,18 @@ pub struct Task {
     /// Log order, assigned by apply: "oldest first" without trusting clocks.
     pub seq: u64,
     /// The connid working on it, when pulled.
-    pub working: Option<String>,
+    pub working: Option<ConnId>,
     /// The pull it was handed to, while worked: a node that learns of the hand-over from
     /// a snapshot (not from the event) still answers that pull with this task.
-    pub pulled_by: Option<String>,
+    pub pulled_by: Option<PullId>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 #[cfg_attr(test, derive(Serialize))]
 #[cfg_attr(test, serde(rename_all = "camelCase"))]
 pub struct Pull {
-    /// puller connid + 20 hex.
-    pub id: String,
-    pub connid: String,
+    pub id: PullId,
+    pub connid: ConnId,
     pub path: String,
     pub user: String,
     pub creation_time: String,
@@ -80,26 +79,33 @@ pub enum Ending {
     Error(RpcError),
 }
 
-type WaitKey = (Reverse<i64>, u64, String);
+type WaitKey = (Reverse<i64>, u64, TaskId);
+
+/// What a deadline ends.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Due {
+    Task(TaskId),
+    Pull(PullId),
+}
 
 #[derive(Debug, Default, Clone)]
 #[cfg_attr(test, derive(Serialize))]
 pub struct Tasks {
-    pub(super) tasks: BTreeMap<String, Task>,
-    pub(super) pulls: BTreeMap<String, Pull>,
+    pub(super) tasks: BTreeMap<TaskId, Task>,
+    pub(super) pulls: BTreeMap<PullId, Pull>,
     pub(super) seq: u64,
     /// path → waiting tasks, best first. Derived, like the indexes below.
     #[cfg_attr(test, serde(skip))]
     waiting: HashMap<String, BTreeSet<WaitKey>>,
     /// path → waiting pulls in arrival order.
     #[cfg_attr(test, serde(skip))]
-    pulls_by_path: HashMap<String, BTreeSet<(u64, String)>>,
+    pulls_by_path: HashMap<String, BTreeSet<(u64, PullId)>>,
     /// puller connid → tasks it is working on.
     #[cfg_attr(test, serde(skip))]
-    working_by: HashMap<String, BTreeSet<String>>,
-    /// (deadline ms, task or pull id).
+    working_by: HashMap<ConnId, BTreeSet<TaskId>>,
+    /// (deadline ms, task or pull).
     #[cfg_attr(test, serde(skip))]
-    deadlines: BTreeSet<(u64, String)>,
+    deadlines: BTreeSet<(u64, Due)>,
 }
 
 /// Where task changes report to: events for the nodes, and hooks when someone listens.
@@ -175,7 +181,8 @@ impl Tasks {
         task.working = None;
         task.pulled_by = None;
         emit.hook("push", &task, None);
-        self.deadlines.insert((task.deadline_ms, task.id.clone()));
+        self.deadlines
+            .insert((task.deadline_ms, Due::Task(task.id.clone())));
         self.enqueue(task, emit);
         Ok(rpc::ok())
     }
@@ -196,7 +203,8 @@ impl Tasks {
         match best {
             Some(taskid) => self.assign(&taskid, &pull, emit),
             None => {
-                self.deadlines.insert((pull.deadline_ms, pull.id.clone()));
+                self.deadlines
+                    .insert((pull.deadline_ms, Due::Pull(pull.id.clone())));
                 self.pulls_by_path
                     .entry(pull.path.clone())
                     .or_default()
@@ -227,9 +235,10 @@ impl Tasks {
         }
     }
 
-    fn remove_pull(&mut self, pull_id: &str) -> Option<Pull> {
+    fn remove_pull(&mut self, pull_id: &PullId) -> Option<Pull> {
         let pull = self.pulls.remove(pull_id)?;
-        self.deadlines.remove(&(pull.deadline_ms, pull.id.clone()));
+        self.deadlines
+            .remove(&(pull.deadline_ms, Due::Pull(pull.id.clone())));
         if let Some(set) = self.pulls_by_path.get_mut(&pull.path) {
             set.remove(&(pull.seq, pull.id.clone()));
             if set.is_empty() {
@@ -249,7 +258,7 @@ impl Tasks {
     }
 
     /// Hands a waiting task to a pull (already removed from the waiting pulls).
-    fn assign(&mut self, taskid: &str, pull: &Pull, emit: &mut Emit) {
+    fn assign(&mut self, taskid: &TaskId, pull: &Pull, emit: &mut Emit) {
         let Some(task) = self.tasks.get(taskid).cloned() else {
             return;
         };
@@ -271,12 +280,13 @@ impl Tasks {
     }
 
     /// Removes a task wherever it is and tells its pusher how it ended.
-    fn end(&mut self, taskid: &str, outcome: Outcome, action: &str, emit: &mut Emit) {
+    fn end(&mut self, taskid: &TaskId, outcome: Outcome, action: &str, emit: &mut Emit) {
         let Some(task) = self.tasks.remove(taskid) else {
             return;
         };
         self.unwait(&task);
-        self.deadlines.remove(&(task.deadline_ms, task.id.clone()));
+        self.deadlines
+            .remove(&(task.deadline_ms, Due::Task(task.id.clone())));
         if let Some(puller) = &task.working {
             if let Some(set) = self.working_by.get_mut(puller) {
                 set.remove(&task.id);
@@ -301,9 +311,9 @@ impl Tasks {
 
     /// The task, when `worker` is working on it; else -32002 (unknown, ended, waiting, or
     /// assigned to another connection since).
-    fn working_task(&self, taskid: &str, worker: &str) -> Result<&Task, RpcError> {
+    fn working_task(&self, taskid: &TaskId, worker: &ConnId) -> Result<&Task, RpcError> {
         match self.tasks.get(taskid) {
-            Some(t) if t.working.as_deref() == Some(worker) => Ok(t),
+            Some(t) if t.working.as_ref() == Some(worker) => Ok(t),
             _ => Err(RpcError::new(ERR_INVALID_TASK)),
         }
     }
@@ -311,8 +321,8 @@ impl Tasks {
     /// `task.result` / `task.error`: only the task's worker can end it, once.
     pub fn finish(
         &mut self,
-        taskid: &str,
-        worker: &str,
+        taskid: &TaskId,
+        worker: &ConnId,
         ending: Ending,
         emit: &mut Emit,
     ) -> Outcome {
@@ -326,7 +336,7 @@ impl Tasks {
     }
 
     /// Back to waiting with ttl-1; at 0 the task ends with -32011.
-    fn requeue(&mut self, taskid: &str, action: &str, emit: &mut Emit) {
+    fn requeue(&mut self, taskid: &TaskId, action: &str, emit: &mut Emit) {
         let Some(mut task) = self.tasks.get(taskid).cloned() else {
             return;
         };
@@ -354,20 +364,22 @@ impl Tasks {
         self.enqueue(task, emit);
     }
 
-    pub fn reject(&mut self, taskid: &str, worker: &str, emit: &mut Emit) -> Outcome {
+    pub fn reject(&mut self, taskid: &TaskId, worker: &ConnId, emit: &mut Emit) -> Outcome {
         self.working_task(taskid, worker)?;
         self.requeue(taskid, "reject", emit);
         Ok(rpc::ok())
     }
 
     /// Cancels a pending push (its task) or a pending pull of `connid`.
-    pub fn cancel(&mut self, id: &str, connid: &str, emit: &mut Emit) -> Outcome {
-        if self.tasks.get(id).is_some_and(|t| t.pusher == connid) {
-            self.end(id, Err(RpcError::new(ERR_CANCEL)), "cancel", emit);
+    pub fn cancel(&mut self, id: &str, connid: &ConnId, emit: &mut Emit) -> Outcome {
+        if let Some(t) = self.tasks.get(id).filter(|t| &t.pusher == connid) {
+            let taskid = t.id.clone();
+            self.end(&taskid, Err(RpcError::new(ERR_CANCEL)), "cancel", emit);
             return Ok(rpc::ok());
         }
-        if self.pulls.get(id).is_some_and(|p| p.connid == connid) {
-            if let Some(pull) = self.remove_pull(id) {
+        if let Some(p) = self.pulls.get(id).filter(|p| &p.connid == connid) {
+            let pull_id = p.id.clone();
+            if let Some(pull) = self.remove_pull(&pull_id) {
                 emit.events.push(Event::PullEnded {
                     pull_id: pull.id,
                     connid: pull.connid,
@@ -381,19 +393,22 @@ impl Tasks {
 
     /// Ends every task and pull whose deadline is at or before `now_ms` with -32000.
     pub fn expire(&mut self, now_ms: u64, emit: &mut Emit) {
-        while let Some((at, id)) = self.deadlines.first().cloned() {
+        while let Some((at, due)) = self.deadlines.pop_first() {
             if at > now_ms {
+                self.deadlines.insert((at, due));
                 break;
             }
-            self.deadlines.remove(&(at, id.clone()));
-            if self.tasks.contains_key(&id) {
-                self.end(&id, Err(RpcError::new(ERR_TIMEOUT)), "timeout", emit);
-            } else if let Some(pull) = self.remove_pull(&id) {
-                emit.events.push(Event::PullEnded {
-                    pull_id: pull.id,
-                    connid: pull.connid,
-                    error: RpcError::new(ERR_TIMEOUT),
-                });
+            match due {
+                Due::Task(id) => self.end(&id, Err(RpcError::new(ERR_TIMEOUT)), "timeout", emit),
+                Due::Pull(id) => {
+                    if let Some(pull) = self.remove_pull(&id) {
+                        emit.events.push(Event::PullEnded {
+                            pull_id: pull.id,
+                            connid: pull.connid,
+                            error: RpcError::new(ERR_TIMEOUT),
+                        });
+                    }
+                }
             }
         }
     }
@@ -404,21 +419,21 @@ impl Tasks {
 
     /// A connection is gone: its pulls vanish, its non-detached pushes are deleted, the
     /// tasks it was working on go back to waiting with ttl-1.
-    pub fn connection_closed(&mut self, connid: &str, emit: &mut Emit) {
-        let pulls: Vec<String> = self
+    pub fn connection_closed(&mut self, connid: &ConnId, emit: &mut Emit) {
+        let pulls: Vec<PullId> = self
             .pulls
-            .range(connid.to_string()..)
-            .take_while(|(id, _)| id.starts_with(connid))
+            .range(PullId::from(connid.as_str())..)
+            .take_while(|(id, _)| id.as_str().starts_with(connid.as_str()))
             .map(|(id, _)| id.clone())
             .collect();
         for id in pulls {
             self.remove_pull(&id);
         }
-        let pushed: Vec<String> = self
+        let pushed: Vec<TaskId> = self
             .tasks
-            .range(connid.to_string()..)
-            .take_while(|(id, _)| id.starts_with(connid))
-            .filter(|(_, t)| !t.detach && t.pusher == connid)
+            .range(TaskId::from(connid.as_str())..)
+            .take_while(|(id, _)| id.as_str().starts_with(connid.as_str()))
+            .filter(|(_, t)| !t.detach && &t.pusher == connid)
             .map(|(id, _)| id.clone())
             .collect();
         for id in pushed {
@@ -433,7 +448,7 @@ impl Tasks {
                 emit,
             );
         }
-        let working: Vec<String> = self
+        let working: Vec<TaskId> = self
             .working_by
             .get(connid)
             .map(|s| s.iter().cloned().collect())
@@ -469,7 +484,7 @@ impl Tasks {
     pub fn answer_of_pull(&self, pull_id: &str) -> Option<Value> {
         self.tasks
             .values()
-            .find(|t| t.pulled_by.as_deref() == Some(pull_id))
+            .find(|t| t.pulled_by.as_ref().is_some_and(|p| p == pull_id))
             .map(pull_answer)
     }
 
@@ -550,7 +565,8 @@ impl Tasks {
         self.working_by.clear();
         self.deadlines.clear();
         for t in self.tasks.values() {
-            self.deadlines.insert((t.deadline_ms, t.id.clone()));
+            self.deadlines
+                .insert((t.deadline_ms, Due::Task(t.id.clone())));
             match &t.working {
                 Some(c) => {
                     self.working_by
@@ -567,7 +583,8 @@ impl Tasks {
             }
         }
         for p in self.pulls.values() {
-            self.deadlines.insert((p.deadline_ms, p.id.clone()));
+            self.deadlines
+                .insert((p.deadline_ms, Due::Pull(p.id.clone())));
             self.pulls_by_path
                 .entry(p.path.clone())
                 .or_default()

@@ -322,7 +322,7 @@ fn bootstrap_once_and_snapshot_roundtrip() {
     .unwrap();
     let restored = State::from_snapshot(&s.to_snapshot()).unwrap();
     assert_eq!(restored.users.get("u"), s.users.get("u"));
-    assert_eq!(restored.sessions.count_of("u", ""), 1);
+    assert_eq!(restored.sessions.count_of("u", &"".into()), 1);
     assert!(restored.bootstrapped);
 }
 
@@ -373,7 +373,7 @@ fn sample_log() -> Vec<(Origin, Command)> {
         push(
             Command::Lock {
                 lock: format!("lock{}", i % 5),
-                connid: connid.clone(),
+                connid: connid.as_str().into(),
             },
             1100 + i,
         );
@@ -381,7 +381,12 @@ fn sample_log() -> Vec<(Origin, Command)> {
             push(Command::Expire {}, 1100 + 10 * i);
         }
         if i.is_multiple_of(4) {
-            push(Command::SessionClose { connid }, 1200 + i);
+            push(
+                Command::SessionClose {
+                    connid: connid.into(),
+                },
+                1200 + i,
+            );
         }
     }
     log
@@ -389,7 +394,7 @@ fn sample_log() -> Vec<(Origin, Command)> {
 
 fn tasks_sample(connid: &str, i: u64) -> Task {
     Task {
-        id: format!("{connid}{i:020}"),
+        id: format!("{connid}{i:020}").into(),
         path: "a.b.".into(),
         method: "m".into(),
         params: json!({"i": i}),

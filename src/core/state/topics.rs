@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 #[cfg(test)]
 use serde::Serialize;
 
+use crate::ids::PipeId;
 use crate::names::prefixes;
 
 /// The pattern that matches every topic.
@@ -15,25 +16,25 @@ pub const ALL: &str = ".*";
 #[cfg_attr(test, derive(Serialize))]
 pub struct Topics {
     /// pattern → subscribed pipes.
-    pub(super) by_topic: BTreeMap<String, BTreeSet<String>>,
+    pub(super) by_topic: BTreeMap<String, BTreeSet<PipeId>>,
     /// pipe → its patterns; derived, rebuilt after a snapshot restore.
     #[cfg_attr(test, serde(skip))]
-    by_pipe: BTreeMap<String, BTreeSet<String>>,
+    by_pipe: BTreeMap<PipeId, BTreeSet<String>>,
 }
 
 impl Topics {
-    pub fn subscribe(&mut self, pipeid: &str, topic: &str) {
+    pub fn subscribe(&mut self, pipeid: &PipeId, topic: &str) {
         self.by_topic
             .entry(topic.to_string())
             .or_default()
-            .insert(pipeid.to_string());
+            .insert(pipeid.clone());
         self.by_pipe
-            .entry(pipeid.to_string())
+            .entry(pipeid.clone())
             .or_default()
             .insert(topic.to_string());
     }
 
-    pub fn unsubscribe(&mut self, pipeid: &str, topic: &str) {
+    pub fn unsubscribe(&mut self, pipeid: &PipeId, topic: &str) {
         if let Some(pipes) = self.by_topic.get_mut(topic) {
             pipes.remove(pipeid);
             if pipes.is_empty() {
@@ -51,10 +52,10 @@ impl Topics {
     /// Drops every subscription of pipes whose id starts with `prefix` (a pipe, or all the
     /// pipes of a connection).
     pub fn unsubscribe_prefix(&mut self, prefix: &str) {
-        let pipes: Vec<String> = self
+        let pipes: Vec<PipeId> = self
             .by_pipe
-            .range(prefix.to_string()..)
-            .take_while(|(p, _)| p.starts_with(prefix))
+            .range(PipeId::from(prefix)..)
+            .take_while(|(p, _)| p.as_str().starts_with(prefix))
             .map(|(p, _)| p.clone())
             .collect();
         for pipe in pipes {
@@ -71,11 +72,11 @@ impl Topics {
 
     /// The pipes a publish to `topic` reaches, each once: subscriptions to `topic` itself,
     /// to `p.*` for every prefix `p` of it, and to `.*`.
-    pub fn matching(&self, topic: &str) -> BTreeSet<&str> {
+    pub fn matching(&self, topic: &str) -> BTreeSet<&PipeId> {
         let mut out = BTreeSet::new();
         let mut add = |pattern: &str| {
             if let Some(pipes) = self.by_topic.get(pattern) {
-                out.extend(pipes.iter().map(String::as_str));
+                out.extend(pipes.iter());
             }
         };
         add(topic);
@@ -125,30 +126,30 @@ mod tests {
     #[test]
     fn wildcards_match_the_topic_and_below_once_per_pipe() {
         let mut t = Topics::default();
-        t.subscribe("p1", "a.b");
-        t.subscribe("p2", "a.b.*");
-        t.subscribe("p3", "a.*");
-        t.subscribe("p4", ".*");
-        t.subscribe("p5", "a.b.c");
-        t.subscribe("p6", "a.bc");
-        t.subscribe("p1", "a.*");
+        t.subscribe(&"p1".into(), "a.b");
+        t.subscribe(&"p2".into(), "a.b.*");
+        t.subscribe(&"p3".into(), "a.*");
+        t.subscribe(&"p4".into(), ".*");
+        t.subscribe(&"p5".into(), "a.b.c");
+        t.subscribe(&"p6".into(), "a.bc");
+        t.subscribe(&"p1".into(), "a.*");
         assert_eq!(
-            t.matching("a.b").into_iter().collect::<Vec<_>>(),
+            t.matching("a.b").into_iter().map(PipeId::as_str).collect::<Vec<_>>(),
             ["p1", "p2", "p3", "p4"]
         );
         assert_eq!(
-            t.matching("a").into_iter().collect::<Vec<_>>(),
+            t.matching("a").into_iter().map(PipeId::as_str).collect::<Vec<_>>(),
             ["p1", "p3", "p4"]
         );
-        assert_eq!(t.matching("z").into_iter().collect::<Vec<_>>(), ["p4"]);
+        assert_eq!(t.matching("z").into_iter().map(PipeId::as_str).collect::<Vec<_>>(), ["p4"]);
         t.unsubscribe_prefix("p1");
         assert_eq!(
-            t.matching("a.b").into_iter().collect::<Vec<_>>(),
+            t.matching("a.b").into_iter().map(PipeId::as_str).collect::<Vec<_>>(),
             ["p2", "p3", "p4"]
         );
-        t.unsubscribe("p4", ".*");
+        t.unsubscribe(&"p4".into(), ".*");
         assert!(!t.any_under("hook"));
-        t.subscribe("p9", "hook.task.*");
+        t.subscribe(&"p9".into(), "hook.task.*");
         assert!(t.any_under("hook"));
         assert_eq!(t.iter().count(), 5);
     }

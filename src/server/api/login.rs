@@ -156,7 +156,7 @@ async fn plugin(
         Err(_) => {
             // Withdraw the task now rather than leave it to its deadline.
             let cancel = Command::TaskCancel {
-                id: taskid,
+                id: taskid.into(),
                 connid: conn.connid.clone(),
             };
             let _ = replica.propose(cancel).await;

@@ -121,11 +121,6 @@ async fn call(node: &Arc<Node>, conn: &Rc<Conn>, req: &Request) -> RpcResult {
     }
 }
 
-/// A new id owned by the connection: connid + 20 random hex chars.
-pub fn owned_id(conn: &Conn) -> String {
-    nexus_core::ids::new_owned_id(&conn.connid)
-}
-
 /// A seconds parameter: absent, zero or negative → `default`.
 pub fn seconds(p: &Params, name: &str, default: f64) -> Result<f64, RpcError> {
     Ok(match p.opt_f64(name)? {

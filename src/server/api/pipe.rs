@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 use crate::conn::Conn;
 use crate::node::Node;
 use crate::pipe;
+use nexus_core::ids::PipeId;
 use nexus_core::rpc::{self, Params, RpcError, RpcResult, ERR_INVALID_PIPE, ERR_METHOD_NOT_FOUND};
 use nexus_core::state::Command;
 
@@ -18,14 +19,14 @@ pub async fn call(node: &Arc<Node>, conn: &Rc<Conn>, name: &str, p: &Params<'_>)
     match name {
         "create" => {
             let cap = pipe::capacity(p.opt_i64("len")?);
-            let pipeid = super::owned_id(conn);
+            let pipeid = PipeId::new(&conn.connid);
             node.local
                 .add_pipe(&pipeid, cap, node.limits.max_pipe_bytes);
             conn.pipes.borrow_mut().insert(pipeid.clone());
             Ok(json!({ "pipeid": pipeid }))
         }
         "write" => {
-            let pipeid = p.str("pipeid")?;
+            let pipeid = PipeId::from(p.str("pipeid")?);
             let msg = p.payload("msg")?;
             let msgs = if p.opt_bool("multi")?.unwrap_or(false) {
                 match msg {
@@ -40,7 +41,7 @@ pub async fn call(node: &Arc<Node>, conn: &Rc<Conn>, name: &str, p: &Params<'_>)
             } else {
                 vec![msg.clone()]
             };
-            node.write_pipe(pipeid, msgs).await?;
+            node.write_pipe(&pipeid, msgs).await?;
             Ok(rpc::ok())
         }
         "read" => {
@@ -77,10 +78,10 @@ pub async fn call(node: &Arc<Node>, conn: &Rc<Conn>, name: &str, p: &Params<'_>)
 }
 
 /// A pipe id this connection owns, else -32003.
-fn owned_pipe(conn: &Conn, p: &Params) -> Result<String, RpcError> {
+fn owned_pipe(conn: &Conn, p: &Params) -> Result<PipeId, RpcError> {
     let pipeid = p.str("pipeid")?;
     if conn.pipes.borrow().contains(pipeid) {
-        Ok(pipeid.to_string())
+        Ok(pipeid.into())
     } else {
         Err(RpcError::new(ERR_INVALID_PIPE))
     }

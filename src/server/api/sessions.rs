@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 use crate::conn::Conn;
 use crate::replica::Replica;
-use nexus_core::ids::CONNID_LEN;
+use nexus_core::ids::{ConnId, CONNID_LEN};
 use nexus_core::listing::ListQuery;
 use nexus_core::rpc::{Params, RpcError, RpcResult, ERR_METHOD_NOT_FOUND};
 use nexus_core::state::Command;
@@ -59,11 +59,11 @@ pub async fn call(replica: &Replica, conn: &Rc<Conn>, name: &str, p: &Params<'_>
                     "at least 16 characters",
                 ));
             }
-            let matched: Vec<(String, String)> = replica
+            let matched: Vec<(ConnId, String)> = replica
                 .read_linear(|s| {
                     s.sessions
                         .iter()
-                        .filter(|r| r.connid.starts_with(prefix))
+                        .filter(|r| r.connid.as_str().starts_with(prefix))
                         .map(|r| (r.connid.clone(), r.user.clone()))
                         .collect()
                 })

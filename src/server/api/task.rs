@@ -9,6 +9,7 @@ use crate::conn::Conn;
 use crate::local::Local;
 use crate::replica::Replica;
 use nexus_core::auth;
+use nexus_core::ids::{PullId, TaskId};
 use nexus_core::listing::ListQuery;
 use nexus_core::names::normalize_path;
 use nexus_core::rpc::{
@@ -44,7 +45,7 @@ pub async fn call(
             conn.require(&prefix, "task.pull")?;
             let timeout = super::seconds(p, "timeout", DEFAULT_TIMEOUT_SECS)?;
             let pull = Pull {
-                id: super::owned_id(conn),
+                id: PullId::new(&conn.connid),
                 connid: conn.connid.clone(),
                 path: format!("{prefix}."),
                 user: conn.user(),
@@ -56,17 +57,17 @@ pub async fn call(
                 seq: 0,
             };
             let id = pull.id.clone();
-            let (rx, _waiter) = local.wait_for(&id);
-            let _pending = Pending::new(conn, req_id, &id);
-            propose_then_wait(replica, local, Command::TaskPull { pull }, &id, rx).await
+            let (rx, _waiter) = local.wait_for(id.as_str());
+            let _pending = Pending::new(conn, req_id, id.as_str());
+            propose_then_wait(replica, local, Command::TaskPull { pull }, id.as_str(), rx).await
         }
         "result" => {
-            let taskid = p.str("taskid")?.to_string();
+            let taskid = TaskId::from(p.str("taskid")?);
             let result = p.payload("result")?.clone();
             finish(replica, conn, taskid, Ending::Result(result)).await
         }
         "error" => {
-            let taskid = p.str("taskid")?.to_string();
+            let taskid = TaskId::from(p.str("taskid")?);
             let code = p.opt_i64("code")?.unwrap_or(ERR_INTERNAL);
             let message = match p.opt_str("message")? {
                 Some(m) => m.to_string(),
@@ -86,7 +87,7 @@ pub async fn call(
             .await
         }
         "reject" => {
-            let taskid = p.str("taskid")?.to_string();
+            let taskid = TaskId::from(p.str("taskid")?);
             let worker = conn.connid.clone();
             replica
                 .propose(Command::TaskReject { taskid, worker })
@@ -176,7 +177,7 @@ pub fn build_task(
     detach: bool,
 ) -> Task {
     Task {
-        id: super::owned_id(conn),
+        id: TaskId::new(&conn.connid),
         path: format!("{path}."),
         method: method.to_string(),
         params,
@@ -213,13 +214,13 @@ pub async fn push(
 ) -> RpcResult {
     let detach = task.detach;
     let taskid = task.id.clone();
-    let _pending = Pending::new(conn, req_id, &taskid);
+    let _pending = Pending::new(conn, req_id, taskid.as_str());
     if detach {
         replica.propose(Command::TaskPush { task }).await?;
         return Ok(nexus_core::rpc::ok());
     }
-    let (rx, _guard) = local.wait_for(&taskid);
-    propose_then_wait(replica, local, Command::TaskPush { task }, &taskid, rx).await
+    let (rx, _guard) = local.wait_for(taskid.as_str());
+    propose_then_wait(replica, local, Command::TaskPush { task }, taskid.as_str(), rx).await
 }
 
 /// Proposes a push or pull (`id`) and waits for the event that ends it on `rx`.
@@ -276,7 +277,7 @@ async fn propose_then_wait(
         .map_err(|_| RpcError::internal("request abandoned"))?
 }
 
-async fn finish(replica: &Replica, conn: &Conn, taskid: String, ending: Ending) -> RpcResult {
+async fn finish(replica: &Replica, conn: &Conn, taskid: TaskId, ending: Ending) -> RpcResult {
     let worker = conn.connid.clone();
     replica
         .propose(Command::TaskFinish {

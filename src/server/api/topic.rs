@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 
 use crate::conn::Conn;
 use crate::node::Node;
+use nexus_core::ids::PipeId;
 use nexus_core::listing::ListQuery;
 use nexus_core::names::{normalize_path, ROOT};
 use nexus_core::rpc::{Params, RpcError, RpcResult, ERR_METHOD_NOT_FOUND};
@@ -15,7 +16,7 @@ use nexus_core::state::Command;
 pub async fn call(node: &Arc<Node>, conn: &Rc<Conn>, name: &str, p: &Params<'_>) -> RpcResult {
     match name {
         "sub" | "unsub" => {
-            let pipeid = p.str("pipeid")?.to_string();
+            let pipeid = PipeId::from(p.str("pipeid")?);
             let (topic, path) = pattern(p.str("topic")?)?;
             if name == "sub" {
                 conn.require(&path, "topic.sub")?;
