@@ -3,6 +3,7 @@
 //! sees who is live. Gossip is not authenticated: it is used for discovery and display,
 //! never trusted for membership changes without the authenticated peer transport.
 
+use nexus_core::ids::RaftId;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -29,7 +30,7 @@ pub struct GossipConfig {
     pub listen: SocketAddr,
     /// The address others gossip with us at (--advertise, resolved).
     pub advertise: SocketAddr,
-    pub raft_id: u64,
+    pub raft_id: RaftId,
     pub generation: u64,
     pub seeds: Vec<String>,
     pub interval: Duration,
@@ -39,7 +40,7 @@ pub struct GossipConfig {
 /// What one live node says about itself.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Member {
-    pub raft_id: u64,
+    pub raft_id: RaftId,
     pub generation: u64,
     pub incarnation: String,
     pub cluster_addr: String,
@@ -126,7 +127,7 @@ impl Gossip {
     pub async fn live(&self) -> Vec<Member> {
         let cc = self.handle.chitchat();
         let guard = cc.lock().await;
-        let mut by_id: BTreeMap<u64, Member> = BTreeMap::new();
+        let mut by_id: BTreeMap<RaftId, Member> = BTreeMap::new();
         for id in guard.live_nodes() {
             let Some(m) = guard.node_state(id).and_then(Member::from_state) else {
                 continue;
@@ -142,7 +143,7 @@ impl Gossip {
     }
 
     /// Raft ids gossip currently believes dead.
-    pub async fn dead(&self) -> Vec<u64> {
+    pub async fn dead(&self) -> Vec<RaftId> {
         let cc = self.handle.chitchat();
         let guard = cc.lock().await;
         guard

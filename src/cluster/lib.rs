@@ -7,6 +7,7 @@ pub mod routing;
 pub mod secret;
 pub mod transport;
 
+use nexus_core::ids::RaftId;
 use std::sync::Arc;
 
 /// Version of the cluster protocol (frames and log format); nodes of another version are
@@ -22,4 +23,4 @@ pub struct ClusterLink {
 
 /// Receives the frames of routed deliveries (pipe writes, topic publishes and their
 /// answers) with the member that sent them.
-pub type RoutedSink = Arc<dyn Fn(u64, nexus_core::proto::Frame) + Send + Sync>;
+pub type RoutedSink = Arc<dyn Fn(RaftId, nexus_core::proto::Frame) + Send + Sync>;

@@ -9,26 +9,27 @@ use tracing::{debug, info, warn};
 
 use super::transport::{EventSink, PeerEvent, Transport};
 use nexus_consensus::{Msg, Peers, RaftHandle, Role};
+use nexus_core::ids::RaftId;
 use nexus_core::proto::{frame, Frame, JoinRequest, JoinResponse, PeerHello};
 
 impl Peers for Transport {
-    fn send(&self, to: u64, frame: Frame) {
+    fn send(&self, to: RaftId, frame: Frame) {
         if let Err(e) = Transport::send(self, to, frame) {
-            debug!(to, "peer frame dropped: {e}");
+            debug!(%to, "peer frame dropped: {e}");
         }
     }
 
-    fn send_raft(&self, to: u64, msg: raft::eraftpb::Message) {
+    fn send_raft(&self, to: RaftId, msg: raft::eraftpb::Message) {
         if let Err(e) = Transport::send_raft(self, to, msg) {
-            debug!(to, "raft message dropped: {e}");
+            debug!(%to, "raft message dropped: {e}");
         }
     }
 
-    fn set_peer(&self, id: u64, addr: &str) {
+    fn set_peer(&self, id: RaftId, addr: &str) {
         Transport::set_peer(self, id, addr.to_string());
     }
 
-    fn remove_peer(&self, id: u64) {
+    fn remove_peer(&self, id: RaftId) {
         Transport::remove_peer(self, id);
     }
 }
@@ -117,7 +118,7 @@ fn answer_request(
             }
             let (tx, rx) = tokio::sync::oneshot::channel();
             let _ = raft.deliver(Msg::Join {
-                raft_id: req.raft_id,
+                raft_id: RaftId(req.raft_id),
                 addr: req.cluster_addr,
                 replace: req.replace,
                 reply: tx,
@@ -134,7 +135,7 @@ fn answer_request(
         Some(frame::Body::RemoveRequest(req)) => {
             let (tx, rx) = tokio::sync::oneshot::channel();
             let _ = raft.deliver(Msg::Remove {
-                raft_id: req.raft_id,
+                raft_id: RaftId(req.raft_id),
                 reply: tx,
             });
             tokio::spawn(async move {
@@ -162,7 +163,7 @@ pub enum Formation {
     /// Found a cluster: ask to join it.
     Join,
     /// Form a new cluster with these voters (raft id → cluster address).
-    Bootstrap(BTreeMap<u64, String>),
+    Bootstrap(BTreeMap<RaftId, String>),
 }
 
 /// `--bootstrap-expect N`: probes the seeds (and whatever gossip finds) through the
@@ -180,12 +181,12 @@ pub async fn discover(
     loop {
         let mut addrs: Vec<String> = seeds.to_vec();
         for m in gossip.live().await {
-            if m.raft_id != me.raft_id && !addrs.contains(&m.cluster_addr) {
+            if m.raft_id.0 != me.raft_id && !addrs.contains(&m.cluster_addr) {
                 addrs.push(m.cluster_addr);
             }
         }
-        let mut fresh: BTreeMap<u64, String> = BTreeMap::new();
-        fresh.insert(me.raft_id, me.cluster_addr.clone());
+        let mut fresh: BTreeMap<RaftId, String> = BTreeMap::new();
+        fresh.insert(RaftId(me.raft_id), me.cluster_addr.clone());
         for addr in &addrs {
             match transport.probe(addr, Duration::from_secs(2)).await {
                 Ok(h) if h.raft_id == me.raft_id => {}
@@ -199,13 +200,13 @@ pub async fn discover(
                             "a peer expects a different cluster size; not counting it");
                         continue;
                     }
-                    fresh.insert(h.raft_id, h.cluster_addr);
+                    fresh.insert(RaftId(h.raft_id), h.cluster_addr);
                 }
                 Err(e) => debug!(%addr, "probe failed: {e}"),
             }
         }
         if fresh.len() >= expect {
-            let voters: BTreeMap<u64, String> = fresh.into_iter().take(expect).collect();
+            let voters: BTreeMap<RaftId, String> = fresh.into_iter().take(expect).collect();
             info!(voters = ?voters.keys().collect::<Vec<_>>(), "forming a new cluster");
             return Formation::Bootstrap(voters);
         }
@@ -293,7 +294,7 @@ pub async fn remove_member(
     link: &super::ClusterLink,
     raft: &RaftHandle,
     leader_addr: Option<String>,
-    raft_id: u64,
+    raft_id: RaftId,
 ) -> Result<(), String> {
     if raft.stats.role() == Role::Leader {
         return raft.remove_member(raft_id).await;
@@ -301,7 +302,7 @@ pub async fn remove_member(
     let addr = leader_addr.ok_or("no raft leader known, retry")?;
     let req = Frame {
         body: Some(frame::Body::RemoveRequest(
-            nexus_core::proto::RemoveRequest { raft_id },
+            nexus_core::proto::RemoveRequest { raft_id: raft_id.0 },
         )),
     };
     let answer = link
@@ -321,7 +322,7 @@ pub async fn remove_member(
 /// forever. The clock starts when this node sees the member missing, so a new leader
 /// waits the whole time again.
 pub async fn reap_dead_members(link: Arc<super::ClusterLink>, raft: RaftHandle, after: Duration) {
-    let mut missing_since: BTreeMap<u64, Instant> = BTreeMap::new();
+    let mut missing_since: BTreeMap<RaftId, Instant> = BTreeMap::new();
     let period = (after / 4).clamp(Duration::from_millis(200), Duration::from_secs(10));
     loop {
         tokio::time::sleep(period).await;
@@ -329,14 +330,14 @@ pub async fn reap_dead_members(link: Arc<super::ClusterLink>, raft: RaftHandle, 
             missing_since.clear();
             continue;
         }
-        let live: Vec<u64> = link.gossip.live().await.iter().map(|m| m.raft_id).collect();
+        let live: Vec<RaftId> = link.gossip.live().await.iter().map(|m| m.raft_id).collect();
         let (voters, learners) = raft
             .stats
             .membership
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let members: Vec<u64> = voters.into_iter().chain(learners).collect();
+        let members: Vec<RaftId> = voters.into_iter().chain(learners).collect();
         missing_since.retain(|id, _| members.contains(id) && !live.contains(id));
         for id in members {
             if live.contains(&id) {
@@ -348,10 +349,10 @@ pub async fn reap_dead_members(link: Arc<super::ClusterLink>, raft: RaftHandle, 
             }
             match raft.remove_member(id).await {
                 Ok(()) => {
-                    warn!(raft_id = id, after = ?after, "removing a member gossip has not seen alive");
+                    warn!(raft_id = %id, after = ?after, "removing a member gossip has not seen alive");
                     missing_since.remove(&id);
                 }
-                Err(e) => debug!(raft_id = id, "dead member not removed yet: {e}"),
+                Err(e) => debug!(raft_id = %id, "dead member not removed yet: {e}"),
             }
         }
     }
@@ -367,7 +368,7 @@ pub async fn watch_liveness(
     link: Arc<super::ClusterLink>,
     raft: RaftHandle,
     state: Arc<std::sync::RwLock<nexus_core::state::State>>,
-    me: u64,
+    me: RaftId,
     lease: Duration,
 ) {
     let period = (lease / 10).clamp(Duration::from_millis(50), Duration::from_millis(500));
@@ -379,7 +380,7 @@ pub async fn watch_liveness(
             continue;
         }
         let since = *leading_since_ms.get_or_insert_with(nexus_consensus::process_ms);
-        let processes: Vec<(u64, String)> = state
+        let processes: Vec<(RaftId, String)> = state
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .cluster
@@ -389,7 +390,7 @@ pub async fn watch_liveness(
             .map(|(id, n)| (*id, n.incarnation.clone()))
             .collect();
         let now = nexus_consensus::process_ms();
-        let silent: Vec<(u64, String, u64)> = processes
+        let silent: Vec<(RaftId, String, u64)> = processes
             .into_iter()
             .filter_map(|(id, incarnation)| {
                 let heard = raft.stats.peer_contact_ms(id).max(since);
@@ -408,14 +409,14 @@ pub async fn watch_liveness(
             if alive {
                 continue;
             }
-            warn!(raft_id = node_id, %incarnation, silent_ms = quiet,
+            warn!(raft_id = %node_id, %incarnation, silent_ms = quiet,
                 "node process is gone: cleaning up after its connections");
             let cmd = nexus_core::state::Command::NodeDown {
                 node_id,
                 incarnation,
             };
             if let Err(e) = raft.propose(cmd).await {
-                debug!(raft_id = node_id, "NodeDown not applied yet: {e:?}");
+                debug!(raft_id = %node_id, "NodeDown not applied yet: {e:?}");
             }
         }
     }

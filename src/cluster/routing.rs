@@ -13,7 +13,7 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 
 use super::transport::{SendError, Transport};
-use nexus_core::ids::PipeId;
+use nexus_core::ids::{PipeId, RaftId};
 use nexus_core::proto::{frame, AwaitApplied, Frame, PipeWrite, RoutedAnswer, TopicDelivery};
 use nexus_core::rpc::{RpcError, ERR_INVALID_PIPE};
 
@@ -69,7 +69,7 @@ impl Router {
     /// pipe exists). -32003 when the owner says there is no such pipe or cannot be reached.
     pub async fn write_pipe(
         &self,
-        to: u64,
+        to: RaftId,
         pipeid: &PipeId,
         msgs: &[Value],
     ) -> Result<(), RpcError> {
@@ -99,7 +99,7 @@ impl Router {
 
     /// Waits until member `to` says it has applied the log up to `index`; false when it
     /// did not within the route timeout (or cannot be reached).
-    pub async fn await_applied(&self, to: u64, index: u64) -> bool {
+    pub async fn await_applied(&self, to: RaftId, index: u64) -> bool {
         let answer = self.request(to, |request_id| {
             frame::Body::AwaitApplied(AwaitApplied { request_id, index })
         });
@@ -110,7 +110,7 @@ impl Router {
     /// timeout) for its answer's error code.
     async fn request(
         &self,
-        to: u64,
+        to: RaftId,
         body: impl FnOnce(u64) -> frame::Body,
     ) -> Result<i64, Unanswered> {
         let request_id = self.next_request.fetch_add(1, Ordering::Relaxed);
@@ -144,7 +144,7 @@ impl Router {
     }
 
     /// Sends one publish to member `to` for its pipes `pipeids`.
-    pub fn deliver_topic(&self, to: u64, pipeids: Vec<PipeId>, envelope: &Value) {
+    pub fn deliver_topic(&self, to: RaftId, pipeids: Vec<PipeId>, envelope: &Value) {
         let frame = Frame {
             body: Some(frame::Body::TopicDelivery(TopicDelivery {
                 pipeids: pipeids.into_iter().map(String::from).collect(),
@@ -156,7 +156,7 @@ impl Router {
     }
 
     /// Answers a request (pipe write, applied wait) that member `to` asked of this node.
-    pub fn answer(&self, to: u64, request_id: u64, error_code: i64) {
+    pub fn answer(&self, to: RaftId, request_id: u64, error_code: i64) {
         let frame = Frame {
             body: Some(frame::Body::RoutedAnswer(RoutedAnswer {
                 request_id,

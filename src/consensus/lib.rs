@@ -17,6 +17,7 @@ use std::time::Duration;
 use raft::eraftpb::Message as RaftMessage;
 use tokio::sync::oneshot;
 
+pub use nexus_core::ids::RaftId;
 use nexus_core::proto::{Forward, ForwardResult, Frame, JoinResponse};
 use nexus_core::rpc::RpcError;
 use nexus_core::state::{codec, Command, Event, Outcome};
@@ -79,7 +80,7 @@ impl Default for RaftConfig {
 /// Who this process is.
 #[derive(Debug, Clone)]
 pub struct Identity {
-    pub raft_id: u64,
+    pub raft_id: RaftId,
     /// 8 hex chars, the prefix of every connid of this process.
     pub incarnation: String,
     /// Grows at every start of this node (persisted counter).
@@ -89,12 +90,12 @@ pub struct Identity {
 /// How the driver reaches the other members (the cluster transport). Every call returns at
 /// once: raft retransmits what a full queue drops.
 pub trait Peers: Send + Sync + 'static {
-    fn send(&self, to: u64, frame: Frame);
+    fn send(&self, to: RaftId, frame: Frame);
     /// A raft message; a snapshot may go in chunks.
-    fn send_raft(&self, to: u64, msg: RaftMessage);
+    fn send_raft(&self, to: RaftId, msg: RaftMessage);
     /// Where member `id` listens (from the replicated member table).
-    fn set_peer(&self, id: u64, addr: &str);
-    fn remove_peer(&self, id: u64);
+    fn set_peer(&self, id: RaftId, addr: &str);
+    fn remove_peer(&self, id: RaftId);
 }
 
 /// What the driver's thread is asked to do.
@@ -111,26 +112,26 @@ pub enum Msg {
     },
     /// A raft message from an authenticated peer.
     Raft {
-        from: u64,
+        from: RaftId,
         msg: Box<RaftMessage>,
     },
     /// A follower's proposal, for the leader to stamp and append.
     Forwarded {
-        from: u64,
+        from: RaftId,
         fwd: Forward,
     },
     /// The leader could not append one of our forwarded proposals.
     ForwardFailed(ForwardResult),
     Unreachable {
-        to: u64,
+        to: RaftId,
     },
     SnapshotDone {
-        to: u64,
+        to: RaftId,
         ok: bool,
     },
     /// A new node asks to become a member.
     Join {
-        raft_id: u64,
+        raft_id: RaftId,
         addr: String,
         /// Replace the member at `addr` (a rebuilt node's old raft id).
         replace: bool,
@@ -138,7 +139,7 @@ pub enum Msg {
     },
     /// An admin removes a member.
     Remove {
-        raft_id: u64,
+        raft_id: RaftId,
         reply: oneshot::Sender<Result<(), String>>,
     },
     /// Graceful stop: hand leadership to another voter first; answers whether this node
@@ -205,11 +206,11 @@ pub struct RaftStats {
     pub leader_id: AtomicU64,
     role: AtomicU8,
     /// Voters and learners of the current configuration.
-    pub membership: RwLock<(Vec<u64>, Vec<u64>)>,
+    pub membership: RwLock<(Vec<RaftId>, Vec<RaftId>)>,
     /// When a Raft message from the leader last arrived (`process_ms` clock).
     leader_contact_ms: AtomicU64,
     /// When a Raft message from each peer last arrived (`process_ms` clock).
-    peer_contact_ms: RwLock<std::collections::HashMap<u64, u64>>,
+    peer_contact_ms: RwLock<std::collections::HashMap<RaftId, u64>>,
     /// Latencies and sizes for `/metrics`.
     pub timings: crate::timings::RaftTimings,
 }
@@ -254,10 +255,10 @@ impl RaftStats {
         self.role.store(r as u8, Ordering::Relaxed);
     }
 
-    pub fn leader(&self) -> Option<u64> {
+    pub fn leader(&self) -> Option<RaftId> {
         match self.leader_id.load(Ordering::Relaxed) {
             0 => None,
-            id => Some(id),
+            id => Some(RaftId(id)),
         }
     }
 
@@ -270,7 +271,7 @@ impl RaftStats {
     /// now) had been heard from: during an election voters still reach each other through
     /// their votes, and a leader hears every follower's heartbeat answers; only a node cut
     /// off from most of them falls behind.
-    fn majority_contact_ms(&self, me: u64) -> u64 {
+    fn majority_contact_ms(&self, me: RaftId) -> u64 {
         let voters = self
             .membership
             .read()
@@ -297,7 +298,7 @@ impl RaftStats {
 
     /// A Raft message from `peer` arrived (called by the transport, before it is queued
     /// for the Raft thread).
-    pub fn touch_peer_contact(&self, peer: u64) {
+    pub fn touch_peer_contact(&self, peer: RaftId) {
         self.peer_contact_ms
             .write()
             .unwrap_or_else(|e| e.into_inner())
@@ -305,7 +306,7 @@ impl RaftStats {
     }
 
     /// When a Raft message from `peer` last arrived (`process_ms` clock; 0: never).
-    pub fn peer_contact_ms(&self, peer: u64) -> u64 {
+    pub fn peer_contact_ms(&self, peer: RaftId) -> u64 {
         self.peer_contact_ms
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -317,7 +318,7 @@ impl RaftStats {
     /// How long since this node (`me`) last knew itself part of a working majority: it
     /// heard from the leader, or from a majority of the voters. Contact is recorded as
     /// frames arrive from the transport, so a busy Raft thread does not count as cut off.
-    pub fn since_quorum_contact(&self, me: u64) -> Duration {
+    pub fn since_quorum_contact(&self, me: RaftId) -> Duration {
         let last = self
             .leader_contact_ms
             .load(Ordering::Relaxed)
@@ -386,7 +387,7 @@ impl RaftHandle {
 
     /// Removes a member from the Raft configuration (this node must lead: the answer says
     /// "not the leader" otherwise). Answers once the change is proposed.
-    pub async fn remove_member(&self, raft_id: u64) -> Result<(), String> {
+    pub async fn remove_member(&self, raft_id: RaftId) -> Result<(), String> {
         let (reply, rx) = oneshot::channel();
         if !self.deliver(Msg::Remove { raft_id, reply }) {
             return Err("node is shutting down".into());

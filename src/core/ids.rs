@@ -180,6 +180,26 @@ owned_id!(
 #[serde(transparent)]
 pub struct RaftId(pub u64);
 
+impl From<u64> for RaftId {
+    fn from(id: u64) -> Self {
+        RaftId(id)
+    }
+}
+
+impl From<RaftId> for u64 {
+    fn from(id: RaftId) -> u64 {
+        id.0
+    }
+}
+
+impl std::str::FromStr for RaftId {
+    type Err = std::num::ParseIntError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.parse().map(RaftId)
+    }
+}
+
 impl fmt::Display for RaftId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)

@@ -11,7 +11,7 @@ use crate::local::Local;
 use crate::logins::Logins;
 use crate::replica::Replica;
 use nexus_consensus::RaftHandle;
-use nexus_core::ids::{ConnId, PipeId};
+use nexus_core::ids::{ConnId, PipeId, RaftId};
 use nexus_core::proto::{frame, Frame};
 use nexus_core::rpc::{RpcError, RpcResult, ERR_INVALID_PARAMS, ERR_INVALID_PIPE};
 use nexus_core::state::{Event, State};
@@ -63,7 +63,7 @@ pub enum Control {
 
 pub struct Node {
     pub limits: Limits,
-    pub raft_id: u64,
+    pub raft_id: RaftId,
     /// 8 lowercase hex chars, new on every process start; prefix of every connid here.
     pub incarnation: String,
     /// Grows at every start of this node (persisted).
@@ -87,7 +87,7 @@ pub struct Node {
 impl Node {
     pub fn new(
         limits: Limits,
-        raft_id: u64,
+        raft_id: RaftId,
         incarnation: String,
         generation: u64,
         raft: RaftHandle,
@@ -140,8 +140,8 @@ impl Node {
 
     /// The pipes subscribed to `topic` (each once), grouped by the member owning them; pipes
     /// of processes that are gone are left out.
-    fn subscribers_by_node(&self, topic: &str) -> BTreeMap<u64, Vec<PipeId>> {
-        let mut by_node: BTreeMap<u64, Vec<PipeId>> = BTreeMap::new();
+    fn subscribers_by_node(&self, topic: &str) -> BTreeMap<RaftId, Vec<PipeId>> {
+        let mut by_node: BTreeMap<RaftId, Vec<PipeId>> = BTreeMap::new();
         self.replica.read(|s| {
             for pipeid in s.topics.matching(topic) {
                 if let Some(owner) = s.owner_node(pipeid.as_str()) {
@@ -162,7 +162,7 @@ impl Node {
             return;
         };
         let index = self.replica.raft.stats.applied_index();
-        let others: Vec<u64> = self
+        let others: Vec<RaftId> = self
             .replica
             .read(|s| s.cluster.nodes.keys().copied().collect());
         let waits = others
@@ -171,7 +171,7 @@ impl Node {
             .map(|n| async move {
                 if !link.router.await_applied(n, index).await {
                     tracing::warn!(
-                        node = n,
+                        node = %n,
                         index,
                         "a node did not confirm within the route timeout that it applied a subscription change"
                     );
@@ -211,7 +211,7 @@ impl Node {
     /// A routed frame from member `from`: a write to one of our pipes (answered), a
     /// publish for our pipes, a wait until we applied an index (answered), or the answer
     /// to one of our own requests.
-    pub fn on_routed(&self, from: u64, frame: Frame) {
+    pub fn on_routed(&self, from: RaftId, frame: Frame) {
         let Some(link) = self.cluster.as_ref() else {
             return;
         };

@@ -18,6 +18,7 @@ use nexus_cluster::transport::{Transport, TransportConfig};
 use nexus_cluster::{membership, secret};
 use nexus_consensus::store::{self, RaftStorage};
 use nexus_consensus::{self as consensus, Identity, RaftConfig};
+use nexus_core::ids::RaftId;
 use nexus_core::proto::PeerHello;
 use nexus_core::state::{Command, State};
 
@@ -92,10 +93,10 @@ fn cluster_secret(args: &ServeArgs) -> anyhow::Result<Option<Arc<Vec<u8>>>> {
 /// Writes the initial configuration of a new cluster: `voters` (raft id → address).
 fn bootstrap_storage(
     storage: &RaftStorage,
-    voters: std::collections::BTreeMap<u64, String>,
+    voters: std::collections::BTreeMap<RaftId, String>,
 ) -> anyhow::Result<()> {
     let mut initial = State::default();
-    let ids: Vec<u64> = voters.keys().copied().collect();
+    let ids: Vec<u64> = voters.keys().map(|id| id.0).collect();
     initial.cluster.members = voters;
     storage.bootstrap(&ids, initial.to_snapshot())?;
     Ok(())
@@ -116,7 +117,7 @@ async fn start_cluster(
     let fresh = storage.is_fresh();
     let hello = PeerHello {
         cluster_version: nexus_cluster::CLUSTER_VERSION,
-        raft_id: me.raft_id,
+        raft_id: me.raft_id.0,
         generation: me.generation,
         cluster_addr: advertised.clone(),
         program_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -450,7 +451,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         Arc::downgrade(&node),
         Duration::from_millis(args.reconcile_every_ms.max(10)),
     ));
-    info!(raft_id = me.raft_id, incarnation = %me.incarnation, generation = me.generation,
+    info!(raft_id = %me.raft_id, incarnation = %me.incarnation, generation = me.generation,
         data_dir = %args.data_dir.display(), "node starting");
     let _ = node_slot.set(Arc::downgrade(&node));
 

@@ -1,5 +1,6 @@
 //! One peer connection: length-delimited prost messages both ways.
 
+use nexus_core::ids::RaftId;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -41,7 +42,7 @@ pub(super) struct Traffic {
 
 /// A peer's link, as `/metrics` shows it.
 pub struct PeerTraffic {
-    pub raft_id: u64,
+    pub raft_id: RaftId,
     /// Our stream to it is connected and authenticated.
     pub connected: bool,
     pub sent: u64,
@@ -68,7 +69,7 @@ impl Conn {
     }
 
     /// Counts this connection's bytes as `peer`'s from now on.
-    pub(super) fn count_for(&mut self, shared: &Shared, peer: u64) {
+    pub(super) fn count_for(&mut self, shared: &Shared, peer: RaftId) {
         self.traffic = lock(&shared.traffic).entry(peer).or_default().clone();
     }
 

@@ -36,6 +36,7 @@ use tokio::sync::oneshot;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
+use nexus_core::ids::RaftId;
 use nexus_core::proto::{frame::Body, Frame, PeerHello};
 
 mod conn;
@@ -125,9 +126,9 @@ pub enum PeerEvent {
     /// A raft message from an authenticated peer's persistent stream, sent by the raft id
     /// it authenticated as (`from`). A MsgSnapshot comes reassembled from its chunks, crc
     /// checked, its data put back.
-    Raft { from: u64, msg: RaftMessage },
+    Raft { from: RaftId, msg: RaftMessage },
     /// Any other frame from an authenticated peer's persistent stream.
-    Frame { from: u64, frame: Frame },
+    Frame { from: RaftId, frame: Frame },
     /// A request frame on a oneshot connection; what is sent on `reply` is written back,
     /// then the connection closes (dropping `reply` closes it without an answer).
     Request {
@@ -137,10 +138,10 @@ pub enum PeerEvent {
     },
     /// Our outbound stream to `to` failed to connect or write (raft: report_unreachable).
     /// Emitted once per failure episode.
-    Unreachable { to: u64 },
+    Unreachable { to: RaftId },
     /// A snapshot we sent to `to` was received and acknowledged (ok) or failed
     /// (raft: report_snapshot).
-    SnapshotDone { to: u64, ok: bool },
+    SnapshotDone { to: RaftId, ok: bool },
 }
 
 /// Receives the events; called from the transport's tasks, must not block.
@@ -150,11 +151,11 @@ pub type EventSink = Arc<dyn Fn(PeerEvent) + Send + Sync>;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SendError {
     #[error("no address known for cluster peer {0}")]
-    UnknownPeer(u64),
+    UnknownPeer(RaftId),
     #[error("the outbound queue to cluster peer {0} is full")]
-    QueueFull(u64),
+    QueueFull(RaftId),
     #[error("a frame of {size} bytes to cluster peer {to} exceeds the limit of {max} bytes")]
-    TooLarge { to: u64, size: usize, max: usize },
+    TooLarge { to: RaftId, size: usize, max: usize },
     #[error("cannot encode the raft message: {0}")]
     Encode(String),
 }
@@ -195,27 +196,27 @@ impl Transport {
 
     /// Where `raft_id` is reached ("host:port", resolved at each connect). Starts its
     /// outbound stream; a different address reconnects it.
-    pub fn set_peer(&self, raft_id: u64, addr: String) {
+    pub fn set_peer(&self, raft_id: RaftId, addr: String) {
         self.shared.set_peer(raft_id, addr);
     }
 
     /// Forgets the peer and stops its stream; frames still queued for it are dropped. Its
     /// inbound connections no longer teach us its address (only `set_peer` does).
-    pub fn remove_peer(&self, raft_id: u64) {
+    pub fn remove_peer(&self, raft_id: RaftId) {
         lock(&self.shared.removed).insert(raft_id);
         lock(&self.shared.peers).remove(&raft_id);
         lock(&self.shared.traffic).remove(&raft_id);
     }
 
     /// Queues a frame for `to`. Non-blocking, callable from any thread (no runtime needed).
-    pub fn send(&self, to: u64, frame: Frame) -> Result<(), SendError> {
+    pub fn send(&self, to: RaftId, frame: Frame) -> Result<(), SendError> {
         self.shared.send(to, frame)
     }
 
     /// Queues a raft message. Every MsgSnapshot goes as SnapshotChunk frames and is answered
     /// by exactly one `SnapshotDone` event, unless this returns an error (then none follows:
     /// report the failure to raft yourself). Other messages go as `Frame{raft}`.
-    pub fn send_raft(&self, to: u64, msg: RaftMessage) -> Result<(), SendError> {
+    pub fn send_raft(&self, to: RaftId, msg: RaftMessage) -> Result<(), SendError> {
         if msg.get_msg_type() == MessageType::MsgSnapshot {
             return self.shared.send_snapshot(to, msg);
         }
@@ -226,7 +227,7 @@ impl Transport {
     }
 
     /// Is our outbound stream to `to` connected and authenticated?
-    pub fn connected(&self, to: u64) -> bool {
+    pub fn connected(&self, to: RaftId) -> bool {
         lock(&self.shared.peers)
             .get(&to)
             .is_some_and(|p| p.connected.load(Ordering::Acquire))
@@ -234,7 +235,7 @@ impl Transport {
 
     /// Every peer we have a stream to (or traffic with), with its byte counts.
     pub fn traffic(&self) -> Vec<PeerTraffic> {
-        let mut ids: Vec<u64> = lock(&self.shared.peers).keys().copied().collect();
+        let mut ids: Vec<RaftId> = lock(&self.shared.peers).keys().copied().collect();
         let traffic = lock(&self.shared.traffic);
         ids.extend(traffic.keys().copied());
         ids.sort_unstable();

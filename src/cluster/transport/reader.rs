@@ -13,6 +13,7 @@ use tokio::sync::oneshot;
 use tokio::time::timeout;
 use tracing::{debug, warn};
 
+use nexus_core::ids::RaftId;
 use nexus_core::proto::{frame::Body, Frame, PeerHello};
 
 use super::{
@@ -48,9 +49,9 @@ pub(super) async fn serve(shared: Arc<Shared>, stream: TcpStream, remote: Socket
     if theirs.oneshot {
         serve_request(&shared, conn, theirs, remote).await;
     } else {
-        conn.count_for(&shared, theirs.raft_id);
+        conn.count_for(&shared, RaftId(theirs.raft_id));
         let reader = Reader {
-            from: theirs.raft_id,
+            from: RaftId(theirs.raft_id),
             shared,
             remote,
             assembly: None,
@@ -130,7 +131,7 @@ pub(super) async fn serve_request(
 pub(super) struct Reader {
     pub(super) shared: Arc<Shared>,
     /// The raft id the peer authenticated as.
-    pub(super) from: u64,
+    pub(super) from: RaftId,
     pub(super) remote: SocketAddr,
     pub(super) assembly: Option<Assembly>,
     pub(super) warned_sender: bool,
@@ -164,7 +165,7 @@ impl Reader {
             Some(Body::Raft(raw)) => {
                 let msg = RaftMessage::parse_from_bytes(&raw)
                     .map_err(|e| format!("undecodable raft message: {e}"))?;
-                if self.sender_matches(msg.from) {
+                if self.sender_matches(RaftId(msg.from)) {
                     self.shared.emit(PeerEvent::Raft {
                         from: self.from,
                         msg,
@@ -183,7 +184,7 @@ impl Reader {
 
     /// A raft message must come from the raft id that authenticated: warn once, then drop
     /// silently.
-    pub(super) fn sender_matches(&mut self, sender: u64) -> bool {
+    pub(super) fn sender_matches(&mut self, sender: RaftId) -> bool {
         if sender == self.from {
             return true;
         }

@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use nexus_core::ids::RaftId;
 use nexus_core::proto::{Frame, PeerHello};
 
 use super::{
@@ -27,17 +28,17 @@ pub(super) struct Shared {
     /// Lets any thread (the raft driver) start tasks.
     pub(super) runtime: tokio::runtime::Handle,
     pub(super) stop: CancellationToken,
-    pub(super) peers: Mutex<HashMap<u64, Peer>>,
+    pub(super) peers: Mutex<HashMap<RaftId, Peer>>,
     /// Snapshot transfers not yet acknowledged, by transfer id. Whoever removes one emits
     /// its SnapshotDone, so there is exactly one.
     pub(super) transfers: Mutex<HashMap<u64, Transfer>>,
     pub(super) next_transfer: AtomicU64,
     /// Peers removed by the owner: a removed node that still dials us must not come back.
-    pub(super) removed: Mutex<HashSet<u64>>,
+    pub(super) removed: Mutex<HashSet<RaftId>>,
     /// When we last warned about a refused connection from each host.
     pub(super) refused: Mutex<HashMap<IpAddr, Instant>>,
     /// Bytes to and from each peer.
-    pub(super) traffic: Mutex<HashMap<u64, Arc<Traffic>>>,
+    pub(super) traffic: Mutex<HashMap<RaftId, Arc<Traffic>>>,
 }
 
 pub(super) struct Peer {
@@ -83,7 +84,7 @@ impl Shared {
         })
     }
 
-    pub(super) fn set_peer(self: &Arc<Self>, raft_id: u64, addr: String) {
+    pub(super) fn set_peer(self: &Arc<Self>, raft_id: RaftId, addr: String) {
         if self.stop.is_cancelled() {
             return;
         }
@@ -100,7 +101,7 @@ impl Shared {
         peers.insert(raft_id, self.start_writer(raft_id, addr));
     }
 
-    pub(super) fn start_writer(self: &Arc<Self>, to: u64, addr: String) -> Peer {
+    pub(super) fn start_writer(self: &Arc<Self>, to: RaftId, addr: String) -> Peer {
         let (addr_tx, addr_rx) = watch::channel(addr);
         let (queue_tx, queue_rx) = mpsc::channel(self.cfg.queue_frames);
         let connected = Arc::new(AtomicBool::new(false));
@@ -126,8 +127,9 @@ impl Shared {
     /// An authenticated peer we have no address for is reachable at the address it
     /// advertises (a leader can answer a node that just joined).
     pub(super) fn learn_peer(self: &Arc<Self>, hello: &PeerHello) {
-        let (id, addr) = (hello.raft_id, &hello.cluster_addr);
-        if id == 0 || id == self.hello().raft_id || addr.is_empty() || self.stop.is_cancelled() {
+        let (id, addr) = (RaftId(hello.raft_id), &hello.cluster_addr);
+        if id.0 == 0 || id.0 == self.hello().raft_id || addr.is_empty() || self.stop.is_cancelled()
+        {
             return;
         }
         // Checked under the peers lock, so a concurrent remove_peer is not undone.
@@ -139,7 +141,7 @@ impl Shared {
         peers.insert(id, self.start_writer(id, addr.clone()));
     }
 
-    pub(super) fn send(&self, to: u64, frame: Frame) -> Result<(), SendError> {
+    pub(super) fn send(&self, to: RaftId, frame: Frame) -> Result<(), SendError> {
         let size = frame.encoded_len();
         if size > self.cfg.max_frame {
             let max = self.cfg.max_frame;
@@ -148,7 +150,7 @@ impl Shared {
         self.enqueue(to, Outbound::Frame(frame))
     }
 
-    pub(super) fn enqueue(&self, to: u64, item: Outbound) -> Result<(), SendError> {
+    pub(super) fn enqueue(&self, to: RaftId, item: Outbound) -> Result<(), SendError> {
         let peers = lock(&self.peers);
         let peer = peers.get(&to).ok_or(SendError::UnknownPeer(to))?;
         peer.queue.try_send(item).map_err(|e| match e {

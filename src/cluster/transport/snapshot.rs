@@ -12,6 +12,7 @@ use protobuf::Message as PbMessage;
 use raft::eraftpb::{Message as RaftMessage, MessageType};
 use tracing::warn;
 
+use nexus_core::ids::RaftId;
 use nexus_core::proto::{frame::Body, Frame, SnapshotAck, SnapshotChunk};
 
 use super::{lock, Conn, Outbound, PeerEvent, Reader, SendError, Shared, Writer};
@@ -25,7 +26,7 @@ const SNAPSHOT_RATE: u64 = 1 << 20;
 pub(super) const CHUNK_OVERHEAD: usize = 64 << 10;
 
 pub(super) struct Transfer {
-    pub(super) to: u64,
+    pub(super) to: RaftId,
 }
 
 pub(super) struct SnapshotJob {
@@ -38,7 +39,7 @@ pub(super) struct SnapshotJob {
 impl Shared {
     pub(super) fn send_snapshot(
         self: &Arc<Self>,
-        to: u64,
+        to: RaftId,
         mut msg: RaftMessage,
     ) -> Result<(), SendError> {
         let data = msg.mut_snapshot().take_data();
@@ -62,7 +63,7 @@ impl Shared {
     }
 
     /// Fails the transfer if it is still unacknowledged after `deadline`.
-    pub(super) fn expire_transfer(self: &Arc<Self>, transfer: u64, to: u64, deadline: Duration) {
+    pub(super) fn expire_transfer(self: &Arc<Self>, transfer: u64, to: RaftId, deadline: Duration) {
         let shared = Arc::downgrade(self);
         self.spawn(async move {
             tokio::time::sleep(deadline).await;
@@ -78,7 +79,7 @@ impl Shared {
 
     /// Ends a transfer (if `from` is given, only when it was sent to `from`). Answers whether
     /// it was still pending, i.e. whether this call emitted its SnapshotDone.
-    pub(super) fn finish_transfer(&self, transfer: u64, from: Option<u64>, ok: bool) -> bool {
+    pub(super) fn finish_transfer(&self, transfer: u64, from: Option<RaftId>, ok: bool) -> bool {
         let done = {
             let mut transfers = lock(&self.transfers);
             match transfers.get(&transfer) {
@@ -247,7 +248,7 @@ impl Reader {
         if msg.get_msg_type() != MessageType::MsgSnapshot {
             return self.fail(transfer, "not a MsgSnapshot".into());
         }
-        if !self.sender_matches(msg.from) {
+        if !self.sender_matches(RaftId(msg.from)) {
             return self.fail(transfer, "wrong sender".into());
         }
         msg.mut_snapshot().set_data(Bytes::from(assembly.data));

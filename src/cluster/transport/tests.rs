@@ -1,5 +1,6 @@
 use super::*;
 use bytes::Bytes;
+use nexus_core::ids::RaftId;
 use nexus_core::proto::Forward;
 use std::time::Instant;
 use tokio::io::AsyncWriteExt;
@@ -51,7 +52,7 @@ impl Node {
         timeout(WAIT, wait).await.expect("expected event")
     }
 
-    async fn frame(&mut self) -> (u64, Frame) {
+    async fn frame(&mut self) -> (RaftId, Frame) {
         self.next(|e| match e {
             PeerEvent::Frame { from, frame } => Some((from, frame)),
             _ => None,
@@ -131,31 +132,31 @@ fn heartbeat(from: u64, to: u64) -> RaftMessage {
 async fn frames_flow_both_ways_in_order() {
     let mut a = node(config(1, Some("s3cret"))).await;
     let mut b = node(config(2, Some("s3cret"))).await;
-    a.t.set_peer(2, b.addr());
-    b.t.set_peer(1, a.addr());
+    a.t.set_peer(RaftId(2), b.addr());
+    b.t.set_peer(RaftId(1), a.addr());
     // The raft driver sends from a plain thread, outside the runtime.
     let sender = a.t.clone();
     std::thread::spawn(move || {
         for n in 0..1000 {
-            sender.send(2, forward(n)).unwrap();
+            sender.send(RaftId(2), forward(n)).unwrap();
         }
     })
     .join()
     .unwrap();
     for n in 0..1000 {
-        b.t.send(1, forward(n + 5000)).unwrap();
+        b.t.send(RaftId(1), forward(n + 5000)).unwrap();
     }
     for n in 0..1000 {
         let (from, frame) = b.frame().await;
-        assert_eq!((from, number(&frame)), (1, n));
+        assert_eq!((from, number(&frame)), (RaftId(1), n));
         let (from, frame) = a.frame().await;
-        assert_eq!((from, number(&frame)), (2, n + 5000));
+        assert_eq!((from, number(&frame)), (RaftId(2), n + 5000));
     }
-    assert!(a.t.connected(2) && b.t.connected(1));
+    assert!(a.t.connected(RaftId(2)) && b.t.connected(RaftId(1)));
 
     // A raft message claiming another sender is dropped; the genuine one arrives.
-    a.t.send_raft(2, heartbeat(3, 2)).unwrap();
-    a.t.send_raft(2, heartbeat(1, 2)).unwrap();
+    a.t.send_raft(RaftId(2), heartbeat(3, 2)).unwrap();
+    a.t.send_raft(RaftId(2), heartbeat(1, 2)).unwrap();
     let (from, msg) = b
         .next(|e| match e {
             PeerEvent::Raft { from, msg } => Some((from, msg)),
@@ -164,7 +165,7 @@ async fn frames_flow_both_ways_in_order() {
         .await;
     assert_eq!(
         (from, msg.from, msg.get_msg_type()),
-        (1, 1, MessageType::MsgHeartbeat)
+        (RaftId(1), 1, MessageType::MsgHeartbeat)
     );
 }
 
@@ -174,15 +175,15 @@ async fn wrong_or_missing_secret_is_refused() {
     let mut wrong = node(config(2, Some("beta"))).await;
     let mut open = node(config(3, None)).await;
     for other in [&wrong, &open] {
-        other.t.set_peer(1, secured.addr());
-        other.t.send(1, forward(1)).unwrap();
+        other.t.set_peer(RaftId(1), secured.addr());
+        other.t.send(RaftId(1), forward(1)).unwrap();
     }
     secured.no_frame(Duration::from_millis(500)).await;
     for other in [&mut wrong, &mut open] {
         other
-            .next(|e| matches!(e, PeerEvent::Unreachable { to: 1 }).then_some(()))
+            .next(|e| matches!(e, PeerEvent::Unreachable { to: RaftId(1) }).then_some(()))
             .await;
-        assert!(!other.t.connected(1));
+        assert!(!other.t.connected(RaftId(1)));
         let err = other.t.probe(&secured.addr(), WAIT).await.unwrap_err();
         assert!(err.to_string().contains("cluster authentication"), "{err}");
         let err = secured.t.probe(&other.addr(), WAIT).await.unwrap_err();
@@ -213,7 +214,7 @@ async fn unauthenticated_peer_cannot_send_a_big_message() {
 async fn snapshot_goes_in_chunks_and_is_acknowledged() {
     let mut a = node(config(1, Some("s"))).await;
     let mut b = node(config(2, Some("s"))).await;
-    a.t.set_peer(2, b.addr());
+    a.t.set_peer(RaftId(2), b.addr());
     let data: Vec<u8> = (0..5u32 << 20).map(|i| (i * 31 % 251) as u8).collect();
     let mut msg = RaftMessage::default();
     msg.set_msg_type(MessageType::MsgSnapshot);
@@ -223,8 +224,8 @@ async fn snapshot_goes_in_chunks_and_is_acknowledged() {
     msg.mut_snapshot().mut_metadata().index = 42;
     msg.mut_snapshot().mut_metadata().term = 4;
     msg.mut_snapshot().set_data(Bytes::from(data.clone()));
-    a.t.send_raft(2, msg).unwrap();
-    a.t.send(2, forward(9)).unwrap();
+    a.t.send_raft(RaftId(2), msg).unwrap();
+    a.t.send(RaftId(2), forward(9)).unwrap();
 
     let (mut snapshot, mut frame) = (None, None);
     while snapshot.is_none() || frame.is_none() {
@@ -235,10 +236,10 @@ async fn snapshot_goes_in_chunks_and_is_acknowledged() {
         }
     }
     let (from, msg) = snapshot.unwrap();
-    assert_eq!((from, msg.from, msg.term), (1, 1, 4));
+    assert_eq!((from, msg.from, msg.term), (RaftId(1), 1, 4));
     assert_eq!(msg.get_snapshot().get_metadata().index, 42);
     assert!(msg.get_snapshot().get_data() == &data[..], "data differs");
-    assert_eq!(frame, Some((1, 9)));
+    assert_eq!(frame, Some((RaftId(1), 9)));
     // B learned A's address from its hello to send the ack.
     let done = a
         .next(|e| match e {
@@ -246,7 +247,7 @@ async fn snapshot_goes_in_chunks_and_is_acknowledged() {
             _ => None,
         })
         .await;
-    assert_eq!(done, (2, true));
+    assert_eq!(done, (RaftId(2), true));
 }
 
 #[tokio::test]
@@ -280,18 +281,18 @@ async fn reconnects_to_a_restarted_peer() {
     let mut b = node(config(2, Some("s"))).await;
     let listen = b.t.local_addr();
     // A wrong address first: the new one is used at once.
-    a.t.set_peer(2, closed_port().await);
-    a.next(|e| matches!(e, PeerEvent::Unreachable { to: 2 }).then_some(()))
+    a.t.set_peer(RaftId(2), closed_port().await);
+    a.next(|e| matches!(e, PeerEvent::Unreachable { to: RaftId(2) }).then_some(()))
         .await;
-    a.t.set_peer(2, b.addr());
-    a.t.send(2, forward(0)).unwrap();
+    a.t.set_peer(RaftId(2), b.addr());
+    a.t.send(RaftId(2), forward(0)).unwrap();
     assert_eq!(number(&b.frame().await.1), 0);
 
     b.t.shutdown();
-    a.next(|e| matches!(e, PeerEvent::Unreachable { to: 2 }).then_some(()))
+    a.next(|e| matches!(e, PeerEvent::Unreachable { to: RaftId(2) }).then_some(()))
         .await;
     for n in 1..=5 {
-        a.t.send(2, forward(n)).unwrap();
+        a.t.send(RaftId(2), forward(n)).unwrap();
     }
     let mut b2 = node(TransportConfig {
         listen,
@@ -299,9 +300,9 @@ async fn reconnects_to_a_restarted_peer() {
     })
     .await;
     for n in 1..=5 {
-        assert_eq!(b2.frame().await, (1, forward(n)));
+        assert_eq!(b2.frame().await, (RaftId(1), forward(n)));
     }
-    assert!(a.t.connected(2));
+    assert!(a.t.connected(RaftId(2)));
 }
 
 #[tokio::test]
@@ -311,12 +312,18 @@ async fn full_queue_refuses_frames() {
         ..config(1, None)
     })
     .await;
-    a.t.set_peer(9, closed_port().await);
+    a.t.set_peer(RaftId(9), closed_port().await);
     for n in 0..8 {
-        a.t.send(9, forward(n)).unwrap();
+        a.t.send(RaftId(9), forward(n)).unwrap();
     }
-    assert_eq!(a.t.send(9, forward(8)), Err(SendError::QueueFull(9)));
-    assert_eq!(a.t.send(8, forward(0)), Err(SendError::UnknownPeer(8)));
-    a.next(|e| matches!(e, PeerEvent::Unreachable { to: 9 }).then_some(()))
+    assert_eq!(
+        a.t.send(RaftId(9), forward(8)),
+        Err(SendError::QueueFull(RaftId(9)))
+    );
+    assert_eq!(
+        a.t.send(RaftId(8), forward(0)),
+        Err(SendError::UnknownPeer(RaftId(8)))
+    );
+    a.next(|e| matches!(e, PeerEvent::Unreachable { to: RaftId(9) }).then_some(()))
         .await;
 }

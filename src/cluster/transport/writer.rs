@@ -1,5 +1,6 @@
 //! Outbound: one writer task per peer, reconnecting with backoff.
 
+use nexus_core::ids::RaftId;
 use std::collections::VecDeque;
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,7 +15,7 @@ use tracing::{info, warn};
 use super::{dial, Conn, Outbound, PeerEvent, Sending, Shared, SnapshotJob, WARN_EVERY};
 
 pub(super) struct Writer {
-    pub(super) to: u64,
+    pub(super) to: RaftId,
     pub(super) shared: Arc<Shared>,
     pub(super) queue: mpsc::Receiver<Outbound>,
     pub(super) addr: watch::Receiver<String>,
@@ -74,7 +75,7 @@ impl Writer {
 
     pub(super) async fn open(&self, addr: &str) -> anyhow::Result<Conn> {
         let (conn, theirs) = dial(&self.shared, addr, false).await?;
-        if theirs.raft_id != self.to {
+        if RaftId(theirs.raft_id) != self.to {
             let found = theirs.raft_id;
             bail!("{addr} is raft id {found}, not {}", self.to);
         }
@@ -153,7 +154,7 @@ impl Failures {
     pub(super) fn failed(
         &mut self,
         shared: &Shared,
-        to: u64,
+        to: RaftId,
         addr: &str,
         e: &anyhow::Error,
         lost: bool,
@@ -174,7 +175,7 @@ impl Failures {
         }
     }
 
-    pub(super) fn recovered(&mut self, to: u64, addr: &str) {
+    pub(super) fn recovered(&mut self, to: RaftId, addr: &str) {
         if self.count > 0 {
             info!("connected to cluster peer {to} at {addr}");
         }

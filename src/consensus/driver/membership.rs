@@ -8,6 +8,7 @@ use raft::eraftpb::{ConfChange, ConfChangeType};
 use tokio::sync::oneshot;
 use tracing::{debug, error, info, warn};
 
+use nexus_core::ids::RaftId;
 use nexus_core::proto::JoinResponse;
 use nexus_core::state::{Event, MemberChange, State};
 
@@ -15,14 +16,15 @@ use super::Driver;
 use crate::store::{RaftWrite, StoreError};
 
 impl Driver {
-    pub(super) fn voters_and_learners(&self) -> (Vec<u64>, Vec<u64>) {
+    pub(super) fn voters_and_learners(&self) -> (Vec<RaftId>, Vec<RaftId>) {
         let cs = self.storage.conf_state();
-        (cs.voters, cs.learners)
+        let ids = |v: Vec<u64>| v.into_iter().map(RaftId).collect();
+        (ids(cs.voters), ids(cs.learners))
     }
 
-    pub(super) fn on_join(&mut self, raft_id: u64, addr: String, replace: bool) -> JoinResponse {
+    pub(super) fn on_join(&mut self, raft_id: RaftId, addr: String, replace: bool) -> JoinResponse {
         if !self.is_leader() {
-            let leader = self.raw.raft.leader_id;
+            let leader = RaftId(self.raw.raft.leader_id);
             let leader_addr = self.read_state(|s| s.cluster.members.get(&leader).cloned());
             return JoinResponse {
                 ok: false,
@@ -58,7 +60,7 @@ impl Driver {
         if let Some(old) = old_self.filter(|_| replace) {
             let outcome = match self.on_remove(old) {
                 Ok(()) => {
-                    info!(old, new = raft_id, %addr, "a rebuilt node replaces its old raft id");
+                    info!(%old, new = %raft_id, %addr, "a rebuilt node replaces its old raft id");
                     format!("removing {old}, the old member at {addr}: retry")
                 }
                 Err(e) => format!("cannot remove {old}, the old member at {addr}: {e}"),
@@ -71,11 +73,11 @@ impl Driver {
         }
         let mut cc = ConfChange::default();
         cc.set_change_type(ConfChangeType::AddLearnerNode);
-        cc.node_id = raft_id;
+        cc.node_id = raft_id.0;
         cc.context = addr.clone().into_bytes().into();
         match self.raw.propose_conf_change(Vec::new(), cc) {
             Ok(()) => {
-                info!(raft_id, %addr, "adding a new member as learner");
+                info!(%raft_id, %addr, "adding a new member as learner");
                 JoinResponse {
                     ok: true,
                     ..Default::default()
@@ -89,7 +91,7 @@ impl Driver {
         }
     }
 
-    pub(super) fn on_remove(&mut self, raft_id: u64) -> Result<(), String> {
+    pub(super) fn on_remove(&mut self, raft_id: RaftId) -> Result<(), String> {
         if !self.is_leader() {
             return Err("not the leader".into());
         }
@@ -111,7 +113,7 @@ impl Driver {
         }
         let mut cc = ConfChange::default();
         cc.set_change_type(ConfChangeType::RemoveNode);
-        cc.node_id = raft_id;
+        cc.node_id = raft_id.0;
         self.raw
             .propose_conf_change(Vec::new(), cc)
             .map_err(|e| format!("membership change refused: {e}"))
@@ -131,15 +133,15 @@ impl Driver {
             self.raw
                 .raft
                 .prs()
-                .get(*id)
+                .get(id.0)
                 .is_some_and(|pr| pr.matched + 10 >= committed && pr.matched > 0)
         });
         if let Some(id) = ready {
             let mut cc = ConfChange::default();
             cc.set_change_type(ConfChangeType::AddNode);
-            cc.node_id = id;
+            cc.node_id = id.0;
             match self.raw.propose_conf_change(Vec::new(), cc) {
-                Ok(()) => info!(raft_id = id, "promoting a caught-up learner to voter"),
+                Ok(()) => info!(raft_id = %id, "promoting a caught-up learner to voter"),
                 Err(e) => debug!("promotion refused: {e}"),
             }
         }
@@ -154,7 +156,7 @@ impl Driver {
         state: &mut State,
         events: &mut Vec<Event>,
     ) -> Result<(), StoreError> {
-        let id = cc.node_id;
+        let id = RaftId(cc.node_id);
         let change = match cc.get_change_type() {
             ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => MemberChange::Added {
                 node_id: id,
@@ -173,7 +175,7 @@ impl Driver {
                     ..Default::default()
                 })?,
                 // Deterministic on every node: the same change fails everywhere.
-                Err(e) => error!(index, node = id, "membership change not applied: {e}"),
+                Err(e) => error!(index, node = %id, "membership change not applied: {e}"),
             }
         }
         if let Some(peers) = &self.peers {
@@ -186,7 +188,7 @@ impl Driver {
         if cc.get_change_type() == ConfChangeType::RemoveNode && id == self.me.raft_id {
             warn!("this node was removed from the cluster");
         }
-        info!(index, node = id, change = ?cc.get_change_type(), "membership changed");
+        info!(index, node = %id, change = ?cc.get_change_type(), "membership changed");
         self.publish_membership();
         Ok(())
     }
@@ -220,8 +222,8 @@ impl Driver {
         }
         match self.transfer_target() {
             Some(id) => {
-                info!(to = id, "transferring raft leadership before stopping");
-                self.raw.transfer_leader(id);
+                info!(to = %id, "transferring raft leadership before stopping");
+                self.raw.transfer_leader(id.0);
                 self.transfer = Some((reply, Instant::now() + Duration::from_secs(3)));
             }
             None => {
@@ -231,12 +233,12 @@ impl Driver {
     }
 
     /// The voter best placed to take over leadership: the most caught-up one.
-    pub(super) fn transfer_target(&self) -> Option<u64> {
+    pub(super) fn transfer_target(&self) -> Option<RaftId> {
         let (voters, _) = self.voters_and_learners();
         voters
             .into_iter()
             .filter(|id| *id != self.me.raft_id)
-            .max_by_key(|id| self.raw.raft.prs().get(*id).map_or(0, |p| p.matched))
+            .max_by_key(|id| self.raw.raft.prs().get(id.0).map_or(0, |p| p.matched))
     }
 
     /// A leader whose disk is below its reserve cannot append: it hands leadership to a
@@ -251,10 +253,10 @@ impl Driver {
         self.last_disk_transfer = Instant::now();
         if let Some(id) = self.transfer_target() {
             warn!(
-                to = id,
+                to = %id,
                 "this leader's disk is below its reserve: transferring leadership"
             );
-            self.raw.transfer_leader(id);
+            self.raw.transfer_leader(id.0);
         }
     }
 }

@@ -38,6 +38,7 @@ use snapshotter::Snapshotter;
 use super::reads::Reads;
 use super::{EventSink, Identity, Msg, Peers, RaftConfig, RaftHandle, RaftStats, Role};
 use crate::store::{RaftStorage, RaftWrite, StoreError};
+use nexus_core::ids::RaftId;
 use nexus_core::proto::ProposalContext;
 use nexus_core::rpc::RpcError;
 use nexus_core::state::{codec, Event, Origin, State};
@@ -128,7 +129,7 @@ impl Driver {
             info!(index = applied, "restored state from snapshot");
         }
         let raft_cfg = raft::Config {
-            id: me.raft_id,
+            id: me.raft_id.0,
             election_tick: cfg.election_ticks,
             heartbeat_tick: cfg.heartbeat_ticks,
             applied,
@@ -203,7 +204,7 @@ const RETRYABLE_TERM: &str =
 impl Driver {
     fn run(&mut self, rx: mpsc::Receiver<Msg>) {
         // A sole voter elects itself at once instead of waiting for an election timeout.
-        if self.storage.conf_state().voters == [self.me.raft_id] {
+        if self.storage.conf_state().voters == [self.me.raft_id.0] {
             if let Err(e) = self.raw.campaign() {
                 error!("raft campaign failed: {e}");
             }
@@ -301,16 +302,16 @@ impl Driver {
                 {
                     return;
                 }
-                if msg.from != from {
+                if msg.from != from.0 {
                     warn!(
-                        from,
+                        %from,
                         claimed = msg.from,
                         "dropping a raft message with a forged sender"
                     );
                     return;
                 }
                 if let Err(e) = self.raw.step(*msg) {
-                    debug!(from, "raft step: {e}");
+                    debug!(%from, "raft step: {e}");
                 }
             }
             Msg::Forwarded { from, fwd } => self.on_forwarded(from, fwd),
@@ -321,14 +322,14 @@ impl Driver {
                     }
                 }
             }
-            Msg::Unreachable { to } => self.raw.report_unreachable(to),
+            Msg::Unreachable { to } => self.raw.report_unreachable(to.0),
             Msg::SnapshotDone { to, ok } => {
                 let status = if ok {
                     SnapshotStatus::Finish
                 } else {
                     SnapshotStatus::Failure
                 };
-                self.raw.report_snapshot(to, status);
+                self.raw.report_snapshot(to.0, status);
             }
             Msg::Join {
                 raft_id,
@@ -474,7 +475,7 @@ impl Driver {
             return;
         };
         for m in msgs {
-            peers.send_raft(m.to, m);
+            peers.send_raft(RaftId(m.to), m);
         }
     }
 
@@ -539,7 +540,7 @@ impl Driver {
                             )
                         })?;
                         let origin = Origin {
-                            node_id: ctx.node_id,
+                            node_id: RaftId(ctx.node_id),
                             generation: ctx.generation,
                             proposal_id: ctx.proposal_id,
                             clock_ms: ctx.clock_ms,

@@ -8,6 +8,7 @@ use prost::Message as _;
 use tokio::sync::oneshot;
 use tracing::debug;
 
+use nexus_core::ids::RaftId;
 use nexus_core::proto::{frame, Forward, ForwardResult, Frame, ProposalContext};
 use nexus_core::rpc::RpcError;
 use nexus_core::state::{codec, Command, Outcome};
@@ -37,7 +38,7 @@ impl Driver {
         self.next_proposal += 1;
         let id = self.next_proposal;
         let context = ProposalContext {
-            node_id: self.me.raft_id,
+            node_id: self.me.raft_id.0,
             proposal_id: id,
             incarnation: self.me.incarnation.clone(),
             generation: self.me.generation,
@@ -70,7 +71,7 @@ impl Driver {
         match (self.raw.raft.leader_id, &self.peers) {
             (0, _) | (_, None) => self.unsent.push_back(p),
             (leader, Some(peers)) => peers.send(
-                leader,
+                RaftId(leader),
                 Frame {
                     body: Some(frame::Body::Forward(Forward {
                         context: p.context,
@@ -125,7 +126,7 @@ impl Driver {
         self.unsent.retain(|p| waiters.contains_key(&p.id));
     }
 
-    pub(super) fn on_forwarded(&mut self, from: u64, fwd: Forward) {
+    pub(super) fn on_forwarded(&mut self, from: RaftId, fwd: Forward) {
         let refuse = |this: &Self, ctx: &[u8], error: String| {
             let Ok(c) = ProposalContext::decode(ctx) else {
                 return;
@@ -167,7 +168,7 @@ impl Driver {
         }
         self.next_proposal += 1;
         let context = ProposalContext {
-            node_id: self.me.raft_id,
+            node_id: self.me.raft_id.0,
             proposal_id: self.next_proposal,
             incarnation: self.me.incarnation.clone(),
             generation: self.me.generation,

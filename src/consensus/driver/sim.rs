@@ -19,6 +19,7 @@ use raft::eraftpb::{Message as RaftMessage, MessageType};
 use raft::StateRole;
 use tokio::sync::oneshot;
 
+use nexus_core::ids::RaftId;
 use nexus_core::proto::{frame, Frame};
 use nexus_core::state::{codec, Command, Event, Outcome, State};
 
@@ -52,27 +53,27 @@ struct SimPeers {
 }
 
 impl Peers for SimPeers {
-    fn send(&self, to: u64, frame: Frame) {
+    fn send(&self, to: RaftId, frame: Frame) {
         let p = Packet {
             from: self.me,
-            to,
+            to: to.0,
             body: Body::Frame(frame),
         };
         self.net.sent.lock().unwrap().push(p);
     }
 
-    fn send_raft(&self, to: u64, msg: RaftMessage) {
+    fn send_raft(&self, to: RaftId, msg: RaftMessage) {
         let p = Packet {
             from: self.me,
-            to,
+            to: to.0,
             body: Body::Raft(msg),
         };
         self.net.sent.lock().unwrap().push(p);
     }
 
-    fn set_peer(&self, _: u64, _: &str) {}
+    fn set_peer(&self, _: RaftId, _: &str) {}
 
-    fn remove_peer(&self, _: u64) {}
+    fn remove_peer(&self, _: RaftId) {}
 }
 
 struct Node {
@@ -169,13 +170,16 @@ impl Sim {
             .iter()
             .map(|d| {
                 let opened = crate::store::open(d).unwrap();
-                opened.raft_id
+                opened.raft_id.0
             })
             .collect();
         for d in &dirs {
             let opened = crate::store::open(d).unwrap();
             let mut initial = State::default();
-            initial.cluster.members = ids.iter().map(|id| (*id, format!("sim:{id}"))).collect();
+            initial.cluster.members = ids
+                .iter()
+                .map(|id| (RaftId(*id), format!("sim:{id}")))
+                .collect();
             opened
                 .storage
                 .bootstrap(&ids, initial.to_snapshot())
@@ -215,9 +219,9 @@ impl Sim {
             return;
         }
         let opened = crate::store::open(&node.dir).unwrap();
-        assert_eq!(opened.raft_id, node.id);
+        assert_eq!(opened.raft_id, RaftId(node.id));
         let me = Identity {
-            raft_id: node.id,
+            raft_id: RaftId(node.id),
             incarnation: format!("{:08x}", opened.generation),
             generation: opened.generation,
         };
@@ -299,7 +303,7 @@ impl Sim {
             if let Body::Raft(m) = &p.body {
                 if m.get_msg_type() == MessageType::MsgSnapshot {
                     let done = Msg::SnapshotDone {
-                        to: p.to,
+                        to: RaftId(p.to),
                         ok: false,
                     };
                     self.turn(from, vec![done], false);
@@ -311,19 +315,25 @@ impl Sim {
             Body::Raft(m) => {
                 let snapshot = m.get_msg_type() == MessageType::MsgSnapshot;
                 let msg = Msg::Raft {
-                    from: p.from,
+                    from: RaftId(p.from),
                     msg: Box::new(m),
                 };
                 self.turn(to, vec![msg], false);
                 if snapshot {
-                    let done = Msg::SnapshotDone { to: p.to, ok: true };
+                    let done = Msg::SnapshotDone {
+                        to: RaftId(p.to),
+                        ok: true,
+                    };
                     self.turn(from, vec![done], false);
                 }
                 return;
             }
             Body::Frame(Frame {
                 body: Some(frame::Body::Forward(fwd)),
-            }) => Msg::Forwarded { from: p.from, fwd },
+            }) => Msg::Forwarded {
+                from: RaftId(p.from),
+                fwd,
+            },
             Body::Frame(Frame {
                 body: Some(frame::Body::ForwardResult(r)),
             }) => Msg::ForwardFailed(r),

@@ -91,7 +91,7 @@ fn open_db_read_only(dir: &Path) -> Result<Arc<DB>, StoreError> {
 /// A node's storage, opened and checked.
 pub struct Opened {
     pub storage: RaftStorage,
-    pub raft_id: u64,
+    pub raft_id: nexus_core::ids::RaftId,
     /// This start's generation (see `next_generation`).
     pub generation: u64,
 }
@@ -168,7 +168,7 @@ pub fn open(dir: &Path) -> anyhow::Result<Opened> {
     let generation = next_generation(&storage.db).map_err(refuse)?;
     Ok(Opened {
         storage,
-        raft_id,
+        raft_id: nexus_core::ids::RaftId(raft_id),
         generation,
     })
 }

@@ -3,13 +3,15 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::ids::RaftId;
+
 #[cfg(test)]
 use serde::Serialize;
 
 /// Who proposed an entry and the cluster time it was stamped with (from its context).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Origin {
-    pub node_id: u64,
+    pub node_id: RaftId,
     pub generation: u64,
     pub proposal_id: u64,
     /// Leader-stamped cluster clock in ms (0 = not stamped).
@@ -51,12 +53,12 @@ pub struct NodeRecord {
 #[cfg_attr(test, derive(Serialize))]
 pub struct Cluster {
     /// Raft id → cluster address, kept from the conf changes that added each member.
-    pub members: BTreeMap<u64, String>,
+    pub members: BTreeMap<RaftId, String>,
     /// Raft id → its current process: routes a connid, pipe id or task id to its node.
-    pub nodes: BTreeMap<u64, NodeRecord>,
+    pub nodes: BTreeMap<RaftId, NodeRecord>,
     /// The cluster clock: the highest stamp applied, never going backwards.
     pub clock_ms: u64,
-    pub(super) proposers: BTreeMap<u64, ProposerRecord>,
+    pub(super) proposers: BTreeMap<RaftId, ProposerRecord>,
 }
 
 impl Cluster {
@@ -91,7 +93,7 @@ impl Cluster {
 
     /// A node process started: it becomes the one its ids route to (an older generation,
     /// applied late, changes nothing).
-    pub fn node_started(&mut self, node_id: u64, incarnation: &str, generation: u64) {
+    pub fn node_started(&mut self, node_id: RaftId, incarnation: &str, generation: u64) {
         let rec = self.nodes.entry(node_id).or_default();
         if generation >= rec.generation {
             *rec = NodeRecord {
@@ -103,7 +105,7 @@ impl Cluster {
 
     /// Process `incarnation` of `node_id` is gone; false when that is not its current
     /// process (already replaced by a restart, or already down).
-    pub fn node_down(&mut self, node_id: u64, incarnation: &str) -> bool {
+    pub fn node_down(&mut self, node_id: RaftId, incarnation: &str) -> bool {
         match self.nodes.get(&node_id) {
             Some(n) if n.incarnation == incarnation => {
                 self.nodes.remove(&node_id);
@@ -114,14 +116,14 @@ impl Cluster {
     }
 
     /// Whether `incarnation` is the current process of `node_id`.
-    pub fn is_current(&self, node_id: u64, incarnation: &str) -> bool {
+    pub fn is_current(&self, node_id: RaftId, incarnation: &str) -> bool {
         self.nodes
             .get(&node_id)
             .is_some_and(|n| n.incarnation == incarnation)
     }
 
     /// The member whose current process has `incarnation` (None: a process that is gone).
-    pub fn node_of_incarnation(&self, incarnation: &str) -> Option<u64> {
+    pub fn node_of_incarnation(&self, incarnation: &str) -> Option<RaftId> {
         self.nodes
             .iter()
             .find(|(_, n)| n.incarnation == incarnation)
@@ -135,7 +137,7 @@ mod tests {
 
     fn origin(node_id: u64, generation: u64, proposal_id: u64) -> Origin {
         Origin {
-            node_id,
+            node_id: RaftId(node_id),
             generation,
             proposal_id,
             clock_ms: 0,
@@ -172,20 +174,20 @@ mod tests {
     #[test]
     fn the_node_table_routes_to_the_newest_process() {
         let mut c = Cluster::default();
-        c.node_started(1, "aaaaaaaa", 1);
-        c.node_started(2, "bbbbbbbb", 1);
-        assert_eq!(c.node_of_incarnation("aaaaaaaa"), Some(1));
-        c.node_started(1, "cccccccc", 2);
+        c.node_started(RaftId(1), "aaaaaaaa", 1);
+        c.node_started(RaftId(2), "bbbbbbbb", 1);
+        assert_eq!(c.node_of_incarnation("aaaaaaaa"), Some(RaftId(1)));
+        c.node_started(RaftId(1), "cccccccc", 2);
         assert_eq!(
             c.node_of_incarnation("aaaaaaaa"),
             None,
             "the old process is gone"
         );
-        assert_eq!(c.node_of_incarnation("cccccccc"), Some(1));
-        c.node_started(1, "dddddddd", 1);
+        assert_eq!(c.node_of_incarnation("cccccccc"), Some(RaftId(1)));
+        c.node_started(RaftId(1), "dddddddd", 1);
         assert_eq!(
             c.node_of_incarnation("cccccccc"),
-            Some(1),
+            Some(RaftId(1)),
             "an older generation applied late changes nothing"
         );
     }

@@ -10,8 +10,8 @@ use serde_json::Value;
 
 use super::cluster::ProposerRecord;
 use super::{Command, Ending, NodeRecord, Pull, SessionRecord, State, Task, User, UserChange};
+use crate::ids::{ConnId, PipeId, PullId, RaftId};
 use crate::proto::{self as pb, log_command::Cmd, user_change_rec::Change};
-use crate::ids::{ConnId, PipeId, PullId};
 use crate::rpc::RpcError;
 
 /// First bytes of every state snapshot; the fourth is the format version.
@@ -89,7 +89,7 @@ pub fn encode_state(state: &State) -> Vec<u8> {
                 .members
                 .iter()
                 .map(|(id, addr)| pb::MemberRec {
-                    raft_id: *id,
+                    raft_id: id.0,
                     addr: addr.clone(),
                 })
                 .collect(),
@@ -99,7 +99,7 @@ pub fn encode_state(state: &State) -> Vec<u8> {
                 .proposers
                 .iter()
                 .map(|(id, p)| pb::ProposerRec {
-                    node_id: *id,
+                    node_id: id.0,
                     generation: p.generation,
                     floor: p.floor,
                     recent: p.recent.iter().copied().collect(),
@@ -110,7 +110,7 @@ pub fn encode_state(state: &State) -> Vec<u8> {
                 .nodes
                 .iter()
                 .map(|(id, n)| pb::NodeRec {
-                    raft_id: *id,
+                    raft_id: id.0,
                     incarnation: n.incarnation.clone(),
                     generation: n.generation,
                 })
@@ -171,7 +171,7 @@ pub fn decode_state(data: &[u8]) -> Result<State, DecodeError> {
     state.cluster.members = cluster
         .members
         .into_iter()
-        .map(|m| (m.raft_id, m.addr))
+        .map(|m| (RaftId(m.raft_id), m.addr))
         .collect();
     state.cluster.clock_ms = cluster.clock_ms;
     state.cluster.nodes = cluster
@@ -182,7 +182,7 @@ pub fn decode_state(data: &[u8]) -> Result<State, DecodeError> {
                 incarnation: n.incarnation,
                 generation: n.generation,
             };
-            (n.raft_id, rec)
+            (RaftId(n.raft_id), rec)
         })
         .collect();
     state.cluster.proposers = cluster
@@ -194,7 +194,7 @@ pub fn decode_state(data: &[u8]) -> Result<State, DecodeError> {
                 floor: p.floor,
                 recent: p.recent.into_iter().collect::<BTreeSet<u64>>(),
             };
-            (p.node_id, rec)
+            (RaftId(p.node_id), rec)
         })
         .collect();
     Ok(state)
@@ -215,7 +215,7 @@ fn command_to_pb(cmd: Command) -> Cmd {
             incarnation,
             generation,
         } => Cmd::NodeStarted(pb::NodeStartedCmd {
-            node_id,
+            node_id: node_id.0,
             incarnation,
             generation,
         }),
@@ -223,7 +223,7 @@ fn command_to_pb(cmd: Command) -> Cmd {
             node_id,
             incarnation,
         } => Cmd::NodeDown(pb::NodeDownCmd {
-            node_id,
+            node_id: node_id.0,
             incarnation,
         }),
         Command::Bootstrap { root_hash, at } => Cmd::Bootstrap(pb::BootstrapCmd { root_hash, at }),
@@ -281,12 +281,10 @@ fn command_to_pb(cmd: Command) -> Cmd {
                 Ending::Error(e) => pb::task_finish_cmd::Ending::Error(error_to_pb(&e)),
             }),
         }),
-        Command::TaskReject { taskid, worker } => {
-            Cmd::TaskReject(pb::TaskRejectCmd {
-                taskid: taskid.into(),
-                worker: worker.into(),
-            })
-        }
+        Command::TaskReject { taskid, worker } => Cmd::TaskReject(pb::TaskRejectCmd {
+            taskid: taskid.into(),
+            worker: worker.into(),
+        }),
         Command::TaskCancel { id, connid } => Cmd::TaskCancel(pb::TaskCancelCmd {
             id,
             connid: connid.into(),
@@ -315,12 +313,12 @@ fn command_to_pb(cmd: Command) -> Cmd {
 fn command_from_pb(cmd: Cmd) -> Result<Command, DecodeError> {
     Ok(match cmd {
         Cmd::NodeStarted(c) => Command::NodeStarted {
-            node_id: c.node_id,
+            node_id: RaftId(c.node_id),
             incarnation: c.incarnation,
             generation: c.generation,
         },
         Cmd::NodeDown(c) => Command::NodeDown {
-            node_id: c.node_id,
+            node_id: RaftId(c.node_id),
             incarnation: c.incarnation,
         },
         Cmd::Bootstrap(c) => Command::Bootstrap {
@@ -490,7 +488,7 @@ fn error_from_pb(e: pb::ErrorRec) -> Result<RpcError, DecodeError> {
 fn session_to_pb(s: &SessionRecord) -> pb::SessionRec {
     pb::SessionRec {
         connid: s.connid.to_string(),
-        node_id: s.node_id,
+        node_id: s.node_id.0,
         incarnation: s.incarnation.clone(),
         user: s.user.clone(),
         remote_address: s.remote_address.clone(),
@@ -502,7 +500,7 @@ fn session_to_pb(s: &SessionRecord) -> pb::SessionRec {
 fn session_from_pb(s: pb::SessionRec) -> SessionRecord {
     SessionRecord {
         connid: s.connid.into(),
-        node_id: s.node_id,
+        node_id: RaftId(s.node_id),
         incarnation: s.incarnation,
         user: s.user,
         remote_address: s.remote_address,

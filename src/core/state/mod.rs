@@ -14,7 +14,7 @@ mod users;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::ids::{ConnId, PipeId, PullId, TaskId};
+use crate::ids::{ConnId, PipeId, PullId, RaftId, TaskId};
 use crate::rpc::RpcError;
 
 pub use cluster::{Admit, Cluster, NodeRecord, Origin};
@@ -32,7 +32,7 @@ use crate::rpc::{ERR_INVALID_PIPE, ERR_LOCK_NOT_OWNED};
 pub enum Command {
     /// A node process started: sessions of its earlier incarnations are gone.
     NodeStarted {
-        node_id: u64,
+        node_id: RaftId,
         incarnation: String,
         generation: u64,
     },
@@ -40,7 +40,7 @@ pub enum Command {
     /// owned goes as if each had closed, and its ids route nowhere. Ignored when that
     /// process was already replaced by a restart.
     NodeDown {
-        node_id: u64,
+        node_id: RaftId,
         incarnation: String,
     },
     /// First boot of a fresh cluster: creates `root` once.
@@ -137,8 +137,13 @@ pub enum Command {
 /// A member joined (as voter or learner, at `addr`) or left the Raft configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MemberChange {
-    Added { node_id: u64, addr: Option<String> },
-    Removed { node_id: u64 },
+    Added {
+        node_id: RaftId,
+        addr: Option<String>,
+    },
+    Removed {
+        node_id: RaftId,
+    },
 }
 
 /// What applying a command changed, for the local reactions of each node.
@@ -156,7 +161,7 @@ pub enum Event {
     },
     /// A node process was declared gone (or left).
     NodeDown {
-        node_id: u64,
+        node_id: RaftId,
         incarnation: String,
     },
     Kick {
@@ -452,7 +457,7 @@ impl State {
 
     /// Member `node_id` left the Raft configuration: what its process still owned goes as
     /// on `NodeDown`.
-    fn member_removed(&mut self, node_id: u64) -> Vec<Event> {
+    fn member_removed(&mut self, node_id: RaftId) -> Vec<Event> {
         let mut events = Vec::new();
         self.cluster.members.remove(&node_id);
         if let Some(rec) = self.cluster.nodes.remove(&node_id) {
@@ -469,7 +474,7 @@ impl State {
 
     /// The member whose current process owns `id` (a connid, or a pipe, task or pull id
     /// starting with one); None when that process is gone.
-    pub fn owner_node(&self, id: &str) -> Option<u64> {
+    pub fn owner_node(&self, id: &str) -> Option<RaftId> {
         let incarnation = crate::ids::incarnation_of(id)?;
         self.cluster.node_of_incarnation(incarnation)
     }

@@ -10,7 +10,7 @@ use serde_json::json;
 
 use super::*;
 
-const NODES: [u64; 2] = [1, 2];
+const NODES: [RaftId; 2] = [RaftId(1), RaftId(2)];
 const LOCKS: [&str; 3] = ["l.a", "l.b", "l.c"];
 
 /// What the generator knows: incarnations per node, connids used, ids handed out.

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 #[cfg(test)]
 use serde::Serialize;
 
-use crate::ids::ConnId;
+use crate::ids::{ConnId, RaftId};
 
 #[derive(Debug, Clone, PartialEq)]
 #[cfg_attr(test, derive(Serialize))]
@@ -14,7 +14,7 @@ use crate::ids::ConnId;
 pub struct SessionRecord {
     pub connid: ConnId,
     /// Raft id of the node holding the connection.
-    pub node_id: u64,
+    pub node_id: RaftId,
     /// Incarnation of that node's process (also the first 8 chars of `connid`).
     pub incarnation: String,
     pub user: String,
@@ -101,7 +101,7 @@ impl Sessions {
     }
 
     /// The sessions of `node_id`'s earlier incarnations.
-    pub fn stale(&self, node_id: u64, incarnation: &str) -> Vec<ConnId> {
+    pub fn stale(&self, node_id: RaftId, incarnation: &str) -> Vec<ConnId> {
         self.by_connid
             .values()
             .filter(|r| r.node_id == node_id && r.incarnation != incarnation)
@@ -110,7 +110,7 @@ impl Sessions {
     }
 
     /// Every session of `node_id`, whatever its incarnation.
-    pub fn of_node(&self, node_id: u64) -> Vec<ConnId> {
+    pub fn of_node(&self, node_id: RaftId) -> Vec<ConnId> {
         self.by_connid
             .values()
             .filter(|r| r.node_id == node_id)

@@ -6,7 +6,7 @@ use crate::rpc::{ERR_INVALID_USER, ERR_PERMISSION_DENIED, ERR_USER_EXISTS};
 fn session(connid: &str, node_id: u64, incarnation: &str) -> SessionRecord {
     SessionRecord {
         connid: connid.into(),
-        node_id,
+        node_id: RaftId(node_id),
         incarnation: incarnation.into(),
         user: "nobody".into(),
         remote_address: "127.0.0.1:1".into(),
@@ -20,7 +20,7 @@ fn started(state: &mut State, node_id: u64, incarnation: &str) {
     must(
         state,
         Command::NodeStarted {
-            node_id,
+            node_id: RaftId(node_id),
             incarnation: incarnation.into(),
             generation: 1,
         },
@@ -206,7 +206,7 @@ fn node_restart_drops_sessions_of_old_incarnations_only() {
         },
     );
     let (_, events) = s.apply(Command::NodeStarted {
-        node_id: 1,
+        node_id: RaftId(1),
         incarnation: "bbbb".into(),
         generation: 2,
     });
@@ -246,13 +246,13 @@ fn node_down_closes_its_sessions_and_fences_late_opens() {
     must(
         &mut s,
         Command::NodeDown {
-            node_id: 1,
+            node_id: RaftId(1),
             incarnation: "00000000".into(),
         },
     );
     assert_eq!(s.sessions.len(), 2);
     let (_, events) = s.apply(Command::NodeDown {
-        node_id: 1,
+        node_id: RaftId(1),
         incarnation: "aaaaaaaa".into(),
     });
     assert!(events.contains(&Event::SessionClosed {
@@ -261,7 +261,7 @@ fn node_down_closes_its_sessions_and_fences_late_opens() {
     assert_eq!(s.sessions.len(), 1);
     assert_eq!(s.locks.iter().count(), 0, "its locks are released");
     assert_eq!(s.owner_node("aaaaaaaa00000001xyz"), None, "routes nowhere");
-    assert_eq!(s.owner_node("bbbbbbbb00000001xyz"), Some(2));
+    assert_eq!(s.owner_node("bbbbbbbb00000001xyz"), Some(RaftId(2)));
     // A late open from the gone process is refused; an open twice changes nothing.
     let (late, _) = s.apply(Command::SessionOpen {
         session: session("aaaaaaaa00000002", 1, "aaaaaaaa"),
@@ -273,7 +273,7 @@ fn node_down_closes_its_sessions_and_fences_late_opens() {
     assert!(again.is_ok() && events.is_empty(), "idempotent open");
     assert_eq!(s.sessions.len(), 1);
     // A member removed from the configuration takes its sessions with it.
-    let events = s.apply_member_change(MemberChange::Removed { node_id: 2 });
+    let events = s.apply_member_change(MemberChange::Removed { node_id: RaftId(2) });
     assert!(events.contains(&Event::SessionClosed {
         connid: "bbbbbbbb00000001".into()
     }));
@@ -334,7 +334,7 @@ fn sample_log() -> Vec<(Origin, Command)> {
         id += 1;
         log.push((
             Origin {
-                node_id: 1 + id % 3,
+                node_id: RaftId(1 + id % 3),
                 generation: 1,
                 proposal_id: id,
                 clock_ms: clock,
@@ -344,7 +344,7 @@ fn sample_log() -> Vec<(Origin, Command)> {
     };
     push(
         Command::NodeStarted {
-            node_id: 1,
+            node_id: RaftId(1),
             incarnation: "aaaaaaaa".into(),
             generation: 1,
         },
@@ -484,12 +484,12 @@ fn every_command() -> Vec<Command> {
     worked.seq = 12;
     let mut cmds = vec![
         Command::NodeStarted {
-            node_id: 3,
+            node_id: RaftId(3),
             incarnation: "deadbeef".into(),
             generation: 9,
         },
         Command::NodeDown {
-            node_id: 4,
+            node_id: RaftId(4),
             incarnation: "cafebabe".into(),
         },
         Command::Bootstrap {
@@ -642,7 +642,7 @@ fn a_snapshot_keeps_every_table() {
         },
     );
     s.apply_member_change(MemberChange::Added {
-        node_id: 7,
+        node_id: RaftId(7),
         addr: Some("127.0.0.1:7000".into()),
     });
     let restored = State::from_snapshot(&s.to_snapshot()).unwrap();

@@ -134,17 +134,32 @@ mod tests {
         t.subscribe(&"p6".into(), "a.bc");
         t.subscribe(&"p1".into(), "a.*");
         assert_eq!(
-            t.matching("a.b").into_iter().map(PipeId::as_str).collect::<Vec<_>>(),
+            t.matching("a.b")
+                .into_iter()
+                .map(PipeId::as_str)
+                .collect::<Vec<_>>(),
             ["p1", "p2", "p3", "p4"]
         );
         assert_eq!(
-            t.matching("a").into_iter().map(PipeId::as_str).collect::<Vec<_>>(),
+            t.matching("a")
+                .into_iter()
+                .map(PipeId::as_str)
+                .collect::<Vec<_>>(),
             ["p1", "p3", "p4"]
         );
-        assert_eq!(t.matching("z").into_iter().map(PipeId::as_str).collect::<Vec<_>>(), ["p4"]);
+        assert_eq!(
+            t.matching("z")
+                .into_iter()
+                .map(PipeId::as_str)
+                .collect::<Vec<_>>(),
+            ["p4"]
+        );
         t.unsubscribe_prefix("p1");
         assert_eq!(
-            t.matching("a.b").into_iter().map(PipeId::as_str).collect::<Vec<_>>(),
+            t.matching("a.b")
+                .into_iter()
+                .map(PipeId::as_str)
+                .collect::<Vec<_>>(),
             ["p2", "p3", "p4"]
         );
         t.unsubscribe(&"p4".into(), ".*");

@@ -10,6 +10,7 @@ use crate::conn::{Conn, WATCHDOG_MAX};
 use crate::node::Node;
 use nexus_cluster::gossip::Member;
 use nexus_core::auth;
+use nexus_core::ids::RaftId;
 use nexus_core::rpc::{
     self, Params, RpcError, RpcResult, ERR_INVALID_REQUEST, ERR_METHOD_NOT_FOUND,
 };
@@ -85,7 +86,7 @@ async fn node_list(node: &Node, conn: &Conn, p: &Params<'_>) -> RpcResult {
         .unwrap_or_else(|e| e.into_inner())
         .clone();
     let leader = stats.leader();
-    let live: std::collections::HashMap<u64, Member> = match node.cluster.as_ref() {
+    let live: std::collections::HashMap<RaftId, Member> = match node.cluster.as_ref() {
         Some(c) => c
             .gossip
             .live()
@@ -95,7 +96,7 @@ async fn node_list(node: &Node, conn: &Conn, p: &Params<'_>) -> RpcResult {
             .collect(),
         None => Default::default(),
     };
-    let role_of = |id: u64| {
+    let role_of = |id: RaftId| {
         if id == node.raft_id {
             stats.role().name()
         } else if leader == Some(id) {
@@ -182,7 +183,8 @@ async fn node_remove(node: &Node, conn: &Conn, p: &Params<'_>) -> RpcResult {
             .read(|s| s.cluster.members.get(&leader).cloned()),
         None => None,
     };
-    nexus_cluster::membership::remove_member(link, &node.replica.raft, leader_addr, id as u64)
+    let id = RaftId(id as u64);
+    nexus_cluster::membership::remove_member(link, &node.replica.raft, leader_addr, id)
         .await
         .map_err(RpcError::internal)?;
     Ok(rpc::ok())

@@ -220,7 +220,14 @@ pub async fn push(
         return Ok(nexus_core::rpc::ok());
     }
     let (rx, _guard) = local.wait_for(taskid.as_str());
-    propose_then_wait(replica, local, Command::TaskPush { task }, taskid.as_str(), rx).await
+    propose_then_wait(
+        replica,
+        local,
+        Command::TaskPush { task },
+        taskid.as_str(),
+        rx,
+    )
+    .await
 }
 
 /// Proposes a push or pull (`id`) and waits for the event that ends it on `rx`.
