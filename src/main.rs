@@ -14,6 +14,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Admin(nexus_admin::AdminCmd::Cluster(nexus_admin::ClusterCmd::Secret)) => {
+            println!("{}", nexus_cluster::secret::generate());
+            std::process::ExitCode::SUCCESS
+        }
         // 1: the node refused (the error's line says why); 2: no answer (connection, input).
         Command::Admin(cmd) => match nexus_admin::run(cli.connection, cmd) {
             Ok(()) => std::process::ExitCode::SUCCESS,

@@ -193,15 +193,23 @@ fn leader_kill_9_writes_resume_and_the_node_catches_up_after_restart() {
     );
 }
 
+/// A new secret from `nexus cluster secret`.
+fn generated_secret() -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_nexus"))
+        .args(["cluster", "secret"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
 #[test]
 fn a_node_without_the_cluster_secret_cannot_join() {
     let root = tempfile::tempdir().unwrap();
-    let secret = root.path().join("secret");
-    std::fs::write(&secret, "right-secret\n").unwrap();
-    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    let wrong = root.path().join("wrong");
-    std::fs::write(&wrong, "wrong-secret\n").unwrap();
-    std::fs::set_permissions(&wrong, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let (right, other) = (generated_secret(), generated_secret());
+    assert_ne!(right, other);
+    let secret = secret_file(root.path(), "secret", &format!("{right}\n"), 0o600);
+    let wrong = secret_file(root.path(), "wrong", &format!("{other}\n"), 0o600);
     let (pa, px) = (free_port(), free_port());
     let (da, dx) = (root.path().join("a"), root.path().join("x"));
     std::fs::create_dir_all(&da).unwrap();
@@ -231,6 +239,9 @@ fn a_node_without_the_cluster_secret_cannot_join() {
     let list = expect_ok(c.call("sys.node.list", json!({})));
     assert_eq!(list.as_array().unwrap().len(), 1, "nobody joined: {list}");
     assert!(!x.healthy(), "the outsider never gets a leader");
+    let health = format!("127.0.0.1:{}", a.health).parse().unwrap();
+    let refused = metric(&scrape(health), "nexus_peer_auth_failures_total", &[]);
+    assert!(refused >= Some(1.0), "counted in /metrics: {refused:?}");
     // A world-readable secret file is refused at start.
     let loose = secret_file(root.path(), "loose", "s", 0o644);
     let out = Command::new(env!("CARGO_BIN_EXE_nexus"))
@@ -242,6 +253,38 @@ fn a_node_without_the_cluster_secret_cannot_join() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("chmod 600"));
+    // So is a typed secret, unless the operator insists.
+    let weak = secret_file(root.path(), "weak", "right-secret\n", 0o600);
+    let serve = |dir: &str, port: u16, insist: bool| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_nexus"));
+        cmd.args(["serve", "--data-dir"])
+            .arg(root.path().join(dir))
+            .args(["--cluster", &format!("127.0.0.1:{}", free_port())])
+            .args(["--cluster-secret-file", weak.to_str().unwrap()])
+            .args(["-l", &format!("tcp://127.0.0.1:{port}")]);
+        if insist {
+            cmd.arg("--insecure-cluster");
+        }
+        cmd
+    };
+    let out = serve("w", free_port(), false).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("too weak") && stderr.contains("nexus cluster secret"),
+        "{stderr}"
+    );
+    let port = free_port();
+    let mut insisted = serve("w2", port, true)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let listening = eventually(Duration::from_secs(20), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let _ = insisted.kill();
+    let _ = insisted.wait();
+    assert!(listening, "--insecure-cluster lets a weak secret through");
 }
 
 #[test]

@@ -7,7 +7,7 @@ mod output;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, Context};
+use anyhow::{anyhow, bail, Context};
 use clap::{Args, Subcommand};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -166,6 +166,8 @@ pub enum ClusterCmd {
     Status,
     /// Removes a member (by raft id) that is gone for good.
     Remove { raft_id: u64 },
+    /// Prints a new random cluster secret (32 random bytes, base64url); connects to nothing.
+    Secret,
 }
 
 /// The admin groups, flattened into the binary's top-level commands.
@@ -240,6 +242,8 @@ pub fn run(conn: Connection, cmd: AdminCmd) -> anyhow::Result<()> {
             client.call("sys.node.list", json!({"all": all}))?
         }
         AdminCmd::Cluster(ClusterCmd::Status) => cluster_status(&mut client, json_out)?,
+        // The binary answers it without connecting (it knows the secret's format).
+        AdminCmd::Cluster(ClusterCmd::Secret) => bail!("`nexus cluster secret` needs no node"),
         AdminCmd::Cluster(ClusterCmd::Remove { raft_id }) => {
             client.call("sys.node.remove", json!({"raftId": raft_id}))?
         }

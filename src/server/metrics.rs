@@ -93,6 +93,7 @@ struct Sampled {
     peer_connected: Family<PeerLabels, Gauge>,
     peer_sent: Family<PeerLabels, Counter>,
     peer_received: Family<PeerLabels, Counter>,
+    peer_auth_failures: Counter,
     gossip_live: Gauge,
     gossip_dead: Gauge,
 }
@@ -255,6 +256,12 @@ impl Metrics {
             s.peer_received.clone(),
         );
         r.register(
+            "peer_auth_failures",
+            "Peer connections refused or dropped because the peer failed authentication \
+             (a wrong cluster secret, or bytes altered or replayed on the way)",
+            s.peer_auth_failures.clone(),
+        );
+        r.register(
             "gossip_live_nodes",
             "Members gossip sees alive (self included)",
             s.gossip_live.clone(),
@@ -415,6 +422,7 @@ fn sample(s: &Sampled, node: &Node, gossip: Option<(usize, usize)>) {
     s.peer_sent.clear();
     s.peer_received.clear();
     if let Some(link) = node.cluster.as_ref() {
+        catch_up(&s.peer_auth_failures, link.transport.auth_failures());
         for p in link.transport.traffic() {
             let labels = PeerLabels {
                 peer: p.raft_id.to_string(),

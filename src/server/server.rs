@@ -57,8 +57,10 @@ impl ClusterRuntime {
     }
 }
 
-/// The cluster secret from --cluster-secret-file or NEXUS_CLUSTER_SECRET.
-fn cluster_secret(args: &ServeArgs) -> anyhow::Result<Option<Arc<Vec<u8>>>> {
+/// The cluster secrets from --cluster-secret-file (one per line, the first to dial with)
+/// or NEXUS_CLUSTER_SECRET; none in insecure mode. A weak secret is refused unless
+/// --insecure-cluster.
+fn cluster_secrets(args: &ServeArgs) -> anyhow::Result<Vec<Vec<u8>>> {
     let c = &args.cluster;
     if c.cluster.is_some() && c.fence_after_ms >= c.node_down_after_ms {
         return Err(anyhow!(
@@ -68,12 +70,25 @@ fn cluster_secret(args: &ServeArgs) -> anyhow::Result<Option<Arc<Vec<u8>>>> {
             c.node_down_after_ms
         ));
     }
-    let secret = match (&c.cluster_secret_file, &c.cluster_secret) {
-        (Some(path), _) => Some(secret::load_secret(path)?),
-        (None, Some(value)) => Some(secret::secret_from_env(value)?),
-        (None, None) => None,
+    let (secrets, source) = match (&c.cluster_secret_file, &c.cluster_secret) {
+        (Some(path), _) => (
+            secret::load_secrets(path)?,
+            format!("the file {}", path.display()),
+        ),
+        (None, Some(value)) => (
+            vec![secret::secret_from_env(value)?],
+            "NEXUS_CLUSTER_SECRET".to_string(),
+        ),
+        (None, None) => (Vec::new(), String::new()),
     };
-    if let (Some(addr), None) = (&c.cluster, &secret) {
+    for s in &secrets {
+        match secret::check_strength(s, &source) {
+            Err(e) if !c.insecure_cluster => return Err(e),
+            Err(e) => warn!("{e:#} (allowed by --insecure-cluster)"),
+            Ok(()) => {}
+        }
+    }
+    if let (Some(addr), true) = (&c.cluster, secrets.is_empty()) {
         let loopback = addr
             .parse::<SocketAddr>()
             .map(|a| a.ip().is_loopback())
@@ -81,13 +96,13 @@ fn cluster_secret(args: &ServeArgs) -> anyhow::Result<Option<Arc<Vec<u8>>>> {
         if !loopback && !c.insecure_cluster {
             return Err(anyhow!(
                 "--cluster {addr} is not a loopback address: give the cluster secret \
-                 (--cluster-secret-file FILE or NEXUS_CLUSTER_SECRET) so that only your nodes \
-                 can join, or pass --insecure-cluster"
+                 (--cluster-secret-file FILE or NEXUS_CLUSTER_SECRET; `nexus cluster secret` \
+                 makes one) so that only your nodes can join, or pass --insecure-cluster"
             ));
         }
         warn!("no cluster secret: any process that reaches {addr} can join this cluster");
     }
-    Ok(secret.map(Arc::new))
+    Ok(secrets)
 }
 
 /// Writes the initial configuration of a new cluster: `voters` (raft id → address).
@@ -107,7 +122,7 @@ async fn start_cluster(
     args: &ServeArgs,
     me: &Identity,
     storage: &RaftStorage,
-    secret: Option<Arc<Vec<u8>>>,
+    secrets: Vec<Vec<u8>>,
 ) -> anyhow::Result<ClusterRuntime> {
     let c = &args.cluster;
     let listen_raw = c.cluster.as_deref().expect("cluster mode");
@@ -131,7 +146,7 @@ async fn start_cluster(
         TransportConfig {
             listen,
             hello: hello.clone(),
-            secret,
+            keys: nexus_cluster::transport::Keys::from_secrets(&secrets),
             ..TransportConfig::default()
         },
         membership::event_sink(raft_slot.clone(), routed_slot.clone()),
@@ -310,7 +325,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
     }
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
-    let secret = cluster_secret(&args)?;
+    let secrets = cluster_secrets(&args)?;
     #[cfg(feature = "test-hooks")]
     nexus_consensus::clock::set_test_offset_ms(args.cluster.test_clock_offset_ms);
     let reserve = args.disk_reserve_mb.saturating_mul(1 << 20);
@@ -368,7 +383,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
             }
             None
         }
-        Some(_) => Some(start_cluster(&args, &me, &storage, secret).await?),
+        Some(_) => Some(start_cluster(&args, &me, &storage, secrets).await?),
     };
     let raft = consensus::start(
         storage,

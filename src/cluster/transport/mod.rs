@@ -1,24 +1,25 @@
-//! The peer transport: authenticated TCP streams between the nodes of the cluster.
+//! The peer transport: sealed TCP streams between the nodes of the cluster.
 //!
 //! Each node listens on its cluster address and keeps ONE persistent outbound stream per peer
 //! it sends to, so two nodes talk over two connections, one per direction; inbound streams
 //! are only read. Oneshot connections (`call`, `probe`) carry one request and one answer.
 //!
-//! A connection starts with a mutual challenge over the cluster secret: both sides send a
-//! fresh nonce and prove the secret with an HMAC-SHA256 over both nonces and their identity,
-//! so a proof can neither be replayed nor reflected. Until the peer has proved it, messages
-//! are limited to `PREAUTH_MAX` bytes: nobody unauthenticated can make us allocate. Then both
-//! sides send their `PeerHello`, then the dialer sends `Frame`s. Everything on the wire is a
-//! 4-byte big-endian length followed by the prost encoding.
+//! A connection starts with a Noise handshake keyed from the cluster secret (`noise`):
+//! only a holder of the secret completes it, and until then messages are limited to
+//! `PREAUTH_MAX` bytes, so nobody unauthenticated can make us allocate. From then on every
+//! byte is encrypted and authenticated in records whose nonces count up, so nothing can be
+//! read, altered, replayed or reordered on the way: a record that does not open drops the
+//! connection. Inside, the dialer sends its `PeerHello`, the listener answers with its own,
+//! then the dialer sends `Frame`s, each a 4-byte big-endian length and the prost encoding.
 //!
 //! Snapshots travel as `SnapshotChunk` frames interleaved with the normal frames (a waiting
 //! frame always goes first, so heartbeats never wait behind a snapshot); the receiver answers
 //! with a `SnapshotAck` over its own outbound stream.
 //!
-//! The parts: `handshake` (the challenge and hellos), `conn` (framing of one connection),
-//! `shared` (the peers and their queues), `writer` (one outbound task per peer), `reader`
-//! (accepting, oneshot requests, and reading each peer's stream), `snapshot` (transfers,
-//! both ways).
+//! The parts: `noise` (the handshake's keys and the sealed records), `handshake` (the
+//! handshake and hellos), `conn` (framing of one connection), `shared` (the peers and their
+//! queues), `writer` (one outbound task per peer), `reader` (accepting, oneshot requests,
+//! and reading each peer's stream), `snapshot` (transfers, both ways).
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -41,6 +42,7 @@ use nexus_core::proto::{frame::Body, Frame, PeerHello};
 
 mod conn;
 mod handshake;
+mod noise;
 mod reader;
 mod shared;
 mod snapshot;
@@ -51,13 +53,15 @@ mod writer;
 pub use conn::PeerTraffic;
 use conn::{Conn, Traffic};
 use handshake::{dial, listener_handshake, HandshakeError};
+pub use noise::{Keys, Psk};
 use reader::{accept_loop, Reader};
 use shared::{Outbound, Shared};
 use snapshot::{Assembly, Sending, SnapshotJob, Transfer, CHUNK_OVERHEAD};
 use writer::{Failures, Writer};
 
-/// Version of the handshake itself (the frames are versioned by `PeerHello.cluster_version`).
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Version of the link protocol: the handshake and the sealing (the frames are versioned by
+/// `PeerHello.cluster_version`).
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// A peer that stays down is logged once per this period, not once per retry.
 const WARN_EVERY: Duration = Duration::from_secs(10);
@@ -69,8 +73,8 @@ pub struct TransportConfig {
     pub listen: SocketAddr,
     /// Our hello; its raft_id and generation are also our identity in the handshake.
     pub hello: PeerHello,
-    /// The cluster secret; None is insecure mode (the same handshake with an empty key).
-    pub secret: Option<Arc<Vec<u8>>>,
+    /// The keys derived from the cluster secrets (see `Keys`).
+    pub keys: Keys,
     /// Bound of each peer's outbound queue, in frames.
     pub queue_frames: usize,
     /// Largest frame sent or accepted once authenticated.
@@ -90,7 +94,7 @@ impl Default for TransportConfig {
         TransportConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             hello: PeerHello::default(),
-            secret: None,
+            keys: Keys::from_secrets::<&[u8]>(&[]),
             queue_frames: 8192,
             max_frame: 64 << 20,
             snapshot_chunk: 1 << 20,
@@ -108,7 +112,7 @@ impl fmt::Debug for TransportConfig {
         f.debug_struct("TransportConfig")
             .field("listen", &self.listen)
             .field("hello", &self.hello)
-            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field("keys", &"<redacted>")
             .field("queue_frames", &self.queue_frames)
             .field("max_frame", &self.max_frame)
             .field("snapshot_chunk", &self.snapshot_chunk)
@@ -174,6 +178,8 @@ impl Transport {
         let local_addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             hello: RwLock::new(cfg.hello.clone()),
+            keys: RwLock::new(cfg.keys.clone()),
+            auth_failures: AtomicU64::new(0),
             cfg,
             events,
             local_addr,
@@ -287,6 +293,17 @@ impl Transport {
             .map_err(|_| anyhow!("probing {addr} timed out after {limit:?}"))??;
         conn.close().await;
         Ok(hello)
+    }
+
+    /// Seals new connections with `keys` from now on (a rotation of the cluster secrets);
+    /// established connections keep theirs.
+    pub fn set_keys(&self, keys: Keys) {
+        *self.shared.keys.write().unwrap_or_else(|e| e.into_inner()) = keys;
+    }
+
+    /// Handshakes refused and connections dropped because the peer failed authentication.
+    pub fn auth_failures(&self) -> u64 {
+        self.shared.auth_failures.load(Ordering::Relaxed)
     }
 
     /// Replaces the hello sent on new connections.

@@ -2,6 +2,7 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,6 +17,7 @@ use tracing::{debug, warn};
 use nexus_core::ids::RaftId;
 use nexus_core::proto::{frame::Body, Frame, PeerHello};
 
+use super::noise::is_seal_broken;
 use super::{
     listener_handshake, lock, Assembly, Conn, HandshakeError, PeerEvent, Shared, WARN_EVERY,
 };
@@ -39,7 +41,8 @@ pub(super) async fn serve(shared: Arc<Shared>, stream: TcpStream, remote: Socket
     let mut conn = Conn::new(stream);
     let ours = shared.hello();
     let limit = shared.cfg.handshake_timeout;
-    let handshake = listener_handshake(&mut conn, shared.key(), &ours, shared.cfg.max_frame);
+    let keys = shared.keys();
+    let handshake = listener_handshake(&mut conn, &keys, &ours, shared.cfg.max_frame);
     let theirs = match timeout(limit, handshake).await {
         Ok(Ok(theirs)) => theirs,
         Ok(Err(e)) => return shared.log_refused(remote, &e),
@@ -63,6 +66,9 @@ pub(super) async fn serve(shared: Arc<Shared>, stream: TcpStream, remote: Socket
 
 impl Shared {
     pub(super) fn log_refused(&self, remote: SocketAddr, e: &HandshakeError) {
+        if matches!(e, HandshakeError::Auth) {
+            self.auth_failures.fetch_add(1, Ordering::Relaxed);
+        }
         match e {
             HandshakeError::Auth if self.first_refusal(remote.ip()) => warn!(
                 "refused peer connection from {remote}: cluster authentication failed (wrong or missing cluster secret)"
@@ -145,7 +151,10 @@ impl Reader {
                 Ok(Some(buf)) => buf,
                 Ok(None) => return debug!("cluster peer {from} ({remote}) closed its stream"),
                 Err(e) => {
-                    return warn!("dropping the stream of cluster peer {from} ({remote}): {e}")
+                    if is_seal_broken(&e) {
+                        self.shared.auth_failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                    return warn!("dropping the stream of cluster peer {from} ({remote}): {e}");
                 }
             };
             let handled = Frame::decode(buf)

@@ -15,6 +15,7 @@ use tracing::debug;
 use nexus_core::ids::RaftId;
 use nexus_core::proto::{Frame, PeerHello};
 
+use super::noise::Keys;
 use super::{
     lock, EventSink, Failures, PeerEvent, SendError, SnapshotJob, Traffic, Transfer,
     TransportConfig, Writer,
@@ -23,6 +24,10 @@ use super::{
 pub(super) struct Shared {
     pub(super) cfg: TransportConfig,
     pub(super) hello: RwLock<PeerHello>,
+    /// The keys connections are sealed with (replaced when the secrets rotate).
+    pub(super) keys: RwLock<Keys>,
+    /// Handshakes and records that failed authentication (a metric).
+    pub(super) auth_failures: AtomicU64,
     pub(super) events: EventSink,
     pub(super) local_addr: SocketAddr,
     /// Lets any thread (the raft driver) start tasks.
@@ -65,8 +70,8 @@ impl Shared {
         self.hello.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    pub(super) fn key(&self) -> &[u8] {
-        self.cfg.secret.as_deref().map_or(&[], |s| s.as_slice())
+    pub(super) fn keys(&self) -> Keys {
+        self.keys.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub(super) fn emit(&self, event: PeerEvent) {

@@ -20,7 +20,7 @@ fn config(raft_id: u64, secret: Option<&str>) -> TransportConfig {
             program_version: "test".into(),
             ..PeerHello::default()
         },
-        secret: secret.map(|s| Arc::new(s.as_bytes().to_vec())),
+        keys: Keys::from_secrets(secret.as_slice()),
         connect_timeout: Duration::from_millis(500),
         handshake_timeout: Duration::from_secs(1),
         backoff_min: Duration::from_millis(10),
@@ -326,4 +326,198 @@ async fn full_queue_refuses_frames() {
     );
     a.next(|e| matches!(e, PeerEvent::Unreachable { to: RaftId(9) }).then_some(()))
         .await;
+}
+
+/// What a relay passed, per connection: (dialer → listener, listener → dialer).
+type Captured = Arc<Mutex<Vec<(Vec<u8>, Vec<u8>)>>>;
+
+/// A man in the middle on loopback: forwards each connection to `target`, keeps every byte
+/// it passed (per connection, dialer→listener and back), and can flip one byte of what a
+/// dialer sends.
+struct Relay {
+    addr: String,
+    /// (dialer → listener, listener → dialer) of each connection, in order.
+    seen: Captured,
+    /// Flip the byte at this offset of the next connection's dialer → listener stream.
+    flip_at: Arc<Mutex<Option<usize>>>,
+}
+
+impl Relay {
+    async fn start(target: String) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let seen: Captured = Arc::default();
+        let flip_at: Arc<Mutex<Option<usize>>> = Arc::default();
+        let (seen2, flip2) = (seen.clone(), flip_at.clone());
+        tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let Ok(outbound) = TcpStream::connect(&target).await else {
+                    continue;
+                };
+                let conn = {
+                    let mut seen = lock(&seen2);
+                    seen.push(Default::default());
+                    seen.len() - 1
+                };
+                let flip = lock(&flip2).take();
+                let (in_r, in_w) = inbound.into_split();
+                let (out_r, out_w) = outbound.into_split();
+                tokio::spawn(pump(in_r, out_w, seen2.clone(), conn, true, flip));
+                tokio::spawn(pump(out_r, in_w, seen2.clone(), conn, false, None));
+            }
+        });
+        Relay {
+            addr,
+            seen,
+            flip_at,
+        }
+    }
+
+    /// Everything that passed, both ways, all connections.
+    fn all_bytes(&self) -> Vec<u8> {
+        lock(&self.seen)
+            .iter()
+            .flat_map(|(up, down)| up.iter().chain(down).copied())
+            .collect()
+    }
+}
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    seen: Captured,
+    conn: usize,
+    up: bool,
+    flip: Option<usize>,
+) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; 64 << 10];
+    let mut passed = 0usize;
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if let Some(at) = flip.filter(|at| (passed..passed + n).contains(at)) {
+            buf[at - passed] ^= 0x20;
+        }
+        passed += n;
+        {
+            let mut seen = lock(&seen);
+            let side = if up {
+                &mut seen[conn].0
+            } else {
+                &mut seen[conn].1
+            };
+            side.extend_from_slice(&buf[..n]);
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
+}
+
+fn marked(n: u64, marker: &[u8]) -> Frame {
+    Frame {
+        body: Some(Body::Forward(Forward {
+            context: n.to_be_bytes().to_vec(),
+            data: marker.to_vec(),
+        })),
+    }
+}
+
+/// Waits until `cond` holds (checked every 10 ms), at most `WAIT`.
+async fn until(mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "condition not met within {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_relay_sees_nothing_readable_and_a_flipped_byte_drops_the_link() {
+    let a = node(config(1, Some("s3cret"))).await;
+    let mut b = node(config(2, Some("s3cret"))).await;
+    let relay = Relay::start(b.addr()).await;
+    a.t.set_peer(RaftId(2), relay.addr.clone());
+    let marker = b"MARKER-written-through-the-api-7f3a";
+    a.t.send(RaftId(2), marked(1, marker)).unwrap();
+    assert_eq!(b.frame().await, (RaftId(1), marked(1, marker)));
+    let hay = relay.all_bytes();
+    assert!(!hay.is_empty());
+    assert!(
+        !hay.windows(marker.len()).any(|w| w == marker),
+        "the marker crossed the relay in the clear"
+    );
+    assert!(
+        !hay.windows(6).any(|w| w == b"s3cret"),
+        "the secret crossed the relay"
+    );
+
+    // The next connection gets a byte flipped well after its handshake (inside the first
+    // frames): the record fails, b drops the link and counts it, and a reconnects.
+    let flip_at = 400;
+    *lock(&relay.flip_at) = Some(flip_at);
+    let dropped = a.t.auth_failures() + b.t.auth_failures();
+    a.t.set_peer(RaftId(2), closed_port().await);
+    a.t.set_peer(RaftId(2), relay.addr.clone());
+    // Frames keep coming until the flipped connection carried byte 400 (the old one may
+    // take the first ones before the writer sees the new address).
+    let mut n = 1;
+    until(|| {
+        n += 1;
+        let _ = a.t.send(RaftId(2), marked(n, marker));
+        b.t.auth_failures() > dropped
+    })
+    .await;
+    // Raft retransmits what the dropped link lost (here: sent again until one arrives);
+    // frames that arrive arrive whole and in order.
+    let (deadline, mut last) = (Instant::now() + WAIT, 1);
+    loop {
+        assert!(Instant::now() < deadline, "the link did not come back");
+        let _ = a.t.send(RaftId(2), marked(1000, marker));
+        let event = timeout(Duration::from_millis(50), b.events.recv()).await;
+        let Ok(Some(PeerEvent::Frame { from, frame })) = event else {
+            continue;
+        };
+        assert_eq!(from, RaftId(1));
+        let n = number(&frame);
+        assert_eq!(frame, marked(n, marker), "a damaged frame was delivered");
+        assert!(n > last || n == 1000, "frames out of order: {n} after {last}");
+        last = n;
+        if n == 1000 {
+            break;
+        }
+    }
+    let conns = lock(&relay.seen).len();
+    assert!(
+        conns >= 3,
+        "the link was not re-established ({conns} connections)"
+    );
+}
+
+#[tokio::test]
+async fn a_replayed_connection_is_refused() {
+    let a = node(config(1, Some("s3cret"))).await;
+    let mut b = node(config(2, Some("s3cret"))).await;
+    let relay = Relay::start(b.addr()).await;
+    a.t.set_peer(RaftId(2), relay.addr.clone());
+    a.t.send(RaftId(2), forward(1)).unwrap();
+    assert_eq!(number(&b.frame().await.1), 1);
+    a.t.shutdown();
+    until(|| !lock(&relay.seen)[0].0.is_empty()).await;
+    let captured = lock(&relay.seen)[0].0.clone();
+
+    // The dialer's whole stream, replayed to the listener: its offer is answered, but its
+    // sealed hello and frames do not open under the new handshake's keys.
+    let failures = b.t.auth_failures();
+    let mut raw = TcpStream::connect(b.t.local_addr()).await.unwrap();
+    raw.write_all(&captured).await.unwrap();
+    until(|| b.t.auth_failures() > failures).await;
+    b.no_frame(Duration::from_millis(300)).await;
 }
