@@ -56,6 +56,11 @@ struct TaskLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RoleLabels {
     role: &'static str,
 }
@@ -96,6 +101,7 @@ struct Sampled {
     peer_auth_failures: Counter,
     gossip_live: Gauge,
     gossip_dead: Gauge,
+    gossip_refused: Family<ReasonLabels, Counter>,
 }
 
 /// Scrapes closer together than this get the last text: a scrape walks the state.
@@ -271,6 +277,12 @@ impl Metrics {
             "Members gossip believes dead",
             s.gossip_dead.clone(),
         );
+        r.register(
+            "gossip_refused_datagrams",
+            "Gossip datagrams refused: reason=unauthenticated (a wrong cluster secret, or \
+             altered) or replayed (seen before, or its time far from ours)",
+            s.gossip_refused.clone(),
+        );
         Metrics {
             registry: r,
             sampled: Mutex::new((s, None)),
@@ -432,6 +444,15 @@ fn sample(s: &Sampled, node: &Node, gossip: Option<(usize, usize)>) {
                 .set(p.connected as i64);
             catch_up(&s.peer_sent.get_or_create(&labels), p.sent);
             catch_up(&s.peer_received.get_or_create(&labels), p.received);
+        }
+    }
+    if let Some(link) = node.cluster.as_ref() {
+        let (unauthenticated, replayed) = link.gossip.refusals();
+        for (reason, total) in [("unauthenticated", unauthenticated), ("replayed", replayed)] {
+            catch_up(
+                &s.gossip_refused.get_or_create(&ReasonLabels { reason }),
+                total,
+            );
         }
     }
     if let Some((live, dead)) = gossip {

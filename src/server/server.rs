@@ -162,6 +162,7 @@ async fn start_cluster(
             seeds: c.join.clone(),
             interval: Duration::from_millis(c.gossip_interval_ms.max(10)),
             dead_grace: Duration::from_secs(c.gossip_dead_grace.max(1)),
+            keys: gossip::GossipKeys::new(&secrets),
         },
         vec![
             (gossip::KEY_RAFT_ID.into(), me.raft_id.to_string()),

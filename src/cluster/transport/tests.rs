@@ -488,7 +488,10 @@ async fn a_relay_sees_nothing_readable_and_a_flipped_byte_drops_the_link() {
         assert_eq!(from, RaftId(1));
         let n = number(&frame);
         assert_eq!(frame, marked(n, marker), "a damaged frame was delivered");
-        assert!(n > last || n == 1000, "frames out of order: {n} after {last}");
+        assert!(
+            n > last || n == 1000,
+            "frames out of order: {n} after {last}"
+        );
         last = n;
         if n == 1000 {
             break;

@@ -1,14 +1,19 @@
 //! Membership gossip through chitchat: every node publishes who it is (raft id, generation,
 //! incarnation, addresses, versions) and how it is doing (clients, load, status); every node
-//! sees who is live. Gossip is not authenticated: it is used for discovery and display,
-//! never trusted for membership changes without the authenticated peer transport.
+//! sees who is live. Its datagrams are sealed with the cluster secrets (`sealed`); even so,
+//! gossip is used for discovery and display, and never trusted for membership changes
+//! without the authenticated peer transport.
+
+mod sealed;
+
+pub use sealed::{GossipKeys, GossipRefusals, SealedUdp, WINDOW};
 
 use nexus_core::ids::RaftId;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use chitchat::transport::UdpTransport;
 use chitchat::{
     spawn_chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, NodeState,
     ProtocolVersion,
@@ -35,6 +40,8 @@ pub struct GossipConfig {
     pub seeds: Vec<String>,
     pub interval: Duration,
     pub dead_grace: Duration,
+    /// Keys from the cluster secrets.
+    pub keys: GossipKeys,
 }
 
 /// What one live node says about itself.
@@ -83,6 +90,8 @@ impl Member {
 
 pub struct Gossip {
     handle: ChitchatHandle,
+    keys: GossipKeys,
+    refusals: Arc<GossipRefusals>,
 }
 
 impl Gossip {
@@ -112,8 +121,32 @@ impl Gossip {
             })),
             protocol_version: ProtocolVersion::V0,
         };
-        let handle = spawn_chitchat(config, keys, &UdpTransport).await?;
-        Ok(Gossip { handle })
+        let refusals = Arc::new(GossipRefusals::default());
+        let transport = SealedUdp {
+            keys: cfg.keys.clone(),
+            refusals: refusals.clone(),
+        };
+        let handle = spawn_chitchat(config, keys, &transport).await?;
+        Ok(Gossip {
+            handle,
+            keys: cfg.keys,
+            refusals,
+        })
+    }
+
+    /// Seals with the first of `secrets` and opens with any of them from now on.
+    pub fn set_secrets<S: AsRef<[u8]>>(&self, secrets: &[S]) {
+        self.keys.set(secrets);
+    }
+
+    /// Datagrams refused: (not authenticated, replayed or stale).
+    pub fn refusals(&self) -> (u64, u64) {
+        let r = &self.refusals;
+        (
+            r.unauthenticated.load(std::sync::atomic::Ordering::Relaxed),
+            r.replayed_or_stale
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
     }
 
     /// Sets one of our keys.
@@ -157,3 +190,6 @@ impl Gossip {
         let _ = self.handle.initiate_shutdown();
     }
 }
+
+#[cfg(test)]
+mod tests;
