@@ -566,3 +566,196 @@ fn a_pull_handed_its_task_inside_a_snapshot_still_gets_the_task() {
     );
     nodes[f].kill9();
 }
+
+/// A new self-signed certificate for localhost written over `cert` and `key`, and kept as
+/// `ca` (what a client must trust to reach it).
+fn new_certificate(cert: &std::path::Path, key: &std::path::Path, ca: &std::path::Path) {
+    let rcgen::CertifiedKey { cert: c, key_pair } =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    std::fs::write(ca, c.pem()).unwrap();
+    // Written beside and renamed: a reload never sees half a file.
+    let (tmp_c, tmp_k) = (cert.with_extension("new"), key.with_extension("new"));
+    std::fs::write(&tmp_c, c.pem()).unwrap();
+    std::fs::write(&tmp_k, key_pair.serialize_pem()).unwrap();
+    std::fs::rename(tmp_c, cert).unwrap();
+    std::fs::rename(tmp_k, key).unwrap();
+}
+
+fn ssl_client(port: u16, ca: &std::path::Path) -> anyhow::Result<nexus_client::Client> {
+    let opts = nexus_client::Options {
+        ca: Some(ca.to_path_buf()),
+        ..Default::default()
+    };
+    nexus_client::Client::login(
+        &format!("ssl://localhost:{port}"),
+        &opts,
+        "root",
+        common::ROOT_PASS,
+    )
+}
+
+#[test]
+fn secrets_and_certificates_rotate_on_a_live_cluster_without_losing_a_write() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path();
+    let (old, new) = (generated_secret(), generated_secret());
+    // Each node its own file, as on three hosts.
+    let files: Vec<_> = (0..3)
+        .map(|i| secret_file(dir, &format!("secret{i}"), &format!("{old}\n"), 0o600))
+        .collect();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let (ca1, ca2) = (dir.join("ca1.pem"), dir.join("ca2.pem"));
+    new_certificate(&cert, &key, &ca1);
+    let ssl = free_port();
+    let mut nodes = three_joined_each(dir, |i| {
+        let mut a = vec![
+            "--cluster-secret-file".to_string(),
+            files[i].to_str().unwrap().to_string(),
+        ];
+        if i == 0 {
+            for s in ["-l", &format!("ssl://127.0.0.1:{ssl}"), "--tls-cert"] {
+                a.push(s.to_string());
+            }
+            a.push(cert.to_str().unwrap().to_string());
+            a.push("--tls-key".to_string());
+            a.push(key.to_str().unwrap().to_string());
+        }
+        a
+    });
+    wait_voters(&nodes[0], 3);
+    let mut before_tls = ssl_client(ssl, &ca1).unwrap();
+
+    // A writer on each node, counting what was acknowledged.
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let writers: Vec<_> = (0..3)
+        .map(|i| {
+            let (mut c, stop, count) = (nodes[i].root(), stop.clone(), count.clone());
+            std::thread::spawn(move || {
+                let mut acked = Vec::new();
+                for n in 0..20_000 {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let user = format!("rot{i}x{n}");
+                    let answer = c.call("user.create", json!({"user": &user, "pass": "pass1"}));
+                    if answer.is_ok() {
+                        acked.push(user);
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                acked
+            })
+        })
+        .collect();
+    let write_all = |content: String| {
+        for f in &files {
+            std::fs::write(f, &content).unwrap();
+        }
+    };
+    let reload_by_rpc = |nodes: &[Proc]| {
+        for n in nodes {
+            let done = expect_ok(n.root().call("sys.node.reload", json!({})));
+            assert!(
+                done["reloaded"].to_string().contains("cluster secret"),
+                "{done}"
+            );
+        }
+    };
+    let reloads = |n: &Proc| n.log().matches("reloaded: ").count();
+    // Each step is taken with writes going on before and after it.
+    let writes_go_on = || {
+        let before = count.load(Ordering::Relaxed);
+        assert!(
+            eventually(Duration::from_secs(20), || count.load(Ordering::Relaxed)
+                >= before + 15),
+            "writes stopped"
+        );
+    };
+    writes_go_on();
+
+    // 1. Every node accepts the new secret too; 2. every node dials with it (and node 0
+    // serves a new certificate), by SIGHUP; 3. the old one is gone.
+    write_all(format!("{old}\n{new}\n"));
+    reload_by_rpc(&nodes);
+    writes_go_on();
+    write_all(format!("{new}\n{old}\n"));
+    new_certificate(&cert, &key, &ca2);
+    for n in &nodes {
+        let before = reloads(n);
+        let pid = n.child.as_ref().unwrap().id() as i32;
+        unsafe { libc::kill(pid, libc::SIGHUP) };
+        assert!(
+            eventually(Duration::from_secs(10), || reloads(n) > before),
+            "SIGHUP reloaded nothing: {}",
+            n.log()
+        );
+    }
+    writes_go_on();
+    write_all(format!("{new}\n"));
+    reload_by_rpc(&nodes);
+    writes_go_on();
+
+    // The TLS listener serves the new certificate to new connections, and the connection
+    // made before keeps working.
+    assert!(
+        ssl_client(ssl, &ca1).is_err(),
+        "the old certificate is still served"
+    );
+    let pinged = |c: &mut nexus_client::Client| c.call("sys.ping", json!({})).unwrap();
+    assert_eq!(
+        pinged(&mut ssl_client(ssl, &ca2).unwrap()),
+        json!({"ok": true})
+    );
+    assert_eq!(pinged(&mut before_tls), json!({"ok": true}));
+
+    // The load ran through all of it (node 2's restart below would end its writer's
+    // connection).
+    stop.store(true, Ordering::Relaxed);
+    let acked: Vec<String> = writers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect();
+    assert!(acked.len() > 30, "too little load: {} writes", acked.len());
+
+    // New peer links use the new secret: a restarted node comes back, and a node that only
+    // knows the old one is refused.
+    nodes[2].sigterm();
+    nodes[2].spawn();
+    nodes[2].wait_ready(Duration::from_secs(60));
+    let health = format!("127.0.0.1:{}", nodes[0].health).parse().unwrap();
+    let refused = || metric(&scrape(health), "nexus_peer_auth_failures_total", &[]);
+    let before = refused();
+    let stale_dir = dir.join("stale");
+    std::fs::create_dir_all(&stale_dir).unwrap();
+    let stale_file = secret_file(dir, "stale-secret", &format!("{old}\n"), 0o600);
+    let _stale = Proc::start(
+        &stale_dir,
+        free_port(),
+        &[nodes[0].cluster],
+        &["--cluster-secret-file", stale_file.to_str().unwrap()],
+    );
+    assert!(
+        eventually(Duration::from_secs(20), || refused() > before),
+        "a node with the old secret was not refused"
+    );
+
+    let listed = expect_ok(
+        nodes[1]
+            .root()
+            .call("user.list", json!({"prefix": "", "limit": 0})),
+    );
+    let names: std::collections::HashSet<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|u| u["user"].as_str())
+        .collect();
+    let lost: Vec<&String> = acked
+        .iter()
+        .filter(|u| !names.contains(u.as_str()))
+        .collect();
+    assert!(lost.is_empty(), "acknowledged but lost: {lost:?}");
+    eprintln!("{} writes acknowledged during the rotation", acked.len());
+}

@@ -158,6 +158,9 @@ pub enum NodeCmd {
         #[arg(long)]
         all: bool,
     },
+    /// Has the connected node read its TLS certificate and cluster secrets again (as
+    /// SIGHUP does).
+    Reload,
 }
 
 #[derive(Debug, Subcommand)]
@@ -241,6 +244,7 @@ pub fn run(conn: Connection, cmd: AdminCmd) -> anyhow::Result<()> {
         AdminCmd::Node(NodeCmd::List { all }) => {
             client.call("sys.node.list", json!({"all": all}))?
         }
+        AdminCmd::Node(NodeCmd::Reload) => client.call("sys.node.reload", json!({}))?,
         AdminCmd::Cluster(ClusterCmd::Status) => cluster_status(&mut client, json_out)?,
         // The binary answers it without connecting (it knows the secret's format).
         AdminCmd::Cluster(ClusterCmd::Secret) => bail!("`nexus cluster secret` needs no node"),

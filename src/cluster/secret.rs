@@ -94,6 +94,28 @@ pub fn check_strength(secret: &[u8], source: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The secrets of `path`, each checked for strength: a weak one is refused, or (when the
+/// operator insists with `insecure`) only logged.
+pub fn load_checked(path: &Path, insecure: bool) -> anyhow::Result<Vec<Vec<u8>>> {
+    let secrets = load_secrets(path)?;
+    let source = format!("the file {}", path.display());
+    for s in &secrets {
+        checked(s, &source, insecure)?;
+    }
+    Ok(secrets)
+}
+
+/// `check_strength`, only logged when the operator insists.
+pub fn checked(secret: &[u8], source: &str, insecure: bool) -> anyhow::Result<()> {
+    match check_strength(secret, source) {
+        Err(e) if insecure => {
+            tracing::warn!("{e:#} (allowed by --insecure-cluster)");
+            Ok(())
+        }
+        other => other,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod node;
 pub mod pipe;
 pub mod reconcile;
+pub mod reload;
 pub mod replica;
 pub mod server;
 pub mod session;

@@ -78,6 +78,8 @@ pub struct Node {
     pub listening: Mutex<Vec<String>>,
     /// Gossip and the peer transport; unset when standalone.
     pub cluster: Option<Arc<nexus_cluster::ClusterLink>>,
+    /// Reads the TLS certificate and the cluster secrets again (SIGHUP, `sys.reload`).
+    pub reload: crate::reload::Reloader,
     /// Sessions, pipes and waiting requests of this process.
     pub local: Local,
     /// What `/metrics` serves.
@@ -87,12 +89,11 @@ pub struct Node {
 impl Node {
     pub fn new(
         limits: Limits,
-        raft_id: RaftId,
-        incarnation: String,
-        generation: u64,
+        me: &nexus_consensus::Identity,
         raft: RaftHandle,
         state: Arc<RwLock<State>>,
         cluster: Option<Arc<nexus_cluster::ClusterLink>>,
+        reload: crate::reload::Reloader,
     ) -> Self {
         let logins = Logins::new(
             limits.hash_concurrency,
@@ -107,14 +108,15 @@ impl Node {
         );
         Node {
             limits,
-            raft_id,
-            incarnation,
-            generation,
+            raft_id: me.raft_id,
+            incarnation: me.incarnation.clone(),
+            generation: me.generation,
             stopping: Default::default(),
             replica: Replica::new(raft, state),
             logins,
             listening: Mutex::new(Vec::new()),
             cluster,
+            reload,
             local,
             metrics,
         }

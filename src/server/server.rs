@@ -12,6 +12,7 @@ use nexus_core::auth;
 use std::sync::OnceLock;
 
 use crate::node::{now_rfc3339, Control, Node};
+use crate::reload::Reloader;
 use crate::transport::{http, stream, tls};
 use nexus_cluster::gossip::{self, Gossip, GossipConfig};
 use nexus_cluster::transport::{Transport, TransportConfig};
@@ -70,24 +71,15 @@ fn cluster_secrets(args: &ServeArgs) -> anyhow::Result<Vec<Vec<u8>>> {
             c.node_down_after_ms
         ));
     }
-    let (secrets, source) = match (&c.cluster_secret_file, &c.cluster_secret) {
-        (Some(path), _) => (
-            secret::load_secrets(path)?,
-            format!("the file {}", path.display()),
-        ),
-        (None, Some(value)) => (
-            vec![secret::secret_from_env(value)?],
-            "NEXUS_CLUSTER_SECRET".to_string(),
-        ),
-        (None, None) => (Vec::new(), String::new()),
-    };
-    for s in &secrets {
-        match secret::check_strength(s, &source) {
-            Err(e) if !c.insecure_cluster => return Err(e),
-            Err(e) => warn!("{e:#} (allowed by --insecure-cluster)"),
-            Ok(()) => {}
+    let secrets = match (&c.cluster_secret_file, &c.cluster_secret) {
+        (Some(path), _) => secret::load_checked(path, c.insecure_cluster)?,
+        (None, Some(value)) => {
+            let s = secret::secret_from_env(value)?;
+            secret::checked(&s, "NEXUS_CLUSTER_SECRET", c.insecure_cluster)?;
+            vec![s]
         }
-    }
+        (None, None) => Vec::new(),
+    };
     if let (Some(addr), true) = (&c.cluster, secrets.is_empty()) {
         let loopback = addr
             .parse::<SocketAddr>()
@@ -298,7 +290,7 @@ impl Running {
 pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
     // Everything that can fail on bad configuration fails before storage opens.
     let listeners = args.listeners().map_err(|e| anyhow!(e))?;
-    let tls_config = if listeners.iter().any(|l| l.scheme.uses_tls()) {
+    let certificates = if listeners.iter().any(|l| l.scheme.uses_tls()) {
         let (cert, key) = match (&args.tls_cert, &args.tls_key) {
             (Some(c), Some(k)) => (c, k),
             _ => {
@@ -307,9 +299,15 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
                 ))
             }
         };
-        Some(tls::server_config(cert, key).map_err(|e| anyhow!(e))?)
+        Some(Arc::new(
+            tls::Certificates::load(cert, key).map_err(|e| anyhow!(e))?,
+        ))
     } else {
         None
+    };
+    let tls_config = match &certificates {
+        Some(c) => Some(tls::server_config(c.clone()).map_err(|e| anyhow!(e))?),
+        None => None,
     };
     let mut bound = Vec::new();
     for l in &listeners {
@@ -427,14 +425,19 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
             ),
         })
     });
+    let reloader = Reloader {
+        certificates,
+        secret_file: args.cluster.cluster_secret_file.clone(),
+        insecure: args.cluster.insecure_cluster,
+        cluster: link.clone(),
+    };
     let node = Arc::new(Node::new(
         args.limits(),
-        me.raft_id,
-        me.incarnation.clone(),
-        me.generation,
+        &me,
         raft,
         state,
         link.clone(),
+        reloader,
     ));
     if let (Some(c), Some(link)) = (&cluster, link) {
         let weak = Arc::downgrade(&node);
@@ -682,10 +685,18 @@ impl Running {
 /// Runs a node until SIGINT/SIGTERM, then shuts down cleanly.
 pub async fn run_until_signal(args: ServeArgs) -> anyhow::Result<()> {
     let running = start(args).await?;
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => info!("SIGINT: shutting down"),
-        _ = term.recv() => info!("SIGTERM: shutting down"),
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break info!("SIGINT: shutting down"),
+            _ = term.recv() => break info!("SIGTERM: shutting down"),
+            _ = hup.recv() => {
+                // Logged by the reloader, success or not; a failure keeps what was loaded.
+                let _ = running.node.reload.reload();
+            }
+        }
     }
     running.stop().await;
     Ok(())

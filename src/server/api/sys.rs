@@ -33,6 +33,16 @@ pub async fn call(node: &Arc<Node>, conn: &Rc<Conn>, name: &str, p: &Params<'_>)
         }
         "node.list" => node_list(node, conn, p).await,
         "node.remove" => node_remove(node, conn, p).await,
+        "node.reload" => {
+            conn.require("sys.node", "sys.node.reload")?;
+            // Reads files: off the session's thread.
+            let node = node.clone();
+            let done = tokio::task::spawn_blocking(move || node.reload.reload())
+                .await
+                .map_err(|e| RpcError::internal(e.to_string()))?
+                .map_err(RpcError::internal)?;
+            Ok(json!({"ok": true, "reloaded": done}))
+        }
         "session.list" | "session.count" | "session.kick" | "session.reload" => {
             super::sessions::call(&node.replica, conn, name, p).await
         }
