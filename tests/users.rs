@@ -727,3 +727,32 @@ fn remembered_credentials_never_outlive_the_password() {
     expect_code(node.tcp().login("cache.user", "second-pass"), -32010);
     expect_ok(node.tcp().login("cache.user", "third-pass"));
 }
+
+/// Whether a user exists cannot be told from how long a failed login takes: an unknown
+/// user's password is checked against a hash too. Interleaved, so load affects both alike.
+#[test]
+fn an_unknown_user_fails_as_slowly_as_a_wrong_password() {
+    let node = TestNode::start();
+    let mut root = node.root();
+    create_user(&mut root, "known", "knownpw");
+    let mut c = node.tcp();
+    let mut timed = |user: &str, pass: &str| {
+        let start = std::time::Instant::now();
+        expect_code(c.login(user, pass), ERR_PERMISSION_DENIED);
+        start.elapsed()
+    };
+    let (mut unknown, mut wrong) = (Vec::new(), Vec::new());
+    for i in 0..21 {
+        unknown.push(timed(&format!("nobody{i}"), "guess"));
+        wrong.push(timed("known", &format!("guess{i}")));
+    }
+    unknown.sort();
+    wrong.sort();
+    let (u, w) = (unknown[10].as_secs_f64(), wrong[10].as_secs_f64());
+    assert!(
+        (u / w - 1.0).abs() <= 0.2,
+        "median failed login: unknown user {:.1} ms, wrong password {:.1} ms",
+        u * 1e3,
+        w * 1e3
+    );
+}

@@ -8,31 +8,36 @@
 //! salted hash), a delete or a recreate makes it useless at once. Tags, limits and the
 //! disabled flag are read fresh at every login and never cached.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-
 use hmac::{Hmac, Mac};
+use quick_cache::sync::Cache;
 use sha2::Sha256;
+use subtle::ConstantTimeEq;
 
-/// Entries kept at most; the cache starts over when full (only a speed-up is lost).
+/// Entries kept at most. Beyond, the least useful go first (S3-FIFO: a flood of one-off
+/// logins does not push out the accounts that log in again and again), so a full cache
+/// never makes every client pay for scrypt at once.
 const MAX_ENTRIES: usize = 100_000;
 
 pub struct CredentialCache {
     key: [u8; 32],
     /// user → (stored hash it was verified against, keyed hash of user and password).
-    verified: Mutex<HashMap<String, (String, [u8; 32])>>,
+    verified: Cache<String, (String, [u8; 32])>,
 }
 
 impl Default for CredentialCache {
     fn default() -> Self {
-        CredentialCache {
-            key: rand::random(),
-            verified: Mutex::new(HashMap::new()),
-        }
+        CredentialCache::with_capacity(MAX_ENTRIES)
     }
 }
 
 impl CredentialCache {
+    pub fn with_capacity(entries: usize) -> Self {
+        CredentialCache {
+            key: rand::random(),
+            verified: Cache::new(entries),
+        }
+    }
+
     fn tag(&self, user: &str, pass: &str) -> [u8; 32] {
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes any key");
         mac.update(&(user.len() as u64).to_be_bytes());
@@ -41,29 +46,22 @@ impl CredentialCache {
         mac.finalize().into_bytes().into()
     }
 
-    /// True when `pass` was verified for `user` while its stored hash was `stored`.
+    /// True when `pass` was verified for `user` while its stored hash was `stored`. The
+    /// comparisons take the same time wherever they differ.
     pub fn matches(&self, user: &str, pass: &str, stored: &str) -> bool {
         let tag = self.tag(user, pass);
-        let verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
-        verified
-            .get(user)
-            .is_some_and(|(hash, t)| hash == stored && constant_eq(t, &tag))
+        self.verified.get(user).is_some_and(|(hash, t)| {
+            let same_hash = hash.as_bytes().ct_eq(stored.as_bytes());
+            (same_hash & t.ct_eq(&tag)).into()
+        })
     }
 
     /// Remembers that `pass` checked out against `stored` for `user`.
     pub fn remember(&self, user: &str, pass: &str, stored: &str) {
         let tag = self.tag(user, pass);
-        let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
-        if verified.len() >= MAX_ENTRIES && !verified.contains_key(user) {
-            verified.clear();
-        }
-        verified.insert(user.to_string(), (stored.to_string(), tag));
+        self.verified
+            .insert(user.to_string(), (stored.to_string(), tag));
     }
-}
-
-/// Compares without an early exit, so timing tells nothing about the tag.
-fn constant_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]
@@ -85,5 +83,21 @@ mod tests {
         // (user, pass) pairs that concatenate alike are still different.
         c.remember("ab", "c", "h");
         assert!(!c.matches("a", "bc", "h"));
+    }
+
+    #[test]
+    fn stays_bounded_and_keeps_the_accounts_in_use_through_a_flood() {
+        let c = CredentialCache::with_capacity(100);
+        c.remember("service", "pw", "h");
+        for i in 0..5_000 {
+            c.remember(&format!("once{i}"), "pw", "h");
+            if i % 10 == 0 {
+                assert!(
+                    c.matches("service", "pw", "h"),
+                    "evicted after {i} one-off logins"
+                );
+            }
+        }
+        assert!(c.verified.len() <= 100, "{} entries", c.verified.len());
     }
 }

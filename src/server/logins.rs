@@ -21,6 +21,7 @@ impl Logins {
         throttle: crate::throttle::ThrottleConfig,
         plugin_timeout: std::time::Duration,
     ) -> Self {
+        unknown_user_hash();
         let hashes = match hash_concurrency {
             0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
             n => n,
@@ -64,4 +65,12 @@ impl Logins {
     async fn slot(&self) -> Result<tokio::sync::SemaphorePermit<'_>, RpcError> {
         self.hash_slots.acquire().await.map_err(RpcError::internal)
     }
+}
+
+/// A hash no password matches in practice, with the parameters of real ones: what the
+/// password of an unknown user is checked against, so that it takes as long as a wrong one.
+/// Made once, when the first `Logins` is (so the first probe is not slower either).
+pub fn unknown_user_hash() -> &'static str {
+    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HASH.get_or_init(|| nexus_core::auth::hash_password(&nexus_core::ids::random_hex(32)))
 }

@@ -1,7 +1,8 @@
 //! Failed-login throttling per client address: after `limit` failed logins within
 //! `window`, the address's logins are refused, without looking at the password, until its
-//! oldest failure in the window has aged out. Loopback addresses are exempt unless asked
-//! (tests and local tools log in from there).
+//! oldest failure in the window has aged out. An IPv6 client counts by its /64 (every
+//! client owns one, and could otherwise use a new address per attempt). Loopback addresses
+//! are exempt unless asked (tests and local tools log in from there).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -39,8 +40,8 @@ impl LoginThrottle {
         if self.cfg.limit == 0 {
             return None;
         }
-        let ip = remote.parse::<SocketAddr>().ok()?.ip();
-        (self.cfg.loopback || !ip.is_loopback()).then_some(ip)
+        let ip = remote.parse::<SocketAddr>().ok()?.ip().to_canonical();
+        (self.cfg.loopback || !ip.is_loopback()).then_some(network_of(ip))
     }
 
     /// Ok when `remote` may try to log in; else how long until it may.
@@ -89,6 +90,17 @@ impl LoginThrottle {
     }
 }
 
+/// The address a client is throttled by: IPv4 as is, IPv6 by its /64.
+fn network_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(prefix.into())
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,5 +141,19 @@ mod tests {
         let t = throttle(0, 10_000, true);
         t.failed("10.1.1.1:1");
         assert!(t.check("10.1.1.1:1").is_ok());
+    }
+
+    #[test]
+    fn an_ipv6_client_counts_by_its_64() {
+        let t = throttle(2, 10_000, false);
+        t.failed("[2001:db8:1:2::1]:5000");
+        t.failed("[2001:db8:1:2:ffff:0:0:9]:6000");
+        assert!(t.check("[2001:db8:1:2:abcd::7]:7000").is_err(), "same /64");
+        assert!(t.check("[2001:db8:1:3::1]:5000").is_ok(), "the next /64");
+        // An IPv4 client seen through an IPv4-mapped address is that IPv4 address.
+        let t = throttle(1, 10_000, false);
+        t.failed("[::ffff:10.0.0.1]:1");
+        assert!(t.check("10.0.0.1:2").is_err());
+        assert!(t.check("10.0.0.2:2").is_ok());
     }
 }

@@ -78,14 +78,21 @@ async fn basic(
         Some((admin, other)) => (admin, Some(other)),
         None => (given, None),
     };
-    // Names are case-insensitive but never trimmed: " root" is not "root". Unknown users
-    // and wrong passwords answer alike, so names cannot be probed.
+    // Names are case-insensitive but never trimmed: " root" is not "root".
     let who = normalize_path(who).ok_or_else(RpcError::permission_denied)?;
     // After a read barrier: a password changed on another node a moment ago is in force.
     let hash = replica
         .read_linear(|s| s.users.get(&who).map(|u| u.pass_hash.clone()))
-        .await?
-        .ok_or_else(RpcError::permission_denied)?;
+        .await?;
+    let Some(hash) = hash else {
+        // An unknown user costs the same scrypt run as a wrong password, and answers alike,
+        // so names cannot be probed by the answer or its timing.
+        let p = pass.clone();
+        logins
+            .hashing(move || auth::verify_password(&p, crate::logins::unknown_user_hash()))
+            .await?;
+        return Err(RpcError::permission_denied());
+    };
     if !logins.verified.matches(&who, &pass, &hash) {
         // Checked again once a hash slot is ours: in a reconnect storm many clients share
         // one account, and only the first of them needs to pay for scrypt.
