@@ -15,24 +15,29 @@ fn ws_url(node: &TestNode) -> String {
     format!("ws://{}/", node.http_addr())
 }
 
-/// `nexus --url <ws> --user root --password root --json ARGS...`
+/// `NEXUS_PASSWORD=root nexus --url <ws> --user root --json ARGS...`
 fn nexus(node: &TestNode, args: &[&str]) -> Output {
+    nexus_with(node, args, &[])
+}
+
+/// `nexus` with more environment.
+fn nexus_with(node: &TestNode, args: &[&str], env: &[(&str, &str)]) -> Output {
     let url = ws_url(node);
-    let mut all = vec![
-        "--url",
-        &url,
-        "--user",
-        "root",
-        "--password",
-        ROOT_PASS,
-        "--json",
-    ];
+    let mut all = vec!["--url", &url, "--user", "root", "--json"];
     all.extend_from_slice(args);
-    run(&all, &[])
+    let mut env = env.to_vec();
+    env.push(("NEXUS_PASSWORD", ROOT_PASS));
+    run(&all, &env)
 }
 
 fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_nexus"))
+    run_fed(args, env, "")
+}
+
+/// `run` with `input` on standard input.
+fn run_fed(args: &[&str], env: &[(&str, &str)], input: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nexus"))
         .args(args)
         // No config file or settings of whoever runs the tests.
         .env("HOME", "/nonexistent")
@@ -41,9 +46,17 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
         .env_remove("NEXUS_PASSWORD")
         .env_remove("NEXUS_CONFIG")
         .env_remove("NEXUS_CA")
+        .env_remove("NEXUS_NEW_PASSWORD")
         .envs(env.iter().copied())
-        .output()
-        .unwrap()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut fed = child.stdin.take().unwrap();
+    let _ = fed.write_all(input.as_bytes());
+    drop(fed);
+    child.wait_with_output().unwrap()
 }
 
 /// The JSON answer of a command that must succeed.
@@ -79,7 +92,11 @@ fn names(list: &Value, field: &str) -> Vec<String> {
 fn user_commands_change_users_as_a_client_sees() {
     let node = TestNode::start();
     assert_eq!(
-        ok(nexus(&node, &["user", "create", "cli.alice", "first-pw"])),
+        ok(nexus_with(
+            &node,
+            &["user", "create", "cli.alice"],
+            &[("NEXUS_NEW_PASSWORD", "first-pw")]
+        )),
         json!({"ok": true})
     );
     let list = ok(nexus(&node, &["user", "list", "cli"]));
@@ -89,7 +106,24 @@ fn user_commands_change_users_as_a_client_sees() {
         json!(1)
     );
 
-    ok(nexus(&node, &["user", "passwd", "cli.alice", "second-pw"]));
+    // From standard input, after the login password read from there too.
+    let url = ws_url(&node);
+    ok(run_fed(
+        &[
+            "--url",
+            &url,
+            "--user",
+            "root",
+            "--password-stdin",
+            "--json",
+            "user",
+            "passwd",
+            "cli.alice",
+            "--stdin",
+        ],
+        &[],
+        &format!("{ROOT_PASS}\nsecond-pw\n"),
+    ));
     expect_code(node.tcp().login("cli.alice", "first-pw"), -32010);
     expect_ok(node.tcp().login("cli.alice", "second-pw"));
 
@@ -107,7 +141,11 @@ fn user_commands_change_users_as_a_client_sees() {
     ));
     assert_eq!(got["tags"], json!({"@task.pull": true}), "{got}");
 
-    ok(nexus(&node, &["user", "create", "cli.tpl", "tpl-pw"]));
+    ok(nexus_with(
+        &node,
+        &["user", "create", "cli.tpl"],
+        &[("NEXUS_NEW_PASSWORD", "tpl-pw")],
+    ));
     ok(nexus(
         &node,
         &["user", "set-tags", "cli.tpl", "shared", r#"{"t": 1}"#],
@@ -180,18 +218,8 @@ fn session_commands_list_count_reload_and_kick() {
     // For people: one row per session.
     let url = ws_url(&node);
     let out = run(
-        &[
-            "--url",
-            &url,
-            "--user",
-            "root",
-            "--password",
-            ROOT_PASS,
-            "session",
-            "list",
-            "cli",
-        ],
-        &[],
+        &["--url", &url, "--user", "root", "session", "list", "cli"],
+        &[("NEXUS_PASSWORD", ROOT_PASS)],
     );
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(text.starts_with("user"), "{text}");
@@ -285,17 +313,10 @@ fn pub_and_sub_carry_messages() {
     let node = TestNode::start();
     let url = ws_url(&node);
     let sub = Command::new(env!("CARGO_BIN_EXE_nexus"))
-        .args([
-            "--url",
-            &url,
-            "--user",
-            "root",
-            "--password",
-            ROOT_PASS,
-            "--json",
-        ])
+        .args(["--url", &url, "--user", "root", "--json"])
         .args(["sub", "cli.feed.*", "--count", "2", "--seconds", "60"])
         .env("HOME", "/nonexistent")
+        .env("NEXUS_PASSWORD", ROOT_PASS)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -334,21 +355,22 @@ fn tls_listeners_are_reached_with_the_nodes_certificate_authority() {
         node.server.addr(Scheme::Https).port()
     );
     let ssl = format!("ssl://localhost:{}", node.server.addr(Scheme::Ssl).port());
-    let login = ["--user", "root", "--password", ROOT_PASS, "--json"];
+    let login = ["--user", "root", "--json"];
+    let pass = ("NEXUS_PASSWORD", ROOT_PASS);
     for url in [&wss, &ssl] {
         let name = format!("via-{}", &url[..3]);
         let mut args = vec!["--url", url.as_str(), "--ca", cert_path];
         args.extend(login);
-        args.extend(["user", "create", &name, "a-long-secret"]);
-        ok(run(&args, &[]));
+        args.extend(["user", "create", &name]);
+        ok(run(&args, &[pass, ("NEXUS_NEW_PASSWORD", "a-long-secret")]));
         // The CA may come from the environment too.
         let mut args = vec!["--url", url.as_str()];
         args.extend(login);
         args.extend(["user", "list"]);
-        let users = names(&ok(run(&args, &[("NEXUS_CA", cert_path)])), "user");
+        let users = names(&ok(run(&args, &[pass, ("NEXUS_CA", cert_path)])), "user");
         assert!(users.contains(&name), "{users:?}");
         // Without it the node's self-signed certificate is not trusted: one line, exit 2.
-        let err = fails(run(&args, &[]), 2);
+        let err = fails(run(&args, &[pass]), 2);
         assert!(err.contains("certificate"), "{err}");
     }
     // Or from the config file.
@@ -443,8 +465,8 @@ fn connection_settings_come_from_flags_env_or_config_file() {
         .unwrap();
     assert_eq!(ok(out).as_array().unwrap().len(), 1);
     // Flags win over the environment, which wins over the file: the file names a port
-    // with nothing behind it, the environment the right node and password, the flag a
-    // wrong password.
+    // with nothing behind it, the environment the right node and password, standard
+    // input (--password-stdin) a wrong password.
     let nowhere = format!("ws://127.0.0.1:{}/", free_port());
     std::fs::write(
         dir.path().join(".config/nexus/cli.toml"),
@@ -452,7 +474,8 @@ fn connection_settings_come_from_flags_env_or_config_file() {
     )
     .unwrap();
     let layered = |extra: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_nexus"))
+        use std::io::Write;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_nexus"))
             .args(extra)
             .args(["--json", "call", "sys.ping"])
             .env("HOME", dir.path())
@@ -461,27 +484,23 @@ fn connection_settings_come_from_flags_env_or_config_file() {
             .env_remove("NEXUS_USER")
             .env_remove("NEXUS_CONFIG")
             .env_remove("NEXUS_CA")
-            .output()
-            .unwrap()
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let _ = child.stdin.take().unwrap().write_all(b"wrong\n");
+        child.wait_with_output().unwrap()
     };
     assert_eq!(ok(layered(&[])), json!({"ok": true}));
-    let err = fails(layered(&["--password", "wrong"]), 1);
+    let err = fails(layered(&["--password-stdin"]), 1);
     assert!(err.contains("login as root"), "{err}");
 
     // Errors: a wrong password (the node refuses: 1), no node there (2), a bad file (2).
     let err = fails(
         run(
-            &[
-                "--url",
-                &ws,
-                "--user",
-                "root",
-                "--password",
-                "wrong",
-                "user",
-                "list",
-            ],
-            &[],
+            &["--url", &ws, "--user", "root", "user", "list"],
+            &[("NEXUS_PASSWORD", "wrong")],
         ),
         1,
     );
@@ -581,4 +600,70 @@ fn every_serve_flag_is_documented_in_operations() {
         seen += 1;
     }
     assert!(seen >= 40, "only {seen} flags found in serve --help");
+}
+
+#[test]
+fn passwords_are_never_taken_from_the_command_line() {
+    let node = TestNode::start();
+    let url = ws_url(&node);
+    let env = [("NEXUS_PASSWORD", ROOT_PASS)];
+    // The login password, and a new user's: refused before anything is sent.
+    let err = fails(
+        run(
+            &[
+                "--url",
+                &url,
+                "--user",
+                "root",
+                "--password",
+                "root",
+                "user",
+                "list",
+            ],
+            &[],
+        ),
+        2,
+    );
+    assert!(err.contains("not taken on the command line"), "{err}");
+    let err = fails(
+        run(
+            &[
+                "--url",
+                &url,
+                "--user",
+                "root",
+                "user",
+                "create",
+                "argv.user",
+                "pw-on-argv",
+            ],
+            &env,
+        ),
+        2,
+    );
+    assert!(err.contains("not taken on the command line"), "{err}");
+    let users = ok(nexus(&node, &["user", "list", "argv"]));
+    assert_eq!(users, json!([]), "nothing was created");
+    // No terminal and no other source: one line saying where a password may come from.
+    let err = fails(
+        run(
+            &[
+                "--url",
+                &url,
+                "--user",
+                "root",
+                "user",
+                "create",
+                "argv.user",
+            ],
+            &env,
+        ),
+        2,
+    );
+    assert!(err.contains("--stdin or NEXUS_NEW_PASSWORD"), "{err}");
+    let err = fails(
+        run(&["--url", &url, "--user", "root", "user", "list"], &[]),
+        2,
+    );
+    assert!(err.contains("--password-stdin"), "{err}");
 }

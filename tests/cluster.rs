@@ -457,9 +457,10 @@ fn members_are_removed_by_an_admin_and_when_long_dead() {
     // leader), with the admin CLI; the leader then runs alone and keeps accepting writes.
     let out = Command::new(env!("CARGO_BIN_EXE_nexus"))
         .args(["--url", &format!("tcp://127.0.0.1:{}", nodes[other].tcp)])
-        .args(["--user", "root", "--password", common::ROOT_PASS, "--json"])
+        .args(["--user", "root", "--json"])
         .args(["cluster", "remove", &ids[other].to_string()])
         .env("HOME", "/nonexistent")
+        .env("NEXUS_PASSWORD", common::ROOT_PASS)
         .output()
         .unwrap();
     assert!(out.status.success(), "nexus cluster remove: {out:?}");

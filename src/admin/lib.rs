@@ -1,8 +1,9 @@
-//! The admin CLI: `nexus [--url URL] [--user U] [--password P] [--json] GROUP COMMAND ...`.
+//! The admin CLI: `nexus [--url URL] [--user U] [--password-stdin] [--json] GROUP COMMAND ...`.
 //! Every command is one or a few JSON-RPC calls to any node, so it needs nothing a client
 //! could not do, and permissions are the node's.
 
 mod output;
+mod passwords;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -29,8 +30,12 @@ pub struct Connection {
     /// User to log in as (no login when neither flag, variable nor config file names one).
     #[arg(long, env = "NEXUS_USER")]
     pub user: Option<String>,
-    /// Password of --user.
-    #[arg(long, env = "NEXUS_PASSWORD", hide_env_values = true)]
+    /// Read the password of --user from the first line of standard input (else from
+    /// NEXUS_PASSWORD, the config file, or asked on the terminal).
+    #[arg(long)]
+    pub password_stdin: bool,
+    /// Refused: a password on the command line shows in `ps`.
+    #[arg(long, hide = true)]
     pub password: Option<String>,
     /// Print answers as JSON (one value per command) instead of tables.
     #[arg(long)]
@@ -74,14 +79,32 @@ pub enum UserCmd {
         #[arg(default_value = "")]
         prefix: String,
     },
-    /// A new user with a password.
-    Create { user: String, password: String },
+    /// A new user; its password from --stdin, NEXUS_NEW_PASSWORD, or asked.
+    Create {
+        user: String,
+        /// Read the password from standard input (after the login password, if that is
+        /// read from there too).
+        #[arg(long)]
+        stdin: bool,
+        /// Refused: a password on the command line shows in `ps`.
+        #[arg(hide = true)]
+        password: Option<String>,
+    },
     /// Deletes a user (its open sessions stay until kicked).
     Delete { user: String },
     /// Gives a user a new name (its sessions keep working).
     Rename { user: String, new: String },
-    /// Sets a user's password.
-    Passwd { user: String, password: String },
+    /// Sets a user's password, from --stdin, NEXUS_NEW_PASSWORD, or asked.
+    Passwd {
+        user: String,
+        /// Read the password from standard input (after the login password, if that is
+        /// read from there too).
+        #[arg(long)]
+        stdin: bool,
+        /// Refused: a password on the command line shows in `ps`.
+        #[arg(hide = true)]
+        password: Option<String>,
+    },
     /// A user's own tags, by prefix.
     Tags { user: String },
     /// The tags in force for a user at a path (templates and inheritance applied).
@@ -227,7 +250,8 @@ fn seconds(flag: &str, secs: f64) -> anyhow::Result<Duration> {
 pub fn run(conn: Connection, cmd: AdminCmd) -> anyhow::Result<()> {
     let json_out = conn.json;
     let timeout = seconds("--timeout", conn.timeout)?.max(Duration::from_millis(100));
-    let mut client = connect(conn, timeout)?;
+    let mut stdin = passwords::Stdin::default();
+    let mut client = connect(conn, timeout, &mut stdin)?;
     let print = |v: &Value| {
         if json_out {
             println!("{v}");
@@ -236,7 +260,7 @@ pub fn run(conn: Connection, cmd: AdminCmd) -> anyhow::Result<()> {
         }
     };
     let answer = match cmd {
-        AdminCmd::User(c) => user(&mut client, c)?,
+        AdminCmd::User(c) => user(&mut client, c, &mut stdin)?,
         AdminCmd::Session(c) => session(&mut client, c, json_out)?,
         AdminCmd::Task(c) => listing(&mut client, "task", c)?,
         AdminCmd::Lock(c) => listing(&mut client, "sync", c)?,
@@ -276,14 +300,25 @@ pub fn run(conn: Connection, cmd: AdminCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn connect(conn: Connection, timeout: Duration) -> anyhow::Result<Client> {
+fn connect(
+    conn: Connection,
+    timeout: Duration,
+    stdin: &mut passwords::Stdin,
+) -> anyhow::Result<Client> {
+    if conn.password.is_some() {
+        return Err(passwords::refuse_argv("--password"));
+    }
     let file = read_config(conn.config.as_deref())?;
     let url = conn
         .url
         .or(file.url)
         .unwrap_or_else(|| "ws://127.0.0.1:8080/".to_string());
     let user = conn.user.or(file.user);
-    let password = conn.password.or(file.password);
+    let password = if conn.password_stdin {
+        Some(stdin.line("the login password")?)
+    } else {
+        std::env::var("NEXUS_PASSWORD").ok().or(file.password)
+    };
     let ca = conn.ca.or(file.ca);
     let opts = nexus_client::Options {
         ca,
@@ -297,7 +332,13 @@ fn connect(conn: Connection, timeout: Duration) -> anyhow::Result<Client> {
                 .call("sys.login", json!({"user": user, "pass": pass}))
                 .with_context(|| format!("login as {user}"))?;
         }
-        (Some(user), None) => anyhow::bail!("a user ({user}) but no password given"),
+        (Some(user), None) => {
+            let hint = "use --password-stdin, NEXUS_PASSWORD or the config file";
+            let pass = passwords::ask(&format!("Password for {user}"), hint)?;
+            client
+                .call("sys.login", json!({"user": user, "pass": pass}))
+                .with_context(|| format!("login as {user}"))?;
+        }
         (None, _) => {}
     }
     Ok(client)
@@ -376,15 +417,27 @@ fn one_row_per_session(by_user: &Value) -> Value {
     Value::Array(rows)
 }
 
-fn user(c: &mut Client, cmd: UserCmd) -> anyhow::Result<Value> {
+fn user(c: &mut Client, cmd: UserCmd, stdin: &mut passwords::Stdin) -> anyhow::Result<Value> {
     use UserCmd::*;
     let (method, params) = match cmd {
         List(l) => ("user.list", list_params(&l)),
         Count { prefix } => ("user.count", json!({"prefix": prefix})),
-        Create { user, password } => ("user.create", json!({"user": user, "pass": password})),
+        Create {
+            password: Some(_), ..
+        }
+        | Passwd {
+            password: Some(_), ..
+        } => return Err(passwords::refuse_argv("a password")),
+        Create { user, stdin: s, .. } => {
+            let pass = passwords::new_password(&user, s, stdin)?;
+            ("user.create", json!({"user": user, "pass": pass}))
+        }
         Delete { user } => ("user.delete", json!({"user": user})),
         Rename { user, new } => ("user.rename", json!({"user": user, "new": new})),
-        Passwd { user, password } => ("user.setPass", json!({"user": user, "pass": password})),
+        Passwd { user, stdin: s, .. } => {
+            let pass = passwords::new_password(&user, s, stdin)?;
+            ("user.setPass", json!({"user": user, "pass": pass}))
+        }
         Tags { user } => ("user.getTags", json!({"user": user})),
         EffectiveTags { user, prefix } => (
             "user.getEffectiveTags",

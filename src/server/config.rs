@@ -200,7 +200,8 @@ pub struct ClusterArgs {
     #[arg(long, default_value_t = 5)]
     pub max_voters: usize,
 
-    /// File holding the cluster secret peers authenticate each other with (mode 600).
+    /// File of the cluster secrets peers seal their links with, one per line: the first
+    /// to dial with, any accepted (mode 600; read again on SIGHUP).
     #[arg(long, value_name = "FILE")]
     pub cluster_secret_file: Option<PathBuf>,
 
@@ -213,7 +214,7 @@ pub struct ClusterArgs {
     )]
     pub cluster_secret: Option<String>,
 
-    /// Allow peers without a cluster secret on a non-loopback address.
+    /// Allow no cluster secret on a non-loopback address, or a weak one.
     #[arg(long)]
     pub insecure_cluster: bool,
 
