@@ -760,3 +760,252 @@ fn secrets_and_certificates_rotate_on_a_live_cluster_without_losing_a_write() {
     assert!(lost.is_empty(), "acknowledged but lost: {lost:?}");
     eprintln!("{} writes acknowledged during the rotation", acked.len());
 }
+
+/// A man in the middle on loopback for one node's cluster port, TCP and UDP: what peers
+/// send to the port it listens on goes to `target`, and back. It keeps every byte it
+/// passed, and while `flip_every` is not 0 flips a byte of the TCP streams to the node every
+/// `flip_every` bytes, and of every 4th datagram.
+struct Mitm {
+    tcp_seen: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+    udp_seen: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+    flip_every: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Mitm {
+    fn start(listen: u16, target: u16) -> Mitm {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering;
+        let m = Mitm {
+            tcp_seen: Default::default(),
+            udp_seen: Default::default(),
+            flip_every: Default::default(),
+        };
+        let listener = std::net::TcpListener::bind(("127.0.0.1", listen)).unwrap();
+        let (seen, flip) = (m.tcp_seen.clone(), m.flip_every.clone());
+        std::thread::spawn(move || {
+            for inbound in listener.incoming().flatten() {
+                let Ok(outbound) = std::net::TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                let conn = {
+                    let mut s = seen.lock().unwrap();
+                    s.push(Vec::new());
+                    s.len() - 1
+                };
+                let (mut up_r, mut up_w) =
+                    (inbound.try_clone().unwrap(), outbound.try_clone().unwrap());
+                let (seen, flip) = (seen.clone(), flip.clone());
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 16 << 10];
+                    let mut passed = 0usize;
+                    while let Ok(n) = up_r.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        seen.lock().unwrap()[conn].extend_from_slice(&buf[..n]);
+                        let every = flip.load(Ordering::Relaxed);
+                        if every > 0 && (passed + n) / every > passed / every {
+                            buf[n / 2] ^= 0x10;
+                        }
+                        passed += n;
+                        if up_w.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = up_w.shutdown(std::net::Shutdown::Both);
+                });
+                let (mut down_r, mut down_w) = (outbound, inbound);
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut down_r, &mut down_w);
+                    let _ = down_w.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        // UDP: one socket toward the node per peer address, like a NAT.
+        let front = std::net::UdpSocket::bind(("127.0.0.1", listen)).unwrap();
+        let (seen, flip) = (m.udp_seen.clone(), m.flip_every.clone());
+        std::thread::spawn(move || {
+            let mut back: std::collections::HashMap<std::net::SocketAddr, std::net::UdpSocket> =
+                Default::default();
+            let mut buf = vec![0u8; 65536];
+            let mut count = 0usize;
+            while let Ok((n, from)) = front.recv_from(&mut buf) {
+                seen.lock().unwrap().push(buf[..n].to_vec());
+                count += 1;
+                let every = flip.load(Ordering::Relaxed);
+                if every > 0 && count.is_multiple_of(4) {
+                    buf[n / 2] ^= 0x10;
+                }
+                let sock = back.entry(from).or_insert_with(|| {
+                    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+                    let (reply, front) = (s.try_clone().unwrap(), front.try_clone().unwrap());
+                    std::thread::spawn(move || {
+                        let mut b = vec![0u8; 65536];
+                        while let Ok((n, _)) = reply.recv_from(&mut b) {
+                            let _ = front.send_to(&b[..n], from);
+                        }
+                    });
+                    s
+                });
+                let _ = sock.send_to(&buf[..n], ("127.0.0.1", target));
+            }
+        });
+        m
+    }
+}
+
+#[test]
+fn a_relay_on_a_peer_path_reads_nothing_and_its_damage_is_refused() {
+    let root = tempfile::tempdir().unwrap();
+    let secret = secret_file(
+        root.path(),
+        "secret",
+        &format!("{}\n", generated_secret()),
+        0o600,
+    );
+    let with_secret = ["--cluster-secret-file", secret.to_str().unwrap()];
+    let (pb, pa, relay, pc) = (free_port(), free_port(), free_port(), free_port());
+    let mitm = Mitm::start(relay, pa);
+    let dirs: Vec<_> = ["b", "a", "c"]
+        .iter()
+        .map(|d| root.path().join(d))
+        .collect();
+    for d in &dirs {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    // B founds the cluster and leads; A advertises the relay, so B's and C's traffic to A
+    // (Raft entries from the leader, gossip) goes through it.
+    let b = Proc::start(&dirs[0], pb, &[], &with_secret);
+    b.wait_ready(Duration::from_secs(30));
+    let mut a_args = with_secret.to_vec();
+    let advertise = format!("127.0.0.1:{relay}");
+    a_args.extend(["--advertise", &advertise]);
+    let a = Proc::start(&dirs[1], pa, &[pb], &a_args);
+    let c = Proc::start(&dirs[2], pc, &[pb], &with_secret);
+    for n in [&a, &c] {
+        n.wait_ready(Duration::from_secs(60));
+    }
+    wait_voters(&b, 3);
+
+    // (a) A value written through the API crosses the relay, unreadable.
+    let marker = "mitm-marker-7f3a9c";
+    let mut cb = b.root();
+    expect_ok(cb.call("user.create", json!({"user": marker, "pass": "pass1"})));
+    assert!(eventually(Duration::from_secs(10), || {
+        let mut ca = a.root();
+        let users = expect_ok(ca.call("user.list", json!({"prefix": "", "limit": 0})));
+        users.to_string().contains(marker)
+    }));
+    let contains = |seen: &[Vec<u8>], what: &[u8]| {
+        seen.iter()
+            .any(|b| b.windows(what.len()).any(|w| w == what))
+    };
+    let tcp_seen = mitm.tcp_seen.lock().unwrap().clone();
+    let udp_seen = mitm.udp_seen.lock().unwrap().clone();
+    assert!(
+        !tcp_seen.is_empty() && !udp_seen.is_empty(),
+        "the relay carried nothing"
+    );
+    assert!(
+        !contains(&tcp_seen, marker.as_bytes()),
+        "the marker crossed in the clear"
+    );
+    // B's listener URL is in its gossip.
+    let listening = format!("tcp://127.0.0.1:{}", b.tcp);
+    assert!(
+        !contains(&udp_seen, listening.as_bytes()),
+        "gossip crossed in the clear"
+    );
+
+    // (b) Bytes flipped on the way, both ways of carrying: links drop and datagrams are
+    // refused, all counted on A; A applies nothing damaged and stays up; the writes go on.
+    let a_health = format!("127.0.0.1:{}", a.health).parse().unwrap();
+    let counted = |name: &str, labels: &[(&str, &str)]| {
+        metric(&scrape(a_health), name, labels).unwrap_or(0.0)
+    };
+    let (links_before, forged_before) = (
+        counted("nexus_peer_auth_failures_total", &[]),
+        counted(
+            "nexus_gossip_refused_datagrams_total",
+            &[("reason", "unauthenticated")],
+        ),
+    );
+    mitm.flip_every
+        .store(16 << 10, std::sync::atomic::Ordering::Relaxed);
+    let mut written = Vec::new();
+    let mut i = 0;
+    assert!(
+        eventually(Duration::from_secs(60), || {
+            i += 1;
+            let user = format!("mitm{i}");
+            if cb
+                .call("user.create", json!({"user": &user, "pass": "pass1"}))
+                .is_ok()
+            {
+                written.push(user);
+            }
+            counted("nexus_peer_auth_failures_total", &[]) >= links_before + 3.0
+                && counted(
+                    "nexus_gossip_refused_datagrams_total",
+                    &[("reason", "unauthenticated")],
+                ) > forged_before
+        }),
+        "no damage was refused"
+    );
+    mitm.flip_every
+        .store(0, std::sync::atomic::Ordering::Relaxed);
+    let mut a = a;
+    assert!(
+        a.child.as_mut().unwrap().try_wait().unwrap().is_none(),
+        "A exited: {}",
+        a.log()
+    );
+    assert!(!a.log().contains("corrupt"), "{}", a.log());
+    // The cluster heals: A has every write, the same as B.
+    let on = |n: &Proc| {
+        let users = expect_ok(
+            n.root()
+                .call("user.list", json!({"prefix": "", "limit": 0})),
+        );
+        let mut names: Vec<String> = users
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| u["user"].as_str().unwrap().to_string())
+            .collect();
+        names.sort();
+        names
+    };
+    assert!(
+        eventually(Duration::from_secs(30), || on(&a) == on(&b)),
+        "A and B differ"
+    );
+    let all = on(&a);
+    assert!(
+        written.iter().all(|u| all.contains(u)),
+        "an acknowledged write is missing"
+    );
+
+    // (c) Replayed: a datagram and a whole peer connection, captured above.
+    let replayed_before = counted(
+        "nexus_gossip_refused_datagrams_total",
+        &[("reason", "replayed")],
+    );
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.send_to(&udp_seen[udp_seen.len() / 2], ("127.0.0.1", pa))
+        .unwrap();
+    assert!(eventually(Duration::from_secs(10), || counted(
+        "nexus_gossip_refused_datagrams_total",
+        &[("reason", "replayed")]
+    ) > replayed_before));
+    let links_before = counted("nexus_peer_auth_failures_total", &[]);
+    let stream = tcp_seen.iter().max_by_key(|s| s.len()).unwrap();
+    let mut raw = std::net::TcpStream::connect(("127.0.0.1", pa)).unwrap();
+    std::io::Write::write_all(&mut raw, stream).unwrap();
+    assert!(eventually(Duration::from_secs(10), || counted(
+        "nexus_peer_auth_failures_total",
+        &[]
+    ) > links_before));
+    assert_eq!(on(&a), all, "the replay changed A");
+    drop(c);
+}
