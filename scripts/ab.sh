@@ -5,12 +5,19 @@
 #
 # Usage: scripts/ab.sh BEFORE_BIN AFTER_BIN [OUTDIR]
 #   env: SECS=10 (per run), ROUNDS=3
+# Build BEFORE from a worktree with its own CARGO_TARGET_DIR: cargo keys workspace crates by
+# their path inside the workspace, so a shared target directory mixes the two builds.
 # Prints one line per run (round trips/s and latencies, from `nexus bench --json`) and
 # keeps the raw outputs in OUTDIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ $# -ge 2 ] || { echo "usage: $0 BEFORE_BIN AFTER_BIN [OUTDIR]" >&2; exit 2; }
 before=$(realpath "$1") after=$(realpath "$2")
+# Two builds sharing a target directory can leave one binary behind for both.
+if cmp -s "$before" "$after"; then
+  echo "$before and $after are the same binary: nothing to compare" >&2
+  exit 2
+fi
 SECS=${SECS:-10} ROUNDS=${ROUNDS:-3}
 OUT=${3:-$(mktemp -d -t nexus-ab-XXXXXX)}
 mkdir -p "$OUT"
