@@ -27,6 +27,10 @@ impl Standalone {
             .args(["-l", &format!("http://127.0.0.1:{http}")])
             .args(["-l", &format!("health://127.0.0.1:{health}")])
             .args(extra)
+            // Freed memory goes back to the system at once, not after mimalloc's delay, so
+            // the RSS the tests read is what the node holds, not what the allocator keeps
+            // for reuse (a 16 MiB scrypt buffer per recent login, unknown users included).
+            .env("MIMALLOC_PURGE_DELAY", "0")
             .env(
                 "RUST_LOG",
                 std::env::var("NEXUS_TEST_NODE_RUST_LOG").unwrap_or("warn".into()),
