@@ -606,64 +606,27 @@ fn every_serve_flag_is_documented_in_operations() {
 fn passwords_are_never_taken_from_the_command_line() {
     let node = TestNode::start();
     let url = ws_url(&node);
+    // `nexus --url <ws> --user root ARGS...` with `env`.
+    let as_root = |args: &[&str], env: &[(&str, &str)]| {
+        run(
+            &[&["--url", url.as_str(), "--user", "root"], args].concat(),
+            env,
+        )
+    };
     let env = [("NEXUS_PASSWORD", ROOT_PASS)];
     // The login password, and a new user's: refused before anything is sent.
-    let err = fails(
-        run(
-            &[
-                "--url",
-                &url,
-                "--user",
-                "root",
-                "--password",
-                "root",
-                "user",
-                "list",
-            ],
-            &[],
-        ),
-        2,
-    );
+    let err = fails(as_root(&["--password", "root", "user", "list"], &[]), 2);
     assert!(err.contains("not taken on the command line"), "{err}");
     let err = fails(
-        run(
-            &[
-                "--url",
-                &url,
-                "--user",
-                "root",
-                "user",
-                "create",
-                "argv.user",
-                "pw-on-argv",
-            ],
-            &env,
-        ),
+        as_root(&["user", "create", "argv.user", "pw-on-argv"], &env),
         2,
     );
     assert!(err.contains("not taken on the command line"), "{err}");
     let users = ok(nexus(&node, &["user", "list", "argv"]));
     assert_eq!(users, json!([]), "nothing was created");
     // No terminal and no other source: one line saying where a password may come from.
-    let err = fails(
-        run(
-            &[
-                "--url",
-                &url,
-                "--user",
-                "root",
-                "user",
-                "create",
-                "argv.user",
-            ],
-            &env,
-        ),
-        2,
-    );
+    let err = fails(as_root(&["user", "create", "argv.user"], &env), 2);
     assert!(err.contains("--stdin or NEXUS_NEW_PASSWORD"), "{err}");
-    let err = fails(
-        run(&["--url", &url, "--user", "root", "user", "list"], &[]),
-        2,
-    );
+    let err = fails(as_root(&["user", "list"], &[]), 2);
     assert!(err.contains("--password-stdin"), "{err}");
 }

@@ -14,7 +14,7 @@
 use std::collections::{BTreeSet, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
@@ -128,7 +128,7 @@ impl Transport for SealedUdp {
             socket,
             keys: self.keys.clone(),
             refusals: self.refusals.clone(),
-            seen: Mutex::default(),
+            seen: Seen::default(),
             buf: vec![0u8; MAX_DATAGRAM],
             last_warn: None,
         }))
@@ -166,7 +166,7 @@ struct SealedSocket {
     socket: tokio::net::UdpSocket,
     keys: GossipKeys,
     refusals: Arc<GossipRefusals>,
-    seen: Mutex<Seen>,
+    seen: Seen,
     buf: Vec<u8>,
     last_warn: Option<Instant>,
 }
@@ -179,35 +179,33 @@ fn now_ms() -> u64 {
 
 impl SealedSocket {
     /// The envelope in a datagram, or why it is refused.
-    fn unseal(&self, datagram: &[u8]) -> Result<ChitchatEnvelope, &'static str> {
+    fn unseal(&mut self, datagram: &[u8]) -> Result<ChitchatEnvelope, &'static str> {
         let Some((plain, nonce)) = self.keys.open(datagram) else {
             self.refusals
                 .unauthenticated
                 .fetch_add(1, Ordering::Relaxed);
             return Err("it does not authenticate (a wrong cluster secret, or altered)");
         };
-        let stale = |why| {
+        let now = now_ms();
+        let refused = match plain.split_first_chunk::<8>() {
+            None => Some("it is too short"),
+            Some((time, _))
+                if u64::from_be_bytes(*time).abs_diff(now) > WINDOW.as_millis() as u64 =>
+            {
+                Some("its time is more than 60 s from ours (replayed, or a clock far off)")
+            }
+            Some((time, _)) if !self.seen.admit(u64::from_be_bytes(*time), nonce, now) => {
+                Some("it was received before (replayed), or 400,000 recent nonces fill the memory")
+            }
+            Some(_) => None,
+        };
+        if let Some(why) = refused {
             self.refusals
                 .replayed_or_stale
                 .fetch_add(1, Ordering::Relaxed);
-            Err(why)
-        };
-        let Some((time, mut envelope)) = plain.split_first_chunk::<8>() else {
-            return stale("it is too short");
-        };
-        let (at, now) = (u64::from_be_bytes(*time), now_ms());
-        if at.abs_diff(now) > WINDOW.as_millis() as u64 {
-            return stale("its time is more than 60 s from ours (replayed, or a clock far off)");
+            return Err(why);
         }
-        let fresh = self
-            .seen
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .admit(at, nonce, now);
-        if !fresh {
-            return stale("it was received before (replayed)");
-        }
-        ChitchatEnvelope::deserialize(&mut envelope).map_err(|_| "it is not a gossip message")
+        ChitchatEnvelope::deserialize(&mut &plain[8..]).map_err(|_| "it is not a gossip message")
     }
 
     fn warn_refused(&mut self, from: SocketAddr, why: &str) {
@@ -261,7 +259,11 @@ impl Socket for SealedSocket {
                 Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => continue,
                 Err(e) => return Err(e).context("receiving a gossip datagram"),
             };
-            match self.unseal(&self.buf[..n]) {
+            // Taken out while it is read, so that unsealing may update the socket.
+            let buf = std::mem::take(&mut self.buf);
+            let unsealed = self.unseal(&buf[..n]);
+            self.buf = buf;
+            match unsealed {
                 Ok(envelope) => {
                     return Ok(RecvOutcome {
                         from_addr: from,

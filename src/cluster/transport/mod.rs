@@ -73,7 +73,8 @@ pub struct TransportConfig {
     pub listen: SocketAddr,
     /// Our hello; its raft_id and generation are also our identity in the handshake.
     pub hello: PeerHello,
-    /// The keys derived from the cluster secrets (see `Keys`).
+    /// The keys derived from the cluster secrets that new connections start with;
+    /// `Transport::set_keys` replaces them (the transport's copy, not this one).
     pub keys: Keys,
     /// Bound of each peer's outbound queue, in frames.
     pub queue_frames: usize,
