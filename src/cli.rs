@@ -30,6 +30,9 @@ pub enum Command {
     /// its data dir is moved aside (kept, never deleted) and, started again as before, the
     /// node joins as a new member that replaces its old raft id.
     Rebuild(RebuildArgs),
+    /// Seeds an empty data dir from a backup (`nexus backup`): started on it, the node is
+    /// the only member of a new cluster, with a new identity, that other nodes join.
+    Restore(RestoreArgs),
     #[command(flatten)]
     Admin(nexus_admin::AdminCmd),
 }
@@ -39,4 +42,17 @@ pub struct RebuildArgs {
     /// The stopped node's data dir.
     #[arg(long)]
     pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RestoreArgs {
+    /// The backup file.
+    pub file: PathBuf,
+    /// The new node's data dir: it must be empty or not exist.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// The cluster address the node will advertise (its --advertise, else its --cluster);
+    /// leave it out for a standalone node.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub advertise: Option<String>,
 }

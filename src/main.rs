@@ -63,6 +63,29 @@ fn main() -> std::process::ExitCode {
                 std::process::ExitCode::FAILURE
             }
         },
+        Command::Restore(args) => {
+            let addr = args.advertise.clone().unwrap_or_default();
+            match nexus_server::recovery::restore_into(&args.data_dir, &args.file, addr) {
+                Ok(r) => {
+                    println!(
+                        "restored {} (index {}, taken {} from cluster {}) into {}: a new \
+                         cluster {} of one member. Start the node on this data dir; other \
+                         nodes join it with --join.",
+                        args.file.display(),
+                        r.backup.index,
+                        r.backup.taken_at,
+                        r.backup.cluster,
+                        args.data_dir.display(),
+                        r.founded.cluster
+                    );
+                    std::process::ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("nexus restore: {e:#}");
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
         Command::Bench(args) => match nexus_bench::run(args) {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {

@@ -2,6 +2,7 @@
 //! Every command is one or a few JSON-RPC calls to any node, so it needs nothing a client
 //! could not do, and permissions are the node's.
 
+mod backup;
 mod output;
 mod passwords;
 
@@ -220,6 +221,15 @@ pub enum AdminCmd {
     /// Cluster status and membership.
     #[command(subcommand)]
     Cluster(ClusterCmd),
+    /// Takes an online backup through the connected node and writes it to FILE: the
+    /// cluster's state at one committed index (printed), which `nexus restore` starts a
+    /// new cluster from. Writes go on meanwhile.
+    Backup {
+        file: PathBuf,
+        /// Replace FILE if it exists.
+        #[arg(long)]
+        overwrite: bool,
+    },
     /// Any method: `nexus call sys.ping` or `nexus call user.list '{"prefix": ""}'`.
     Call {
         method: String,
@@ -288,6 +298,7 @@ pub fn run(conn: Connection, cmd: AdminCmd) -> anyhow::Result<()> {
             let msg = serde_json::from_str(&msg).unwrap_or(Value::String(msg));
             client.call("topic.pub", json!({"topic": topic, "msg": msg}))?
         }
+        AdminCmd::Backup { file, overwrite } => backup::take(&mut client, &file, overwrite)?,
         AdminCmd::Sub {
             topic,
             count,

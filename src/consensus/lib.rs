@@ -7,6 +7,7 @@ pub mod clock;
 mod driver;
 mod raft_log;
 mod reads;
+pub mod recovery;
 pub mod store;
 pub mod timings;
 
@@ -20,7 +21,7 @@ use tokio::sync::oneshot;
 pub use nexus_core::ids::RaftId;
 use nexus_core::proto::{Forward, ForwardResult, Frame, JoinResponse};
 use nexus_core::rpc::RpcError;
-use nexus_core::state::{codec, Command, Event, Outcome};
+use nexus_core::state::{codec, Command, Event, Outcome, State};
 
 pub use driver::start;
 
@@ -146,6 +147,10 @@ pub enum Msg {
     /// no longer leads.
     TransferLeadership {
         reply: oneshot::Sender<bool>,
+    },
+    /// A copy of the applied state and the index it is at (a backup).
+    CopyState {
+        reply: oneshot::Sender<(u64, State)>,
     },
     Shutdown(oneshot::Sender<()>),
 }
@@ -377,6 +382,19 @@ impl RaftHandle {
         }
         rx.await
             .map_err(|_| RpcError::internal("read was not confirmed"))?
+    }
+
+    /// The applied state and the committed index it is at, taken after a read barrier:
+    /// it holds every write acknowledged anywhere before the call. The copy is made on the
+    /// Raft thread between two batches, as for a snapshot; writes go on meanwhile.
+    pub async fn copy_state(&self) -> Result<(u64, State), RpcError> {
+        self.read_barrier().await?;
+        let (reply, rx) = oneshot::channel();
+        if !self.deliver(Msg::CopyState { reply }) {
+            return Err(RpcError::internal("node is shutting down"));
+        }
+        rx.await
+            .map_err(|_| RpcError::internal("node is shutting down"))
     }
 
     /// Hands a message to the driver thread (callable from any thread); false once the

@@ -14,6 +14,17 @@ pub struct ServeArgs {
     #[arg(long, default_value = "./data")]
     pub data_dir: PathBuf,
 
+    /// Start a new cluster of one from this backup (`nexus backup`), with a new cluster
+    /// identity; the data dir must be empty. Other nodes then join it as usual.
+    #[arg(long, value_name = "FILE")]
+    pub restore: Option<PathBuf>,
+
+    /// This member's cluster lost its majority for good: make it the only voter of a new
+    /// cluster (new identity) holding every entry its log has, then serve. For one start
+    /// only; the old members are refused if they come back.
+    #[arg(long, conflicts_with = "restore")]
+    pub force_new_cluster: bool,
+
     /// Listener URL, repeatable: tcp://, ssl://, http://, https://, health://host:port.
     /// Default: tcp://127.0.0.1:1717 and http://127.0.0.1:8080.
     #[arg(short = 'l', long = "listen", value_name = "URL")]

@@ -55,6 +55,8 @@ pub struct Conn {
     pub pending: RefCell<std::collections::HashMap<String, String>>,
     /// Pipes this connection owns; closed with it.
     pub pipes: RefCell<std::collections::BTreeSet<PipeId>>,
+    /// The backup file this connection took and is reading (`sys.backup.*`).
+    pub backup: RefCell<Option<std::sync::Arc<Vec<u8>>>>,
 }
 
 /// One serialised response on its way to the socket. It holds its request's in-flight

@@ -12,8 +12,9 @@
 //! - `conn`, `api`, `session`: one connection as handlers see it, the API namespaces, the
 //!   session actor that runs requests through them;
 //! - `transport`: listeners (tcp/ssl stream, ws/wss, the HTTP bridge, health, dashboard);
-//! - `reconcile`, `server`: repair of this process's footprint, and starting and stopping
-//!   a node; `config`: `nexus serve`'s settings.
+//! - `reconcile`, `recovery`, `server`: repair of this process's footprint, restore and
+//!   forced new clusters at start, and starting and stopping a node; `config`: `nexus
+//!   serve`'s settings.
 
 pub mod api;
 pub mod config;
@@ -25,6 +26,7 @@ pub mod metrics;
 pub mod node;
 pub mod pipe;
 pub mod reconcile;
+pub mod recovery;
 pub mod reload;
 pub mod replica;
 pub mod server;

@@ -271,6 +271,12 @@ impl Node {
                 // Every node applies the hook: each delivers to its own pipes.
                 Event::Hook { topic, msg } => self.publish_here(&topic, &msg),
                 Event::StateReplaced => {
+                    // A joiner takes its cluster's identity with its first snapshot.
+                    if let Some(link) = &self.cluster {
+                        let id = self.replica.read(|s| s.cluster.id.clone());
+                        let id = nexus_cluster::transport::hello_cluster_id(&id);
+                        link.transport.set_cluster_id(id);
+                    }
                     self.local.state_replaced();
                     self.reconcile_waiters()
                 }

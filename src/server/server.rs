@@ -104,9 +104,22 @@ fn bootstrap_storage(
 ) -> anyhow::Result<()> {
     let mut initial = State::default();
     let ids: Vec<u64> = voters.keys().map(|id| id.0).collect();
+    initial.cluster.id =
+        nexus_core::state::founding_identity(&voters.keys().copied().collect::<Vec<_>>());
     initial.cluster.members = voters;
     storage.bootstrap(&ids, initial.to_snapshot())?;
     Ok(())
+}
+
+/// The cluster identity this node's hellos name: none while it has no state; its
+/// cluster's, or "none" for a cluster formed before identities existed.
+fn hello_cluster_id(storage: &RaftStorage) -> anyhow::Result<String> {
+    let Some(snap) = storage.stored_snapshot()? else {
+        return Ok(String::new());
+    };
+    let id = nexus_core::state::codec::cluster_id_of(&snap.data)
+        .map_err(|e| anyhow!("the stored snapshot is not readable: {e}"))?;
+    Ok(nexus_cluster::transport::hello_cluster_id(&id))
 }
 
 /// Starts the peer transport and gossip, then decides how a fresh node enters a cluster.
@@ -129,6 +142,7 @@ async fn start_cluster(
         cluster_addr: advertised.clone(),
         program_version: env!("CARGO_PKG_VERSION").to_string(),
         has_state: !fresh,
+        cluster_id: hello_cluster_id(storage)?,
         bootstrap_expect: c.bootstrap_expect.unwrap_or(0) as u32,
         ..Default::default()
     };
@@ -197,6 +211,9 @@ async fn start_cluster(
                     }
                 }
             }
+        }
+        if !joining {
+            transport.set_cluster_id(hello_cluster_id(storage)?);
         }
         transport.set_hello(PeerHello {
             has_state: !joining,
@@ -322,6 +339,11 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
             std_listener,
         ));
     }
+    let advertised = args.cluster.advertised().unwrap_or_default().to_string();
+    if let Some(file) = &args.restore {
+        let restored = crate::recovery::restore_into(&args.data_dir, file, advertised.clone())?;
+        crate::recovery::report_restore(file, &restored);
+    }
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
     let secrets = cluster_secrets(&args)?;
@@ -336,6 +358,10 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         generation: opened.generation,
     };
     let storage = opened.storage;
+    if args.force_new_cluster {
+        let forced = consensus::recovery::force_new_cluster(&storage, me.raft_id, advertised)?;
+        crate::recovery::report_forced(&forced);
+    }
     storage.start_durable_witness(Duration::from_secs(1));
     let state = Arc::new(RwLock::new(State::default()));
     // Applied events reach the node straight from the Raft thread (one hop fewer than an

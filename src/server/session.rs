@@ -93,6 +93,7 @@ impl Session {
             out: out_tx,
             pending: RefCell::new(Default::default()),
             pipes: RefCell::new(Default::default()),
+            backup: RefCell::new(None),
         });
         let addr = Session {
             node,

@@ -23,7 +23,8 @@ pub(super) enum HandshakeError {
     #[error("cluster authentication failed")]
     Auth,
     #[error(
-        "the peer closed the connection: it refused our cluster secret or version (see its log)"
+        "the peer closed the connection: it refused our cluster secret, version or cluster \
+         identity (see its log)"
     )]
     Refused,
     #[error("{0}")]
@@ -50,12 +51,20 @@ impl HandshakeError {
     }
 }
 
-/// The peer's hello must carry our cluster version.
+/// The peer's hello must carry our cluster version, and the same cluster identity when
+/// both sides have one.
 pub(super) fn check_hello(theirs: &PeerHello, ours: &PeerHello) -> Result<(), HandshakeError> {
     if theirs.cluster_version != ours.cluster_version {
         return Err(HandshakeError::Protocol(format!(
             "the peer runs cluster version {} (program {}), we run cluster version {}",
             theirs.cluster_version, theirs.program_version, ours.cluster_version
+        )));
+    }
+    let (a, b) = (&theirs.cluster_id, &ours.cluster_id);
+    if !a.is_empty() && !b.is_empty() && a != b {
+        return Err(HandshakeError::Protocol(format!(
+            "the peer (raft id {}, {}) belongs to cluster {a} and we to cluster {b}: a member              of a cluster since restored from a backup or forced into a new cluster              (--force-new-cluster) cannot rejoin it with its old data; empty its data dir              with `nexus rebuild` and let it join as a new member",
+            theirs.raft_id, theirs.cluster_addr
         )));
     }
     Ok(())
@@ -126,8 +135,8 @@ pub(super) async fn dial(
             "cluster authentication with {addr} failed: the peer does not know our cluster secret"
         ),
         Ok(Err(HandshakeError::Refused)) => bail!(
-            "cluster authentication with {addr} failed: the peer refused our cluster secret or \
-             link protocol (see its log)"
+            "cluster authentication with {addr} failed: the peer refused our cluster secret, \
+             link protocol or cluster identity (see its log)"
         ),
         Ok(Err(e)) => bail!("handshake with {addr} failed: {e}"),
         Err(_) => bail!("handshake with {addr} timed out after {limit:?}"),

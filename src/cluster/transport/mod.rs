@@ -171,6 +171,17 @@ pub struct Transport {
     shared: Arc<Shared>,
 }
 
+/// How hellos name the cluster identity of a node with state: its cluster's, or "none"
+/// for a cluster formed before identities existed (so that its members are refused by a
+/// cluster restored or forced from it, and accepted by each other).
+pub fn hello_cluster_id(state_id: &str) -> String {
+    if state_id.is_empty() {
+        "none".into()
+    } else {
+        state_id.into()
+    }
+}
+
 impl Transport {
     /// Binds and starts accepting on the current tokio runtime.
     pub async fn start(cfg: TransportConfig, events: EventSink) -> io::Result<Transport> {
@@ -179,6 +190,7 @@ impl Transport {
         let local_addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             hello: RwLock::new(cfg.hello.clone()),
+            cluster_id: RwLock::new(cfg.hello.cluster_id.clone()),
             keys: RwLock::new(cfg.keys.clone()),
             auth_failures: AtomicU64::new(0),
             cfg,
@@ -305,6 +317,16 @@ impl Transport {
     /// Handshakes refused and connections dropped because the peer failed authentication.
     pub fn auth_failures(&self) -> u64 {
         self.shared.auth_failures.load(Ordering::Relaxed)
+    }
+
+    /// The cluster identity new connections name (`PeerHello.cluster_id`): a node takes
+    /// its cluster's when it first receives the state.
+    pub fn set_cluster_id(&self, id: String) {
+        *self
+            .shared
+            .cluster_id
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = id;
     }
 
     /// Replaces the hello sent on new connections.

@@ -24,6 +24,8 @@ use super::{
 pub(super) struct Shared {
     pub(super) cfg: TransportConfig,
     pub(super) hello: RwLock<PeerHello>,
+    /// This node's cluster identity as hellos name it (`PeerHello.cluster_id`).
+    pub(super) cluster_id: RwLock<String>,
     /// The keys connections are sealed with (replaced when the secrets rotate).
     pub(super) keys: RwLock<Keys>,
     /// Handshakes and records that failed authentication (a metric).
@@ -67,7 +69,13 @@ pub(super) enum Outbound {
 
 impl Shared {
     pub(super) fn hello(&self) -> PeerHello {
-        self.hello.read().unwrap_or_else(|e| e.into_inner()).clone()
+        let mut hello = self.hello.read().unwrap_or_else(|e| e.into_inner()).clone();
+        hello.cluster_id = self
+            .cluster_id
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        hello
     }
 
     pub(super) fn keys(&self) -> Keys {

@@ -108,6 +108,29 @@ fn fail_stop(dir: &std::path::Path, why: &str) -> ! {
     unsafe { libc::_exit(crate::store::datadir::REFUSED_EXIT_CODE.into()) }
 }
 
+/// The proposer and command of a normal entry. Every node must apply the same thing: an
+/// entry this build cannot read halts apply instead of being skipped (no silent
+/// divergence).
+pub(crate) fn decode_entry(
+    entry: &Entry,
+) -> Result<(Origin, nexus_core::state::Command), StoreError> {
+    let ctx = ProposalContext::decode(&entry.context[..])
+        .map_err(|e| StoreError::Corrupt("entry context", format!("{}: {e}", entry.index)))?;
+    let cmd = codec::decode_command(&entry.data).map_err(|e| {
+        StoreError::Corrupt(
+            "command (written by a newer version?)",
+            format!("index {}: {e}", entry.index),
+        )
+    })?;
+    let origin = Origin {
+        node_id: RaftId(ctx.node_id),
+        generation: ctx.generation,
+        proposal_id: ctx.proposal_id,
+        clock_ms: ctx.clock_ms,
+    };
+    Ok((origin, cmd))
+}
+
 impl Driver {
     /// A driver on `storage`, `state` restored from its stored snapshot.
     fn new(
@@ -343,6 +366,10 @@ impl Driver {
                 let _ = reply.send(self.on_remove(raft_id));
             }
             Msg::TransferLeadership { reply } => self.start_transfer(reply),
+            Msg::CopyState { reply } => {
+                let applied = self.raw.raft.raft_log.applied;
+                let _ = reply.send((applied, self.read_state(State::clone)));
+            }
             Msg::Shutdown(done) => *shutdown = Some(done),
         }
     }
@@ -528,23 +555,7 @@ impl Driver {
                 match entry.get_entry_type() {
                     EntryType::EntryNormal if entry.data.is_empty() => {}
                     EntryType::EntryNormal => {
-                        // Every node must apply the same thing: an entry this build cannot
-                        // read halts apply instead of being skipped (no silent divergence).
-                        let ctx = ProposalContext::decode(&entry.context[..]).map_err(|e| {
-                            StoreError::Corrupt("entry context", format!("{}: {e}", entry.index))
-                        })?;
-                        let cmd = codec::decode_command(&entry.data).map_err(|e| {
-                            StoreError::Corrupt(
-                                "command (written by a newer version?)",
-                                format!("index {}: {e}", entry.index),
-                            )
-                        })?;
-                        let origin = Origin {
-                            node_id: RaftId(ctx.node_id),
-                            generation: ctx.generation,
-                            proposal_id: ctx.proposal_id,
-                            clock_ms: ctx.clock_ms,
-                        };
+                        let (origin, cmd) = decode_entry(entry)?;
                         let (outcome, events) = state.apply_entry(&origin, cmd);
                         all_events.extend(events);
                         answers.push((origin, outcome));

@@ -659,6 +659,30 @@ impl RaftStorage {
         self.apply_snapshot(&snap)
     }
 
+    /// Makes this store the sole member `voter` of a new cluster whose state is `state`
+    /// at `index`, in `term`: one atomic write replaces the snapshot, the membership and
+    /// the hard state (no vote), and drops the whole log. Restore and --force-new-cluster.
+    pub fn found_cluster(
+        &self,
+        voter: u64,
+        state: Vec<u8>,
+        index: u64,
+        term: u64,
+    ) -> Result<(), StoreError> {
+        let mut snap = Snapshot::default();
+        snap.set_data(state.into());
+        let m = snap.mut_metadata();
+        m.index = index;
+        m.term = term;
+        m.set_conf_state(ConfState::from((vec![voter], vec![])));
+        self.write_cache().hard_state = HardState {
+            term,
+            commit: index,
+            ..Default::default()
+        };
+        self.apply_snapshot(&snap)
+    }
+
     /// Whether raft asked for a newer snapshot since the last call.
     pub fn take_snapshot_wanted(&self) -> bool {
         self.snapshot_wanted

@@ -52,6 +52,9 @@ pub struct NodeRecord {
 #[derive(Debug, Default, Clone, PartialEq)]
 #[cfg_attr(test, derive(Serialize))]
 pub struct Cluster {
+    /// The cluster's identity (see `identity_of`): peers of another cluster are refused.
+    /// Empty in a cluster formed before identities existed.
+    pub id: String,
     /// Raft id → cluster address, kept from the conf changes that added each member.
     pub members: BTreeMap<RaftId, String>,
     /// Raft id → its current process: routes a connid, pipe id or task id to its node.
@@ -59,6 +62,26 @@ pub struct Cluster {
     /// The cluster clock: the highest stamp applied, never going backwards.
     pub clock_ms: u64,
     pub(super) proposers: BTreeMap<RaftId, ProposerRecord>,
+}
+
+/// The identity of a cluster founded by `voters`: every founding node computes the same
+/// one from the same voters (raft ids are random, so clusters founded apart differ).
+pub fn founding_identity(voters: &[RaftId]) -> String {
+    let mut ids: Vec<u64> = voters.iter().map(|v| v.0).collect();
+    ids.sort_unstable();
+    // FNV-1a over the sorted ids: stable across builds and platforms.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in ids.iter().flat_map(|id| id.to_be_bytes()) {
+        h ^= u64::from(byte);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// A new random identity (a restored or forced cluster: nothing may mistake it for the
+/// cluster it came from).
+pub fn new_identity() -> String {
+    format!("{:016x}", rand::random::<u64>())
 }
 
 impl Cluster {

@@ -84,6 +84,7 @@ pub fn encode_state(state: &State) -> Vec<u8> {
         bootstrapped: state.bootstrapped,
         lock_grants: state.locks.grants,
         cluster: Some(pb::ClusterRec {
+            id: state.cluster.id.clone(),
             members: state
                 .cluster
                 .members
@@ -124,19 +125,31 @@ pub fn encode_state(state: &State) -> Vec<u8> {
     out
 }
 
-/// The state held in a snapshot (derived indexes not rebuilt yet).
-pub fn decode_state(data: &[u8]) -> Result<State, DecodeError> {
-    let body = match data {
+/// The cluster identity a state snapshot holds, without decoding the rest of it.
+pub fn cluster_id_of(data: &[u8]) -> Result<String, DecodeError> {
+    let body = snapshot_body(data)?;
+    let snap = pb::StateSnapshotCluster::decode(body).map_err(bad)?;
+    Ok(snap.cluster.unwrap_or_default().id)
+}
+
+/// A snapshot's protobuf body, once its magic and version are checked.
+fn snapshot_body(data: &[u8]) -> Result<&[u8], DecodeError> {
+    match data {
         [m0, m1, m2, version, body @ ..] if [*m0, *m1, *m2] == *SNAPSHOT_MAGIC => {
             if *version != SNAPSHOT_VERSION {
                 return Err(bad(format!(
                     "snapshot format version {version} (this build reads {SNAPSHOT_VERSION})"
                 )));
             }
-            body
+            Ok(body)
         }
-        _ => return Err(bad("not a Nexus-rs state snapshot")),
-    };
+        _ => Err(bad("not a Nexus-rs state snapshot")),
+    }
+}
+
+/// The state held in a snapshot (derived indexes not rebuilt yet).
+pub fn decode_state(data: &[u8]) -> Result<State, DecodeError> {
+    let body = snapshot_body(data)?;
     let snap = pb::StateSnapshot::decode(body).map_err(bad)?;
     let mut state = State::default();
     for u in snap.users {
@@ -174,6 +187,7 @@ pub fn decode_state(data: &[u8]) -> Result<State, DecodeError> {
         .map(|m| (RaftId(m.raft_id), m.addr))
         .collect();
     state.cluster.clock_ms = cluster.clock_ms;
+    state.cluster.id = cluster.id;
     state.cluster.nodes = cluster
         .nodes
         .into_iter()

@@ -17,7 +17,7 @@ use serde_json::Value;
 use crate::ids::{ConnId, PipeId, PullId, RaftId, TaskId};
 use crate::rpc::RpcError;
 
-pub use cluster::{Admit, Cluster, NodeRecord, Origin};
+pub use cluster::{founding_identity, new_identity, Admit, Cluster, NodeRecord, Origin};
 pub use locks::Locks;
 pub use sessions::{SessionRecord, Sessions};
 pub use tasks::{Ending, Pull, Task, Tasks};
@@ -537,6 +537,34 @@ impl State {
             topic: format!("hook.user.{user}.{actor}"),
             msg,
         });
+    }
+
+    /// What a new cluster can start from: this state after every process of its cluster
+    /// is gone. Each session ends as on a close (its locks released, the tasks it worked
+    /// on requeued, its pulls, non-detached pushes and subscriptions gone); the member
+    /// table, node processes and proposer records go; users, the task queue, the lock
+    /// token counter and the cluster clock stay. A backup holds this form.
+    pub fn portable(&self) -> State {
+        let mut state = self.clone();
+        let mut discarded = Vec::new();
+        let connids: Vec<ConnId> = state.sessions.by_connid.keys().cloned().collect();
+        for connid in connids {
+            state.close_session(&connid, &mut discarded);
+        }
+        state.topics = Topics::default();
+        state.cluster = Cluster {
+            id: String::new(),
+            clock_ms: self.cluster.clock_ms,
+            ..Cluster::default()
+        };
+        state
+    }
+
+    /// Makes a portable state the state of a new cluster `id` whose one member is `me`,
+    /// reached at `addr`.
+    pub fn found_cluster(&mut self, id: String, me: RaftId, addr: String) {
+        self.cluster.id = id;
+        self.cluster.members = [(me, addr)].into();
     }
 
     /// The state in its snapshot form (versioned binary, proto/log.proto).

@@ -1,6 +1,7 @@
 //! Method dispatch: one module per namespace. Each handler validates its parameters,
 //! checks permission, then reads the applied state or proposes a command.
 
+pub mod backup;
 pub mod login;
 pub mod pipe;
 pub mod sessions;
@@ -29,6 +30,9 @@ pub const METHODS: &[&str] = &[
     "sys.reload",
     "sys.node.list",
     "sys.node.remove",
+    "sys.node.reload",
+    "sys.backup.begin",
+    "sys.backup.read",
     "sys.session.list",
     "sys.session.count",
     "sys.session.kick",

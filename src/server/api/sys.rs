@@ -43,6 +43,8 @@ pub async fn call(node: &Arc<Node>, conn: &Rc<Conn>, name: &str, p: &Params<'_>)
                 .map_err(RpcError::internal)?;
             Ok(json!({"ok": true, "reloaded": done}))
         }
+        "backup.begin" => super::backup::begin(node, conn).await,
+        "backup.read" => super::backup::read(conn, p),
         "session.list" | "session.count" | "session.kick" | "session.reload" => {
             super::sessions::call(&node.replica, conn, name, p).await
         }
