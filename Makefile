@@ -30,6 +30,9 @@ cluster: build
 
 ## The whole suite: formatting, clippy, unit and integration tests, pynexus2 interop.
 test: test-deps lint
+	@# The previous release, for the rolling-upgrade test: built once per machine, before the
+	@# tests start, so that its build does not compete with them for the cores.
+	./scripts/previous-release.sh >/dev/null
 	@if cargo nextest --version >/dev/null 2>&1; then \
 		cargo nextest run --workspace --no-fail-fast; \
 	else \

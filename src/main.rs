@@ -1,6 +1,5 @@
 mod cli;
 
-use clap::Parser;
 use cli::{Cli, Command};
 use nexus_consensus::store::datadir;
 
@@ -11,8 +10,36 @@ use nexus_consensus::store::datadir;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// The command line, with `serve --config FILE`'s settings merged in. Prints clap's
+/// help, version and errors itself, and `serve --print-config`, then exits.
+fn parse() -> Cli {
+    use clap::{CommandFactory, FromArgMatches};
+    use nexus_server::config_file;
+    let command = Cli::command();
+    let (matches, from_file) =
+        match config_file::parse_with_file(&command, std::env::args_os().collect()) {
+            Ok(parsed) => parsed,
+            Err(e) => match e.downcast::<clap::Error>() {
+                Ok(clap_error) => clap_error.exit(),
+                Err(e) => {
+                    eprintln!("nexus: {e:#}");
+                    std::process::exit(2);
+                }
+            },
+        };
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if let (Command::Serve(args), Some(("serve", serve))) = (&cli.command, matches.subcommand()) {
+        if args.print_config {
+            let serve_command = command.find_subcommand("serve").expect("serve exists");
+            print!("{}", config_file::print(serve_command, serve, &from_file));
+            std::process::exit(0);
+        }
+    }
+    cli
+}
+
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = parse();
     match cli.command {
         Command::Admin(nexus_admin::AdminCmd::Cluster(nexus_admin::ClusterCmd::Secret)) => {
             println!("{}", nexus_cluster::secret::generate());
@@ -39,7 +66,11 @@ fn main() -> std::process::ExitCode {
                 Err(e) => {
                     tracing::error!("{e:#}");
                     eprintln!("nexus: {e:#}");
-                    if e.downcast_ref::<datadir::Refusal>().is_some() {
+                    let too_new = matches!(
+                        e.downcast_ref::<nexus_consensus::store::StoreError>(),
+                        Some(nexus_consensus::store::StoreError::TooNew(_))
+                    );
+                    if e.downcast_ref::<datadir::Refusal>().is_some() || too_new {
                         std::process::ExitCode::from(datadir::REFUSED_EXIT_CODE)
                     } else {
                         std::process::ExitCode::FAILURE

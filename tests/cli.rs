@@ -630,3 +630,118 @@ fn passwords_are_never_taken_from_the_command_line() {
     let err = fails(as_root(&["user", "list"], &[]), 2);
     assert!(err.contains("--password-stdin"), "{err}");
 }
+
+/// `nexus serve --config FILE`: a real node takes its listeners, data dir and root
+/// password from the file; a variable beats the file and a flag beats both; the printed
+/// settings read back as the same settings; an unknown key is refused, naming it and the
+/// file.
+#[test]
+fn serve_reads_a_config_file_beneath_flags_and_variables() {
+    let dir = tempfile::tempdir().unwrap();
+    let tcp = free_port();
+    let file = dir.path().join("nexus.toml");
+    let data = dir.path().join("data");
+    std::fs::write(
+        &file,
+        format!(
+            "data-dir = {data:?}\nlisten = [\"tcp://127.0.0.1:{tcp}\"]\n\
+             root-password = \"from-the-file-1\"\nwatchdog = 30\nmax-inflight = 7\n\
+             log-retain = 11\n"
+        ),
+    )
+    .unwrap();
+    let path = file.to_str().unwrap();
+    // The printed settings: where each came from, the secret left out.
+    let printed = |extra: &[&str], env: &[(&str, &str)]| {
+        let mut args = vec!["serve", "--config", path, "--print-config"];
+        args.extend_from_slice(extra);
+        let out = run(&args, env);
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let shown = printed(&["--log-retain", "12"], &[("NEXUS_MAX_INFLIGHT", "8")]);
+    let line = |key: &str| {
+        shown
+            .lines()
+            .find(|l| l.starts_with(&format!("{key} = ")))
+            .unwrap_or_else(|| panic!("{key} in {shown}"))
+            .to_string()
+    };
+    assert!(line("watchdog").contains("= 30") && line("watchdog").ends_with("# config file"));
+    assert!(
+        line("max-inflight").contains("= 8") && line("max-inflight").ends_with("# environment")
+    );
+    assert!(line("log-retain").contains("= 12") && line("log-retain").ends_with("# flag"));
+    assert!(line("raft-tick-ms").ends_with("= 50") || line("raft-tick-ms").contains("= 50 "));
+    assert!(!shown.contains("from-the-file-1"), "{shown}");
+    assert!(shown.contains("# root-password: set"), "{shown}");
+    // Printed settings are a config file that gives the same settings.
+    let again = dir.path().join("printed.toml");
+    std::fs::write(&again, &shown).unwrap();
+    let out = run(
+        &[
+            "serve",
+            "--config",
+            again.to_str().unwrap(),
+            "--print-config",
+        ],
+        &[],
+    );
+    let reprinted = String::from_utf8(out.stdout).unwrap();
+    let values = |s: &str| -> Vec<String> {
+        s.lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| l.split(" # ").next().unwrap().trim().to_string())
+            .collect()
+    };
+    assert_eq!(values(&reprinted), values(&shown));
+
+    // A node started on the file serves where it says, with its root password; the
+    // variable's watchdog beats the file's.
+    let mut node = Command::new(env!("CARGO_BIN_EXE_nexus"))
+        .args(["serve", "--config", path])
+        .env("NEXUS_WATCHDOG", "40")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr = format!("127.0.0.1:{tcp}").parse().unwrap();
+    let mut logged_in = None;
+    assert!(eventually(Duration::from_secs(30), || {
+        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            return false;
+        }
+        let mut c = Client::tcp(addr);
+        let ok = c.login("root", "from-the-file-1").is_ok();
+        logged_in = Some(c);
+        ok
+    }));
+    let mut c = logged_in.unwrap();
+    assert_eq!(
+        expect_ok(c.call("sys.watchdog", json!({})))["watchdog"],
+        json!(40)
+    );
+    assert!(
+        data.join("nexus.id").exists(),
+        "the file's data dir is used"
+    );
+    let _ = node.kill();
+    let _ = node.wait();
+
+    // An unknown key: refused before anything starts, naming the key and the file.
+    std::fs::write(&file, "data-dir = \"x\"\nwatch-dog = 30\n").unwrap();
+    let out = run(&["serve", "--config", path], &[]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("unknown key `watch-dog`") && err.contains(path),
+        "{err}"
+    );
+
+    // The file the image and the systemd unit run with is one this build accepts.
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/nexus.toml");
+    let out = run(&["serve", "--config", shipped, "--print-config"], &[]);
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(shown.contains("log-format = \"json\""), "{shown}");
+}

@@ -13,11 +13,12 @@
 //!   session actor that runs requests through them;
 //! - `transport`: listeners (tcp/ssl stream, ws/wss, the HTTP bridge, health, dashboard);
 //! - `reconcile`, `recovery`, `server`: repair of this process's footprint, restore and
-//!   forced new clusters at start, and starting and stopping a node; `config`: `nexus
-//!   serve`'s settings.
+//!   forced new clusters at start, and starting and stopping a node; `config`, `config_file`:
+//!   `nexus serve`'s settings, and the config file that may give them.
 
 pub mod api;
 pub mod config;
+pub mod config_file;
 pub mod conn;
 pub mod credcache;
 pub mod local;

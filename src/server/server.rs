@@ -114,11 +114,10 @@ fn bootstrap_storage(
 /// The cluster identity this node's hellos name: none while it has no state; its
 /// cluster's, or "none" for a cluster formed before identities existed.
 fn hello_cluster_id(storage: &RaftStorage) -> anyhow::Result<String> {
-    let Some(snap) = storage.stored_snapshot()? else {
+    if storage.is_fresh() {
         return Ok(String::new());
-    };
-    let id = nexus_core::state::codec::cluster_id_of(&snap.data)
-        .map_err(|e| anyhow!("the stored snapshot is not readable: {e}"))?;
+    }
+    let id = storage.cluster_id()?.unwrap_or_default();
     Ok(nexus_cluster::transport::hello_cluster_id(&id))
 }
 

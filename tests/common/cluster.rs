@@ -10,6 +10,8 @@ use super::{eventually, expect_ok, free_port, Client, ROOT_PASS};
 
 /// One `nexus serve` process with its own data dir and ports.
 pub struct Proc {
+    /// The `nexus` binary it runs (this build unless a test says otherwise).
+    pub bin: PathBuf,
     pub child: Option<Child>,
     pub dir: PathBuf,
     pub tcp: u16,
@@ -20,6 +22,23 @@ pub struct Proc {
 
 impl Proc {
     pub fn start(dir: &Path, cluster: u16, join: &[u16], extra: &[&str]) -> Proc {
+        Self::start_binary(
+            env!("CARGO_BIN_EXE_nexus").as_ref(),
+            dir,
+            cluster,
+            join,
+            extra,
+        )
+    }
+
+    /// `start` with another `nexus` binary (an older release).
+    pub fn start_binary(
+        bin: &Path,
+        dir: &Path,
+        cluster: u16,
+        join: &[u16],
+        extra: &[&str],
+    ) -> Proc {
         let mut args: Vec<String> = vec![
             "--cluster".into(),
             format!("127.0.0.1:{cluster}"),
@@ -32,6 +51,7 @@ impl Proc {
         }
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut p = Proc {
+            bin: bin.to_path_buf(),
             child: None,
             dir: dir.to_path_buf(),
             tcp: free_port(),
@@ -49,7 +69,7 @@ impl Proc {
             .append(true)
             .open(self.dir.join("node.log"))
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_nexus"))
+        let child = Command::new(&self.bin)
             .arg("serve")
             .arg("--data-dir")
             .arg(self.dir.join("data"))

@@ -116,12 +116,16 @@ pub(crate) fn decode_entry(
 ) -> Result<(Origin, nexus_core::state::Command), StoreError> {
     let ctx = ProposalContext::decode(&entry.context[..])
         .map_err(|e| StoreError::Corrupt("entry context", format!("{}: {e}", entry.index)))?;
-    let cmd = codec::decode_command(&entry.data).map_err(|e| {
-        StoreError::Corrupt(
-            "command (written by a newer version?)",
-            format!("index {}: {e}", entry.index),
-        )
-    })?;
+    let needs = ctx.log_version.max(1);
+    if needs > codec::LOG_VERSION {
+        return Err(StoreError::TooNew(format!(
+            "log entry {} needs log format {needs}; this build reads formats up to {}",
+            entry.index,
+            codec::LOG_VERSION
+        )));
+    }
+    let cmd = codec::decode_command(&entry.data)
+        .map_err(|e| StoreError::Corrupt("command", format!("index {}: {e}", entry.index)))?;
     let origin = Origin {
         node_id: RaftId(ctx.node_id),
         generation: ctx.generation,
@@ -129,6 +133,15 @@ pub(crate) fn decode_entry(
         clock_ms: ctx.clock_ms,
     };
     Ok((origin, cmd))
+}
+
+/// A state snapshot this build cannot read: from a newer version, or damaged.
+pub(crate) fn snapshot_error(e: codec::DecodeError) -> StoreError {
+    if e.is_too_new() {
+        StoreError::TooNew(e.to_string())
+    } else {
+        StoreError::Corrupt("state snapshot", e.to_string())
+    }
 }
 
 impl Driver {
@@ -145,8 +158,7 @@ impl Driver {
         let mut snapshot_bytes = 0;
         if let Some(snap) = storage.stored_snapshot()? {
             snapshot_bytes = snap.data.len() as u64;
-            let restored = State::from_snapshot(&snap.data)
-                .map_err(|e| StoreError::Corrupt("state snapshot", e.to_string()))?;
+            let restored = State::from_snapshot(&snap.data).map_err(snapshot_error)?;
             *state.write().unwrap_or_else(|e| e.into_inner()) = restored;
             applied = snap.get_metadata().index;
             info!(index = applied, "restored state from snapshot");
@@ -259,6 +271,14 @@ impl Driver {
             }
             if let Err(e) = self.turn(msgs, tick, &mut shutdown) {
                 self.fail_waiters("storage failure");
+                // An entry or snapshot from a newer version: stop without a restart loop
+                // (the refusal status), the data dir untouched for the right build.
+                if let StoreError::TooNew(_) = e {
+                    error!("{e}");
+                    eprintln!("nexus: {e}");
+                    // SAFETY: ends the process at once, as `fail_stop` does.
+                    unsafe { libc::_exit(crate::store::datadir::REFUSED_EXIT_CODE.into()) }
+                }
                 // Damage read back from the store: this node must not run on it again.
                 if matches!(e, StoreError::Db(_)) && e.is_corruption() {
                     fail_stop(self.storage.dir(), &format!("a read found damage: {e}"));
@@ -513,8 +533,7 @@ impl Driver {
         // An older snapshot still being written must not land after this one.
         self.snapshots.finish(true, &self.stats)?;
         self.storage.apply_snapshot(snap)?;
-        let restored = State::from_snapshot(&snap.data)
-            .map_err(|e| StoreError::Corrupt("state snapshot", e.to_string()))?;
+        let restored = State::from_snapshot(&snap.data).map_err(snapshot_error)?;
         self.clock.set_applied(restored.cluster.clock_ms);
         *self.state.write().unwrap_or_else(|e| e.into_inner()) = restored;
         self.snapshots
@@ -613,7 +632,56 @@ impl Driver {
 
 #[cfg(test)]
 mod tests {
-    use super::storage_fault;
+    use super::*;
+
+    fn entry(log_version: u32, data: Vec<u8>) -> Entry {
+        let ctx = ProposalContext {
+            node_id: 1,
+            proposal_id: 1,
+            log_version,
+            ..Default::default()
+        };
+        let mut e = Entry::default();
+        e.index = 9;
+        e.context = ctx.encode_to_vec().into();
+        e.data = data.into();
+        e
+    }
+
+    /// An entry that needs a newer log format is refused as too new, naming the format it
+    /// needs; an entry of this build's format that does not decode is damage.
+    #[test]
+    fn entries_from_newer_versions_are_refused_by_the_version_they_need() {
+        let cmd = codec::encode_command(nexus_core::state::Command::Expire {});
+        assert!(decode_entry(&entry(codec::LOG_VERSION, cmd.clone())).is_ok());
+        assert!(
+            decode_entry(&entry(0, cmd.clone())).is_ok(),
+            "0: a build before versions"
+        );
+        let newer = codec::LOG_VERSION + 1;
+        match decode_entry(&entry(newer, cmd)) {
+            Err(e @ StoreError::TooNew(_)) => {
+                let text = e.to_string();
+                assert!(
+                    text.contains(&format!("entry 9 needs log format {newer}")),
+                    "{text}"
+                );
+                assert!(text.contains("Upgrade this node"), "{text}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let garbage = entry(codec::LOG_VERSION, vec![0xff, 0xff, 0xff]);
+        assert!(matches!(
+            decode_entry(&garbage),
+            Err(StoreError::Corrupt(..))
+        ));
+        // A snapshot of a newer format is refused the same way.
+        let mut snap = State::default().to_snapshot();
+        snap[3] += 1;
+        let e = snapshot_error(State::from_snapshot(&snap).unwrap_err());
+        assert!(matches!(e, StoreError::TooNew(_)), "{e}");
+        assert!(e.to_string().contains("needs snapshot format 2"), "{e}");
+    }
 
     /// The messages raft-rs 0.7 panics with when the log lost entries, or a read of it
     /// failed its checks, are told apart from other panics.

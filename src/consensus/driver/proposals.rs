@@ -43,6 +43,7 @@ impl Driver {
             incarnation: self.me.incarnation.clone(),
             generation: self.me.generation,
             clock_ms: 0,
+            log_version: codec::LOG_VERSION,
         };
         self.waiters.insert(
             id,
@@ -173,6 +174,7 @@ impl Driver {
             incarnation: self.me.incarnation.clone(),
             generation: self.me.generation,
             clock_ms: 0,
+            log_version: codec::LOG_VERSION,
         };
         let data = codec::encode_command(Command::Expire {});
         if let Err(e) = self.append(&context.encode_to_vec(), data) {

@@ -21,8 +21,9 @@ const REBUILD_FILE: &str = "nexus.rebuild";
     "refusing to start: {what}. Nothing in {dir} was changed. Recover a member of a cluster \
      whose other members are healthy by running `nexus rebuild --data-dir {dir}` and \
      starting the node again: it rejoins as a new member and copies the state from its \
-     peers. Recover a single node by restoring its data dir from a backup (never a \
-     member: an old copy would vote with less than it acknowledged)",
+     peers. Recover a single node by restoring a backup into a new data dir (`nexus \
+     restore`), never by copying an old data dir back: an old copy would vote with less \
+     than it acknowledged",
     dir = .dir.display()
 )]
 pub struct Refusal {

@@ -29,6 +29,9 @@ const KEY_CONF_STATE: &[u8] = b"conf_state";
 const KEY_SNAPSHOT: &[u8] = b"snapshot";
 const KEY_RAFT_ID: &[u8] = b"raft_id";
 const KEY_GENERATION: &[u8] = b"generation";
+/// The identity of the cluster this store belongs to, from the last snapshot that named one
+/// (builds before identities keep it: they never write this key).
+const KEY_CLUSTER_ID: &[u8] = b"cluster_id";
 /// Index of the last conf change applied, written with the conf state it produced: entries
 /// replayed after a restart must not apply a conf change twice.
 const KEY_CONF_INDEX: &[u8] = b"conf_index";
@@ -39,6 +42,13 @@ pub enum StoreError {
     Db(#[from] rocksdb::Error),
     #[error("corrupt record {0}: {1}")]
     Corrupt(&'static str, String),
+    /// Written by a newer version than this build (not damage): the node stops, and its
+    /// data dir is left as it is for the right build.
+    #[error(
+        "refusing to run: {0}. Upgrade this node to the version the rest of the cluster runs \
+         (nothing in its data dir was changed)"
+    )]
+    TooNew(String),
 }
 
 impl StoreError {
@@ -47,6 +57,7 @@ impl StoreError {
         match self {
             StoreError::Db(e) => e.kind() == ErrorKind::Corruption,
             StoreError::Corrupt(..) => true,
+            StoreError::TooNew(_) => false,
         }
     }
 }
@@ -767,6 +778,12 @@ impl RaftStorage {
         batch.put_cf(meta_cf, KEY_HARD_STATE, encode(&hs));
         batch.put_cf(meta_cf, KEY_CONF_STATE, encode(meta.get_conf_state()));
         batch.put_cf(meta_cf, KEY_CONF_INDEX, meta.index.to_be_bytes());
+        // A snapshot from a cluster that has an identity gives it to this store for good:
+        // kept even if a build from before identities later writes snapshots without it.
+        match nexus_core::state::codec::cluster_id_of(&snap.data) {
+            Ok(id) if !id.is_empty() => batch.put_cf(meta_cf, KEY_CLUSTER_ID, id.as_bytes()),
+            _ => {}
+        }
         batch.delete_range_cf(
             cf(&self.db, CF_LOG),
             log_key(first),
@@ -786,6 +803,16 @@ impl RaftStorage {
         c.recent.clear();
         c.recent_bytes = 0;
         Ok(())
+    }
+
+    /// The identity of the cluster this store belongs to, once it received one.
+    pub fn cluster_id(&self) -> Result<Option<String>, StoreError> {
+        match self.db.get_cf(cf(&self.db, CF_META), KEY_CLUSTER_ID)? {
+            Some(b) => String::from_utf8(b)
+                .map(Some)
+                .map_err(|_| StoreError::Corrupt("cluster_id", "not UTF-8".into())),
+            None => Ok(None),
+        }
     }
 
     /// The stored snapshot, if any (used at start to restore the state machine).

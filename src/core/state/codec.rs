@@ -18,20 +18,39 @@ use crate::rpc::RpcError;
 const SNAPSHOT_MAGIC: &[u8; 3] = b"NXS";
 const SNAPSHOT_VERSION: u8 = 1;
 
-/// Bytes this build cannot read (corrupt, or written by a newer version).
+/// The format of the Raft log's commands this build writes and reads. A build that adds a
+/// command (or changes one) raises it; every entry carries the version its command needs
+/// (`ProposalContext.log_version`), and a node refuses an entry that needs a higher one
+/// than its own instead of misreading it.
+pub const LOG_VERSION: u32 = 1;
+
+/// Bytes this build cannot read: damaged, or written by a newer version (`too_new`).
 #[derive(Debug)]
-pub struct DecodeError(String);
+pub struct DecodeError {
+    what: String,
+    too_new: bool,
+}
+
+impl DecodeError {
+    /// Written in a format newer than this build reads (not damage).
+    pub fn is_too_new(&self) -> bool {
+        self.too_new
+    }
+}
 
 impl fmt::Display for DecodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.what)
     }
 }
 
 impl std::error::Error for DecodeError {}
 
 fn bad(what: impl fmt::Display) -> DecodeError {
-    DecodeError(what.to_string())
+    DecodeError {
+        what: what.to_string(),
+        too_new: false,
+    }
 }
 
 pub fn encode_command(cmd: Command) -> Vec<u8> {
@@ -137,9 +156,13 @@ fn snapshot_body(data: &[u8]) -> Result<&[u8], DecodeError> {
     match data {
         [m0, m1, m2, version, body @ ..] if [*m0, *m1, *m2] == *SNAPSHOT_MAGIC => {
             if *version != SNAPSHOT_VERSION {
-                return Err(bad(format!(
-                    "snapshot format version {version} (this build reads {SNAPSHOT_VERSION})"
-                )));
+                return Err(DecodeError {
+                    what: format!(
+                        "the state snapshot needs snapshot format {version}; this build reads \
+                         format {SNAPSHOT_VERSION}"
+                    ),
+                    too_new: *version > SNAPSHOT_VERSION,
+                });
             }
             Ok(body)
         }

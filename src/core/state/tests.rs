@@ -612,8 +612,10 @@ fn unreadable_log_entries_and_snapshots_are_errors_not_guesses() {
     let mut snap = State::default().to_snapshot();
     assert!(State::from_snapshot(&snap).is_ok());
     snap[3] = 2;
-    let err = State::from_snapshot(&snap).unwrap_err().to_string();
-    assert!(err.contains("version 2"), "{err}");
+    let err = State::from_snapshot(&snap).unwrap_err();
+    assert!(err.is_too_new(), "{err}");
+    let err = err.to_string();
+    assert!(err.contains("needs snapshot format 2"), "{err}");
     let err = State::from_snapshot(b"{\"users\":{}}")
         .unwrap_err()
         .to_string();
