@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::cluster::{wait_voters, Proc};
-use common::{eventually, expect_ok, free_port, Client, ROOT_PASS};
+use common::{eventually, expect_ok, free_port, ROOT_PASS};
 use serde_json::json;
 
 /// The previous release's binary (built on first use).
@@ -41,7 +41,9 @@ impl Load {
         let acked = Arc::new(Mutex::new(Vec::new()));
         let (s, a) = (stop.clone(), acked.clone());
         let thread = std::thread::spawn(move || {
-            let mut client: Option<Client> = None;
+            // The library client: a lost connection is an error to move on from, not a
+            // panic as in the tests' strict client.
+            let mut client: Option<nexus_client::Client> = None;
             let mut tried = 0;
             // Bounded: stopped by the test, and never more than 100,000 attempts.
             for i in 0..100_000usize {
@@ -51,15 +53,21 @@ impl Load {
                 tried = i + 1;
                 if client.is_none() {
                     let port = ports[i % ports.len()];
-                    let addr = format!("127.0.0.1:{port}").parse().unwrap();
-                    let reachable =
-                        std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200));
-                    let mut c = Client::tcp(addr);
-                    if reachable.is_err() || c.login("root", ROOT_PASS).is_err() {
+                    let opts = nexus_client::Options {
+                        connect_timeout: Duration::from_secs(1),
+                        answer_timeout: Duration::from_secs(10),
+                        ..Default::default()
+                    };
+                    let login = json!({"user": "root", "pass": ROOT_PASS});
+                    let url = format!("tcp://127.0.0.1:{port}");
+                    let logged_in = nexus_client::Client::connect(&url, &opts)
+                        .ok()
+                        .and_then(|mut c| c.call("sys.login", login).ok().map(|_| c));
+                    if logged_in.is_none() {
                         std::thread::sleep(Duration::from_millis(50));
                         continue;
                     }
-                    client = Some(c);
+                    client = logged_in;
                 }
                 let user = format!("w{i:06}");
                 let c = client.as_mut().unwrap();
