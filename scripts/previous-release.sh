@@ -22,6 +22,10 @@ if [ -x "$bin" ]; then
   exit 0
 fi
 if ! git cat-file -e "$PREVIOUS^{commit}" 2>/dev/null; then
+  # A shallow clone: ask its origin for that one commit.
+  git fetch --quiet --depth=1 origin "$PREVIOUS" 2>/dev/null || true
+fi
+if ! git cat-file -e "$PREVIOUS^{commit}" 2>/dev/null; then
   echo "previous-release.sh: commit $PREVIOUS is not in this clone's history (a shallow" \
        "clone?): run \`git fetch --unshallow\`" >&2
   exit 1
