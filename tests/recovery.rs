@@ -137,6 +137,13 @@ fn a_backup_under_write_load_restores_into_a_new_cluster_that_fresh_nodes_join()
     let log = writer.stop();
     let index = taken["index"].as_u64().unwrap();
     assert!(index > 50, "{taken}");
+    // Nothing in it says where the old members were.
+    let bytes = std::fs::read(&file).unwrap();
+    for n in &nodes {
+        let addr = format!("127.0.0.1:{}", n.cluster);
+        let found = bytes.windows(addr.len()).any(|w| w == addr.as_bytes());
+        assert!(!found, "the backup holds the member address {addr}");
+    }
     // Acknowledged before the backup began: in it. Sent after it ended: not in it.
     let must = log
         .iter()
@@ -285,6 +292,13 @@ fn a_survivor_forced_into_a_new_cluster_keeps_every_write_and_refuses_its_old_me
     assert!(user_names(&mut on_survivor, "").contains("later"));
 }
 
+fn base64_decode(text: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .unwrap()
+}
+
 /// A standalone `nexus serve` process on `data`, with its tcp port.
 fn serve(data: &Path, extra: &[&str]) -> (std::process::Child, u16) {
     let tcp = free_port();
@@ -324,6 +338,39 @@ fn damaged_backups_and_non_empty_data_dirs_are_refused_and_a_good_backup_restore
     expect_ok(plain.login("plain", "plain-pass"));
     expect_code(plain.call("sys.backup.begin", json!({})), -32010);
     expect_code(plain.call("sys.backup.read", json!({"offset": 0})), -32010);
+    // Read by hand in small chunks: the pieces make the whole file, whose header gives the
+    // index `begin` announced; reading past the end, or before a begin, is refused.
+    let mut fresh = connect(tcp).unwrap();
+    expect_ok(fresh.login("root", ROOT_PASS));
+    expect_code(fresh.call("sys.backup.read", json!({"offset": 0})), -32602);
+    let begun = expect_ok(fresh.call("sys.backup.begin", json!({})));
+    let total = begun["bytes"].as_u64().unwrap();
+    let mut whole = Vec::new();
+    loop {
+        let offset = whole.len();
+        let chunk =
+            expect_ok(fresh.call("sys.backup.read", json!({"offset": offset, "length": 100})));
+        assert_eq!(chunk["offset"], json!(offset));
+        let data = base64_decode(chunk["data"].as_str().unwrap());
+        assert!(data.len() <= 100);
+        whole.extend_from_slice(&data);
+        if chunk["eof"] == json!(true) {
+            break;
+        }
+    }
+    assert_eq!(whole.len() as u64, total);
+    assert!(total > 300, "several chunks: {total}");
+    let (header, _) = nexus_core::backup::decode(&whole).unwrap();
+    assert_eq!(json!(header.index), begun["index"]);
+    expect_code(
+        fresh.call("sys.backup.read", json!({"offset": total + 1})),
+        -32602,
+    );
+    expect_code(
+        fresh.call("sys.backup.read", json!({"offset": 0, "length": 0})),
+        -32602,
+    );
+
     let file = root.path().join("b.nxb");
     let taken = backup(tcp, &file);
     // An existing file is not overwritten unless asked.

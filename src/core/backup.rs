@@ -119,8 +119,10 @@ mod tests {
     use super::*;
 
     fn sample() -> Vec<u8> {
-        let mut state = State::default();
-        state.bootstrapped = true;
+        let mut state = State {
+            bootstrapped: true,
+            ..State::default()
+        };
         state.cluster.clock_ms = 77;
         encode(&state, 42, "abc", "2026-12-05T00:00:00Z", "0.1.0")
     }

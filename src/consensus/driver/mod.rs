@@ -641,11 +641,12 @@ mod tests {
             log_version,
             ..Default::default()
         };
-        let mut e = Entry::default();
-        e.index = 9;
-        e.context = ctx.encode_to_vec().into();
-        e.data = data.into();
-        e
+        Entry {
+            index: 9,
+            context: ctx.encode_to_vec().into(),
+            data: data.into(),
+            ..Default::default()
+        }
     }
 
     /// An entry that needs a newer log format is refused as too new, naming the format it
