@@ -51,8 +51,10 @@ pub struct RestoreArgs {
     /// The new node's data dir: it must be empty or not exist.
     #[arg(long)]
     pub data_dir: PathBuf,
-    /// The cluster address the node will advertise (its --advertise, else its --cluster);
-    /// leave it out for a standalone node.
-    #[arg(long, value_name = "HOST:PORT")]
+    /// The cluster address the node will advertise (its --advertise, else its --cluster).
+    #[arg(long, value_name = "HOST:PORT", required_unless_present = "standalone")]
     pub advertise: Option<String>,
+    /// The node will run standalone (no --cluster): it needs no address.
+    #[arg(long, conflicts_with = "advertise")]
+    pub standalone: bool,
 }

@@ -37,16 +37,15 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
 /// `run` with `input` on standard input.
 fn run_fed(args: &[&str], env: &[(&str, &str)], input: &str) -> Output {
     use std::io::Write;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_nexus"))
-        .args(args)
-        // No config file or settings of whoever runs the tests.
-        .env("HOME", "/nonexistent")
-        .env_remove("NEXUS_URL")
-        .env_remove("NEXUS_USER")
-        .env_remove("NEXUS_PASSWORD")
-        .env_remove("NEXUS_CONFIG")
-        .env_remove("NEXUS_CA")
-        .env_remove("NEXUS_NEW_PASSWORD")
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_nexus"));
+    // No config file or settings of whoever runs the tests.
+    cmd.args(args).env("HOME", "/nonexistent");
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("NEXUS_") {
+            cmd.env_remove(name);
+        }
+    }
+    let mut child = cmd
         .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -3,7 +3,7 @@
 //! node gave before it is put in place.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context};
 use base64::Engine as _;
@@ -29,8 +29,32 @@ pub fn take(c: &mut Client, file: &Path, overwrite: bool) -> anyhow::Result<Valu
     };
     let mut partial = file.as_os_str().to_owned();
     partial.push(".partial");
-    let partial = std::path::PathBuf::from(partial);
-    let mut out = std::fs::File::create(&partial)
+    let partial = PathBuf::from(partial);
+    let received = receive(c, &partial, bytes, sha256);
+    if received.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
+    received?;
+    std::fs::rename(&partial, file)
+        .with_context(|| format!("moving {} to {}", partial.display(), file.display()))?;
+    if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+        // The file is in place already: a directory that cannot be synced is a warning.
+        if let Err(e) = std::fs::File::open(dir).and_then(|d| d.sync_all()) {
+            eprintln!("nexus: warning: {} not synced: {e}", dir.display());
+        }
+    }
+    Ok(json!({
+        "file": file.display().to_string(),
+        "index": index,
+        "bytes": bytes,
+        "sha256": sha256,
+        "cluster": begun["cluster"],
+    }))
+}
+
+/// Reads the backup begun on `c` into `partial` (synced), checking its size and SHA-256.
+fn receive(c: &mut Client, partial: &Path, bytes: u64, sha256: &str) -> anyhow::Result<()> {
+    let mut out = std::fs::File::create(partial)
         .with_context(|| format!("creating {}", partial.display()))?;
     let mut digest = Sha256::new();
     let mut offset = 0u64;
@@ -56,24 +80,11 @@ pub fn take(c: &mut Client, file: &Path, overwrite: bool) -> anyhow::Result<Valu
     }
     let got = hex::encode(digest.finalize());
     if offset != bytes || got != sha256 {
-        let _ = std::fs::remove_file(&partial);
         bail!(
             "the backup arrived damaged ({offset} bytes, SHA-256 {got}; the node sent \
              {bytes} bytes, SHA-256 {sha256}): nothing was written"
         );
     }
-    out.sync_all()?;
-    drop(out);
-    std::fs::rename(&partial, file)
-        .with_context(|| format!("moving {} to {}", partial.display(), file.display()))?;
-    if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(json!({
-        "file": file.display().to_string(),
-        "index": index,
-        "bytes": bytes,
-        "sha256": sha256,
-        "cluster": begun["cluster"],
-    }))
+    out.sync_all()
+        .with_context(|| format!("syncing {}", partial.display()))
 }

@@ -104,6 +104,8 @@ pub enum Msg {
     /// A command, already encoded (proto/log.proto) by the proposing task.
     Propose {
         data: Vec<u8>,
+        /// The log format the command needs (`Command::log_version`).
+        log_version: u32,
         reply: oneshot::Sender<Outcome>,
     },
     /// A linearizable read barrier: answered once this node applied everything committed
@@ -360,6 +362,7 @@ impl RaftHandle {
         let start = std::time::Instant::now();
         let (reply, rx) = oneshot::channel();
         if !self.deliver(Msg::Propose {
+            log_version: cmd.log_version(),
             data: codec::encode_command(cmd),
             reply,
         }) {

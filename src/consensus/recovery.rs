@@ -39,8 +39,7 @@ fn replay_all(storage: &RaftStorage) -> anyhow::Result<(State, u64, u64, u64)> {
     let snap = storage
         .stored_snapshot()?
         .context("the store has no snapshot to start from")?;
-    let mut state = State::from_snapshot(&snap.data)
-        .map_err(|e| anyhow::anyhow!("the stored snapshot is not readable: {e}"))?;
+    let mut state = State::from_snapshot(&snap.data).map_err(crate::driver::snapshot_error)?;
     let meta = snap.get_metadata();
     let (mut index, mut term) = (meta.index, meta.term);
     let last = storage.last_index()?;
@@ -69,7 +68,15 @@ pub fn force_new_cluster(
     storage: &RaftStorage,
     me: RaftId,
     addr: String,
-) -> anyhow::Result<Founded> {
+) -> anyhow::Result<Forced> {
+    // A start that still has the flag after an earlier one forced: nothing to do (members
+    // that joined since, and what they committed, must not be cut off).
+    let current = storage.cluster_id()?;
+    if let Some(forced) = storage.forced_cluster_id()? {
+        if current.as_deref() == Some(forced.as_str()) {
+            return Ok(Forced::Already(forced));
+        }
+    }
     if storage.is_fresh() {
         bail!(
             "--force-new-cluster: {} holds no cluster state to keep (use it on a surviving \
@@ -83,14 +90,22 @@ pub fn force_new_cluster(
     let mut new = state.portable();
     let cluster = new_identity();
     new.found_cluster(cluster.clone(), me, addr);
-    storage.found_cluster(me.0, new.to_snapshot(), index, term)?;
-    Ok(Founded {
+    storage.found_cluster(me.0, new.to_snapshot(), index, term, Some(&cluster))?;
+    Ok(Forced::Now(Founded {
         index,
         term,
         cluster,
         previous,
         replayed,
-    })
+    }))
+}
+
+/// What `--force-new-cluster` did.
+#[derive(Debug, Clone)]
+pub enum Forced {
+    Now(Founded),
+    /// An earlier start forced this store into the cluster it still belongs to.
+    Already(String),
 }
 
 /// Seeds an empty store with a backup's state at `index`: a new cluster of one voter,
@@ -114,7 +129,7 @@ pub fn restore(
     new.found_cluster(cluster.clone(), me, addr);
     // A new cluster: term 1, its log continuing after the backup's index.
     let index = index.max(1);
-    storage.found_cluster(me.0, new.to_snapshot(), index, 1)?;
+    storage.found_cluster(me.0, new.to_snapshot(), index, 1, None)?;
     Ok(Founded {
         index,
         term: 1,

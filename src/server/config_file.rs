@@ -14,11 +14,16 @@ use clap::{Arg, ArgAction, ArgMatches, Command};
 /// not repeat at every start of a node whose file or environment names them.
 const COMMAND_LINE_ONLY: &[&str] = &["config", "print_config", "restore", "force_new_cluster"];
 
+/// Settings a file may not hold: the cluster secret comes from its variable or its own
+/// file (`cluster-secret-file`), never from a settings file that is shared and printed.
+const NOT_IN_FILES: &[&str] = &["cluster_secret"];
+
 /// A flag a file (or variable) may set.
 fn settable(arg: &Arg) -> bool {
     let id = arg.get_id().as_str();
     arg.get_long().is_some()
         && !COMMAND_LINE_ONLY.contains(&id)
+        && !NOT_IN_FILES.contains(&id)
         && !id.starts_with("test_")
         && !matches!(arg.get_action(), ArgAction::Help | ArgAction::Version)
 }

@@ -9,7 +9,7 @@ use std::path::Path;
 use anyhow::{bail, Context};
 use tracing::warn;
 
-use nexus_consensus::recovery::{self, Founded};
+use nexus_consensus::recovery::{self, Forced, Founded};
 use nexus_consensus::store;
 use nexus_core::backup;
 
@@ -28,17 +28,13 @@ pub fn restore_into(dir: &Path, file: &Path, addr: String) -> anyhow::Result<Res
     let (header, state) = backup::decode(&data)
         .map_err(|e| anyhow::anyhow!("refusing to restore {}: {e}", file.display()))?;
     drop(data);
-    if let Ok(mut entries) = std::fs::read_dir(dir) {
-        if let Some(entry) = entries.next() {
-            bail!(
-                "refusing to restore into {}: it is not empty (it holds {}); restore only \
-                 into an empty or new data dir",
-                dir.display(),
-                entry
-                    .map(|e| e.path().display().to_string())
-                    .unwrap_or_default()
-            );
-        }
+    if let Some(found) = first_entry(dir) {
+        bail!(
+            "refusing to restore into {}: it is not empty (it holds {}); restore only into an \
+             empty or new data dir",
+            dir.display(),
+            found.display()
+        );
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let opened = store::open(dir)?;
@@ -46,6 +42,17 @@ pub fn restore_into(dir: &Path, file: &Path, addr: String) -> anyhow::Result<Res
     Ok(Restored {
         backup: header,
         founded,
+    })
+}
+
+/// The first thing `dir` holds, if it exists and holds anything but an empty `lost+found`
+/// (the root of a freshly made ext4 volume has one).
+fn first_entry(dir: &Path) -> Option<std::path::PathBuf> {
+    let entries = std::fs::read_dir(dir).ok()?;
+    entries.flatten().map(|e| e.path()).find(|path| {
+        let empty_lost_found = path.file_name() == Some("lost+found".as_ref())
+            && std::fs::read_dir(path).is_ok_and(|mut d| d.next().is_none());
+        !empty_lost_found
     })
 }
 
@@ -65,7 +72,17 @@ pub fn report_restore(file: &Path, r: &Restored) {
 }
 
 /// Logs a forced new cluster loudly.
-pub fn report_forced(f: &Founded) {
+pub fn report_forced(forced: &Forced) {
+    let f = match forced {
+        Forced::Now(f) => f,
+        Forced::Already(cluster) => {
+            return warn!(
+                %cluster,
+                "ignoring --force-new-cluster: an earlier start already forced this node \
+                 into cluster {cluster}, which it still belongs to. Remove the flag."
+            );
+        }
+    };
     warn!(
         index = f.index,
         term = f.term,

@@ -339,13 +339,14 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         ));
     }
     let advertised = args.cluster.advertised().unwrap_or_default().to_string();
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
+    let secrets = cluster_secrets(&args)?;
+    // Last of the checks: a start that fails after it leaves a seeded data dir.
     if let Some(file) = &args.restore {
         let restored = crate::recovery::restore_into(&args.data_dir, file, advertised.clone())?;
         crate::recovery::report_restore(file, &restored);
     }
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
-    let secrets = cluster_secrets(&args)?;
     #[cfg(feature = "test-hooks")]
     nexus_consensus::clock::set_test_offset_ms(args.cluster.test_clock_offset_ms);
     let reserve = args.disk_reserve_mb.saturating_mul(1 << 20);

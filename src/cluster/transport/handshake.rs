@@ -11,7 +11,7 @@ use tokio::time::timeout;
 use nexus_core::proto::{HandshakeOffer, HandshakeReply, PeerHello};
 
 use super::noise::{self, Initiator, Keys};
-use super::{Conn, Shared, PROTOCOL_VERSION};
+use super::{Conn, Shared, LEGACY_CLUSTER_ID, PROTOCOL_VERSION};
 
 /// Largest message accepted before the handshake is done.
 pub(super) const PREAUTH_MAX: usize = 1024;
@@ -63,8 +63,22 @@ pub(super) fn check_hello(theirs: &PeerHello, ours: &PeerHello) -> Result<(), Ha
     let (a, b) = (&theirs.cluster_id, &ours.cluster_id);
     if !a.is_empty() && !b.is_empty() && a != b {
         return Err(HandshakeError::Protocol(format!(
-            "the peer (raft id {}, {}) belongs to cluster {a} and we to cluster {b}: a member              of a cluster since restored from a backup or forced into a new cluster              (--force-new-cluster) cannot rejoin it with its old data; empty its data dir              with `nexus rebuild` and let it join as a new member",
+            "the peer (raft id {}, {}) belongs to cluster {a} and we to cluster {b}: a member \
+             of a cluster since restored from a backup or forced into a new cluster \
+             (--force-new-cluster) cannot rejoin it with its old data; empty its data dir \
+             with `nexus rebuild` and let it join as a new member",
             theirs.raft_id, theirs.cluster_addr
+        )));
+    }
+    // A node with state that names no identity runs a build from before identities: a
+    // cluster that has one (formed, restored or forced since) cannot tell its members from
+    // another cluster's, so it refuses them all.
+    if a.is_empty() && theirs.has_state && !b.is_empty() && b != LEGACY_CLUSTER_ID {
+        return Err(HandshakeError::Protocol(format!(
+            "the peer (raft id {}, {}, nexus {}) has cluster state but names no cluster \
+             identity (a build from before identities): cluster {b} only takes members that \
+             name it; upgrade the peer",
+            theirs.raft_id, theirs.cluster_addr, theirs.program_version
         )));
     }
     Ok(())
@@ -158,5 +172,38 @@ pub(super) async fn connect(addr: &str, limit: Duration) -> anyhow::Result<TcpSt
         Ok(Ok(stream)) => Ok(stream),
         Ok(Err(e)) => bail!("cannot connect to {addr}: {e}"),
         Err(_) => bail!("connecting to {addr} timed out after {limit:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hello(cluster_id: &str, has_state: bool) -> PeerHello {
+        PeerHello {
+            cluster_version: 2,
+            cluster_id: cluster_id.into(),
+            has_state,
+            ..Default::default()
+        }
+    }
+
+    /// Who takes whom: the same identity, or a fresh node; never another cluster's member,
+    /// nor (in a cluster with an identity) a member of a build from before identities.
+    #[test]
+    fn hellos_are_checked_for_the_cluster_identity() {
+        let cases = [
+            (hello("x", true), hello("x", true), true),
+            (hello("x", true), hello("y", true), false),
+            (hello("", false), hello("x", true), true),
+            (hello("", true), hello("x", true), false),
+            (hello("", true), hello(LEGACY_CLUSTER_ID, true), true),
+            (hello(LEGACY_CLUSTER_ID, true), hello("x", true), false),
+            (hello("x", true), hello("", false), true),
+        ];
+        for (theirs, ours, ok) in cases {
+            let got = check_hello(&theirs, &ours);
+            assert_eq!(got.is_ok(), ok, "{theirs:?} / {ours:?}: {got:?}");
+        }
     }
 }

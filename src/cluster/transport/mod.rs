@@ -176,11 +176,14 @@ pub struct Transport {
 /// cluster restored or forced from it, and accepted by each other).
 pub fn hello_cluster_id(state_id: &str) -> String {
     if state_id.is_empty() {
-        "none".into()
+        LEGACY_CLUSTER_ID.into()
     } else {
         state_id.into()
     }
 }
+
+/// How hellos name the identity of a cluster formed before identities existed.
+pub const LEGACY_CLUSTER_ID: &str = "none";
 
 impl Transport {
     /// Binds and starts accepting on the current tokio runtime.

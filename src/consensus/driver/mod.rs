@@ -135,6 +135,17 @@ pub(crate) fn decode_entry(
     Ok((origin, cmd))
 }
 
+/// A snapshot written by a build from before cluster identities has none: the state takes
+/// the one the store kept, so that every node's state names its cluster alike.
+fn keep_identity(storage: &RaftStorage, state: &mut State) -> Result<(), StoreError> {
+    if state.cluster.id.is_empty() {
+        if let Some(id) = storage.cluster_id()? {
+            state.cluster.id = id;
+        }
+    }
+    Ok(())
+}
+
 /// A state snapshot this build cannot read: from a newer version, or damaged.
 pub(crate) fn snapshot_error(e: codec::DecodeError) -> StoreError {
     if e.is_too_new() {
@@ -158,7 +169,8 @@ impl Driver {
         let mut snapshot_bytes = 0;
         if let Some(snap) = storage.stored_snapshot()? {
             snapshot_bytes = snap.data.len() as u64;
-            let restored = State::from_snapshot(&snap.data).map_err(snapshot_error)?;
+            let mut restored = State::from_snapshot(&snap.data).map_err(snapshot_error)?;
+            keep_identity(&storage, &mut restored)?;
             *state.write().unwrap_or_else(|e| e.into_inner()) = restored;
             applied = snap.get_metadata().index;
             info!(index = applied, "restored state from snapshot");
@@ -335,7 +347,11 @@ impl Driver {
 
     fn handle(&mut self, msg: Msg, shutdown: &mut Option<oneshot::Sender<()>>) {
         match msg {
-            Msg::Propose { data, reply } => self.propose_local(data, reply),
+            Msg::Propose {
+                data,
+                log_version,
+                reply,
+            } => self.propose_local(data, log_version, reply),
             Msg::Read { reply } => self.reads.add(reply),
             Msg::Raft { from, msg } => {
                 // Entries this node could not store wait in memory: take none while the
@@ -532,8 +548,10 @@ impl Driver {
     fn install_snapshot(&mut self, snap: &raft::eraftpb::Snapshot) -> Result<(), StoreError> {
         // An older snapshot still being written must not land after this one.
         self.snapshots.finish(true, &self.stats)?;
+        // Read before it is stored: one this build cannot read leaves the store as it was.
+        let mut restored = State::from_snapshot(&snap.data).map_err(snapshot_error)?;
         self.storage.apply_snapshot(snap)?;
-        let restored = State::from_snapshot(&snap.data).map_err(snapshot_error)?;
+        keep_identity(&self.storage, &mut restored)?;
         self.clock.set_applied(restored.cluster.clock_ms);
         *self.state.write().unwrap_or_else(|e| e.into_inner()) = restored;
         self.snapshots

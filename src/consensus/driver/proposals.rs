@@ -30,7 +30,12 @@ pub(super) struct Unsent {
 
 impl Driver {
     /// A proposal of this node: appended here when leading, else forwarded to the leader.
-    pub(super) fn propose_local(&mut self, data: Vec<u8>, reply: oneshot::Sender<Outcome>) {
+    pub(super) fn propose_local(
+        &mut self,
+        data: Vec<u8>,
+        log_version: u32,
+        reply: oneshot::Sender<Outcome>,
+    ) {
         if self.cfg.disk.is_low() {
             let _ = reply.send(Err(RpcError::internal(self.cfg.disk.refusal())));
             return;
@@ -43,7 +48,7 @@ impl Driver {
             incarnation: self.me.incarnation.clone(),
             generation: self.me.generation,
             clock_ms: 0,
-            log_version: codec::LOG_VERSION,
+            log_version,
         };
         self.waiters.insert(
             id,
@@ -174,7 +179,7 @@ impl Driver {
             incarnation: self.me.incarnation.clone(),
             generation: self.me.generation,
             clock_ms: 0,
-            log_version: codec::LOG_VERSION,
+            log_version: Command::Expire {}.log_version(),
         };
         let data = codec::encode_command(Command::Expire {});
         if let Err(e) = self.append(&context.encode_to_vec(), data) {

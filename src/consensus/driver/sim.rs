@@ -357,7 +357,12 @@ impl Sim {
                 let (reply, answer) = oneshot::channel();
                 if self.nodes[i % n].driver.is_some() {
                     self.pending.push((user, answer));
-                    self.turn(i % n, vec![Msg::Propose { data, reply }], false);
+                    let propose = Msg::Propose {
+                        data,
+                        log_version: 1,
+                        reply,
+                    };
+                    self.turn(i % n, vec![propose], false);
                 }
             }
             Step::Deliver(k) => {

@@ -32,6 +32,9 @@ const KEY_GENERATION: &[u8] = b"generation";
 /// The identity of the cluster this store belongs to, from the last snapshot that named one
 /// (builds before identities keep it: they never write this key).
 const KEY_CLUSTER_ID: &[u8] = b"cluster_id";
+/// The identity this store took when it was forced into a new cluster: a later start still
+/// asked to force, while the store names it, does nothing (see `forced_cluster_id`).
+const KEY_FORCED_ID: &[u8] = b"forced_cluster_id";
 /// Index of the last conf change applied, written with the conf state it produced: entries
 /// replayed after a restart must not apply a conf change twice.
 const KEY_CONF_INDEX: &[u8] = b"conf_index";
@@ -45,8 +48,8 @@ pub enum StoreError {
     /// Written by a newer version than this build (not damage): the node stops, and its
     /// data dir is left as it is for the right build.
     #[error(
-        "refusing to run: {0}. Upgrade this node to the version the rest of the cluster runs \
-         (nothing in its data dir was changed)"
+        "refusing to run: {0}. Upgrade this node to the version the rest of the cluster runs: \
+         its data dir is kept as it is for a build that reads it"
     )]
     TooNew(String),
 }
@@ -679,6 +682,7 @@ impl RaftStorage {
         state: Vec<u8>,
         index: u64,
         term: u64,
+        forced: Option<&str>,
     ) -> Result<(), StoreError> {
         let mut snap = Snapshot::default();
         snap.set_data(state.into());
@@ -691,7 +695,18 @@ impl RaftStorage {
             commit: index,
             ..Default::default()
         };
-        self.apply_snapshot(&snap)
+        let marker = forced.map(|id| (KEY_FORCED_ID, id.as_bytes()));
+        self.write_snapshot(&snap, marker)
+    }
+
+    /// The identity this store was forced into, if it ever was.
+    pub fn forced_cluster_id(&self) -> Result<Option<String>, StoreError> {
+        match self.db.get_cf(cf(&self.db, CF_META), KEY_FORCED_ID)? {
+            Some(b) => String::from_utf8(b)
+                .map(Some)
+                .map_err(|_| StoreError::Corrupt("forced_cluster_id", "not UTF-8".into())),
+            None => Ok(None),
+        }
     }
 
     /// Whether raft asked for a newer snapshot since the last call.
@@ -765,6 +780,15 @@ impl RaftStorage {
 
     /// Replaces everything with a snapshot received from the leader.
     pub fn apply_snapshot(&self, snap: &Snapshot) -> Result<(), StoreError> {
+        self.write_snapshot(snap, None)
+    }
+
+    /// `apply_snapshot`, with one more metadata record in the same write.
+    fn write_snapshot(
+        &self,
+        snap: &Snapshot,
+        extra: Option<(&[u8], &[u8])>,
+    ) -> Result<(), StoreError> {
         let meta = snap.get_metadata();
         let (first, last, mut hs) = {
             let c = self.read();
@@ -783,6 +807,9 @@ impl RaftStorage {
         match nexus_core::state::codec::cluster_id_of(&snap.data) {
             Ok(id) if !id.is_empty() => batch.put_cf(meta_cf, KEY_CLUSTER_ID, id.as_bytes()),
             _ => {}
+        }
+        if let Some((key, value)) = extra {
+            batch.put_cf(meta_cf, key, value);
         }
         batch.delete_range_cf(
             cf(&self.db, CF_LOG),

@@ -134,6 +134,39 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// The log format this command needs (`codec::LOG_VERSION` when it was added): its
+    /// entry carries it, and a node of an older format refuses the entry instead of
+    /// misreading it. Every command so far is of format 1.
+    pub fn log_version(&self) -> u32 {
+        match self {
+            Command::NodeStarted { .. }
+            | Command::NodeDown { .. }
+            | Command::Bootstrap { .. }
+            | Command::SessionOpen { .. }
+            | Command::SessionLogin { .. }
+            | Command::SessionClose { .. }
+            | Command::SessionKick { .. }
+            | Command::SessionReload { .. }
+            | Command::UserCreate { .. }
+            | Command::UserDelete { .. }
+            | Command::UserRename { .. }
+            | Command::UserUpdate { .. }
+            | Command::TaskPush { .. }
+            | Command::TaskPull { .. }
+            | Command::TaskFinish { .. }
+            | Command::TaskReject { .. }
+            | Command::TaskCancel { .. }
+            | Command::Expire {}
+            | Command::Lock { .. }
+            | Command::Unlock { .. }
+            | Command::Subscribe { .. }
+            | Command::Unsubscribe { .. }
+            | Command::PipeClosed { .. } => 1,
+        }
+    }
+}
+
 /// A member joined (as voter or learner, at `addr`) or left the Raft configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MemberChange {
