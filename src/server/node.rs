@@ -270,6 +270,13 @@ impl Node {
                 Event::Reload { connid } => self.local.control(&connid, Control::Reload),
                 // Every node applies the hook: each delivers to its own pipes.
                 Event::Hook { topic, msg } => self.publish_here(&topic, &msg),
+                Event::LockGranted { wait_id, token, .. } => {
+                    let granted = serde_json::json!({"ok": true, "token": token});
+                    self.local.wake(&wait_id, Ok(granted))
+                }
+                Event::LockWaitEnded { wait_id, error, .. } => {
+                    self.local.wake(&wait_id, Err(error))
+                }
                 Event::StateReplaced => {
                     // A joiner takes its cluster's identity with its first snapshot.
                     if let Some(link) = &self.cluster {
@@ -339,6 +346,26 @@ impl Node {
     }
 
     /// A new connection id: incarnation + 8 random hex chars.
+    /// The newest log format every member applies: this build's, lowered by any member
+    /// that gossips an older one (a build from before the key gossips none: format 1).
+    /// Members gossip does not see now are not counted.
+    pub async fn cluster_log_version(&self) -> u32 {
+        let mine = nexus_core::state::codec::LOG_VERSION;
+        let Some(link) = self.cluster.as_ref() else {
+            return mine;
+        };
+        let members: Vec<RaftId> = self
+            .replica
+            .read(|s| s.cluster.members.keys().copied().collect());
+        link.gossip
+            .live()
+            .await
+            .iter()
+            .filter(|m| members.contains(&m.raft_id))
+            .map(|m| m.log_version.max(1))
+            .fold(mine, u32::min)
+    }
+
     pub fn new_connid(&self) -> ConnId {
         ConnId::new(&self.incarnation)
     }

@@ -180,6 +180,10 @@ async fn start_cluster(
                 crate::api::sys::API_VERSION.into(),
             ),
             (gossip::KEY_STATUS.into(), "starting".into()),
+            (
+                gossip::KEY_LOG_VERSION.into(),
+                nexus_core::state::codec::LOG_VERSION.to_string(),
+            ),
         ],
     )
     .await

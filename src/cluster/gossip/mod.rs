@@ -29,6 +29,8 @@ pub const KEY_API_VERSION: &str = "api_version";
 pub const KEY_CLIENTS: &str = "clients";
 pub const KEY_LOAD: &str = "load";
 pub const KEY_STATUS: &str = "status";
+/// The newest Raft log format the node applies (`codec::LOG_VERSION`; absent: 1).
+pub const KEY_LOG_VERSION: &str = "log_version";
 
 pub struct GossipConfig {
     /// UDP bind address (the --cluster address).
@@ -59,6 +61,8 @@ pub struct Member {
     /// 1, 5 and 15 minute load averages.
     pub load: [f64; 3],
     pub status: String,
+    /// The newest log format it applies (1 for a build that does not say).
+    pub log_version: u32,
 }
 
 impl Member {
@@ -84,6 +88,7 @@ impl Member {
             clients: get(KEY_CLIENTS).parse().unwrap_or(0),
             load,
             status: get(KEY_STATUS),
+            log_version: get(KEY_LOG_VERSION).parse().unwrap_or(1),
         })
     }
 }

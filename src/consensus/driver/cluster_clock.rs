@@ -83,6 +83,6 @@ impl ClusterClock {
         }
         self.last_expiry_check = Instant::now();
         let now = self.now();
-        state.tasks.next_deadline().is_some_and(|d| d <= now)
+        state.next_deadline().is_some_and(|d| d <= now)
     }
 }

@@ -22,7 +22,7 @@ const SNAPSHOT_VERSION: u8 = 1;
 /// command (or changes one) raises it; every entry carries the version its command needs
 /// (`ProposalContext.log_version`), and a node refuses an entry that needs a higher one
 /// than its own instead of misreading it.
-pub const LOG_VERSION: u32 = 1;
+pub const LOG_VERSION: u32 = 2;
 
 /// Bytes this build cannot read: damaged, or written by a newer version (`too_new`).
 #[derive(Debug)]
@@ -86,9 +86,24 @@ pub fn encode_state(state: &State) -> Vec<u8> {
             .locks
             .owners
             .iter()
-            .map(|(lock, connid)| pb::LockCmd {
+            .map(|(lock, holder)| pb::LockCmd {
                 lock: lock.clone(),
-                connid: connid.to_string(),
+                connid: holder.connid.to_string(),
+                token: holder.token,
+            })
+            .collect(),
+        lock_waits: state
+            .locks
+            .waits
+            .iter()
+            .flat_map(|(lock, queue)| {
+                queue.iter().map(move |w| pb::LockWaitRec {
+                    lock: lock.clone(),
+                    wait_id: w.id.clone(),
+                    connid: w.connid.to_string(),
+                    deadline_ms: w.deadline_ms,
+                    since_ms: w.since_ms,
+                })
             })
             .collect(),
         topics: state
@@ -193,7 +208,20 @@ pub fn decode_state(data: &[u8]) -> Result<State, DecodeError> {
     }
     state.tasks.seq = snap.task_seq;
     for l in snap.locks {
-        state.locks.owners.insert(l.lock, l.connid.into());
+        let holder = super::Holder {
+            connid: l.connid.into(),
+            token: l.token,
+        };
+        state.locks.owners.insert(l.lock, holder);
+    }
+    for w in snap.lock_waits {
+        let wait = super::LockWait {
+            id: w.wait_id,
+            connid: w.connid.into(),
+            deadline_ms: w.deadline_ms,
+            since_ms: w.since_ms,
+        };
+        state.locks.waits.entry(w.lock).or_default().push_back(wait);
     }
     for t in snap.topics {
         state
@@ -330,10 +358,23 @@ fn command_to_pb(cmd: Command) -> Cmd {
         Command::Lock { lock, connid } => Cmd::Lock(pb::LockCmd {
             lock,
             connid: connid.into(),
+            token: 0,
         }),
         Command::Unlock { lock, connid } => Cmd::Unlock(pb::LockCmd {
             lock,
             connid: connid.into(),
+            token: 0,
+        }),
+        Command::LockWait {
+            lock,
+            connid,
+            wait_id,
+            wait_ms,
+        } => Cmd::LockWait(pb::LockWaitCmd {
+            lock,
+            connid: connid.into(),
+            wait_id,
+            wait_ms,
         }),
         Command::Subscribe { pipeid, topic } => Cmd::Subscribe(pb::PipeTopic {
             pipeid: pipeid.into(),
@@ -434,6 +475,12 @@ fn command_from_pb(cmd: Cmd) -> Result<Command, DecodeError> {
         Cmd::Unlock(c) => Command::Unlock {
             lock: c.lock,
             connid: c.connid.into(),
+        },
+        Cmd::LockWait(c) => Command::LockWait {
+            lock: c.lock,
+            connid: c.connid.into(),
+            wait_id: c.wait_id,
+            wait_ms: c.wait_ms,
         },
         Cmd::Subscribe(c) => Command::Subscribe {
             pipeid: c.pipeid.into(),

@@ -18,7 +18,7 @@ use crate::ids::{ConnId, PipeId, PullId, RaftId, TaskId};
 use crate::rpc::RpcError;
 
 pub use cluster::{founding_identity, new_identity, Admit, Cluster, NodeRecord, Origin};
-pub use locks::Locks;
+pub use locks::{Granted, Holder, LockWait, Locks, WaitOutcome};
 pub use sessions::{SessionRecord, Sessions};
 pub use tasks::{Ending, Pull, Task, Tasks};
 pub use topics::Topics;
@@ -121,6 +121,14 @@ pub enum Command {
         lock: String,
         connid: ConnId,
     },
+    /// `sync.lock` with a wait (log format 2): granted at once when the lock is free, else
+    /// queued behind the waits committed before it, for `wait_ms` of cluster time.
+    LockWait {
+        lock: String,
+        connid: ConnId,
+        wait_id: String,
+        wait_ms: u64,
+    },
     Subscribe {
         pipeid: PipeId,
         topic: String,
@@ -163,6 +171,7 @@ impl Command {
             | Command::Subscribe { .. }
             | Command::Unsubscribe { .. }
             | Command::PipeClosed { .. } => 1,
+            Command::LockWait { .. } => 2,
         }
     }
 }
@@ -219,6 +228,20 @@ pub enum Event {
     PullEnded {
         pull_id: PullId,
         connid: ConnId,
+        error: RpcError,
+    },
+    /// A queued lock wait was granted the lock: the waiter's node answers it.
+    LockGranted {
+        wait_id: String,
+        connid: ConnId,
+        lock: String,
+        token: u64,
+    },
+    /// A queued lock wait ended without the lock (its time passed).
+    LockWaitEnded {
+        wait_id: String,
+        connid: ConnId,
+        lock: String,
         error: RpcError,
     },
     /// Publish `msg` on `topic` to the local subscribed pipes (hooks).
@@ -282,9 +305,8 @@ impl State {
                 generation,
             } => {
                 self.cluster.node_started(node_id, &incarnation, generation);
-                for connid in self.sessions.stale(node_id, &incarnation) {
-                    self.close_session(&connid, &mut events);
-                }
+                let stale = self.sessions.stale(node_id, &incarnation);
+                self.close_sessions(&stale, &mut events);
                 Ok(crate::rpc::ok())
             }
             Command::NodeDown {
@@ -292,9 +314,8 @@ impl State {
                 incarnation,
             } => {
                 if self.cluster.node_down(node_id, &incarnation) {
-                    for connid in self.sessions.of_node(node_id) {
-                        self.close_session(&connid, &mut events);
-                    }
+                    let gone = self.sessions.of_node(node_id);
+                    self.close_sessions(&gone, &mut events);
                     events.push(Event::NodeDown {
                         node_id,
                         incarnation,
@@ -349,15 +370,13 @@ impl State {
             Command::SessionKick { connids } => {
                 // The session ends here, everywhere at once (its locks, pulls and pushes
                 // go as on a close); its node then closes the connection.
-                let mut n = 0;
-                for connid in connids {
-                    if self.sessions.get(&connid).is_none() {
-                        continue;
-                    }
-                    self.close_session(&connid, &mut events);
-                    events.push(Event::Kick { connid });
-                    n += 1;
-                }
+                let kicked: Vec<ConnId> = connids
+                    .into_iter()
+                    .filter(|c| self.sessions.get(c).is_some())
+                    .collect();
+                self.close_sessions(&kicked, &mut events);
+                let n = kicked.len();
+                events.extend(kicked.into_iter().map(|connid| Event::Kick { connid }));
                 Ok(serde_json::json!({ "kicked": n }))
             }
             Command::SessionReload { connids } => {
@@ -436,6 +455,14 @@ impl State {
             Command::Expire {} => {
                 let mut emit = tasks::Emit::new(&mut events, self.topics.any_under("hook"));
                 self.tasks.expire(self.cluster.clock_ms, &mut emit);
+                for (lock, wait) in self.locks.expire(self.cluster.clock_ms) {
+                    events.push(Event::LockWaitEnded {
+                        wait_id: wait.id,
+                        connid: wait.connid,
+                        lock,
+                        error: RpcError::detail(ERR_LOCK_NOT_OWNED, "the wait timed out"),
+                    });
+                }
                 Ok(crate::rpc::ok())
             }
             Command::Lock { lock, connid } => {
@@ -448,10 +475,37 @@ impl State {
                 }
             }
             Command::Unlock { lock, connid } => {
-                if self.locks.unlock(&lock, &connid) {
+                let mut granted = Vec::new();
+                let released = self.locks.unlock(&lock, &connid, &mut granted);
+                grants_to_events(granted, &mut events);
+                if released {
                     Ok(crate::rpc::ok())
                 } else {
                     Err(RpcError::new(ERR_LOCK_NOT_OWNED))
+                }
+            }
+            Command::LockWait {
+                lock,
+                connid,
+                wait_id,
+                wait_ms,
+            } => {
+                if self.sessions.get(&connid).is_none() {
+                    return (Err(unknown_session()), events);
+                }
+                let now = self.cluster.clock_ms;
+                let deadline = now.saturating_add(wait_ms);
+                match self.locks.wait(&lock, &connid, &wait_id, now, deadline) {
+                    WaitOutcome::Granted(token) => {
+                        Ok(serde_json::json!({"ok": true, "token": token}))
+                    }
+                    WaitOutcome::Queued { ahead } => {
+                        Ok(serde_json::json!({"queued": true, "ahead": ahead}))
+                    }
+                    WaitOutcome::HeldBySelf => Err(RpcError::detail(
+                        ERR_LOCK_NOT_OWNED,
+                        "this connection holds the lock",
+                    )),
                 }
             }
             Command::Subscribe { pipeid, topic } => {
@@ -499,9 +553,8 @@ impl State {
                 incarnation: rec.incarnation,
             });
         }
-        for connid in self.sessions.of_node(node_id) {
-            self.close_session(&connid, &mut events);
-        }
+        let gone = self.sessions.of_node(node_id);
+        self.close_sessions(&gone, &mut events);
         events
     }
 
@@ -519,6 +572,16 @@ impl State {
             .is_some_and(|connid| self.sessions.get(&connid).is_some())
     }
 
+    /// Connections that end together: none of them is granted a lock another releases.
+    fn close_sessions(&mut self, connids: &[ConnId], events: &mut Vec<Event>) {
+        for connid in connids {
+            self.locks.drop_waits(connid);
+        }
+        for connid in connids {
+            self.close_session(connid, events);
+        }
+    }
+
     /// Everything a connection owned goes with it: its session record, pulls, non-detached
     /// pushes, locks and pipe subscriptions; tasks it was working on are requeued.
     fn close_session(&mut self, connid: &ConnId, events: &mut Vec<Event>) {
@@ -530,7 +593,9 @@ impl State {
         });
         let mut emit = tasks::Emit::new(events, self.topics.any_under("hook"));
         self.tasks.connection_closed(connid, &mut emit);
-        self.locks.release_all(connid);
+        let mut granted = Vec::new();
+        self.locks.release_all(connid, &mut granted);
+        grants_to_events(granted, events);
         self.topics.unsubscribe_prefix(connid.as_str());
     }
 
@@ -581,9 +646,7 @@ impl State {
         let mut state = self.clone();
         let mut discarded = Vec::new();
         let connids: Vec<ConnId> = state.sessions.by_connid.keys().cloned().collect();
-        for connid in connids {
-            state.close_session(&connid, &mut discarded);
-        }
+        state.close_sessions(&connids, &mut discarded);
         state.topics = Topics::default();
         state.cluster = Cluster {
             id: String::new(),
@@ -600,6 +663,14 @@ impl State {
         self.cluster.members = [(me, addr)].into();
     }
 
+    /// The earliest deadline on the cluster clock: of a task, a pull or a lock wait.
+    pub fn next_deadline(&self) -> Option<u64> {
+        match (self.tasks.next_deadline(), self.locks.next_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     /// The state in its snapshot form (versioned binary, proto/log.proto).
     pub fn to_snapshot(&self) -> Vec<u8> {
         codec::encode_state(self)
@@ -612,6 +683,18 @@ impl State {
         state.locks.rebuild_index();
         state.topics.rebuild_index();
         Ok(state)
+    }
+}
+
+/// Waits granted a lock, as the events their nodes answer them by.
+fn grants_to_events(granted: Vec<Granted>, events: &mut Vec<Event>) {
+    for g in granted {
+        events.push(Event::LockGranted {
+            wait_id: g.wait.id,
+            connid: g.wait.connid,
+            lock: g.lock,
+            token: g.token,
+        });
     }
 }
 

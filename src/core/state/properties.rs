@@ -95,10 +95,19 @@ impl World {
             23..=24 => Command::SessionKick {
                 connids: vec![self.connid().into()],
             },
-            25..=34 => Command::Lock {
+            25..=29 => Command::Lock {
                 lock: self.pick(&LOCKS).unwrap().into(),
                 connid: self.connid().into(),
             },
+            30..=34 => {
+                let connid = self.connid();
+                Command::LockWait {
+                    lock: self.pick(&LOCKS).unwrap().into(),
+                    wait_id: self.fresh(&connid),
+                    connid: connid.into(),
+                    wait_ms: self.rng.gen_range(0..3) * 700,
+                }
+            }
             35..=41 => Command::Unlock {
                 lock: self.pick(&LOCKS).unwrap().into(),
                 connid: self.connid().into(),
@@ -242,6 +251,31 @@ fn check_invariants(s: &State, step: usize, cmd: &Command) {
             ctx()
         );
     }
+    // Every queued wait is of a live session, for a held lock (a release grants the next
+    // wait at once), in the order of the cluster clock it was committed at.
+    for lock in LOCKS {
+        let waits: Vec<_> = s.locks.waiting(lock).collect();
+        assert!(
+            waits.is_empty() || s.locks.holder(lock).is_some(),
+            "{lock} free with {} waits {}",
+            waits.len(),
+            ctx()
+        );
+        for w in &waits {
+            assert!(
+                open.contains(w.connid.as_str()),
+                "wait {} of closed {} {}",
+                w.id,
+                w.connid,
+                ctx()
+            );
+        }
+        assert!(
+            waits.windows(2).all(|p| p[0].since_ms <= p[1].since_ms),
+            "{lock}'s waits out of order {}",
+            ctx()
+        );
+    }
     for t in s.tasks.tasks.values() {
         if let Some(w) = &t.working {
             assert!(
@@ -317,10 +351,24 @@ fn random_logs_keep_the_invariants_and_snapshots_equal_replay() {
         let mut s = State::default();
         let mut last_token = 0;
         for (step, (origin, cmd)) in log.iter().enumerate() {
-            let (outcome, _) = s.apply_entry(origin, cmd.clone());
+            let (outcome, events) = s.apply_entry(origin, cmd.clone());
             applied += 1;
-            if let (Command::Lock { .. }, Ok(v)) = (cmd, &outcome) {
-                let token = v["token"].as_u64().unwrap();
+            // Every grant, at once or after a wait, has a token above all before it, and
+            // goes to a live session.
+            let mut tokens = Vec::new();
+            if let (Command::Lock { .. } | Command::LockWait { .. }, Ok(v)) = (cmd, &outcome) {
+                tokens.extend(v["token"].as_u64());
+            }
+            for e in &events {
+                if let Event::LockGranted { token, connid, .. } = e {
+                    tokens.push(*token);
+                    assert!(
+                        s.sessions.get(connid).is_some(),
+                        "granted to closed {connid}"
+                    );
+                }
+            }
+            for token in tokens {
                 assert!(
                     token > last_token,
                     "fencing tokens grow: {token} after {last_token}"

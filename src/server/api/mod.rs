@@ -109,7 +109,7 @@ async fn call(node: &Arc<Node>, conn: &Rc<Conn>, req: &Request) -> RpcResult {
         }
         Some(("pipe", name)) => Box::pin(pipe::call(node, conn, name, &p)).await,
         Some(("topic", name)) => Box::pin(topic::call(node, conn, name, &p)).await,
-        Some(("sync", name)) => Box::pin(sync::call(&node.replica, conn, name, &p)).await,
+        Some(("sync", name)) => Box::pin(sync::call(node, conn, name, &p)).await,
         Some(("task", name)) => {
             Box::pin(task::call(
                 &node.replica,

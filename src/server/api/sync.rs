@@ -1,43 +1,53 @@
-//! `sync.*`: cluster-wide locks owned by a connection.
+//! `sync.*`: cluster-wide locks owned by a connection. `sync.lock` with `wait` (an
+//! extension) queues behind the waits committed before it instead of failing at once.
 
 use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
 use crate::conn::Conn;
-use crate::replica::Replica;
+use crate::node::Node;
 use nexus_core::listing::ListQuery;
 use nexus_core::names::normalize_path;
-use nexus_core::rpc::{Params, RpcError, RpcResult, ERR_METHOD_NOT_FOUND};
-use nexus_core::state::Command;
+use nexus_core::rpc::{
+    Params, RpcError, RpcResult, ERR_INTERNAL, ERR_LOCK_NOT_OWNED, ERR_METHOD_NOT_FOUND,
+};
+use nexus_core::state::{Command, State};
 
-pub async fn call(replica: &Replica, conn: &Rc<Conn>, name: &str, p: &Params<'_>) -> RpcResult {
+/// The longest wait: 10 days, as the longest task timeout.
+const WAIT_MAX_MS: i64 = 10 * 24 * 3600 * 1000;
+/// How often a queued wait looks at the applied state, in case the event that ends it was
+/// not seen here (the state was replaced by a leader's snapshot meanwhile).
+const WAIT_RECHECK: Duration = Duration::from_millis(500);
+/// How long past its own time a wait may stay unanswered (no leader to expire it) before
+/// it answers that its outcome is unknown.
+const WAIT_HANG_BOUND: Duration = Duration::from_secs(10);
+
+pub async fn call(node: &Arc<Node>, conn: &Rc<Conn>, name: &str, p: &Params<'_>) -> RpcResult {
+    let replica = &node.replica;
     match name {
         "lock" | "unlock" => {
             let lock =
                 normalize_path(p.str("lock")?).ok_or_else(|| RpcError::invalid_params("lock"))?;
             let connid = conn.connid.clone();
-            let cmd = if name == "lock" {
-                conn.require(&lock, "sync.lock")?;
-                Command::Lock { lock, connid }
-            } else {
+            if name == "unlock" {
                 // Only the holder can unlock: ownership is the check.
-                Command::Unlock { lock, connid }
-            };
-            replica.propose(cmd).await
+                return replica.propose(Command::Unlock { lock, connid }).await;
+            }
+            conn.require(&lock, "sync.lock")?;
+            match wait_ms(p)? {
+                None => replica.propose(Command::Lock { lock, connid }).await,
+                Some(ms) => wait_for(node, conn, lock, ms).await,
+            }
         }
         "list" => {
             let q = ListQuery::from_params(p)?;
             conn.require(q.permission_path(), "sync.list")?;
             Ok(replica
                 .read_linear(|s| {
-                    Value::Array(
-                        q.select(
-                            s.locks
-                                .iter()
-                                .map(|(l, o)| (l, json!({"id": l, "owner": o}))),
-                        ),
-                    )
+                    Value::Array(q.select(s.locks.iter().map(|(l, _)| (l, entry(s, l)))))
                 })
                 .await?)
         }
@@ -50,4 +60,93 @@ pub async fn call(replica: &Replica, conn: &Rc<Conn>, name: &str, p: &Params<'_>
         }
         _ => Err(RpcError::new(ERR_METHOD_NOT_FOUND)),
     }
+}
+
+/// `wait` in milliseconds: absent or 0 is the 1.9 try-lock.
+fn wait_ms(p: &Params) -> Result<Option<u64>, RpcError> {
+    match p.opt_i64("wait")? {
+        None | Some(0) => Ok(None),
+        Some(ms) if (1..=WAIT_MAX_MS).contains(&ms) => Ok(Some(ms as u64)),
+        Some(_) => Err(RpcError::invalid_param_because(
+            "wait",
+            format!("milliseconds, from 0 (do not wait) to {WAIT_MAX_MS}"),
+        )),
+    }
+}
+
+/// A held lock as `sync.list` shows it: the 1.9 `id` and `owner`, and the holder's
+/// fencing `token` and the `waiters` in the order they will be granted (extensions).
+fn entry(s: &State, lock: &str) -> Value {
+    let holder = s.locks.holder(lock).expect("listed locks are held");
+    let waiters: Vec<Value> = s
+        .locks
+        .waiting(lock)
+        .map(|w| json!({"connid": w.connid, "since": nexus_consensus::clock::rfc3339_ms(w.since_ms)}))
+        .collect();
+    json!({"id": lock, "owner": holder.connid, "token": holder.token, "waiters": waiters})
+}
+
+/// `sync.lock` with a wait of `ms`: granted at once when free, else queued, and answered
+/// when apply grants it the lock or its time passes.
+async fn wait_for(node: &Arc<Node>, conn: &Conn, lock: String, ms: u64) -> RpcResult {
+    if node.cluster_log_version().await < 2 {
+        return Err(RpcError::internal(
+            "a member of the cluster runs a build without lock waits (log format 1): upgrade \
+             every node before using `wait`",
+        ));
+    }
+    let wait_id = format!("{}.w{:016x}", conn.connid, rand::random::<u64>());
+    let (mut rx, _guard) = node.local.wait_for(&wait_id);
+    let cmd = Command::LockWait {
+        lock: lock.clone(),
+        connid: conn.connid.clone(),
+        wait_id: wait_id.clone(),
+        wait_ms: ms,
+    };
+    match node.replica.propose(cmd).await {
+        Ok(v) if v.get("queued") == Some(&json!(true)) => {}
+        // An unknown outcome: the wait may be queued (or granted) after all.
+        Err(e) if e.code == ERR_INTERNAL => {
+            node.replica.read_linear(|_| ()).await?;
+            match settled(node, conn, &lock, &wait_id) {
+                None => {} // queued: wait as if answered so
+                Some(Ok(granted)) => return Ok(granted),
+                Some(Err(_)) => return Err(e),
+            }
+        }
+        granted_or_refused => return granted_or_refused,
+    }
+    let give_up = tokio::time::Instant::now() + Duration::from_millis(ms) + WAIT_HANG_BOUND;
+    loop {
+        tokio::select! {
+            ended = &mut rx => {
+                return ended.unwrap_or_else(|_| Err(RpcError::internal("node is shutting down")));
+            }
+            _ = tokio::time::sleep(WAIT_RECHECK) => {
+                if let Some(answer) = settled(node, conn, &lock, &wait_id) {
+                    return answer;
+                }
+                if tokio::time::Instant::now() >= give_up {
+                    return Err(RpcError::internal(
+                        "the wait's outcome is unknown (no leader ended it in time): this \
+                         connection may still be granted the lock; unlock it or reconnect",
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// The answer of a wait that is no longer queued in the applied state: granted when this
+/// connection holds the lock, else timed out. None while it is queued.
+fn settled(node: &Node, conn: &Conn, lock: &str, wait_id: &str) -> Option<RpcResult> {
+    node.replica.read(|s| {
+        if s.locks.is_waiting(lock, wait_id) {
+            return None;
+        }
+        Some(match s.locks.holder(lock) {
+            Some(h) if h.connid == conn.connid => Ok(json!({"ok": true, "token": h.token})),
+            _ => Err(RpcError::detail(ERR_LOCK_NOT_OWNED, "the wait timed out")),
+        })
+    })
 }
