@@ -74,16 +74,21 @@ fn wait_ms(p: &Params) -> Result<Option<u64>, RpcError> {
     }
 }
 
-/// A held lock as `sync.list` shows it: the 1.9 `id` and `owner`, and the holder's
-/// fencing `token` and the `waiters` in the order they will be granted (extensions).
+/// A held lock as `sync.list` shows it: the 1.9 `id` and `owner`, and, when requests wait
+/// for it, the `waiters` in the order they will be granted (an extension; a lock nobody
+/// waits for is listed exactly as in 1.9).
 fn entry(s: &State, lock: &str) -> Value {
     let holder = s.locks.holder(lock).expect("listed locks are held");
+    let mut entry = json!({"id": lock, "owner": holder.connid});
     let waiters: Vec<Value> = s
         .locks
         .waiting(lock)
         .map(|w| json!({"connid": w.connid, "since": nexus_consensus::clock::rfc3339_ms(w.since_ms)}))
         .collect();
-    json!({"id": lock, "owner": holder.connid, "token": holder.token, "waiters": waiters})
+    if !waiters.is_empty() {
+        entry["waiters"] = Value::Array(waiters);
+    }
+    entry
 }
 
 /// `sync.lock` with a wait of `ms`: granted at once when free, else queued, and answered
