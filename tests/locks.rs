@@ -52,6 +52,9 @@ fn waits_are_granted_in_the_order_they_were_committed() {
     queued(&mut root, "w.x", &[&b_id]);
     let c_req = c.send("sync.lock", json!({"lock": "w.x", "wait": 30000}));
     queued(&mut root, "w.x", &[&b_id, &c_id]);
+    // One Lock actor holds this node's two waiters of w.x.
+    let actors = &node.server.node.local.locks;
+    assert_eq!(actors.running(), 1);
     // A try-lock does not jump the queue.
     expect_code(
         root.call("sync.lock", json!({"lock": "w.x"})),
@@ -69,6 +72,28 @@ fn waits_are_granted_in_the_order_they_were_committed() {
     let granted_c = answer_of(&c.wait(&c_req));
     assert_eq!(token(&expect_ok(granted_c)), first + 2);
     queued(&mut root, "w.x", &[]);
+    // No waiter left here: the actor stopped.
+    assert!(eventually(Duration::from_secs(5), || actors.running() == 0));
+    // Two waits queued, both granted after waiting, both timed.
+    let s = scrape(node.http_addr());
+    assert_eq!(metric(&s, "nexus_lock_waits_total", &[]), Some(2.0));
+    assert_eq!(metric(&s, "nexus_lock_wait_grants_total", &[]), Some(2.0));
+    assert_eq!(metric(&s, "nexus_lock_waits_queued", &[]), Some(0.0));
+    assert_eq!(wait_seconds_count(&s), 2);
+}
+
+/// How many waits `nexus_lock_wait_seconds` has observed.
+fn wait_seconds_count(s: &prometheus_parse::Scrape) -> u64 {
+    s.samples
+        .iter()
+        .find(|x| x.metric == "nexus_lock_wait_seconds")
+        .map(|x| match &x.value {
+            prometheus_parse::Value::Histogram(buckets) => {
+                buckets.iter().map(|b| b.count as u64).max().unwrap_or(0)
+            }
+            other => panic!("not a histogram: {other:?}"),
+        })
+        .unwrap_or(0)
 }
 
 /// A new root connection and its connid.
@@ -97,6 +122,10 @@ fn a_wait_that_is_not_granted_in_time_answers_32006() {
     // It left the queue: a release now frees the lock for anyone.
     let mut root = node.root();
     queued(&mut root, "w.t", &[]);
+    let s = scrape(node.http_addr());
+    assert_eq!(metric(&s, "nexus_lock_waits_total", &[]), Some(1.0));
+    assert_eq!(metric(&s, "nexus_lock_wait_grants_total", &[]), Some(0.0));
+    assert_eq!(wait_seconds_count(&s), 1);
     expect_ok(a.call("sync.unlock", json!({"lock": "w.t"})));
     expect_ok(root.call("sync.lock", json!({"lock": "w.t"})));
 }

@@ -6,9 +6,9 @@
 //! - `metrics`: what `/metrics` exports;
 //! - `replica`, `logins`: the narrow services handlers take: proposals and reads of the
 //!   cluster state; password hashing, the login throttle and the credential cache;
-//! - `pipe`, `local`, `node`: pipes, what this process holds for its connections, and
-//!   what the node-wide handlers share (identity, the services above, cluster link),
-//!   reacting to applied events;
+//! - `pipe`, `lock`, `local`, `node`: the Pipe and Lock actors, what this process holds
+//!   for its connections, and what the node-wide handlers share (identity, the services
+//!   above, cluster link), reacting to applied events;
 //! - `conn`, `api`, `session`: one connection as handlers see it, the API namespaces, the
 //!   session actor that runs requests through them;
 //! - `transport`: listeners (tcp/ssl stream, ws/wss, the HTTP bridge, health, dashboard);
@@ -22,6 +22,7 @@ pub mod config_file;
 pub mod conn;
 pub mod credcache;
 pub mod local;
+pub mod lock;
 pub mod logins;
 pub mod metrics;
 pub mod node;

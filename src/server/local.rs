@@ -1,5 +1,6 @@
 //! What this process holds for its own connections: the live sessions, the pipes they own,
-//! and the requests waiting for an applied event. Nothing here is replicated.
+//! the requests waiting for an applied event, and the Lock actors of the locks they wait
+//! for. Nothing here is replicated.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -30,6 +31,8 @@ pub struct Local {
     pub pipe_drops: prometheus_client::metrics::counter::Counter,
     /// Published messages put into pipes of this node (a metric).
     pub topic_deliveries: prometheus_client::metrics::counter::Counter,
+    /// The Lock actors of the locks that requests of this node wait for.
+    pub locks: Arc<crate::lock::Registry>,
 }
 
 /// A request waiting for the event that ends it.

@@ -84,6 +84,7 @@ struct Sampled {
     tasks: Family<TaskLabels, Gauge>,
     pulls_waiting: Gauge,
     locks: Gauge,
+    lock_waits_queued: Gauge,
     subscriptions: Gauge,
     users: Gauge,
     pipes: Gauge,
@@ -118,6 +119,9 @@ pub struct Metrics {
     request_seconds: Family<MethodLabels, Histogram>,
     connections: Family<TransportLabels, Gauge>,
     connections_opened: Family<TransportLabels, Counter>,
+    lock_waits: Counter,
+    lock_wait_grants: Counter,
+    lock_wait_seconds: Histogram,
 }
 
 impl Metrics {
@@ -168,6 +172,30 @@ impl Metrics {
             s.pulls_waiting.clone(),
         );
         r.register("locks", "Locks held, cluster-wide", s.locks.clone());
+        r.register(
+            "lock_waits_queued",
+            "sync.lock waits queued for a held lock, cluster-wide",
+            s.lock_waits_queued.clone(),
+        );
+        let lock_waits = Counter::default();
+        let lock_wait_grants = Counter::default();
+        // 1 ms .. ~4.5 h
+        let lock_wait_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 24));
+        r.register(
+            "lock_waits",
+            "sync.lock requests with a wait that this node queued behind a holder",
+            lock_waits.clone(),
+        );
+        r.register(
+            "lock_wait_grants",
+            "Queued waits of this node that were granted the lock",
+            lock_wait_grants.clone(),
+        );
+        r.register(
+            "lock_wait_seconds",
+            "How long queued waits of this node waited, until granted or ended",
+            lock_wait_seconds.clone(),
+        );
         r.register(
             "topic_subscriptions",
             "Topic subscriptions (pipe, topic), cluster-wide",
@@ -290,11 +318,27 @@ impl Metrics {
             request_seconds,
             connections,
             connections_opened,
+            lock_waits,
+            lock_wait_grants,
+            lock_wait_seconds,
         }
     }
 
     /// One request answered (or failed) after `took`. `known`: the method exists, so it
     /// may be a label; unknown methods are counted together.
+    /// A `sync.lock` with a wait was queued on this node.
+    pub fn lock_wait_queued(&self) {
+        self.lock_waits.inc();
+    }
+
+    /// A queued wait of this node was answered after `took`: granted, or not.
+    pub fn lock_wait_answered(&self, granted: bool, took: Duration) {
+        if granted {
+            self.lock_wait_grants.inc();
+        }
+        self.lock_wait_seconds.observe(took.as_secs_f64());
+    }
+
     pub fn request(&self, method: &str, known: bool, ok: bool, took: Duration) {
         let method = if known { method } else { "(unknown)" }.to_string();
         let outcome = if ok { "ok" } else { "error" };
@@ -381,6 +425,7 @@ fn sample(s: &Sampled, node: &Node, gossip: Option<(usize, usize)>) {
         }
         s.pulls_waiting.set(state.tasks.pulls_waiting() as i64);
         s.locks.set(state.locks.iter().count() as i64);
+        s.lock_waits_queued.set(state.locks.waits_queued() as i64);
         let subscriptions: usize = state.topics.iter().map(|(_, pipes)| pipes).sum();
         s.subscriptions.set(subscriptions as i64);
         s.users.set(state.users.iter().count() as i64);

@@ -270,12 +270,23 @@ impl Node {
                 Event::Reload { connid } => self.local.control(&connid, Control::Reload),
                 // Every node applies the hook: each delivers to its own pipes.
                 Event::Hook { topic, msg } => self.publish_here(&topic, &msg),
-                Event::LockGranted { wait_id, token, .. } => {
-                    let granted = serde_json::json!({"ok": true, "token": token});
-                    self.local.wake(&wait_id, Ok(granted))
+                Event::LockGranted {
+                    lock,
+                    wait_id,
+                    token,
+                    ..
+                } => {
+                    let granted = crate::lock::LockEvent::Granted { wait_id, token };
+                    self.local.locks.event(&lock, granted)
                 }
-                Event::LockWaitEnded { wait_id, error, .. } => {
-                    self.local.wake(&wait_id, Err(error))
+                Event::LockWaitEnded {
+                    lock,
+                    wait_id,
+                    error,
+                    ..
+                } => {
+                    let ended = crate::lock::LockEvent::Ended { wait_id, error };
+                    self.local.locks.event(&lock, ended)
                 }
                 Event::StateReplaced => {
                     // A joiner takes its cluster's identity with its first snapshot.

@@ -3,24 +3,20 @@
 
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
 use crate::conn::Conn;
+use crate::lock::Waiting;
 use crate::node::Node;
 use nexus_core::listing::ListQuery;
 use nexus_core::names::normalize_path;
-use nexus_core::rpc::{
-    Params, RpcError, RpcResult, ERR_INTERNAL, ERR_LOCK_NOT_OWNED, ERR_METHOD_NOT_FOUND,
-};
+use nexus_core::rpc::{Params, RpcError, RpcResult, ERR_INTERNAL, ERR_METHOD_NOT_FOUND};
 use nexus_core::state::{Command, State};
 
 /// The longest wait: 10 days, as the longest task timeout.
 const WAIT_MAX_MS: i64 = 10 * 24 * 3600 * 1000;
-/// How often a queued wait looks at the applied state, in case the event that ends it was
-/// not seen here (the state was replaced by a leader's snapshot meanwhile).
-const WAIT_RECHECK: Duration = Duration::from_millis(500);
 /// How long past its own time a wait may stay unanswered (no leader to expire it) before
 /// it answers that its outcome is unknown.
 const WAIT_HANG_BOUND: Duration = Duration::from_secs(10);
@@ -92,7 +88,7 @@ fn entry(s: &State, lock: &str) -> Value {
 }
 
 /// `sync.lock` with a wait of `ms`: granted at once when free, else queued, and answered
-/// when apply grants it the lock or its time passes.
+/// by the lock's actor when apply grants it the lock or ends the wait.
 async fn wait_for(node: &Arc<Node>, conn: &Conn, lock: String, ms: u64) -> RpcResult {
     if node.cluster_log_version().await < 2 {
         return Err(RpcError::internal(
@@ -101,7 +97,13 @@ async fn wait_for(node: &Arc<Node>, conn: &Conn, lock: String, ms: u64) -> RpcRe
         ));
     }
     let wait_id = format!("{}.w{:016x}", conn.connid, rand::random::<u64>());
-    let (mut rx, _guard) = node.local.wait_for(&wait_id);
+    let waiting = Waiting {
+        wait_id: wait_id.clone(),
+        connid: conn.connid.clone(),
+        give_up: Instant::now() + Duration::from_millis(ms) + WAIT_HANG_BOUND,
+    };
+    // Handed to the actor before the wait is proposed: no event for it can come first.
+    let rx = node.local.locks.wait(node.replica.state(), &lock, waiting);
     let cmd = Command::LockWait {
         lock: lock.clone(),
         connid: conn.connid.clone(),
@@ -113,45 +115,26 @@ async fn wait_for(node: &Arc<Node>, conn: &Conn, lock: String, ms: u64) -> RpcRe
         // An unknown outcome: the wait may be queued (or granted) after all.
         Err(e) if e.code == ERR_INTERNAL => {
             node.replica.read_linear(|_| ()).await?;
-            match settled(node, conn, &lock, &wait_id) {
-                None => {} // queued: wait as if answered so
-                Some(Ok(granted)) => return Ok(granted),
-                Some(Err(_)) => return Err(e),
+            let (queued, holder) = node.replica.read(|s| {
+                let holder = s.locks.holder(&lock).cloned();
+                (s.locks.is_waiting(&lock, &wait_id), holder)
+            });
+            match holder {
+                _ if queued => {}
+                Some(h) if h.connid == conn.connid => {
+                    return Ok(json!({"ok": true, "token": h.token}))
+                }
+                _ => return Err(e),
             }
         }
         granted_or_refused => return granted_or_refused,
     }
-    let give_up = tokio::time::Instant::now() + Duration::from_millis(ms) + WAIT_HANG_BOUND;
-    loop {
-        tokio::select! {
-            ended = &mut rx => {
-                return ended.unwrap_or_else(|_| Err(RpcError::internal("node is shutting down")));
-            }
-            _ = tokio::time::sleep(WAIT_RECHECK) => {
-                if let Some(answer) = settled(node, conn, &lock, &wait_id) {
-                    return answer;
-                }
-                if tokio::time::Instant::now() >= give_up {
-                    return Err(RpcError::internal(
-                        "the wait's outcome is unknown (no leader ended it in time): this \
-                         connection may still be granted the lock; unlock it or reconnect",
-                    ));
-                }
-            }
-        }
-    }
-}
-
-/// The answer of a wait that is no longer queued in the applied state: granted when this
-/// connection holds the lock, else timed out. None while it is queued.
-fn settled(node: &Node, conn: &Conn, lock: &str, wait_id: &str) -> Option<RpcResult> {
-    node.replica.read(|s| {
-        if s.locks.is_waiting(lock, wait_id) {
-            return None;
-        }
-        Some(match s.locks.holder(lock) {
-            Some(h) if h.connid == conn.connid => Ok(json!({"ok": true, "token": h.token})),
-            _ => Err(RpcError::detail(ERR_LOCK_NOT_OWNED, "the wait timed out")),
-        })
-    })
+    node.metrics.lock_wait_queued();
+    let queued_at = Instant::now();
+    let answer = rx
+        .await
+        .unwrap_or_else(|_| Err(RpcError::internal("node is shutting down")));
+    node.metrics
+        .lock_wait_answered(answer.is_ok(), queued_at.elapsed());
+    answer
 }
