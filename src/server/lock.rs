@@ -57,6 +57,16 @@ impl Registry {
         rx
     }
 
+    /// The wait `wait_id` of `lock` is in the applied state (its proposal answered it
+    /// queued): from now on the state, not only an event, may answer it.
+    pub fn queued(&self, lock: &str, wait_id: &str) {
+        if let Some((addr, _)) = locked(&self.actors).get(lock) {
+            addr.do_send(Queued {
+                wait_id: wait_id.to_string(),
+            });
+        }
+    }
+
     /// Delivers an applied event of `lock` to its actor, if requests here wait for it.
     pub fn event(&self, lock: &str, event: LockEvent) {
         if let Some((addr, _)) = locked(&self.actors).get(lock) {
@@ -82,6 +92,9 @@ struct Waiter {
     connid: ConnId,
     give_up: Instant,
     tx: oneshot::Sender<RpcResult>,
+    /// Its wait is known to be applied. Before that, a state without it says nothing: its
+    /// proposal may still be on its way.
+    queued: bool,
 }
 
 pub struct LockActor {
@@ -100,6 +113,12 @@ impl Actor for LockActor {
             actor.stop_when_idle(ctx);
         });
     }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Queued {
+    wait_id: String,
 }
 
 #[derive(Message)]
@@ -129,8 +148,19 @@ impl Handler<AddWaiter> for LockActor {
             connid: w.connid,
             give_up: w.give_up,
             tx: msg.tx,
+            queued: false,
         };
         self.waiters.insert(w.wait_id, waiter);
+    }
+}
+
+impl Handler<Queued> for LockActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Queued, _: &mut Self::Context) {
+        if let Some(w) = self.waiters.get_mut(&msg.wait_id) {
+            w.queued = true;
+        }
     }
 }
 
@@ -163,7 +193,7 @@ impl LockActor {
             for (wait_id, w) in &self.waiters {
                 if w.tx.is_closed() {
                     done.push((wait_id.clone(), None));
-                } else if !state.locks.is_waiting(lock, wait_id) {
+                } else if w.queued && !state.locks.is_waiting(lock, wait_id) {
                     let answer = match state.locks.holder(lock) {
                         Some(h) if h.connid == w.connid => {
                             Ok(json!({"ok": true, "token": h.token}))

@@ -129,6 +129,7 @@ async fn wait_for(node: &Arc<Node>, conn: &Conn, lock: String, ms: u64) -> RpcRe
         }
         granted_or_refused => return granted_or_refused,
     }
+    node.local.locks.queued(&lock, &wait_id);
     node.metrics.lock_wait_queued();
     let queued_at = Instant::now();
     let answer = rx
