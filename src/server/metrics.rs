@@ -324,8 +324,6 @@ impl Metrics {
         }
     }
 
-    /// One request answered (or failed) after `took`. `known`: the method exists, so it
-    /// may be a label; unknown methods are counted together.
     /// A `sync.lock` with a wait was queued on this node.
     pub fn lock_wait_queued(&self) {
         self.lock_waits.inc();
@@ -339,6 +337,8 @@ impl Metrics {
         self.lock_wait_seconds.observe(took.as_secs_f64());
     }
 
+    /// One request answered (or failed) after `took`. `known`: the method exists, so it
+    /// may be a label; unknown methods are counted together.
     pub fn request(&self, method: &str, known: bool, ok: bool, took: Duration) {
         let method = if known { method } else { "(unknown)" }.to_string();
         let outcome = if ok { "ok" } else { "error" };

@@ -356,7 +356,6 @@ impl Node {
         }
     }
 
-    /// A new connection id: incarnation + 8 random hex chars.
     /// The newest log format every member applies: this build's, lowered by any member
     /// that gossips an older one (a build from before the key gossips none: format 1).
     /// Members gossip does not see now are not counted.
@@ -377,6 +376,7 @@ impl Node {
             .fold(mine, u32::min)
     }
 
+    /// A new connection id: incarnation + 8 random hex chars.
     pub fn new_connid(&self) -> ConnId {
         ConnId::new(&self.incarnation)
     }

@@ -696,10 +696,10 @@ mod tests {
         ));
         // A snapshot of a newer format is refused the same way.
         let mut snap = State::default().to_snapshot();
-        snap[3] += 1;
+        snap[3] = 3;
         let e = snapshot_error(State::from_snapshot(&snap).unwrap_err());
         assert!(matches!(e, StoreError::TooNew(_)), "{e}");
-        assert!(e.to_string().contains("needs snapshot format 2"), "{e}");
+        assert!(e.to_string().contains("needs snapshot format 3"), "{e}");
     }
 
     /// The messages raft-rs 0.7 panics with when the log lost entries, or a read of it

@@ -16,7 +16,11 @@ use crate::rpc::RpcError;
 
 /// First bytes of every state snapshot; the fourth is the format version.
 const SNAPSHOT_MAGIC: &[u8; 3] = b"NXS";
-const SNAPSHOT_VERSION: u8 = 1;
+const SNAPSHOT_VERSION: u8 = 2;
+/// A snapshot without lock waits is written as format 1, which builds before waits read:
+/// they install it as it is. One with waits is format 2, which they refuse instead of
+/// dropping the queue unseen.
+const SNAPSHOT_VERSION_WITHOUT_WAITS: u8 = 1;
 
 /// The format of the Raft log's commands this build writes and reads. A build that adds a
 /// command (or changes one) raises it; every entry carries the version its command needs
@@ -154,7 +158,11 @@ pub fn encode_state(state: &State) -> Vec<u8> {
     };
     let mut out = Vec::with_capacity(4 + snap.encoded_len());
     out.extend_from_slice(SNAPSHOT_MAGIC);
-    out.push(SNAPSHOT_VERSION);
+    out.push(if snap.lock_waits.is_empty() {
+        SNAPSHOT_VERSION_WITHOUT_WAITS
+    } else {
+        SNAPSHOT_VERSION
+    });
     snap.encode(&mut out).expect("a Vec grows as needed");
     out
 }
@@ -170,11 +178,11 @@ pub fn cluster_id_of(data: &[u8]) -> Result<String, DecodeError> {
 fn snapshot_body(data: &[u8]) -> Result<&[u8], DecodeError> {
     match data {
         [m0, m1, m2, version, body @ ..] if [*m0, *m1, *m2] == *SNAPSHOT_MAGIC => {
-            if *version != SNAPSHOT_VERSION {
+            if !(1..=SNAPSHOT_VERSION).contains(version) {
                 return Err(DecodeError {
                     what: format!(
                         "the state snapshot needs snapshot format {version}; this build reads \
-                         format {SNAPSHOT_VERSION}"
+                         formats 1 to {SNAPSHOT_VERSION}"
                     ),
                     too_new: *version > SNAPSHOT_VERSION,
                 });

@@ -497,6 +497,14 @@ impl State {
                 let deadline = now.saturating_add(wait_ms);
                 match self.locks.wait(&lock, &connid, &wait_id, now, deadline) {
                     WaitOutcome::Granted(token) => {
+                        // Also as an event: a waiter whose proposal's outcome was lost
+                        // learns its grant from it.
+                        events.push(Event::LockGranted {
+                            wait_id,
+                            connid,
+                            lock,
+                            token,
+                        });
                         Ok(serde_json::json!({"ok": true, "token": token}))
                     }
                     WaitOutcome::Queued { ahead } => {

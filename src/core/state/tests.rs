@@ -611,11 +611,11 @@ fn unreadable_log_entries_and_snapshots_are_errors_not_guesses() {
     // Snapshots: a newer format version and foreign bytes are refused with a reason.
     let mut snap = State::default().to_snapshot();
     assert!(State::from_snapshot(&snap).is_ok());
-    snap[3] = 2;
+    snap[3] = 3;
     let err = State::from_snapshot(&snap).unwrap_err();
     assert!(err.is_too_new(), "{err}");
     let err = err.to_string();
-    assert!(err.contains("needs snapshot format 2"), "{err}");
+    assert!(err.contains("needs snapshot format 3"), "{err}");
     let err = State::from_snapshot(b"{\"users\":{}}")
         .unwrap_err()
         .to_string();
@@ -657,4 +657,23 @@ fn a_snapshot_keeps_every_table() {
     };
     assert_eq!(tables(&restored), tables(&s));
     assert!(s.topics.iter().count() > 0 && s.locks.iter().count() > 0);
+}
+
+/// A snapshot holds lock waits as format 2, which builds before waits refuse instead of
+/// dropping the queue unseen; without waits it stays format 1, which they install.
+#[test]
+fn snapshots_with_lock_waits_are_format_2_and_those_without_stay_format_1() {
+    let mut s = State::default();
+    let a: ConnId = "aaaaaaaa00000001".to_string().into();
+    let b: ConnId = "aaaaaaaa00000002".to_string().into();
+    assert_eq!(s.to_snapshot()[3], 1);
+    s.locks.wait("l", &a, "w1", 0, 1000);
+    assert_eq!(s.to_snapshot()[3], 1, "a grant at once queues nothing");
+    s.locks.wait("l", &b, "w2", 0, 1000);
+    let snap = s.to_snapshot();
+    assert_eq!(snap[3], 2);
+    let back = State::from_snapshot(&snap).unwrap();
+    assert!(back.locks.is_waiting("l", "w2"));
+    assert_eq!(back.locks.holder("l").unwrap().token, 1);
+    assert_eq!(back.to_snapshot(), snap);
 }

@@ -112,24 +112,26 @@ async fn wait_for(node: &Arc<Node>, conn: &Conn, lock: String, ms: u64) -> RpcRe
     };
     match node.replica.propose(cmd).await {
         Ok(v) if v.get("queued") == Some(&json!(true)) => {}
-        // An unknown outcome: the wait may be queued (or granted) after all.
+        // An unknown outcome: the wait may be queued, granted, or still to commit. The
+        // actor keeps waiting for its event until the wait's own time limit passes, so a
+        // late commit is answered too, never granted behind the client's back.
         Err(e) if e.code == ERR_INTERNAL => {
             node.replica.read_linear(|_| ()).await?;
             let (queued, holder) = node.replica.read(|s| {
                 let holder = s.locks.holder(&lock).cloned();
                 (s.locks.is_waiting(&lock, &wait_id), holder)
             });
-            match holder {
-                _ if queued => {}
-                Some(h) if h.connid == conn.connid => {
-                    return Ok(json!({"ok": true, "token": h.token}))
+            if !queued {
+                if let Some(h) = holder.filter(|h| h.connid == conn.connid) {
+                    return Ok(json!({"ok": true, "token": h.token}));
                 }
-                _ => return Err(e),
             }
         }
         granted_or_refused => return granted_or_refused,
     }
-    node.local.locks.queued(&lock, &wait_id);
+    if node.replica.read(|s| s.locks.is_waiting(&lock, &wait_id)) {
+        node.local.locks.queued(&lock, &wait_id);
+    }
     node.metrics.lock_wait_queued();
     let queued_at = Instant::now();
     let answer = rx
