@@ -279,6 +279,20 @@ fn meta_u64(db: &DB, key: &'static [u8], what: &'static str) -> Result<Option<u6
     }
 }
 
+/// A UTF-8 string kept under `key` in the meta column family, if present.
+fn meta_string(
+    db: &DB,
+    key: &'static [u8],
+    what: &'static str,
+) -> Result<Option<String>, StoreError> {
+    match db.get_cf(cf(db, CF_META), key)? {
+        Some(b) => String::from_utf8(b)
+            .map(Some)
+            .map_err(|_| StoreError::Corrupt(what, "not UTF-8".into())),
+        None => Ok(None),
+    }
+}
+
 /// The raft id this database holds, if it has one yet.
 pub fn stored_raft_id(db: &DB) -> Result<Option<u64>, StoreError> {
     meta_u64(db, KEY_RAFT_ID, "raft_id")
@@ -701,12 +715,7 @@ impl RaftStorage {
 
     /// The identity this store was forced into, if it ever was.
     pub fn forced_cluster_id(&self) -> Result<Option<String>, StoreError> {
-        match self.db.get_cf(cf(&self.db, CF_META), KEY_FORCED_ID)? {
-            Some(b) => String::from_utf8(b)
-                .map(Some)
-                .map_err(|_| StoreError::Corrupt("forced_cluster_id", "not UTF-8".into())),
-            None => Ok(None),
-        }
+        meta_string(&self.db, KEY_FORCED_ID, "forced_cluster_id")
     }
 
     /// Whether raft asked for a newer snapshot since the last call.
@@ -834,12 +843,7 @@ impl RaftStorage {
 
     /// The identity of the cluster this store belongs to, once it received one.
     pub fn cluster_id(&self) -> Result<Option<String>, StoreError> {
-        match self.db.get_cf(cf(&self.db, CF_META), KEY_CLUSTER_ID)? {
-            Some(b) => String::from_utf8(b)
-                .map(Some)
-                .map_err(|_| StoreError::Corrupt("cluster_id", "not UTF-8".into())),
-            None => Ok(None),
-        }
+        meta_string(&self.db, KEY_CLUSTER_ID, "cluster_id")
     }
 
     /// The stored snapshot, if any (used at start to restore the state machine).
