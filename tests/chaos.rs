@@ -83,5 +83,15 @@ fn a_minute_of(extra: &[&str], seed: u64, kinds: &[&str]) {
             .count();
         assert!(acked >= 50, "only {acked} acknowledged {op}");
     }
+    // Lockers wait for locks too, and some of those waits are granted.
+    let waits_granted = history
+        .lines()
+        .filter(|l| l.starts_with(r#"{"type":"ok""#) && l.contains(r#""op":"sync.lock""#))
+        .filter(|l| l.contains(r#""wait":"#))
+        .count();
+    assert!(
+        waits_granted >= 20,
+        "only {waits_granted} lock waits granted"
+    );
     assert!(stderr.contains("violations: 0"));
 }

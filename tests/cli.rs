@@ -265,8 +265,41 @@ fn task_lock_and_topic_listings() {
         ok(nexus(&node, &["task", "count", "cli"]))["count"],
         json!(2)
     );
-    let locks = ok(nexus(&node, &["lock", "list", "cli"]));
+    let (mut waiter, waiter_id) = {
+        let mut c = node.tcp();
+        let id = connid(&mut c, "root", ROOT_PASS);
+        (c, id)
+    };
+    let wait = waiter.send("sync.lock", json!({"lock": "cli.lock.one", "wait": 60000}));
+    let mut locks = Value::Null;
+    assert!(eventually(Duration::from_secs(10), || {
+        locks = ok(nexus(&node, &["lock", "list", "cli"]));
+        locks[0]["waiters"].is_array()
+    }));
     assert_eq!(names(&locks, "id"), ["cli.lock.one"]);
+    assert_eq!(
+        names(&locks[0]["waiters"], "connid"),
+        std::slice::from_ref(&waiter_id)
+    );
+    // For people: the holder, then each waiter in order, one row each.
+    let url = ws_url(&node);
+    let out = run(
+        &["--url", &url, "--user", "root", "lock", "list", "cli"],
+        &[("NEXUS_PASSWORD", ROOT_PASS)],
+    );
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let rows: Vec<&str> = text.lines().collect();
+    assert!(rows[0].starts_with("lock"), "{text}");
+    assert!(
+        rows[1].contains("holds") && rows[1].contains(locks[0]["owner"].as_str().unwrap()),
+        "{text}"
+    );
+    assert!(
+        rows[2].contains("waits 1") && rows[2].contains(&waiter_id),
+        "{text}"
+    );
+    expect_ok(root.call("sync.unlock", json!({"lock": "cli.lock.one"})));
+    expect_ok(answer_of(&waiter.wait(&wait)));
     assert_eq!(
         ok(nexus(&node, &["lock", "count", "cli"]))["count"],
         json!(1)

@@ -34,6 +34,18 @@ fn queued(root: &mut Client, lock: &str, expected: &[&String]) {
     );
 }
 
+/// The tickets of the waits queued for `lock`, in order, as `sync.list` shows them.
+fn tickets(c: &mut Client, lock: &str) -> Vec<u64> {
+    let list = expect_ok(c.call("sync.list", json!({"prefix": lock})));
+    list.as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["id"] == json!(lock))
+        .flat_map(|e| e["waiters"].as_array().cloned().unwrap_or_default())
+        .map(|w| w["ticket"].as_u64().unwrap())
+        .collect()
+}
+
 fn token(v: &Value) -> u64 {
     v["token"]
         .as_u64()
@@ -52,6 +64,8 @@ fn waits_are_granted_in_the_order_they_were_committed() {
     queued(&mut root, "w.x", &[&b_id]);
     let c_req = c.send("sync.lock", json!({"lock": "w.x", "wait": 30000}));
     queued(&mut root, "w.x", &[&b_id, &c_id]);
+    let queue = tickets(&mut root, "w.x");
+    assert!(queue[0] < queue[1], "{queue:?}");
     // One Lock actor holds this node's two waiters of w.x.
     let actors = &node.server.node.local.locks;
     assert_eq!(actors.running(), 1);
@@ -62,15 +76,18 @@ fn waits_are_granted_in_the_order_they_were_committed() {
     );
 
     expect_ok(a.call("sync.unlock", json!({"lock": "w.x"})));
-    let granted_b = answer_of(&b.wait(&b_req));
-    assert_eq!(token(&expect_ok(granted_b)), first + 1);
+    let granted_b = expect_ok(answer_of(&b.wait(&b_req)));
+    assert_eq!(token(&granted_b), first + 1);
+    // Each grant names the wait it answers by the ticket it was queued with.
+    assert_eq!(granted_b["ticket"], json!(queue[0]), "{granted_b}");
     queued(&mut root, "w.x", &[&c_id]);
     let list = expect_ok(root.call("sync.list", json!({"prefix": "w"})));
     assert_eq!(list[0]["owner"], json!(b_id), "{list}");
 
     expect_ok(b.call("sync.unlock", json!({"lock": "w.x"})));
-    let granted_c = answer_of(&c.wait(&c_req));
-    assert_eq!(token(&expect_ok(granted_c)), first + 2);
+    let granted_c = expect_ok(answer_of(&c.wait(&c_req)));
+    assert_eq!(token(&granted_c), first + 2);
+    assert_eq!(granted_c["ticket"], json!(queue[1]), "{granted_c}");
     queued(&mut root, "w.x", &[]);
     // No waiter left here: the actor stopped.
     assert!(eventually(Duration::from_secs(5), || actors.running() == 0));

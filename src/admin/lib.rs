@@ -209,7 +209,7 @@ pub enum AdminCmd {
     /// Tasks and waiting pulls.
     #[command(subcommand)]
     Task(ListCmd),
-    /// Locks held.
+    /// Locks held, each with its holder and its waiters in the order they are granted.
     #[command(subcommand)]
     Lock(ListCmd),
     /// Topics with subscribers.
@@ -273,6 +273,9 @@ pub fn run(conn: Connection, cmd: AdminCmd) -> anyhow::Result<()> {
         AdminCmd::User(c) => user(&mut client, c, &mut stdin)?,
         AdminCmd::Session(c) => session(&mut client, c, json_out)?,
         AdminCmd::Task(c) => listing(&mut client, "task", c)?,
+        AdminCmd::Lock(c @ ListCmd::List(_)) if !json_out => {
+            one_row_per_party(&listing(&mut client, "sync", c)?)
+        }
         AdminCmd::Lock(c) => listing(&mut client, "sync", c)?,
         AdminCmd::Topic(c) => listing(&mut client, "topic", c)?,
         AdminCmd::Node(NodeCmd::List { all }) => {
@@ -423,6 +426,25 @@ fn one_row_per_session(by_user: &Value) -> Value {
                 row.extend(fields.clone());
             }
             rows.push(Value::Object(row));
+        }
+    }
+    Value::Array(rows)
+}
+
+/// `sync.list`'s `[{"id", "owner", "waiters": [...]}]` as one row for each lock's holder,
+/// then one for each of its waiters, in the order they will be granted.
+fn one_row_per_party(locks: &Value) -> Value {
+    let mut rows = Vec::new();
+    for lock in locks.as_array().into_iter().flatten() {
+        rows.push(json!({"lock": lock["id"], "place": "holds", "connid": lock["owner"]}));
+        for (n, w) in lock["waiters"].as_array().into_iter().flatten().enumerate() {
+            rows.push(json!({
+                "lock": lock["id"],
+                "place": format!("waits {}", n + 1),
+                "connid": w["connid"],
+                "ticket": w["ticket"],
+                "since": w["since"],
+            }));
         }
     }
     Value::Array(rows)

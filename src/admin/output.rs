@@ -19,7 +19,7 @@ pub fn human(value: &Value) -> String {
 }
 
 /// Columns that name a row come first, in this order.
-const NAMING: [&str; 5] = ["user", "connid", "id", "topic", "raftId"];
+const NAMING: [&str; 6] = ["user", "lock", "connid", "id", "topic", "raftId"];
 
 /// Naming columns first, then the others in first-seen order; nested values as compact
 /// JSON.

@@ -455,6 +455,7 @@ fn locks(outcomes: &[&Record], faults: &Faults, report: &mut Report) {
         }
         report.count("lock grants", hs.len() as u64);
     }
+    waits(outcomes, faults, &grants, report);
     // Tokens: unique, and a grant that finished before another was asked for has the
     // smaller token.
     grants.sort_by_key(|(t, _)| *t);
@@ -484,6 +485,74 @@ fn locks(outcomes: &[&Record], faults: &Faults, report: &mut Report) {
         if g.invoke > latest_invoke {
             latest_invoke = g.invoke;
             latest_by = Some(g);
+        }
+    }
+}
+
+/// Lock waits (`sync.lock` with `wait`): each lock's waits granted in the order they were
+/// committed (their tickets grow with their tokens), never granted once ended (an unlock
+/// after a timed-out wait fails), and never timed out before their time. That every wait
+/// is answered within its time plus the hang bound is the "no hang" check: the client
+/// gives a wait that long.
+fn waits(outcomes: &[&Record], faults: &Faults, grants: &[(u64, &Record)], report: &mut Report) {
+    let mut by_lock: BTreeMap<&str, Vec<(u64, u64, &Record)>> = BTreeMap::new();
+    for (token, g) in grants.iter().filter(|(_, g)| g.value.get("wait").is_some()) {
+        let Some(ticket) = g.result["ticket"].as_u64() else {
+            report.violation(
+                "wait order",
+                format!(
+                    "{} was granted a wait without its ticket: {}",
+                    g.client, g.result
+                ),
+            );
+            continue;
+        };
+        let lock = g.value["lock"].as_str().unwrap_or("");
+        by_lock.entry(lock).or_default().push((*token, ticket, g));
+    }
+    for (lock, mut granted) in by_lock {
+        granted.sort_by_key(|(token, _, _)| *token);
+        for pair in granted.windows(2) {
+            let ((t1, k1, g1), (t2, k2, g2)) = (pair[0], pair[1]);
+            if k1 >= k2 {
+                report.violation(
+                    "wait order",
+                    format!(
+                        "{lock}: {} got token {t1} for ticket {k1}, before {} got token {t2} for the earlier ticket {k2}",
+                        g1.client, g2.client
+                    ),
+                );
+            }
+        }
+        report.count("waits granted (in ticket order)", granted.len() as u64);
+    }
+    for r in outcomes.iter().filter(|r| r.op.starts_with("sync.")) {
+        if r.op == "sync.unlock" && r.value.get("probe").is_some() && r.kind == Kind::Ok {
+            report.violation(
+                "no grant to an ended wait",
+                format!(
+                    "{} held {} after its wait timed out (unlock at {:.2}s succeeded)",
+                    r.client, r.value["lock"], r.invoke
+                ),
+            );
+        }
+        let Some(wait_ms) = r.value["wait"].as_u64() else {
+            continue;
+        };
+        if r.op != "sync.lock" || r.kind != Kind::Fail {
+            continue;
+        }
+        report.count("waits timed out", 1);
+        // On a faulted node a wait also ends with its session (the node declared down).
+        let waited = r.time - r.invoke;
+        if waited + 0.01 < wait_ms as f64 / 1000.0 && !faults.on(r.node, r.invoke, r.time) {
+            report.violation(
+                "wait ended early",
+                format!(
+                    "{} waited {:.3}s for {}, with wait {wait_ms} ms: {}",
+                    r.client, waited, r.value["lock"], r.result
+                ),
+            );
         }
     }
 }
@@ -584,5 +653,129 @@ fn topics(outcomes: &[&Record], faults: &Faults, report: &mut Report) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn op(
+        client: &str,
+        op: &str,
+        kind: Kind,
+        span: (f64, f64),
+        value: Value,
+        result: Value,
+    ) -> Record {
+        Record {
+            kind,
+            time: span.1,
+            invoke: span.0,
+            client: client.into(),
+            node: 0,
+            op: op.into(),
+            value,
+            result,
+        }
+    }
+
+    fn found(records: &[Record], name: &str) -> Vec<String> {
+        check(records)
+            .violations
+            .into_iter()
+            .filter(|v| v.check == name)
+            .map(|v| v.detail)
+            .collect()
+    }
+
+    /// Two waiters of one lock granted one after the other, each releasing it.
+    fn two_grants(tickets: (u64, u64)) -> Vec<Record> {
+        let wait = json!({"lock": "L", "wait": 1000});
+        vec![
+            op(
+                "a",
+                "sync.lock",
+                Kind::Ok,
+                (0.0, 0.1),
+                wait.clone(),
+                json!({"ok": true, "token": 5, "ticket": tickets.0}),
+            ),
+            op(
+                "a",
+                "sync.unlock",
+                Kind::Ok,
+                (0.2, 0.3),
+                json!({"lock": "L", "token": 5}),
+                json!({}),
+            ),
+            op(
+                "b",
+                "sync.lock",
+                Kind::Ok,
+                (0.05, 0.25),
+                wait,
+                json!({"ok": true, "token": 6, "ticket": tickets.1}),
+            ),
+            op(
+                "b",
+                "sync.unlock",
+                Kind::Ok,
+                (0.4, 0.5),
+                json!({"lock": "L", "token": 6}),
+                json!({}),
+            ),
+        ]
+    }
+
+    #[test]
+    fn waits_granted_out_of_ticket_order_are_found() {
+        assert!(found(&two_grants((3, 4)), "wait order").is_empty());
+        let out_of_order = found(&two_grants((4, 3)), "wait order");
+        assert_eq!(out_of_order.len(), 1, "{out_of_order:?}");
+        assert!(found(&two_grants((3, 4)), "lock held twice").is_empty());
+    }
+
+    #[test]
+    fn an_unlock_that_succeeds_after_a_timed_out_wait_is_found() {
+        let timed_out = op(
+            "a",
+            "sync.lock",
+            Kind::Fail,
+            (0.0, 1.2),
+            json!({"lock": "L", "wait": 1000}),
+            json!({"code": -32006}),
+        );
+        let probe = |kind| {
+            op(
+                "a",
+                "sync.unlock",
+                kind,
+                (1.3, 1.4),
+                json!({"lock": "L", "probe": true}),
+                json!({}),
+            )
+        };
+        let refused = [timed_out.clone(), probe(Kind::Fail)];
+        assert!(found(&refused, "no grant to an ended wait").is_empty());
+        let held = [timed_out, probe(Kind::Ok)];
+        assert_eq!(found(&held, "no grant to an ended wait").len(), 1);
+    }
+
+    #[test]
+    fn a_wait_that_times_out_before_its_time_is_found() {
+        let after = |secs| {
+            [op(
+                "a",
+                "sync.lock",
+                Kind::Fail,
+                (1.0, 1.0 + secs),
+                json!({"lock": "L", "wait": 500}),
+                json!({"code": -32006}),
+            )]
+        };
+        assert!(found(&after(0.52), "wait ended early").is_empty());
+        assert_eq!(found(&after(0.3), "wait ended early").len(), 1);
     }
 }

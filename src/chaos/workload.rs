@@ -17,6 +17,9 @@ use super::nodes::{ROOT_PASS, ROOT_USER};
 pub const TASK_PREFIX: &str = "chaos.task.";
 pub const TOPIC: &str = "chaos.topic";
 pub const LOCKS: usize = 2;
+/// `sync.lock` refused (held by another, or the wait timed out); `sync.unlock` by a
+/// connection that does not hold the lock.
+const LOCK_REFUSED: i64 = -32006;
 
 /// Clients per node of each kind (`--mix`).
 #[derive(Debug, Clone, Copy)]
@@ -110,12 +113,22 @@ impl Conn {
     /// Calls `method` without recording it; None when not connected. A broken connection
     /// is dropped (the next call reconnects).
     fn call(&mut self, method: &str, params: Value) -> Option<(f64, Answer)> {
+        self.call_waiting(method, params, Duration::ZERO)
+    }
+
+    /// Like `call`, for a request that may wait `wait` before its answer is due.
+    fn call_waiting(
+        &mut self,
+        method: &str,
+        params: Value,
+        wait: Duration,
+    ) -> Option<(f64, Answer)> {
         if !self.ready() {
             return None;
         }
         let invoke = self.ctx.rec.now();
         let client = self.client.as_mut()?;
-        let answer = client.call(method, params, self.ctx.hang_after);
+        let answer = client.call(method, params, wait + self.ctx.hang_after);
         if matches!(answer, Answer::Lost(_) | Answer::Hang) {
             self.client = None;
         }
@@ -164,6 +177,14 @@ impl Conn {
                 return Some(answer);
             }
             std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Ends this connection's session (and with it every lock and wait it may hold); the
+    /// next call reconnects.
+    fn reconnect(&mut self) {
+        if let Some(c) = self.client.take() {
+            c.close();
         }
     }
 
@@ -303,34 +324,57 @@ fn worker(mut conn: Conn, mut rng: StdRng) {
     conn.close();
 }
 
-/// Takes a lock, holds it briefly, releases it.
+/// Takes a lock, holds it briefly, releases it. Half the attempts wait for the lock
+/// (`wait`, 50 ms to 2 s) instead of trying once. A wait that timed out is followed by an
+/// unlock that must fail (a probe: no grant went to the ended wait). Whenever this client
+/// cannot know whether it holds a lock or has a wait left, it reconnects, which ends them.
 fn locker(mut conn: Conn, mut rng: StdRng) {
     while producing(&conn) {
         let lock = format!("chaos.lock.{}", rng.gen_range(0..LOCKS));
-        let Some(answer) = conn.op(
-            "sync.lock",
-            "sync.lock",
-            json!({"lock": lock}),
-            json!({"lock": lock}),
-        ) else {
+        let wait_ms: u64 = if rng.gen_bool(0.5) {
+            rng.gen_range(50..2000)
+        } else {
+            0
+        };
+        let (params, value) = if wait_ms > 0 {
+            let v = json!({"lock": lock, "wait": wait_ms});
+            (v.clone(), v)
+        } else {
+            (json!({"lock": lock}), json!({"lock": lock}))
+        };
+        let wait = Duration::from_millis(wait_ms);
+        let Some((invoke, answer)) = conn.call_waiting("sync.lock", params, wait) else {
             continue;
         };
-        match answer {
+        conn.record("sync.lock", value, invoke, &answer);
+        let released = match &answer {
             Answer::Ok(granted) => {
                 std::thread::sleep(Duration::from_millis(rng.gen_range(0..20)));
                 let value = json!({"lock": lock, "token": granted["token"]});
-                conn.op_retrying("sync.unlock", "sync.unlock", json!({"lock": lock}), value);
+                let unlock = json!({"lock": lock});
+                conn.op_retrying("sync.unlock", "sync.unlock", unlock, value)
             }
-            // Perhaps granted: give it back rather than hold it unknowingly.
-            Answer::Err(_) if answer.code() == Some(-32603) => {
-                conn.op_retrying(
-                    "sync.unlock",
-                    "sync.unlock",
-                    json!({"lock": lock}),
-                    json!({"lock": lock}),
-                );
+            Answer::Err(_) if answer.code() == Some(LOCK_REFUSED) && wait_ms == 0 => {
+                std::thread::sleep(Duration::from_millis(rng.gen_range(2..10)));
+                continue;
             }
-            _ => std::thread::sleep(Duration::from_millis(rng.gen_range(2..10))),
+            Answer::Err(_) if answer.code() == Some(LOCK_REFUSED) => {
+                let probe = json!({"lock": lock, "probe": true});
+                let unlock = json!({"lock": lock});
+                conn.op_retrying("sync.unlock", "sync.unlock", unlock, probe)
+            }
+            // Perhaps granted (or, for a wait, perhaps still queued).
+            _ if wait_ms > 0 => None,
+            _ => {
+                let unlock = json!({"lock": lock});
+                conn.op_retrying("sync.unlock", "sync.unlock", unlock, json!({"lock": lock}))
+            }
+        };
+        let settled = released
+            .as_ref()
+            .is_some_and(|a| matches!(a, Answer::Ok(_)) || a.code() == Some(LOCK_REFUSED));
+        if !settled {
+            conn.reconnect();
         }
     }
     conn.close();

@@ -12,7 +12,6 @@ use actix::{Actor, ActorContext, AsyncContext, Context, Handler, Message};
 use serde_json::json;
 use tokio::sync::oneshot;
 
-use nexus_core::ids::ConnId;
 use nexus_core::rpc::{RpcError, RpcResult, ERR_LOCK_NOT_OWNED};
 use nexus_core::state::State;
 
@@ -57,12 +56,13 @@ impl Registry {
         rx
     }
 
-    /// The wait `wait_id` of `lock` is in the applied state (its proposal answered it
-    /// queued): from now on the state, not only an event, may answer it.
-    pub fn queued(&self, lock: &str, wait_id: &str) {
+    /// The wait `wait_id` of `lock` is in the applied state with `ticket` (its proposal
+    /// answered it queued): from now on the state, not only an event, may answer it.
+    pub fn queued(&self, lock: &str, wait_id: &str, ticket: u64) {
         if let Some((addr, _)) = locked(&self.actors).get(lock) {
             addr.do_send(Queued {
                 wait_id: wait_id.to_string(),
+                ticket,
             });
         }
     }
@@ -80,21 +80,24 @@ impl Registry {
     }
 }
 
+/// The answer to a wait granted the lock.
+pub fn granted(token: u64, ticket: u64) -> serde_json::Value {
+    json!({"ok": true, "token": token, "ticket": ticket})
+}
+
 /// A request waiting for a lock.
 pub struct Waiting {
     pub wait_id: String,
-    pub connid: ConnId,
     /// When to stop waiting for an event that never comes (no leader ended the wait).
     pub give_up: Instant,
 }
 
 struct Waiter {
-    connid: ConnId,
     give_up: Instant,
     tx: oneshot::Sender<RpcResult>,
-    /// Its wait is known to be applied. Before that, a state without it says nothing: its
-    /// proposal may still be on its way.
-    queued: bool,
+    /// Its wait's ticket, once the wait is known to be applied. Before that, a state
+    /// without it says nothing: its proposal may still be on its way.
+    queued: Option<u64>,
 }
 
 pub struct LockActor {
@@ -119,6 +122,7 @@ impl Actor for LockActor {
 #[rtype(result = "()")]
 struct Queued {
     wait_id: String,
+    ticket: u64,
 }
 
 #[derive(Message)]
@@ -132,8 +136,15 @@ struct AddWaiter {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub enum LockEvent {
-    Granted { wait_id: String, token: u64 },
-    Ended { wait_id: String, error: RpcError },
+    Granted {
+        wait_id: String,
+        token: u64,
+        ticket: u64,
+    },
+    Ended {
+        wait_id: String,
+        error: RpcError,
+    },
 }
 
 impl Handler<AddWaiter> for LockActor {
@@ -145,10 +156,9 @@ impl Handler<AddWaiter> for LockActor {
         }
         let w = msg.wait;
         let waiter = Waiter {
-            connid: w.connid,
             give_up: w.give_up,
             tx: msg.tx,
-            queued: false,
+            queued: None,
         };
         self.waiters.insert(w.wait_id, waiter);
     }
@@ -159,7 +169,7 @@ impl Handler<Queued> for LockActor {
 
     fn handle(&mut self, msg: Queued, _: &mut Self::Context) {
         if let Some(w) = self.waiters.get_mut(&msg.wait_id) {
-            w.queued = true;
+            w.queued = Some(msg.ticket);
         }
     }
 }
@@ -169,9 +179,11 @@ impl Handler<LockEvent> for LockActor {
 
     fn handle(&mut self, event: LockEvent, ctx: &mut Self::Context) {
         let (wait_id, answer) = match event {
-            LockEvent::Granted { wait_id, token } => {
-                (wait_id, Ok(json!({"ok": true, "token": token})))
-            }
+            LockEvent::Granted {
+                wait_id,
+                token,
+                ticket,
+            } => (wait_id, Ok(granted(token, ticket))),
             LockEvent::Ended { wait_id, error } => (wait_id, Err(error)),
         };
         if let Some(w) = self.waiters.remove(&wait_id) {
@@ -193,11 +205,13 @@ impl LockActor {
             for (wait_id, w) in &self.waiters {
                 if w.tx.is_closed() {
                     done.push((wait_id.clone(), None));
-                } else if w.queued && !state.locks.is_waiting(lock, wait_id) {
+                } else if let Some(ticket) =
+                    w.queued.filter(|_| !state.locks.is_waiting(lock, wait_id))
+                {
+                    // The holder's ticket says whether this wait, and not another wait of
+                    // the same connection, was granted the lock.
                     let answer = match state.locks.holder(lock) {
-                        Some(h) if h.connid == w.connid => {
-                            Ok(json!({"ok": true, "token": h.token}))
-                        }
+                        Some(h) if h.ticket == ticket => Ok(granted(h.token, ticket)),
                         _ => Err(RpcError::detail(ERR_LOCK_NOT_OWNED, "the wait timed out")),
                     };
                     done.push((wait_id.clone(), Some(answer)));

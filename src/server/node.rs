@@ -274,9 +274,14 @@ impl Node {
                     lock,
                     wait_id,
                     token,
+                    ticket,
                     ..
                 } => {
-                    let granted = crate::lock::LockEvent::Granted { wait_id, token };
+                    let granted = crate::lock::LockEvent::Granted {
+                        wait_id,
+                        token,
+                        ticket,
+                    };
                     self.local.locks.event(&lock, granted)
                 }
                 Event::LockWaitEnded {

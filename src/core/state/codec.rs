@@ -94,6 +94,7 @@ pub fn encode_state(state: &State) -> Vec<u8> {
                 lock: lock.clone(),
                 connid: holder.connid.to_string(),
                 token: holder.token,
+                ticket: holder.ticket,
             })
             .collect(),
         lock_waits: state
@@ -107,6 +108,7 @@ pub fn encode_state(state: &State) -> Vec<u8> {
                     connid: w.connid.to_string(),
                     deadline_ms: w.deadline_ms,
                     since_ms: w.since_ms,
+                    ticket: w.ticket,
                 })
             })
             .collect(),
@@ -121,6 +123,7 @@ pub fn encode_state(state: &State) -> Vec<u8> {
             .collect(),
         bootstrapped: state.bootstrapped,
         lock_grants: state.locks.grants,
+        lock_tickets: state.locks.tickets,
         cluster: Some(pb::ClusterRec {
             id: state.cluster.id.clone(),
             members: state
@@ -219,6 +222,7 @@ pub fn decode_state(data: &[u8]) -> Result<State, DecodeError> {
         let holder = super::Holder {
             connid: l.connid.into(),
             token: l.token,
+            ticket: l.ticket,
         };
         state.locks.owners.insert(l.lock, holder);
     }
@@ -228,6 +232,7 @@ pub fn decode_state(data: &[u8]) -> Result<State, DecodeError> {
             connid: w.connid.into(),
             deadline_ms: w.deadline_ms,
             since_ms: w.since_ms,
+            ticket: w.ticket,
         };
         state.locks.waits.entry(w.lock).or_default().push_back(wait);
     }
@@ -239,6 +244,7 @@ pub fn decode_state(data: &[u8]) -> Result<State, DecodeError> {
     }
     state.bootstrapped = snap.bootstrapped;
     state.locks.grants = snap.lock_grants;
+    state.locks.tickets = snap.lock_tickets;
     let cluster = snap.cluster.unwrap_or_default();
     state.cluster.members = cluster
         .members
@@ -367,11 +373,13 @@ fn command_to_pb(cmd: Command) -> Cmd {
             lock,
             connid: connid.into(),
             token: 0,
+            ticket: 0,
         }),
         Command::Unlock { lock, connid } => Cmd::Unlock(pb::LockCmd {
             lock,
             connid: connid.into(),
             token: 0,
+            ticket: 0,
         }),
         Command::LockWait {
             lock,

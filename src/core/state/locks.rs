@@ -18,6 +18,8 @@ use crate::ids::ConnId;
 pub struct Holder {
     pub connid: ConnId,
     pub token: u64,
+    /// The ticket of the wait it was granted to; 0 for a try-lock.
+    pub ticket: u64,
 }
 
 /// A queued wait for a lock.
@@ -31,6 +33,9 @@ pub struct LockWait {
     pub deadline_ms: u64,
     /// When it was committed (cluster clock, ms).
     pub since_ms: u64,
+    /// Its place in the order waits were committed (of any lock): waits are granted in
+    /// ticket order.
+    pub ticket: u64,
 }
 
 /// A wait that left its queue with the lock.
@@ -51,6 +56,8 @@ pub struct Locks {
     by_owner: HashMap<ConnId, BTreeSet<String>>,
     /// Grants so far, of any lock: the fencing token of the latest grant.
     pub(super) grants: u64,
+    /// Waits committed so far, of any lock: the ticket of the latest.
+    pub(super) tickets: u64,
     /// lock → its waits, in the order they were committed (never an empty queue).
     pub(super) waits: BTreeMap<String, VecDeque<LockWait>>,
     /// (deadline, lock, wait id) of every queued wait; derived.
@@ -64,10 +71,10 @@ pub struct Locks {
 /// What a `sync.lock` with a wait did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WaitOutcome {
-    /// The lock was free: granted at once with this token.
-    Granted(u64),
+    /// The lock was free: granted at once.
+    Granted { token: u64, ticket: u64 },
     /// Queued behind `ahead` other waits.
-    Queued { ahead: usize },
+    Queued { ahead: usize, ticket: u64 },
     /// This connection holds it already (waiting for itself would never end).
     HeldBySelf,
 }
@@ -80,14 +87,15 @@ impl Locks {
         if self.owners.contains_key(lock) {
             return None;
         }
-        Some(self.grant(lock, connid))
+        Some(self.grant(lock, connid, 0))
     }
 
-    fn grant(&mut self, lock: &str, connid: &ConnId) -> u64 {
+    fn grant(&mut self, lock: &str, connid: &ConnId, ticket: u64) -> u64 {
         self.grants += 1;
         let holder = Holder {
             connid: connid.clone(),
             token: self.grants,
+            ticket,
         };
         self.owners.insert(lock.to_string(), holder);
         self.by_owner
@@ -107,21 +115,29 @@ impl Locks {
         deadline_ms: u64,
     ) -> WaitOutcome {
         match self.owners.get(lock) {
-            None => return WaitOutcome::Granted(self.grant(lock, connid)),
             Some(h) if &h.connid == connid => return WaitOutcome::HeldBySelf,
+            None => {
+                self.tickets += 1;
+                let ticket = self.tickets;
+                let token = self.grant(lock, connid, ticket);
+                return WaitOutcome::Granted { token, ticket };
+            }
             Some(_) => {}
         }
+        self.tickets += 1;
         let wait = LockWait {
             id: id.to_string(),
             connid: connid.clone(),
             deadline_ms,
             since_ms: now_ms,
+            ticket: self.tickets,
         };
         self.index_wait(lock, &wait);
         let queue = self.waits.entry(lock.to_string()).or_default();
         queue.push_back(wait);
         WaitOutcome::Queued {
             ahead: queue.len() - 1,
+            ticket: self.tickets,
         }
     }
 
@@ -166,7 +182,7 @@ impl Locks {
             return;
         };
         self.remove_wait(lock, &wait.id);
-        let token = self.grant(lock, &wait.connid);
+        let token = self.grant(lock, &wait.connid, wait.ticket);
         granted.push(Granted {
             lock: lock.to_string(),
             wait,
@@ -297,19 +313,34 @@ mod tests {
     fn waits_are_granted_in_order_on_release_and_leave_with_their_session() {
         let mut l = Locks::default();
         let mut g = Vec::new();
-        assert_eq!(l.wait("x", &c("a"), "a1", 0, 100), WaitOutcome::Granted(1));
+        assert_eq!(
+            l.wait("x", &c("a"), "a1", 0, 100),
+            WaitOutcome::Granted {
+                token: 1,
+                ticket: 1
+            }
+        );
         assert_eq!(l.wait("x", &c("a"), "a2", 0, 100), WaitOutcome::HeldBySelf);
         assert_eq!(
             l.wait("x", &c("b"), "b1", 1, 100),
-            WaitOutcome::Queued { ahead: 0 }
+            WaitOutcome::Queued {
+                ahead: 0,
+                ticket: 2
+            }
         );
         assert_eq!(
             l.wait("x", &c("c"), "c1", 2, 100),
-            WaitOutcome::Queued { ahead: 1 }
+            WaitOutcome::Queued {
+                ahead: 1,
+                ticket: 3
+            }
         );
         assert_eq!(
             l.wait("x", &c("d"), "d1", 3, 100),
-            WaitOutcome::Queued { ahead: 2 }
+            WaitOutcome::Queued {
+                ahead: 2,
+                ticket: 4
+            }
         );
         // A try-lock does not jump the queue.
         assert_eq!(l.lock("x", &c("e")), None);
@@ -320,6 +351,7 @@ mod tests {
         assert_eq!(g.len(), 1);
         assert_eq!((g[0].wait.id.as_str(), g[0].token), ("c1", 2));
         assert_eq!(l.holder("x").unwrap().connid, c("c"));
+        assert_eq!(l.holder("x").unwrap().ticket, 3);
         // The holder's session ends: d is granted.
         g.clear();
         l.release_all(&c("c"), &mut g);

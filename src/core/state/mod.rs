@@ -236,6 +236,7 @@ pub enum Event {
         connid: ConnId,
         lock: String,
         token: u64,
+        ticket: u64,
     },
     /// A queued lock wait ended without the lock (its time passed).
     LockWaitEnded {
@@ -496,7 +497,7 @@ impl State {
                 let now = self.cluster.clock_ms;
                 let deadline = now.saturating_add(wait_ms);
                 match self.locks.wait(&lock, &connid, &wait_id, now, deadline) {
-                    WaitOutcome::Granted(token) => {
+                    WaitOutcome::Granted { token, ticket } => {
                         // Also as an event: a waiter whose proposal's outcome was lost
                         // learns its grant from it.
                         events.push(Event::LockGranted {
@@ -504,12 +505,15 @@ impl State {
                             connid,
                             lock,
                             token,
+                            ticket,
                         });
-                        Ok(serde_json::json!({"ok": true, "token": token}))
+                        Ok(serde_json::json!({"ok": true, "token": token, "ticket": ticket}))
                     }
-                    WaitOutcome::Queued { ahead } => {
-                        Ok(serde_json::json!({"queued": true, "ahead": ahead}))
-                    }
+                    WaitOutcome::Queued { ahead, ticket } => Ok(serde_json::json!({
+                        "queued": true,
+                        "ahead": ahead,
+                        "ticket": ticket
+                    })),
                     WaitOutcome::HeldBySelf => Err(RpcError::detail(
                         ERR_LOCK_NOT_OWNED,
                         "this connection holds the lock",
@@ -702,6 +706,7 @@ fn grants_to_events(granted: Vec<Granted>, events: &mut Vec<Event>) {
             connid: g.wait.connid,
             lock: g.lock,
             token: g.token,
+            ticket: g.wait.ticket,
         });
     }
 }

@@ -13,7 +13,7 @@ use crate::node::Node;
 use nexus_core::listing::ListQuery;
 use nexus_core::names::normalize_path;
 use nexus_core::rpc::{Params, RpcError, RpcResult, ERR_INTERNAL, ERR_METHOD_NOT_FOUND};
-use nexus_core::state::{Command, State};
+use nexus_core::state::{Command, Holder, State};
 
 /// The longest wait: 10 days, as the longest task timeout.
 const WAIT_MAX_MS: i64 = 10 * 24 * 3600 * 1000;
@@ -79,7 +79,13 @@ fn entry(s: &State, lock: &str) -> Value {
     let waiters: Vec<Value> = s
         .locks
         .waiting(lock)
-        .map(|w| json!({"connid": w.connid, "since": nexus_consensus::clock::rfc3339_ms(w.since_ms)}))
+        .map(|w| {
+            json!({
+                "connid": w.connid,
+                "ticket": w.ticket,
+                "since": nexus_consensus::clock::rfc3339_ms(w.since_ms),
+            })
+        })
         .collect();
     if !waiters.is_empty() {
         entry["waiters"] = Value::Array(waiters);
@@ -99,7 +105,6 @@ async fn wait_for(node: &Arc<Node>, conn: &Conn, lock: String, ms: u64) -> RpcRe
     let wait_id = format!("{}.w{:016x}", conn.connid, rand::random::<u64>());
     let waiting = Waiting {
         wait_id: wait_id.clone(),
-        connid: conn.connid.clone(),
         give_up: Instant::now() + Duration::from_millis(ms) + WAIT_HANG_BOUND,
     };
     // Handed to the actor before the wait is proposed: no event for it can come first.
@@ -110,27 +115,31 @@ async fn wait_for(node: &Arc<Node>, conn: &Conn, lock: String, ms: u64) -> RpcRe
         wait_id: wait_id.clone(),
         wait_ms: ms,
     };
-    match node.replica.propose(cmd).await {
-        Ok(v) if v.get("queued") == Some(&json!(true)) => {}
+    let ticket = match node.replica.propose(cmd).await {
+        Ok(v) if v.get("queued") == Some(&json!(true)) => v["ticket"].as_u64(),
         // An unknown outcome: the wait may be queued, granted, or still to commit. The
         // actor keeps waiting for its event until the wait's own time limit passes, so a
         // late commit is answered too, never granted behind the client's back.
         Err(e) if e.code == ERR_INTERNAL => {
             node.replica.read_linear(|_| ()).await?;
-            let (queued, holder) = node.replica.read(|s| {
-                let holder = s.locks.holder(&lock).cloned();
-                (s.locks.is_waiting(&lock, &wait_id), holder)
+            let (ticket, holder) = node.replica.read(|s| {
+                let ticket = s.locks.waiting(&lock).find(|w| w.id == wait_id);
+                (ticket.map(|w| w.ticket), s.locks.holder(&lock).cloned())
             });
-            if !queued {
-                if let Some(h) = holder.filter(|h| h.connid == conn.connid) {
-                    return Ok(json!({"ok": true, "token": h.token}));
+            if ticket.is_none() {
+                // Granted to a wait of this connection: this one, unless the client sent
+                // two waits for one lock at once.
+                let mine = |h: &Holder| h.connid == conn.connid && h.ticket != 0;
+                if let Some(h) = holder.filter(mine) {
+                    return Ok(crate::lock::granted(h.token, h.ticket));
                 }
             }
+            ticket
         }
         granted_or_refused => return granted_or_refused,
-    }
-    if node.replica.read(|s| s.locks.is_waiting(&lock, &wait_id)) {
-        node.local.locks.queued(&lock, &wait_id);
+    };
+    if let Some(ticket) = ticket {
+        node.local.locks.queued(&lock, &wait_id, ticket);
     }
     node.metrics.lock_wait_queued();
     let queued_at = Instant::now();
