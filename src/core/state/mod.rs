@@ -299,6 +299,8 @@ impl State {
     /// Applies one committed command. The outcome is what the proposer answers.
     pub fn apply(&mut self, cmd: Command) -> (Outcome, Vec<Event>) {
         let mut events = Vec::new();
+        // Waits past their deadline end before this entry can grant a lock to one of them.
+        self.end_expired_waits(&mut events);
         let outcome = match cmd {
             Command::NodeStarted {
                 node_id,
@@ -456,14 +458,6 @@ impl State {
             Command::Expire {} => {
                 let mut emit = tasks::Emit::new(&mut events, self.topics.any_under("hook"));
                 self.tasks.expire(self.cluster.clock_ms, &mut emit);
-                for (lock, wait) in self.locks.expire(self.cluster.clock_ms) {
-                    events.push(Event::LockWaitEnded {
-                        wait_id: wait.id,
-                        connid: wait.connid,
-                        lock,
-                        error: RpcError::detail(ERR_LOCK_NOT_OWNED, "the wait timed out"),
-                    });
-                }
                 Ok(crate::rpc::ok())
             }
             Command::Lock { lock, connid } => {
@@ -673,6 +667,18 @@ impl State {
     pub fn found_cluster(&mut self, id: String, me: RaftId, addr: String) {
         self.cluster.id = id;
         self.cluster.members = [(me, addr)].into();
+    }
+
+    /// Ends the lock waits whose deadline the cluster clock has reached.
+    fn end_expired_waits(&mut self, events: &mut Vec<Event>) {
+        for (lock, wait) in self.locks.expire(self.cluster.clock_ms) {
+            events.push(Event::LockWaitEnded {
+                wait_id: wait.id,
+                connid: wait.connid,
+                lock,
+                error: RpcError::detail(ERR_LOCK_NOT_OWNED, "the wait timed out"),
+            });
+        }
     }
 
     /// The earliest deadline on the cluster clock: of a task, a pull or a lock wait.

@@ -677,3 +677,43 @@ fn snapshots_with_lock_waits_are_format_2_and_those_without_stay_format_1() {
     assert_eq!(back.locks.holder("l").unwrap().token, 1);
     assert_eq!(back.to_snapshot(), snap);
 }
+
+#[test]
+fn a_wait_past_its_deadline_is_never_granted_even_before_an_expire_entry() {
+    let mut s = State::default();
+    started(&mut s, 1, "aaaaaaaa");
+    let ids = ["aaaaaaaa00000001", "aaaaaaaa00000002", "aaaaaaaa00000003"];
+    for id in ids {
+        must(
+            &mut s,
+            Command::SessionOpen {
+                session: session(id, 1, "aaaaaaaa"),
+            },
+        );
+    }
+    let wait = |s: &mut State, i: usize, wait_ms: u64| {
+        s.apply(Command::LockWait {
+            lock: "l".into(),
+            connid: ids[i].into(),
+            wait_id: format!("w{i}"),
+            wait_ms,
+        })
+        .0
+        .unwrap()
+    };
+    s.cluster.clock_ms = 1000;
+    assert_eq!(wait(&mut s, 0, 1000)["ticket"], json!(1));
+    assert_eq!(wait(&mut s, 1, 100)["ticket"], json!(2));
+    assert_eq!(wait(&mut s, 2, 10_000)["ticket"], json!(3));
+    // The first waiter's deadline has passed on the cluster clock, and no Expire entry
+    // came yet: the release ends that wait and grants the next one.
+    s.cluster.clock_ms = 1200;
+    let (outcome, events) = s.apply(Command::Unlock {
+        lock: "l".into(),
+        connid: ids[0].into(),
+    });
+    assert!(outcome.is_ok());
+    assert!(matches!(&events[0], Event::LockWaitEnded { wait_id, .. } if wait_id == "w1"));
+    assert!(matches!(&events[1], Event::LockGranted { wait_id, ticket: 3, .. } if wait_id == "w2"));
+    assert_eq!(s.locks.holder("l").unwrap().connid.to_string(), ids[2]);
+}
