@@ -248,3 +248,41 @@ fn waits_across_three_nodes_are_granted_in_order_and_survive_the_holders_node() 
     let granted_c = expect_ok(answer_of(&c.wait(&c_req)));
     assert!(token(&granted_c) > token(&granted));
 }
+
+/// Three nodes: a waiter's node killed with -9 takes its wait out of the queue once the
+/// node is declared down; the release then goes to the next live waiter, and no token is
+/// spent on the dead one.
+#[test]
+fn a_waiter_on_a_killed_node_is_never_granted_on_three_nodes() {
+    use common::cluster::three_joined;
+    let root = tempfile::tempdir().unwrap();
+    let mut nodes = three_joined(root.path(), &[]);
+    common::cluster::wait_voters(&nodes[0], 3);
+    let on = |n: &common::cluster::Proc| -> (Client, String) {
+        let mut c = Client::tcp(format!("127.0.0.1:{}", n.tcp).parse().unwrap());
+        let id = connid(&mut c, "root", ROOT_PASS);
+        (c, id)
+    };
+    // The holder on the leader, the doomed waiter first in the queue on a follower (killing
+    // a follower costs no election), the live waiter on the other follower.
+    let leader = common::cluster::leader_of(&nodes);
+    let (doomed_node, c_node) = ((leader + 1) % 3, (leader + 2) % 3);
+    let (mut a, _) = on(&nodes[leader]);
+    let (mut b, b_id) = on(&nodes[doomed_node]);
+    let (mut c, c_id) = on(&nodes[c_node]);
+    let mut watch = nodes[leader].root();
+    let first = token(&expect_ok(a.call("sync.lock", json!({"lock": "w.k"}))));
+    b.send("sync.lock", json!({"lock": "w.k", "wait": 60000}));
+    queued(&mut watch, "w.k", &[&b_id]);
+    let c_req = c.send("sync.lock", json!({"lock": "w.k", "wait": 60000}));
+    queued(&mut watch, "w.k", &[&b_id, &c_id]);
+
+    nodes[doomed_node].kill9();
+    // Declared down (--node-down-after-ms): its wait leaves the queue.
+    queued(&mut watch, "w.k", &[&c_id]);
+    expect_ok(a.call("sync.unlock", json!({"lock": "w.k"})));
+    let granted = expect_ok(answer_of(&c.wait(&c_req)));
+    assert_eq!(token(&granted), first + 1, "{granted}");
+    let list = expect_ok(watch.call("sync.list", json!({"prefix": "w"})));
+    assert_eq!(list[0]["owner"], json!(c_id), "{list}");
+}

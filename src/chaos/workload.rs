@@ -347,12 +347,15 @@ fn locker(mut conn: Conn, mut rng: StdRng) {
             continue;
         };
         conn.record("sync.lock", value, invoke, &answer);
-        let released = match &answer {
+        // The unlock that ends what this attempt may hold, and whether its refusal proves
+        // that nothing is held.
+        let (released, refusal_settles) = match &answer {
             Answer::Ok(granted) => {
                 std::thread::sleep(Duration::from_millis(rng.gen_range(0..20)));
                 let value = json!({"lock": lock, "token": granted["token"]});
                 let unlock = json!({"lock": lock});
-                conn.op_retrying("sync.unlock", "sync.unlock", unlock, value)
+                let released = conn.op_retrying("sync.unlock", "sync.unlock", unlock, value);
+                (released, true)
             }
             Answer::Err(_) if answer.code() == Some(LOCK_REFUSED) && wait_ms == 0 => {
                 std::thread::sleep(Duration::from_millis(rng.gen_range(2..10)));
@@ -361,18 +364,22 @@ fn locker(mut conn: Conn, mut rng: StdRng) {
             Answer::Err(_) if answer.code() == Some(LOCK_REFUSED) => {
                 let probe = json!({"lock": lock, "probe": true});
                 let unlock = json!({"lock": lock});
-                conn.op_retrying("sync.unlock", "sync.unlock", unlock, probe)
+                let released = conn.op_retrying("sync.unlock", "sync.unlock", unlock, probe);
+                (released, true)
             }
             // Perhaps granted (or, for a wait, perhaps still queued).
-            _ if wait_ms > 0 => None,
+            _ if wait_ms > 0 => (None, false),
+            // Perhaps granted, perhaps still to commit: a refused unlock proves nothing.
             _ => {
                 let unlock = json!({"lock": lock});
-                conn.op_retrying("sync.unlock", "sync.unlock", unlock, json!({"lock": lock}))
+                let value = json!({"lock": lock});
+                let released = conn.op_retrying("sync.unlock", "sync.unlock", unlock, value);
+                (released, false)
             }
         };
-        let settled = released
-            .as_ref()
-            .is_some_and(|a| matches!(a, Answer::Ok(_)) || a.code() == Some(LOCK_REFUSED));
+        let settled = released.as_ref().is_some_and(|a| {
+            matches!(a, Answer::Ok(_)) || (refusal_settles && a.code() == Some(LOCK_REFUSED))
+        });
         if !settled {
             conn.reconnect();
         }

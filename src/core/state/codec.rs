@@ -17,9 +17,10 @@ use crate::rpc::RpcError;
 /// First bytes of every state snapshot; the fourth is the format version.
 const SNAPSHOT_MAGIC: &[u8; 3] = b"NXS";
 const SNAPSHOT_VERSION: u8 = 2;
-/// A snapshot without lock waits is written as format 1, which builds before waits read:
-/// they install it as it is. One with waits is format 2, which they refuse instead of
-/// dropping the queue unseen.
+/// The snapshot of a cluster that never used a lock wait is written as format 1, which
+/// builds before waits read: they install it as it is. Once any wait was committed it is
+/// format 2, which they refuse instead of dropping the queue, or the ticket counter, unseen
+/// (a node that lost the counter would number the next waits apart from the others).
 const SNAPSHOT_VERSION_WITHOUT_WAITS: u8 = 1;
 
 /// The format of the Raft log's commands this build writes and reads. A build that adds a
@@ -161,7 +162,7 @@ pub fn encode_state(state: &State) -> Vec<u8> {
     };
     let mut out = Vec::with_capacity(4 + snap.encoded_len());
     out.extend_from_slice(SNAPSHOT_MAGIC);
-    out.push(if snap.lock_waits.is_empty() {
+    out.push(if snap.lock_tickets == 0 {
         SNAPSHOT_VERSION_WITHOUT_WAITS
     } else {
         SNAPSHOT_VERSION

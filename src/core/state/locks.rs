@@ -265,6 +265,11 @@ impl Locks {
         self.owners.get(lock)
     }
 
+    /// The ticket of the latest wait committed, of any lock.
+    pub fn tickets(&self) -> u64 {
+        self.tickets
+    }
+
     /// The waits queued for `lock`, first to be granted first.
     pub fn waiting(&self, lock: &str) -> impl Iterator<Item = &LockWait> {
         self.waits.get(lock).into_iter().flatten()

@@ -105,7 +105,8 @@ impl World {
                     lock: self.pick(&LOCKS).unwrap().into(),
                     wait_id: self.fresh(&connid),
                     connid: connid.into(),
-                    wait_ms: self.rng.gen_range(0..3) * 700,
+                    // Some end soon, some stay long enough to queue behind each other.
+                    wait_ms: [0, 700, 5_000, 60_000][self.rng.gen_range(0..4)],
                 }
             }
             35..=41 => Command::Unlock {
@@ -252,7 +253,9 @@ fn check_invariants(s: &State, step: usize, cmd: &Command) {
         );
     }
     // Every queued wait is of a live session, for a held lock (a release grants the next
-    // wait at once), in the order of the cluster clock it was committed at.
+    // wait at once), not past its deadline (an entry applied past it ends it first; one
+    // committed with no time at all ends at the next), in
+    // the order it was committed in (its ticket), on the cluster clock too.
     for lock in LOCKS {
         let waits: Vec<_> = s.locks.waiting(lock).collect();
         assert!(
@@ -275,6 +278,33 @@ fn check_invariants(s: &State, step: usize, cmd: &Command) {
             "{lock}'s waits out of order {}",
             ctx()
         );
+        assert!(
+            waits.windows(2).all(|p| p[0].ticket < p[1].ticket),
+            "{lock}'s waits out of ticket order {}",
+            ctx()
+        );
+        for w in &waits {
+            assert!(
+                w.deadline_ms >= s.cluster.clock_ms && w.ticket <= s.locks.tickets,
+                "wait {} (deadline {}, ticket {}) queued at clock {}, tickets {} {}",
+                w.id,
+                w.deadline_ms,
+                w.ticket,
+                s.cluster.clock_ms,
+                s.locks.tickets,
+                ctx()
+            );
+        }
+        // A wait's grant comes after every wait committed before it.
+        if let (Some(h), Some(first)) = (s.locks.holder(lock), waits.first()) {
+            assert!(
+                h.ticket < first.ticket,
+                "{lock} held with ticket {} ahead of the queued ticket {} {}",
+                h.ticket,
+                first.ticket,
+                ctx()
+            );
+        }
     }
     for t in s.tasks.tasks.values() {
         if let Some(w) = &t.working {

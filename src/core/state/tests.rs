@@ -666,15 +666,20 @@ fn snapshots_with_lock_waits_are_format_2_and_those_without_stay_format_1() {
     let mut s = State::default();
     let a: ConnId = "aaaaaaaa00000001".to_string().into();
     let b: ConnId = "aaaaaaaa00000002".to_string().into();
-    assert_eq!(s.to_snapshot()[3], 1);
+    assert_eq!(s.locks.lock("t", &a), Some(1));
+    assert_eq!(s.to_snapshot()[3], 1, "try-locks only");
     s.locks.wait("l", &a, "w1", 0, 1000);
-    assert_eq!(s.to_snapshot()[3], 1, "a grant at once queues nothing");
+    assert_eq!(
+        s.to_snapshot()[3],
+        2,
+        "a wait granted at once queues nothing, but takes a ticket"
+    );
     s.locks.wait("l", &b, "w2", 0, 1000);
     let snap = s.to_snapshot();
     assert_eq!(snap[3], 2);
     let back = State::from_snapshot(&snap).unwrap();
     assert!(back.locks.is_waiting("l", "w2"));
-    assert_eq!(back.locks.holder("l").unwrap().token, 1);
+    assert_eq!(back.locks.holder("l").unwrap().token, 2);
     assert_eq!(back.to_snapshot(), snap);
 }
 

@@ -109,6 +109,8 @@ async fn wait_for(node: &Arc<Node>, conn: &Conn, lock: String, ms: u64) -> RpcRe
     };
     // Handed to the actor before the wait is proposed: no event for it can come first.
     let rx = node.local.locks.wait(node.replica.state(), &lock, waiting);
+    // Every ticket so far: this wait's, if it commits, is larger.
+    let tickets_before = node.replica.read(|s| s.locks.tickets());
     let cmd = Command::LockWait {
         lock: lock.clone(),
         connid: conn.connid.clone(),
@@ -127,9 +129,9 @@ async fn wait_for(node: &Arc<Node>, conn: &Conn, lock: String, ms: u64) -> RpcRe
                 (ticket.map(|w| w.ticket), s.locks.holder(&lock).cloned())
             });
             if ticket.is_none() {
-                // Granted to a wait of this connection: this one, unless the client sent
-                // two waits for one lock at once.
-                let mine = |h: &Holder| h.connid == conn.connid && h.ticket != 0;
+                // Granted to a wait of this connection committed after this one was
+                // proposed: this one, unless the client sent two waits for one lock at once.
+                let mine = |h: &Holder| h.connid == conn.connid && h.ticket > tickets_before;
                 if let Some(h) = holder.filter(mine) {
                     return Ok(crate::lock::granted(h.token, h.ticket));
                 }
