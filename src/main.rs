@@ -38,7 +38,26 @@ fn parse() -> Cli {
     cli
 }
 
+/// Raises the open-files soft limit to the hard one, as Go programs do at start: a node's
+/// connections and a bench's clients are files, and a soft limit of 1024 is common while
+/// the hard one allows far more.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
 fn main() -> std::process::ExitCode {
+    raise_open_files_limit();
     let cli = parse();
     match cli.command {
         Command::Admin(nexus_admin::AdminCmd::Cluster(nexus_admin::ClusterCmd::Secret)) => {

@@ -203,6 +203,7 @@ impl Driver {
             peers,
             waiters: HashMap::new(),
             unsent: VecDeque::new(),
+            staged: Vec::new(),
             reads: Reads::default(),
             next_proposal: 0,
             snapshots: Snapshotter::new(applied, snapshot_bytes),
@@ -229,6 +230,8 @@ struct Driver {
     peers: Option<Arc<dyn Peers>>,
     waiters: HashMap<u64, proposals::Waiter>,
     unsent: VecDeque<proposals::Unsent>,
+    /// This turn's proposals, appended together (leading only).
+    staged: Vec<proposals::Staged>,
     reads: Reads,
     next_proposal: u64,
     /// Writes the state snapshots and compacts the log.
@@ -336,6 +339,7 @@ impl Driver {
         if let Some(ctx) = self.reads.take_request() {
             self.raw.read_index(ctx);
         }
+        self.append_staged();
         self.on_ready()?;
         self.after_turn();
         Ok(())
@@ -450,6 +454,7 @@ impl Driver {
             for p in std::mem::take(&mut self.unsent) {
                 self.submit(p);
             }
+            self.append_staged();
         }
         if let Some((_, deadline)) = &self.transfer {
             if !leading || Instant::now() >= *deadline {

@@ -1,12 +1,18 @@
 //! This node's proposals: appended when leading (stamped with the cluster clock),
 //! forwarded to the leader when following, held briefly while no leader is known; and the
 //! waiters that answer their proposers once applied, or fail them retryably.
+//!
+//! A leader stages the proposals of one turn (its own and those forwarded to it) and hands
+//! them to raft as one `MsgPropose`: raft then sends each follower one append for the turn,
+//! and each follower answers it once, instead of once per proposal.
 
 use std::time::Instant;
 
 use prost::Message as _;
 use tokio::sync::oneshot;
 use tracing::debug;
+
+use raft::eraftpb::{Entry, Message, MessageType};
 
 use nexus_core::ids::RaftId;
 use nexus_core::proto::{frame, Forward, ForwardResult, Frame, ProposalContext};
@@ -19,6 +25,23 @@ use super::Driver;
 pub(super) struct Waiter {
     pub(super) reply: oneshot::Sender<Outcome>,
     pub(super) since: Instant,
+}
+
+/// Whom to tell when a staged proposal is refused.
+pub(super) enum Source {
+    /// A request of this node, by proposal id.
+    Local(u64),
+    /// A follower's proposal.
+    Forwarded(RaftId),
+    /// The leader's own `Expire`.
+    Expiry,
+}
+
+/// A proposal stamped with the cluster clock, for this turn's `MsgPropose`.
+pub(super) struct Staged {
+    context: ProposalContext,
+    data: Vec<u8>,
+    source: Source,
 }
 
 /// A proposal waiting for a leader to be known.
@@ -67,11 +90,7 @@ impl Driver {
     /// Appends (leader), forwards (follower) or holds (no leader) a proposal of this node.
     pub(super) fn submit(&mut self, p: Unsent) {
         if self.is_leader() {
-            if let Err(e) = self.append(&p.context, p.data) {
-                if let Some(w) = self.waiters.remove(&p.id) {
-                    let _ = w.reply.send(Err(RpcError::internal(e)));
-                }
-            }
+            self.stage(&p.context, p.data, Source::Local(p.id));
             return;
         }
         match (self.raw.raft.leader_id, &self.peers) {
@@ -88,21 +107,93 @@ impl Driver {
         }
     }
 
-    /// Stamps a proposal with the cluster clock and appends it to the leader's log.
-    pub(super) fn append(&mut self, context: &[u8], data: Vec<u8>) -> Result<(), String> {
+    /// Stamps a proposal with the cluster clock for this turn's batch (`append_staged`).
+    pub(super) fn stage(&mut self, context: &[u8], data: Vec<u8>, source: Source) {
         if self.cfg.disk.is_low() {
-            return Err(self.cfg.disk.refusal());
+            let refusal = self.cfg.disk.refusal();
+            self.refuse(source, context, refusal);
+            return;
         }
-        let mut ctx = ProposalContext::decode(context).map_err(|e| e.to_string())?;
-        ctx.clock_ms = self.clock.now();
-        let before = self.raw.raft.raft_log.last_index();
-        self.raw
-            .propose(ctx.encode_to_vec(), data)
-            .map_err(|e| format!("proposal dropped ({e}), retry"))?;
-        if self.raw.raft.raft_log.last_index() == before {
-            return Err("proposal dropped (leadership transfer in progress), retry".into());
+        match ProposalContext::decode(context) {
+            Ok(mut ctx) => {
+                ctx.clock_ms = self.clock.now();
+                self.staged.push(Staged {
+                    context: ctx,
+                    data,
+                    source,
+                });
+            }
+            Err(e) => self.refuse(source, context, e.to_string()),
         }
-        Ok(())
+    }
+
+    /// Appends the staged proposals to the leader's log, as one `MsgPropose`.
+    pub(super) fn append_staged(&mut self) {
+        if self.staged.is_empty() {
+            return;
+        }
+        let mut entries = Vec::with_capacity(self.staged.len());
+        let mut sources = Vec::with_capacity(self.staged.len());
+        for p in std::mem::take(&mut self.staged) {
+            let context = p.context.encode_to_vec();
+            entries.push(Entry {
+                context: context.clone().into(),
+                data: p.data.into(),
+                ..Default::default()
+            });
+            sources.push((p.source, context));
+        }
+        let refused = if !self.is_leader() {
+            Some("not the raft leader any more, retry".to_string())
+        } else {
+            let mut m = Message::default();
+            m.set_msg_type(MessageType::MsgPropose);
+            m.from = self.raw.raft.id;
+            m.set_entries(entries.into());
+            let before = self.raw.raft.raft_log.last_index();
+            match self.raw.step(m) {
+                Err(e) => Some(format!("proposal dropped ({e}), retry")),
+                Ok(()) if self.raw.raft.raft_log.last_index() == before => {
+                    Some("proposal dropped (leadership transfer in progress), retry".into())
+                }
+                Ok(()) => None,
+            }
+        };
+        if let Some(why) = refused {
+            for (source, context) in sources {
+                self.refuse(source, &context, why.clone());
+            }
+        }
+    }
+
+    /// Tells the proposer of a refused proposal.
+    fn refuse(&mut self, source: Source, context: &[u8], error: String) {
+        match source {
+            Source::Local(id) => {
+                if let Some(w) = self.waiters.remove(&id) {
+                    let _ = w.reply.send(Err(RpcError::internal(error)));
+                }
+            }
+            Source::Forwarded(from) => self.refuse_forwarded(from, context, error),
+            Source::Expiry => debug!("expiry proposal failed: {error}"),
+        }
+    }
+
+    /// Answers a follower that its forwarded proposal was not appended.
+    fn refuse_forwarded(&self, from: RaftId, context: &[u8], error: String) {
+        let (Ok(c), Some(peers)) = (ProposalContext::decode(context), &self.peers) else {
+            return;
+        };
+        peers.send(
+            from,
+            Frame {
+                body: Some(frame::Body::ForwardResult(ForwardResult {
+                    proposal_id: c.proposal_id,
+                    generation: c.generation,
+                    error,
+                })),
+            },
+        );
     }
 
     /// Fails every pending proposal of this node (they may or may not have applied).
@@ -133,34 +224,12 @@ impl Driver {
     }
 
     pub(super) fn on_forwarded(&mut self, from: RaftId, fwd: Forward) {
-        let refuse = |this: &Self, ctx: &[u8], error: String| {
-            let Ok(c) = ProposalContext::decode(ctx) else {
-                return;
-            };
-            if let Some(peers) = &this.peers {
-                peers.send(
-                    from,
-                    Frame {
-                        body: Some(frame::Body::ForwardResult(ForwardResult {
-                            proposal_id: c.proposal_id,
-                            generation: c.generation,
-                            error,
-                        })),
-                    },
-                );
-            }
-        };
         if !self.is_leader() {
-            refuse(
-                self,
-                &fwd.context,
-                "not the raft leader any more, retry".into(),
-            );
+            let why = "not the raft leader any more, retry".to_string();
+            self.refuse_forwarded(from, &fwd.context, why);
             return;
         }
-        if let Err(e) = self.append(&fwd.context, fwd.data) {
-            refuse(self, &fwd.context, e);
-        }
+        self.stage(&fwd.context, fwd.data, Source::Forwarded(from));
     }
 
     /// Proposes `Expire` when a task or pull deadline passed on the cluster clock.
@@ -182,8 +251,6 @@ impl Driver {
             log_version: Command::Expire {}.log_version(),
         };
         let data = codec::encode_command(Command::Expire {});
-        if let Err(e) = self.append(&context.encode_to_vec(), data) {
-            debug!("expiry proposal failed: {e}");
-        }
+        self.stage(&context.encode_to_vec(), data, Source::Expiry);
     }
 }
