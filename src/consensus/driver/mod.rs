@@ -345,6 +345,16 @@ impl Driver {
         Ok(())
     }
 
+    /// Whether this node leads; starts or stops the cluster clock with its role (as soon
+    /// as it leads, so a proposal stamped in the turn it was elected gets the clock).
+    fn track_leadership(&mut self) -> bool {
+        let leading = self.is_leader();
+        if self.clock.follow_role(leading) {
+            info!(term = self.raw.raft.term, "this node leads the cluster");
+        }
+        leading
+    }
+
     fn read_state<R>(&self, f: impl FnOnce(&State) -> R) -> R {
         f(&self.state.read().unwrap_or_else(|e| e.into_inner()))
     }
@@ -371,6 +381,12 @@ impl Driver {
                         claimed = msg.from,
                         "dropping a raft message with a forged sender"
                     );
+                    return;
+                }
+                // Peers forward proposals as `Forward` frames, which the leader stamps and
+                // checks; a raw one would skip both.
+                if msg.get_msg_type() == raft::eraftpb::MessageType::MsgPropose {
+                    warn!(%from, "dropping a raft proposal sent by a peer");
                     return;
                 }
                 if let Err(e) = self.raw.step(*msg) {
@@ -446,10 +462,7 @@ impl Driver {
             }
             self.term = term;
         }
-        let leading = self.is_leader();
-        if self.clock.follow_role(leading) {
-            info!(term, "this node leads the cluster");
-        }
+        let leading = self.track_leadership();
         if self.raw.raft.leader_id != 0 && !self.unsent.is_empty() {
             for p in std::mem::take(&mut self.unsent) {
                 self.submit(p);

@@ -114,6 +114,7 @@ impl Driver {
             self.refuse(source, context, refusal);
             return;
         }
+        self.track_leadership();
         match ProposalContext::decode(context) {
             Ok(mut ctx) => {
                 ctx.clock_ms = self.clock.now();

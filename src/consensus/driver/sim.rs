@@ -600,20 +600,7 @@ fn writes_through_every_node_commit_everywhere() {
 #[test]
 fn a_turns_proposals_go_to_each_follower_in_one_append() {
     let mut sim = Sim::new();
-    let mut leader = None;
-    for _ in 0..60 {
-        sim.run(&Step::TickAll);
-        sim.run(&Step::Deliver(1_000));
-        leader = sim.nodes.iter().position(|n| {
-            n.driver
-                .as_ref()
-                .is_some_and(|d| d.raw.raft.state == StateRole::Leader)
-        });
-        if leader.is_some() {
-            break;
-        }
-    }
-    let leader = leader.expect("a leader within 60 rounds");
+    let leader = sim.elect();
     // Settle: whatever is on the wire arrives first.
     for _ in 0..5 {
         sim.run(&Step::Deliver(1_000));
