@@ -37,8 +37,23 @@ impl Default for Options {
 }
 
 /// The byte stream to the node: TCP, or TLS over it.
-trait Stream: Read + Write + Send {}
-impl<T: Read + Write + Send> Stream for T {}
+/// A byte stream over one TCP socket, plain or TLS; the socket itself is reached through
+/// it (for timeouts), so a client holds one file, not a second handle to the same socket.
+trait Stream: Read + Write + Send {
+    fn tcp(&self) -> &TcpStream;
+}
+
+impl Stream for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
+
+impl Stream for rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    fn tcp(&self) -> &TcpStream {
+        &self.sock
+    }
+}
 
 /// One stream shared by the line reader and the writer of a `tcp://`/`ssl://` link (TLS
 /// cannot be split in two; the client is used by one thread at a time, so the lock is
@@ -78,8 +93,6 @@ enum Link {
 
 pub struct Client {
     link: Link,
-    /// The TCP socket under the link, for its timeouts.
-    socket: TcpStream,
     answer_timeout: Duration,
     next_id: u64,
     /// Answers read while waiting for another.
@@ -112,7 +125,8 @@ impl Client {
             parsed.port().unwrap_or(default_port),
             opts.connect_timeout,
         )?;
-        let socket = tcp.try_clone()?;
+        tcp.set_read_timeout(Some(opts.answer_timeout))?;
+        tcp.set_write_timeout(Some(opts.answer_timeout))?;
         let stream: Box<dyn Stream> = if tls {
             Box::new(crate::tls::over(tcp, host, opts.ca.as_deref())?)
         } else {
@@ -129,11 +143,8 @@ impl Client {
                 writer: shared,
             }
         };
-        socket.set_read_timeout(Some(opts.answer_timeout))?;
-        socket.set_write_timeout(Some(opts.answer_timeout))?;
         Ok(Client {
             link,
-            socket,
             answer_timeout: opts.answer_timeout,
             next_id: 0,
             early: HashMap::new(),
@@ -163,9 +174,9 @@ impl Client {
         deadline: Duration,
     ) -> Result<Value, CallError> {
         let id = self.send_request(method, params)?;
-        let _ = self.socket.set_read_timeout(Some(deadline));
+        self.set_read_timeout(deadline);
         let answer = self.wait_answer(id);
-        let _ = self.socket.set_read_timeout(Some(self.answer_timeout));
+        self.set_read_timeout(self.answer_timeout);
         if answer == Err(CallError::Hang) {
             // Its answer, should it come later, is dropped.
             self.abandoned.insert(id);
@@ -250,7 +261,7 @@ impl Client {
     /// True when the node closes the connection within `within` (what it sends meanwhile
     /// is read and dropped).
     pub fn closed_within(&mut self, within: Duration) -> bool {
-        let _ = self.socket.set_read_timeout(Some(within));
+        self.set_read_timeout(within);
         let closed = loop {
             match self.next_text() {
                 Ok(_) => continue,
@@ -258,13 +269,24 @@ impl Client {
                 Err(_) => break false,
             }
         };
-        let _ = self.socket.set_read_timeout(Some(self.answer_timeout));
+        self.set_read_timeout(self.answer_timeout);
         closed
     }
 
-    /// The TCP socket under the link (for its address, or to shut it down).
-    pub fn socket(&self) -> &TcpStream {
-        &self.socket
+    fn set_read_timeout(&self, timeout: Duration) {
+        let _ = match &self.link {
+            Link::Ws(ws) => ws.get_ref().tcp().set_read_timeout(Some(timeout)),
+            Link::Stream { writer, .. } => writer.lock().tcp().set_read_timeout(Some(timeout)),
+        };
+    }
+
+    /// A second handle to the TCP socket under the link (for its address, or to shut it
+    /// down).
+    pub fn socket(&self) -> io::Result<TcpStream> {
+        match &self.link {
+            Link::Ws(ws) => ws.get_ref().tcp().try_clone(),
+            Link::Stream { writer, .. } => writer.lock().tcp().try_clone(),
+        }
     }
 
     /// Closes the connection politely (a WebSocket close frame).

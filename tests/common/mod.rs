@@ -92,7 +92,7 @@ impl Client {
     pub fn tcp(addr: SocketAddr) -> Client {
         let inner = nexus_client::Client::connect(&format!("tcp://{addr}"), &Default::default())
             .unwrap_or_else(|e| panic!("connecting to {addr}: {e:#}"));
-        let stream = inner.socket().try_clone().unwrap();
+        let stream = inner.socket().unwrap();
         Client { inner, stream }
     }
 
