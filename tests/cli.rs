@@ -30,6 +30,15 @@ fn nexus_with(node: &TestNode, args: &[&str], env: &[(&str, &str)]) -> Output {
     run(&all, &env)
 }
 
+/// What `nexus ARGS...` prints for people (no `--json`), as root.
+fn human(node: &TestNode, args: &[&str]) -> String {
+    let url = ws_url(node);
+    let mut all = vec!["--url", &url, "--user", "root"];
+    all.extend_from_slice(args);
+    let out = run(&all, &[("NEXUS_PASSWORD", ROOT_PASS)]);
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
 fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
     run_fed(args, env, "")
 }
@@ -215,12 +224,7 @@ fn session_commands_list_count_reload_and_kick() {
         std::slice::from_ref(&connid)
     );
     // For people: one row per session.
-    let url = ws_url(&node);
-    let out = run(
-        &["--url", &url, "--user", "root", "session", "list", "cli"],
-        &[("NEXUS_PASSWORD", ROOT_PASS)],
-    );
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let text = human(&node, &["session", "list", "cli"]);
     assert!(text.starts_with("user"), "{text}");
     assert!(
         text.lines()
@@ -282,12 +286,7 @@ fn task_lock_and_topic_listings() {
         std::slice::from_ref(&waiter_id)
     );
     // For people: the holder, then each waiter in order, one row each.
-    let url = ws_url(&node);
-    let out = run(
-        &["--url", &url, "--user", "root", "lock", "list", "cli"],
-        &[("NEXUS_PASSWORD", ROOT_PASS)],
-    );
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let text = human(&node, &["lock", "list", "cli"]);
     let rows: Vec<&str> = text.lines().collect();
     assert!(rows[0].starts_with("lock"), "{text}");
     assert!(

@@ -10,16 +10,29 @@ use common::*;
 use nexus_core::rpc::{ERR_INVALID_PARAMS, ERR_LOCK_NOT_OWNED};
 use serde_json::{json, Value};
 
-/// The connids waiting for `lock`, in order, as `sync.list` shows them.
-fn waiters(c: &mut Client, lock: &str) -> Vec<String> {
+/// The waiters of `lock`, in order, as `sync.list` shows them.
+fn waiting(c: &mut Client, lock: &str) -> Vec<Value> {
     let list = expect_ok(c.call("sync.list", json!({"prefix": lock})));
     list.as_array()
         .unwrap()
         .iter()
         .filter(|e| e["id"] == json!(lock))
         .flat_map(|e| e["waiters"].as_array().cloned().unwrap_or_default())
+        .collect()
+}
+
+/// The connids waiting for `lock`, in order.
+fn waiters(c: &mut Client, lock: &str) -> Vec<String> {
+    let w = waiting(c, lock);
+    w.iter()
         .map(|w| w["connid"].as_str().unwrap().to_string())
         .collect()
+}
+
+/// The tickets of the waits queued for `lock`, in order.
+fn tickets(c: &mut Client, lock: &str) -> Vec<u64> {
+    let w = waiting(c, lock);
+    w.iter().map(|w| w["ticket"].as_u64().unwrap()).collect()
 }
 
 fn queued(root: &mut Client, lock: &str, expected: &[&String]) {
@@ -32,18 +45,6 @@ fn queued(root: &mut Client, lock: &str, expected: &[&String]) {
         }),
         "waiters of {lock}: {seen:?}, expected {expected:?}"
     );
-}
-
-/// The tickets of the waits queued for `lock`, in order, as `sync.list` shows them.
-fn tickets(c: &mut Client, lock: &str) -> Vec<u64> {
-    let list = expect_ok(c.call("sync.list", json!({"prefix": lock})));
-    list.as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["id"] == json!(lock))
-        .flat_map(|e| e["waiters"].as_array().cloned().unwrap_or_default())
-        .map(|w| w["ticket"].as_u64().unwrap())
-        .collect()
 }
 
 fn token(v: &Value) -> u64 {
@@ -201,30 +202,36 @@ fn waits_that_cannot_queue_answer_at_once() {
     assert!(again > t);
 }
 
+/// Three joined nodes, all voters: with a learner still catching up, one node down would
+/// be a lost majority.
+fn three_voters(root: &std::path::Path) -> Vec<common::cluster::Proc> {
+    let nodes = common::cluster::three_joined(root, &[]);
+    common::cluster::wait_voters(&nodes[0], 3);
+    nodes
+}
+
+/// A root connection over TCP to `node`, and its connid.
+fn rooted_on(node: &common::cluster::Proc) -> (Client, String) {
+    let mut c = Client::tcp(format!("127.0.0.1:{}", node.tcp).parse().unwrap());
+    let id = connid(&mut c, "root", ROOT_PASS);
+    (c, id)
+}
+
 /// Three nodes: waits from different nodes are granted in the order they were committed;
 /// the holder's node killed with -9 passes the lock to the first waiter once the node is
 /// declared down.
 #[test]
 fn waits_across_three_nodes_are_granted_in_order_and_survive_the_holders_node() {
-    use common::cluster::three_joined;
     let root = tempfile::tempdir().unwrap();
-    let mut nodes = three_joined(root.path(), &[]);
-    // Three voters before one goes: with a learner still catching up, one node down is a
-    // lost majority.
-    common::cluster::wait_voters(&nodes[0], 3);
-    let on = |n: &common::cluster::Proc| -> (Client, String) {
-        let mut c = Client::tcp(format!("127.0.0.1:{}", n.tcp).parse().unwrap());
-        let id = connid(&mut c, "root", ROOT_PASS);
-        (c, id)
-    };
+    let mut nodes = three_voters(root.path());
     // The holder on a follower (killing the leader would also cost an election, during
     // which the others may fence their clients), the waiters on the two other nodes.
     let leader = common::cluster::leader_of(&nodes);
     let holder_node = (leader + 1) % 3;
     let (b_node, c_node) = (leader, (leader + 2) % 3);
-    let (mut a, _) = on(&nodes[holder_node]);
-    let (mut b, b_id) = on(&nodes[b_node]);
-    let (mut c, c_id) = on(&nodes[c_node]);
+    let (mut a, _) = rooted_on(&nodes[holder_node]);
+    let (mut b, b_id) = rooted_on(&nodes[b_node]);
+    let (mut c, c_id) = rooted_on(&nodes[c_node]);
     let mut watch = nodes[c_node].root();
     let first = token(&expect_ok(a.call("sync.lock", json!({"lock": "w.n"}))));
     let b_req = b.send("sync.lock", json!({"lock": "w.n", "wait": 60000}));
@@ -254,22 +261,15 @@ fn waits_across_three_nodes_are_granted_in_order_and_survive_the_holders_node() 
 /// spent on the dead one.
 #[test]
 fn a_waiter_on_a_killed_node_is_never_granted_on_three_nodes() {
-    use common::cluster::three_joined;
     let root = tempfile::tempdir().unwrap();
-    let mut nodes = three_joined(root.path(), &[]);
-    common::cluster::wait_voters(&nodes[0], 3);
-    let on = |n: &common::cluster::Proc| -> (Client, String) {
-        let mut c = Client::tcp(format!("127.0.0.1:{}", n.tcp).parse().unwrap());
-        let id = connid(&mut c, "root", ROOT_PASS);
-        (c, id)
-    };
+    let mut nodes = three_voters(root.path());
     // The holder on the leader, the doomed waiter first in the queue on a follower (killing
     // a follower costs no election), the live waiter on the other follower.
     let leader = common::cluster::leader_of(&nodes);
     let (doomed_node, c_node) = ((leader + 1) % 3, (leader + 2) % 3);
-    let (mut a, _) = on(&nodes[leader]);
-    let (mut b, b_id) = on(&nodes[doomed_node]);
-    let (mut c, c_id) = on(&nodes[c_node]);
+    let (mut a, _) = rooted_on(&nodes[leader]);
+    let (mut b, b_id) = rooted_on(&nodes[doomed_node]);
+    let (mut c, c_id) = rooted_on(&nodes[c_node]);
     let mut watch = nodes[leader].root();
     let first = token(&expect_ok(a.call("sync.lock", json!({"lock": "w.k"}))));
     b.send("sync.lock", json!({"lock": "w.k", "wait": 60000}));

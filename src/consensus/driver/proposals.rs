@@ -37,7 +37,7 @@ pub(super) enum Source {
     Expiry,
 }
 
-/// A proposal stamped with the cluster clock, for this turn's `MsgPropose`.
+/// A proposal for this turn's `MsgPropose` (stamped with the cluster clock when appended).
 pub(super) struct Staged {
     context: ProposalContext,
     data: Vec<u8>,
@@ -107,94 +107,85 @@ impl Driver {
         }
     }
 
-    /// Stamps a proposal with the cluster clock for this turn's batch (`append_staged`).
+    /// Adds a proposal to this turn's batch (`append_staged`).
     pub(super) fn stage(&mut self, context: &[u8], data: Vec<u8>, source: Source) {
+        let context = match ProposalContext::decode(context) {
+            Ok(c) => c,
+            Err(e) => return self.refuse(source, None, e.to_string()),
+        };
         if self.cfg.disk.is_low() {
             let refusal = self.cfg.disk.refusal();
-            self.refuse(source, context, refusal);
-            return;
+            return self.refuse(source, Some(&context), refusal);
         }
-        self.track_leadership();
-        match ProposalContext::decode(context) {
-            Ok(mut ctx) => {
-                ctx.clock_ms = self.clock.now();
-                self.staged.push(Staged {
-                    context: ctx,
-                    data,
-                    source,
-                });
-            }
-            Err(e) => self.refuse(source, context, e.to_string()),
-        }
+        self.staged.push(Staged {
+            context,
+            data,
+            source,
+        });
     }
 
-    /// Appends the staged proposals to the leader's log, as one `MsgPropose`.
+    /// Stamps the staged proposals with the cluster clock and appends them to the leader's
+    /// log as one `MsgPropose`; refuses them all when this node no longer leads.
     pub(super) fn append_staged(&mut self) {
         if self.staged.is_empty() {
             return;
         }
-        let mut entries = Vec::with_capacity(self.staged.len());
-        let mut sources = Vec::with_capacity(self.staged.len());
-        for p in std::mem::take(&mut self.staged) {
-            let context = p.context.encode_to_vec();
+        let staged = std::mem::take(&mut self.staged);
+        if !self.track_leadership() {
+            let why = "not the raft leader any more, retry";
+            for p in staged {
+                self.refuse(p.source, Some(&p.context), why.to_string());
+            }
+            return;
+        }
+        let now = self.clock.now();
+        let mut entries = Vec::with_capacity(staged.len());
+        let mut proposers = Vec::with_capacity(staged.len());
+        for mut p in staged {
+            p.context.clock_ms = now;
             entries.push(Entry {
-                context: context.clone().into(),
+                context: p.context.encode_to_vec().into(),
                 data: p.data.into(),
                 ..Default::default()
             });
-            sources.push((p.source, context));
+            proposers.push((p.source, p.context));
         }
-        let refused = if !self.is_leader() {
-            Some("not the raft leader any more, retry".to_string())
-        } else {
-            let mut m = Message::default();
-            m.set_msg_type(MessageType::MsgPropose);
-            m.from = self.raw.raft.id;
-            m.set_entries(entries.into());
-            let before = self.raw.raft.raft_log.last_index();
-            match self.raw.step(m) {
-                Err(e) => Some(format!("proposal dropped ({e}), retry")),
-                Ok(()) if self.raw.raft.raft_log.last_index() == before => {
-                    Some("proposal dropped (leadership transfer in progress), retry".into())
-                }
-                Ok(()) => None,
-            }
-        };
-        if let Some(why) = refused {
-            for (source, context) in sources {
-                self.refuse(source, &context, why.clone());
+        let mut m = Message::default();
+        m.set_msg_type(MessageType::MsgPropose);
+        m.from = self.raw.raft.id;
+        m.set_entries(entries.into());
+        // All or nothing: raft-rs refuses the whole message (a leadership transfer under
+        // way, or this node removed).
+        if let Err(e) = self.raw.step(m) {
+            let why = format!("proposal dropped ({e}), retry");
+            for (source, context) in proposers {
+                self.refuse(source, Some(&context), why.clone());
             }
         }
     }
 
-    /// Tells the proposer of a refused proposal.
-    fn refuse(&mut self, source: Source, context: &[u8], error: String) {
+    /// Tells the proposer of a refused proposal (a follower only when its context could be
+    /// read, to name the proposal).
+    fn refuse(&mut self, source: Source, context: Option<&ProposalContext>, error: String) {
         match source {
             Source::Local(id) => {
                 if let Some(w) = self.waiters.remove(&id) {
                     let _ = w.reply.send(Err(RpcError::internal(error)));
                 }
             }
-            Source::Forwarded(from) => self.refuse_forwarded(from, context, error),
+            Source::Forwarded(from) => {
+                if let (Some(c), Some(peers)) = (context, &self.peers) {
+                    let result = ForwardResult {
+                        proposal_id: c.proposal_id,
+                        generation: c.generation,
+                        error,
+                    };
+                    let body = Some(frame::Body::ForwardResult(result));
+                    peers.send(from, Frame { body });
+                }
+            }
             Source::Expiry => debug!("expiry proposal failed: {error}"),
         }
-    }
-
-    /// Answers a follower that its forwarded proposal was not appended.
-    fn refuse_forwarded(&self, from: RaftId, context: &[u8], error: String) {
-        let (Ok(c), Some(peers)) = (ProposalContext::decode(context), &self.peers) else {
-            return;
-        };
-        peers.send(
-            from,
-            Frame {
-                body: Some(frame::Body::ForwardResult(ForwardResult {
-                    proposal_id: c.proposal_id,
-                    generation: c.generation,
-                    error,
-                })),
-            },
-        );
     }
 
     /// Fails every pending proposal of this node (they may or may not have applied).
@@ -224,12 +215,9 @@ impl Driver {
         self.unsent.retain(|p| waiters.contains_key(&p.id));
     }
 
+    /// A follower's proposal, for this turn's batch (refused there if this node no longer
+    /// leads).
     pub(super) fn on_forwarded(&mut self, from: RaftId, fwd: Forward) {
-        if !self.is_leader() {
-            let why = "not the raft leader any more, retry".to_string();
-            self.refuse_forwarded(from, &fwd.context, why);
-            return;
-        }
         self.stage(&fwd.context, fwd.data, Source::Forwarded(from));
     }
 

@@ -125,8 +125,8 @@ async fn wait_for(node: &Arc<Node>, conn: &Conn, lock: String, ms: u64) -> RpcRe
         Err(e) if e.code == ERR_INTERNAL => {
             node.replica.read_linear(|_| ()).await?;
             let (ticket, holder) = node.replica.read(|s| {
-                let ticket = s.locks.waiting(&lock).find(|w| w.id == wait_id);
-                (ticket.map(|w| w.ticket), s.locks.holder(&lock).cloned())
+                let queued = s.locks.waiting(&lock).find(|w| w.id == wait_id);
+                (queued.map(|w| w.ticket), s.locks.holder(&lock).cloned())
             });
             if ticket.is_none() {
                 // Granted to a wait of this connection committed after this one was
