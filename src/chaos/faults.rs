@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use clap::ValueEnum;
 use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
 use super::history::{Kind, Recorder, ALL_NODES};
@@ -105,10 +106,14 @@ pub struct Planned {
 }
 
 /// The schedule's source: the same seed, kinds, node count and fault interval always give
-/// the same sequence.
+/// the same sequence. Kinds come in rounds, each kind once per round in a shuffled order,
+/// so that every kind asked for is injected within the first round however few faults a
+/// slow run fits.
 pub struct Schedule {
     rng: StdRng,
     kinds: Vec<FaultKind>,
+    /// What is left of this round, drawn from the end.
+    round: Vec<FaultKind>,
     nodes: usize,
     every: Duration,
 }
@@ -118,6 +123,7 @@ impl Schedule {
         Schedule {
             rng: StdRng::seed_from_u64(seed ^ 0xfa17),
             kinds,
+            round: Vec::new(),
             nodes,
             every,
         }
@@ -127,7 +133,11 @@ impl Schedule {
         if self.kinds.is_empty() {
             return None;
         }
-        let kind = self.kinds[self.rng.gen_range(0..self.kinds.len())];
+        if self.round.is_empty() {
+            self.round = self.kinds.clone();
+            self.round.shuffle(&mut self.rng);
+        }
+        let kind = self.round.pop().expect("a round holds every kind");
         let node = self.rng.gen_range(0..self.nodes);
         let gap = self.every.mul_f64(self.rng.gen_range(0.5..1.5));
         let hold = kind.hold(&mut self.rng);
@@ -243,4 +253,35 @@ pub fn inject(
 
 fn set(status: &Status, text: String) {
     *status.current.lock().unwrap() = text;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_comes_once_per_round_and_a_seed_repeats_its_schedule() {
+        let kinds = vec![
+            FaultKind::Corrupt,
+            FaultKind::Truncate,
+            FaultKind::PowerCut,
+            FaultKind::SlowDisk,
+        ];
+        let every = Duration::from_secs(6);
+        let draw = |seed| {
+            let mut s = Schedule::new(seed, kinds.clone(), 3, every);
+            (0..12)
+                .map(|_| s.next_fault().unwrap().kind)
+                .collect::<Vec<_>>()
+        };
+        for seed in 0..50 {
+            let faults = draw(seed);
+            for round in faults.chunks(kinds.len()) {
+                for k in &kinds {
+                    assert_eq!(round.iter().filter(|f| *f == k).count(), 1, "{faults:?}");
+                }
+            }
+            assert_eq!(draw(seed), faults);
+        }
+    }
 }
