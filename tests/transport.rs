@@ -246,6 +246,60 @@ fn websocket_frames_are_one_json_stream() {
     ws.close(None).unwrap();
 }
 
+/// A client's masked text frame, as raw bytes.
+fn ws_frame(text: &str) -> Vec<u8> {
+    let mask = [0x37, 0xfa, 0x21, 0x3d];
+    let mut f = vec![0x81, 0x80 | 127];
+    f.extend_from_slice(&(text.len() as u64).to_be_bytes());
+    f.extend_from_slice(&mask);
+    f.extend(text.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    f
+}
+
+/// The HTTP/1 layer under WebSocket sessions gives its buffers back while a connection is
+/// idle (vendor/actix-http/NEXUS-PATCH.md): messages many times the buffers' size, arriving
+/// in pieces with idle gaps between them, still arrive whole, and an answer larger than the
+/// socket buffers, written while the client is not reading, still leaves whole.
+#[test]
+fn large_websocket_messages_arrive_whole_across_idle_gaps() {
+    let node = TestNode::start();
+    let mut ws = ws_connect(node.http_addr());
+    ws.send(Message::text(
+        r#"{"id":1,"method":"sys.login","params":{"user":"root","pass":"root"}}"#,
+    ))
+    .unwrap();
+    assert_eq!(ws_read(&mut ws)["result"]["user"], json!("root"));
+    ws.send(Message::text(r#"{"id":2,"method":"pipe.create"}"#))
+        .unwrap();
+    let pipeid = ws_read(&mut ws)["result"]["pipeid"].clone();
+    let bigs: Vec<String> = (0..3).map(|i| format!("{i}").repeat(2 << 20)).collect();
+    for (i, big) in bigs.iter().enumerate() {
+        let write = json!({"id": 10 + i, "method": "pipe.write",
+            "params": {"pipeid": pipeid, "msg": big}});
+        let frame = ws_frame(&write.to_string());
+        for piece in frame.chunks(frame.len() / 3 + 1) {
+            ws.get_mut().write_all(piece).unwrap();
+            ws.get_mut().flush().unwrap();
+            // An idle gap: the node reads what came and waits for more.
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(ws_read(&mut ws)["result"], json!({"ok": true}), "write {i}");
+    }
+    let read = json!({"id": 20, "method": "pipe.read",
+        "params": {"pipeid": pipeid, "max": 3, "timeout": 5}});
+    ws.send(Message::text(read.to_string())).unwrap();
+    // Not reading for a while: the node's write of the 6 MiB answer blocks part way.
+    std::thread::sleep(Duration::from_millis(500));
+    let answer = ws_read(&mut ws);
+    let got: Vec<Value> = answer["result"]["msgs"]
+        .as_array()
+        .expect("msgs")
+        .iter()
+        .map(|m| m["msg"].clone())
+        .collect();
+    assert_eq!(got, bigs.iter().map(|b| json!(b)).collect::<Vec<_>>());
+}
+
 #[test]
 fn http_bridge_with_basic_auth_and_cors() {
     let node = TestNode::start();

@@ -21,6 +21,7 @@ pub mod config;
 pub mod config_file;
 pub mod conn;
 pub mod credcache;
+pub mod idle_memory;
 pub mod local;
 pub mod lock;
 pub mod logins;

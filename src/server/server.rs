@@ -553,6 +553,8 @@ fn serve_listeners(
                     Scheme::Ssl => tls_config.clone().map(tls::acceptor),
                     _ => None,
                 };
+                // TCP sessions are served on this thread.
+                crate::idle_memory::collect_on_this_thread();
                 running.tcp_tasks.push(actix_rt::spawn(stream::accept_loop(
                     running.node.clone(),
                     listener,
@@ -566,6 +568,8 @@ fn serve_listeners(
     if !web.is_empty() {
         let data = actix_web::web::Data::new(running.node.clone());
         let mut server = actix_web::HttpServer::new(move || {
+            // Built once on each worker thread, which serves the WebSocket sessions.
+            crate::idle_memory::collect_on_this_thread();
             actix_web::App::new()
                 .app_data(data.clone())
                 .default_service(actix_web::web::to(http::entry))
