@@ -61,6 +61,8 @@ pub struct Session {
     /// Whether the session's `SessionOpen` committed (None: not yet). Requests wait for it:
     /// a session is served only once the cluster knows it.
     opened: tokio::sync::watch::Receiver<Option<bool>>,
+    /// Requests handed to a task that has not polled them yet.
+    unstarted: Rc<Cell<usize>>,
 }
 
 /// What a transport gets back when it opens a session.
@@ -102,6 +104,7 @@ impl Session {
             permits: permits.clone(),
             stop_tx: Some(stop_tx),
             opened: tokio::sync::watch::channel(None).1,
+            unstarted: Rc::default(),
         }
         .start();
         Opened {
@@ -112,9 +115,15 @@ impl Session {
         }
     }
 
-    /// Runs a request on this arbiter's task queue. Tasks start in the order they are
-    /// spawned (tokio's local queue is FIFO), so one connection's proposals and publishes
-    /// keep their order; each ends early when the session stops.
+    /// Runs a request. Requests of one connection start (are first polled) in the order
+    /// they arrived, so its proposals and publishes keep their order; each ends early when
+    /// the session stops.
+    ///
+    /// Most requests (a publish, a pipe write, a read with something to read, a refusal)
+    /// finish without waiting: once the session is open and every earlier request has
+    /// started, a request is polled here first and, if it finishes, answered with no task.
+    /// Otherwise it runs on this arbiter's task queue, which starts tasks in the order they
+    /// were spawned (tokio's local queue is FIFO).
     /// `unopened`: the answer when the session never opened (no Raft quorum): the request
     /// did not run.
     fn run<F>(
@@ -127,6 +136,20 @@ impl Session {
     ) where
         F: std::future::Future<Output = Option<String>> + 'static,
     {
+        let mut fut = Box::pin(fut);
+        let mut start = Some(Started::new(&self.unstarted));
+        let ready = self.unstarted.get() == 1
+            && *self.opened.borrow() == Some(true)
+            && !*self.cancel.borrow();
+        if ready {
+            start.take();
+            // A waker that does nothing: if the request waits, the task below polls it
+            // again, and that poll registers the task's own waker.
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            if let std::task::Poll::Ready(text) = fut.as_mut().poll(&mut cx) {
+                return answer(text, permit, &conn, reply);
+            }
+        }
         let mut cancel = self.cancel.subscribe();
         let mut opened = self.opened.clone();
         actix_rt::spawn(async move {
@@ -135,23 +158,47 @@ impl Session {
                 _ = cancel.wait_for(|stopped| *stopped) => return,
                 text = async {
                     match opened.wait_for(Option::is_some).await.map(|o| *o) {
-                        Ok(Some(true)) => fut.await,
+                        Ok(Some(true)) => {
+                            drop(start);
+                            fut.await
+                        }
                         _ => unopened, // the session is closing
                     }
                 } => text,
             };
-            match reply {
-                Reply::Stream => {
-                    if let Some(t) = text {
-                        conn.send_held(t, Some(permit));
-                    }
-                }
-                Reply::Once(tx) => {
-                    drop(permit);
-                    let _ = tx.send(text);
-                }
-            }
+            answer(text, permit, &conn, reply);
         });
+    }
+}
+
+/// Sends a request's answer (none for a notification) where its reply goes.
+fn answer(text: Option<String>, permit: OwnedSemaphorePermit, conn: &Conn, reply: Reply) {
+    match reply {
+        Reply::Stream => {
+            if let Some(t) = text {
+                conn.send_held(t, Some(permit));
+            }
+        }
+        Reply::Once(tx) => {
+            drop(permit);
+            let _ = tx.send(text);
+        }
+    }
+}
+
+/// Counts a request as not started until dropped (when it is first polled, or abandoned).
+struct Started(Rc<Cell<usize>>);
+
+impl Started {
+    fn new(count: &Rc<Cell<usize>>) -> Self {
+        count.set(count.get() + 1);
+        Started(count.clone())
+    }
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
     }
 }
 
