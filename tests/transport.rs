@@ -156,6 +156,38 @@ fn a_slow_request_does_not_hold_up_the_next() {
     assert_eq!(c.wait(&login)["result"]["user"], json!("root"));
 }
 
+/// Requests sent before the session's open commits start in the order they were sent,
+/// together with those sent right after: each `sys.watchdog` read sees the value the
+/// request just before it set. (The open is slowed by a delayed apply, so that the first
+/// half waits for it.)
+#[test]
+fn requests_sent_before_the_session_opens_start_in_order() {
+    let node = TestNode::start_with(&["--test-apply-delay-ms", "200"]);
+    let mut c = node.tcp();
+    let mut sent = Vec::new();
+    for half in 0..2 {
+        for k in 0..100 {
+            let value = 100 + half * 100 + k;
+            let set = c.send("sys.watchdog", json!({"watchdog": value}));
+            let get = c.send("sys.watchdog", json!({}));
+            sent.push((value, set, get));
+        }
+        if half == 0 {
+            // The second half arrives once the open has committed.
+            let ping = c.send("sys.ping", json!({}));
+            assert_eq!(c.wait(&ping)["result"], json!({"ok": true}));
+        }
+    }
+    for (value, set, get) in sent {
+        assert_eq!(c.wait(&set)["result"]["watchdog"], json!(value));
+        assert_eq!(
+            c.wait(&get)["result"]["watchdog"],
+            json!(value),
+            "read after set {value}"
+        );
+    }
+}
+
 #[test]
 fn watchdog_closes_idle_connections() {
     // The API's 10 s minimum (users.rs checks it) lowered to 1 s for this test only.

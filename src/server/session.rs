@@ -3,6 +3,7 @@
 //! the next), bounds the requests in flight, enforces the watchdog and tears down cleanly.
 
 use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,7 +12,7 @@ use actix::prelude::*;
 use serde_json::value::RawValue;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
-use tracing::debug;
+use tracing::{debug, error};
 
 use crate::conn::{AuthState, Conn, Outgoing, NOBODY, WATCHDOG_MAX};
 use crate::node::{now_rfc3339, Control, Node};
@@ -58,12 +59,27 @@ pub struct Session {
     permits: Arc<Semaphore>,
     /// Closed when the actor stops, so the transport reader stops too.
     stop_tx: Option<oneshot::Sender<()>>,
-    /// Whether the session's `SessionOpen` committed (None: not yet). Requests wait for it:
-    /// a session is served only once the cluster knows it.
-    opened: tokio::sync::watch::Receiver<Option<bool>>,
-    /// Requests handed to a task that has not polled them yet.
-    unstarted: Rc<Cell<usize>>,
+    /// Whether the session's `SessionOpen` committed (None: not yet). Requests wait for it
+    /// in `early`, in arrival order: a session is served only once the cluster knows it.
+    opened: Option<bool>,
+    early: VecDeque<Queued>,
 }
+
+/// A request that arrived before the session's open committed.
+struct Queued {
+    fut: Request,
+    unopened: Option<String>,
+    permit: OwnedSemaphorePermit,
+    reply: Reply,
+}
+
+/// A request being served: its answer, or none for a notification.
+type Request = std::pin::Pin<Box<dyn std::future::Future<Output = Option<String>>>>;
+
+/// The outcome of a session's `SessionOpen`: whether it committed.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct OpenDone(bool);
 
 /// What a transport gets back when it opens a session.
 pub struct Opened {
@@ -103,8 +119,8 @@ impl Session {
             cancel: tokio::sync::watch::channel(false).0,
             permits: permits.clone(),
             stop_tx: Some(stop_tx),
-            opened: tokio::sync::watch::channel(None).1,
-            unstarted: Rc::default(),
+            opened: None,
+            early: VecDeque::new(),
         }
         .start();
         Opened {
@@ -117,54 +133,60 @@ impl Session {
 
     /// Runs a request. Requests of one connection start (are first polled) in the order
     /// they arrived, so its proposals and publishes keep their order; each ends early when
-    /// the session stops.
-    ///
-    /// Most requests (a publish, a pipe write, a read with something to read, a refusal)
-    /// finish without waiting: once the session is open and every earlier request has
-    /// started, a request is polled here first and, if it finishes, answered with no task.
-    /// Otherwise it runs on this arbiter's task queue, which starts tasks in the order they
-    /// were spawned (tokio's local queue is FIFO).
+    /// the session stops. Until the session's open commits they wait in `early`.
     /// `unopened`: the answer when the session never opened (no Raft quorum): the request
     /// did not run.
     fn run<F>(
-        &self,
+        &mut self,
         fut: F,
         unopened: Option<String>,
         permit: OwnedSemaphorePermit,
-        conn: Rc<Conn>,
         reply: Reply,
     ) where
         F: std::future::Future<Output = Option<String>> + 'static,
     {
-        let mut fut = Box::pin(fut);
-        let mut start = Some(Started::new(&self.unstarted));
-        let ready = self.unstarted.get() == 1
-            && *self.opened.borrow() == Some(true)
-            && !*self.cancel.borrow();
-        if ready {
-            start.take();
-            // A waker that does nothing: if the request waits, the task below polls it
-            // again, and that poll registers the task's own waker.
-            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-            if let std::task::Poll::Ready(text) = fut.as_mut().poll(&mut cx) {
-                return answer(text, permit, &conn, reply);
+        let fut: Request = Box::pin(fut);
+        match self.opened {
+            None => self.early.push_back(Queued {
+                fut,
+                unopened,
+                permit,
+                reply,
+            }),
+            Some(true) => self.begin(fut, permit, reply),
+            Some(false) => answer(unopened, permit, &self.conn, reply),
+        }
+    }
+
+    /// Polls a request here, where it arrived: most (a publish, a pipe write, a read with
+    /// something to read, a refusal) finish at once and are answered with no task, and a
+    /// push or pull hands its proposal to the Raft thread at once. One that must wait goes
+    /// on in a task of its own.
+    fn begin(&self, mut fut: Request, permit: OwnedSemaphorePermit, reply: Reply) {
+        if *self.cancel.borrow() {
+            return;
+        }
+        // A waker that does nothing: if the request waits, the task below polls it again,
+        // and that poll registers the task's own waker.
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        // A panic ends this request only, as it would in a task of its own.
+        let polled =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fut.as_mut().poll(&mut cx)));
+        match polled {
+            Ok(std::task::Poll::Ready(text)) => return answer(text, permit, &self.conn, reply),
+            Ok(std::task::Poll::Pending) => {}
+            Err(_) => {
+                error!(connid = %self.conn.connid, "a request panicked; it is not answered");
+                return;
             }
         }
+        let conn = self.conn.clone();
         let mut cancel = self.cancel.subscribe();
-        let mut opened = self.opened.clone();
         actix_rt::spawn(async move {
             let text = tokio::select! {
                 biased;
                 _ = cancel.wait_for(|stopped| *stopped) => return,
-                text = async {
-                    match opened.wait_for(Option::is_some).await.map(|o| *o) {
-                        Ok(Some(true)) => {
-                            drop(start);
-                            fut.await
-                        }
-                        _ => unopened, // the session is closing
-                    }
-                } => text,
+                text = fut => text,
             };
             answer(text, permit, &conn, reply);
         });
@@ -186,34 +208,12 @@ fn answer(text: Option<String>, permit: OwnedSemaphorePermit, conn: &Conn, reply
     }
 }
 
-/// Counts a request as not started until dropped (when it is first polled, or abandoned).
-struct Started(Rc<Cell<usize>>);
-
-impl Started {
-    fn new(count: &Rc<Cell<usize>>) -> Self {
-        count.set(count.get() + 1);
-        Started(count.clone())
-    }
-}
-
-impl Drop for Started {
-    fn drop(&mut self) {
-        self.0.set(self.0.get() - 1);
-    }
-}
-
 impl Session {
     /// An answer known without running anything (parse errors, refused batches); it still
     /// goes out in order with the connection's other answers.
-    fn answer_now(&self, text: String, permit: OwnedSemaphorePermit, reply: Reply) {
+    fn answer_now(&mut self, text: String, permit: OwnedSemaphorePermit, reply: Reply) {
         let unopened = Some(text.clone());
-        self.run(
-            async move { Some(text) },
-            unopened,
-            permit,
-            self.conn.clone(),
-            reply,
-        );
+        self.run(async move { Some(text) }, unopened, permit, reply);
     }
 }
 
@@ -267,8 +267,6 @@ impl Actor for Session {
             .register_session(&c.connid, ctx.address().recipient());
         // Requests wait until the open committed; an open that cannot commit (no quorum,
         // this process declared gone) closes the connection.
-        let (opened_tx, opened_rx) = tokio::sync::watch::channel(None);
-        self.opened = opened_rx;
         let record = SessionRecord {
             connid: c.connid.clone(),
             node_id: self.node.raft_id,
@@ -286,10 +284,7 @@ impl Actor for Session {
         actix_rt::spawn(async move {
             let open = Command::SessionOpen { session: record };
             let committed = commit_retrying(&node, open, within, || *stopped.borrow()).await;
-            let _ = opened_tx.send(Some(committed));
-            if !committed {
-                addr.do_send(Control::Close);
-            }
+            addr.do_send(OpenDone(committed));
         });
         // An HTTP bridge session lives for one request, however long that request waits.
         let bridged = matches!(c.protocol, "http" | "https");
@@ -342,7 +337,7 @@ impl Handler<Inbound> for Session {
                 let unopened = req.id.clone().map(not_open);
                 let fut = crate::api::dispatch(self.node.clone(), self.conn.clone(), req);
                 let fut = async move { fut.await.map(|r| r.to_json()) };
-                self.run(fut, unopened, permit, self.conn.clone(), reply);
+                self.run(fut, unopened, permit, reply);
             }
             Incoming::Batch(items) if items.len() > self.node.limits.max_inflight.max(1) => {
                 let err = RpcError::detail(
@@ -388,8 +383,27 @@ impl Handler<Inbound> for Session {
                     (!answers.is_empty())
                         .then(|| serde_json::to_string(&answers).expect("responses serialise"))
                 };
-                self.run(fut, unopened, permit, self.conn.clone(), reply);
+                self.run(fut, unopened, permit, reply);
             }
+        }
+    }
+}
+
+impl Handler<OpenDone> for Session {
+    type Result = ();
+
+    /// Starts the requests that waited for the open, in arrival order, or refuses them.
+    fn handle(&mut self, OpenDone(committed): OpenDone, ctx: &mut Self::Context) {
+        self.opened = Some(committed);
+        for q in std::mem::take(&mut self.early) {
+            if committed {
+                self.begin(q.fut, q.permit, q.reply);
+            } else {
+                answer(q.unopened, q.permit, &self.conn, q.reply);
+            }
+        }
+        if !committed {
+            ctx.stop();
         }
     }
 }
