@@ -163,9 +163,6 @@ impl Session {
     /// push or pull hands its proposal to the Raft thread at once. One that must wait goes
     /// on in a task of its own.
     fn begin(&self, mut fut: Request, permit: OwnedSemaphorePermit, reply: Reply) {
-        if *self.cancel.borrow() {
-            return;
-        }
         // A waker that does nothing: if the request waits, the task below polls it again,
         // and that poll registers the task's own waker.
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
@@ -191,6 +188,13 @@ impl Session {
             answer(text, permit, &conn, reply);
         });
     }
+
+    /// An answer known without running anything (parse errors, refused batches); it still
+    /// goes out in order with the connection's other answers.
+    fn answer_now(&mut self, text: String, permit: OwnedSemaphorePermit, reply: Reply) {
+        let unopened = Some(text.clone());
+        self.run(async move { Some(text) }, unopened, permit, reply);
+    }
 }
 
 /// Sends a request's answer (none for a notification) where its reply goes.
@@ -205,15 +209,6 @@ fn answer(text: Option<String>, permit: OwnedSemaphorePermit, conn: &Conn, reply
             drop(permit);
             let _ = tx.send(text);
         }
-    }
-}
-
-impl Session {
-    /// An answer known without running anything (parse errors, refused batches); it still
-    /// goes out in order with the connection's other answers.
-    fn answer_now(&mut self, text: String, permit: OwnedSemaphorePermit, reply: Reply) {
-        let unopened = Some(text.clone());
-        self.run(async move { Some(text) }, unopened, permit, reply);
     }
 }
 
