@@ -1,7 +1,9 @@
 //! Linearizable reads through Raft ReadIndex. Reads arriving together share one request;
 //! raft-rs drops a ReadIndex silently when there is no leader (or the leader has not yet
-//! committed in its term), so unconfirmed requests are re-issued, and each read fails once
-//! it is older than the read timeout.
+//! committed in its term), so a request not confirmed in time is sent again, under the
+//! same context: an answer to the first sending still counts, which matters on a node
+//! whose turns are slower than the resend interval. Each read fails once it waited longer
+//! than the read timeout without a confirmation.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -10,7 +12,7 @@ use tokio::sync::oneshot;
 
 use nexus_core::rpc::RpcError;
 
-/// Re-issue a ReadIndex not confirmed within this time.
+/// Send a ReadIndex again when it is not confirmed within this time.
 const RETRY_AFTER: Duration = Duration::from_millis(300);
 
 pub struct ReadWaiter {
@@ -18,18 +20,35 @@ pub struct ReadWaiter {
     since: Instant,
 }
 
-#[derive(Default)]
+struct Issued {
+    waiters: Vec<ReadWaiter>,
+    sent: Instant,
+}
+
 pub struct Reads {
+    /// Leads every context, so that requests of two nodes never share one: the leader
+    /// keeps one pending request per context and drops a second with the same bytes.
+    node: u64,
     /// Not yet sent to raft.
     queued: Vec<ReadWaiter>,
-    /// Sent, by request context: (waiters, when sent).
-    issued: HashMap<Vec<u8>, (Vec<ReadWaiter>, Instant)>,
+    /// Sent, by request context.
+    issued: HashMap<Vec<u8>, Issued>,
     /// Confirmed: answer once applied reaches the index.
     confirmed: Vec<(u64, Vec<ReadWaiter>)>,
     next_ctx: u64,
 }
 
 impl Reads {
+    pub fn new(node: u64) -> Self {
+        Reads {
+            node,
+            queued: Vec::new(),
+            issued: HashMap::new(),
+            confirmed: Vec::new(),
+            next_ctx: 0,
+        }
+    }
+
     pub fn add(&mut self, reply: oneshot::Sender<Result<(), RpcError>>) {
         self.queued.push(ReadWaiter {
             reply,
@@ -37,26 +56,41 @@ impl Reads {
         });
     }
 
-    /// The context for a new ReadIndex request covering every queued read, if any.
-    pub fn take_request(&mut self) -> Option<Vec<u8>> {
-        if self.queued.is_empty() {
-            return None;
+    /// The contexts to send as ReadIndex requests now: a new one covering every queued
+    /// read, and those sent before that are still unconfirmed after `RETRY_AFTER`.
+    pub fn take_requests(&mut self) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        for (ctx, issued) in &mut self.issued {
+            if issued.sent.elapsed() >= RETRY_AFTER {
+                issued.sent = Instant::now();
+                out.push(ctx.clone());
+            }
         }
-        self.next_ctx += 1;
-        let ctx = self.next_ctx.to_be_bytes().to_vec();
-        let waiters = std::mem::take(&mut self.queued);
-        self.issued.insert(ctx.clone(), (waiters, Instant::now()));
-        Some(ctx)
+        if !self.queued.is_empty() {
+            self.next_ctx += 1;
+            let mut ctx = self.node.to_be_bytes().to_vec();
+            ctx.extend_from_slice(&self.next_ctx.to_be_bytes());
+            let waiters = std::mem::take(&mut self.queued);
+            self.issued.insert(
+                ctx.clone(),
+                Issued {
+                    waiters,
+                    sent: Instant::now(),
+                },
+            );
+            out.push(ctx);
+        }
+        out
     }
 
     /// Raft confirmed the request `ctx` at commit index `index`.
     pub fn confirmed(&mut self, ctx: &[u8], index: u64) {
-        if let Some((waiters, _)) = self.issued.remove(ctx) {
-            self.confirmed.push((index, waiters));
+        if let Some(issued) = self.issued.remove(ctx) {
+            self.confirmed.push((index, issued.waiters));
         }
     }
 
-    /// Answers the reads whose index is applied; re-queues stale requests; fails old reads.
+    /// Answers the reads whose index is applied; fails reads unconfirmed past `timeout`.
     pub fn progress(&mut self, applied: u64, timeout: Duration) {
         let mut i = 0;
         while i < self.confirmed.len() {
@@ -68,21 +102,15 @@ impl Reads {
                 i += 1;
             }
         }
-        let stale: Vec<Vec<u8>> = self
-            .issued
-            .iter()
-            .filter(|(_, (_, at))| at.elapsed() >= RETRY_AFTER)
-            .map(|(ctx, _)| ctx.clone())
-            .collect();
-        for ctx in stale {
-            if let Some((waiters, _)) = self.issued.remove(&ctx) {
-                self.queued.extend(waiters);
-            }
-        }
-        let (expired, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.queued)
-            .into_iter()
-            .partition(|w| w.since.elapsed() >= timeout);
-        self.queued = kept;
+        let mut expired = Vec::new();
+        self.issued.retain(|_, issued| {
+            let (old, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut issued.waiters)
+                .into_iter()
+                .partition(|w| w.since.elapsed() >= timeout);
+            expired.extend(old);
+            issued.waiters = kept;
+            !issued.waiters.is_empty()
+        });
         for w in expired {
             let _ = w.reply.send(Err(RpcError::internal(
                 "no raft leader confirmed the read in time, retry",
@@ -95,7 +123,7 @@ impl Reads {
         let all = self
             .queued
             .drain(..)
-            .chain(self.issued.drain().flat_map(|(_, (w, _))| w))
+            .chain(self.issued.drain().flat_map(|(_, i)| i.waiters))
             .chain(self.confirmed.drain(..).flat_map(|(_, w)| w));
         for w in all {
             let _ = w.reply.send(Err(RpcError::internal(why)));

@@ -21,6 +21,7 @@ use nexus_consensus::store::{self, RaftStorage};
 use nexus_consensus::{self as consensus, Identity, RaftConfig};
 use nexus_core::ids::RaftId;
 use nexus_core::proto::PeerHello;
+use nexus_core::rpc::RpcError;
 use nexus_core::state::{Command, State};
 
 pub const DEFAULT_ROOT_PASSWORD: &str = "root";
@@ -612,49 +613,71 @@ fn serve_listeners(
     Ok(())
 }
 
-/// Tells the cluster this incarnation is up (dropping sessions of earlier ones). Retries
-/// until the node has a leader.
-async fn announce_start(node: &Node) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(120);
+/// How long a starting node keeps retrying the cluster before it gives up.
+const START_DEADLINE: Duration = Duration::from_secs(120);
+
+/// Runs `step` until it succeeds or `START_DEADLINE` passes. A start can meet an election,
+/// a membership change or a leader slowed by its disk: each is a reason to retry, not to
+/// exit.
+async fn retry_while_starting<T, F, Fut>(what: &str, mut step: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, RpcError>>,
+{
+    let deadline = Instant::now() + START_DEADLINE;
     let mut last_log = Instant::now();
     loop {
-        match node.replica.propose(node.started()).await {
-            Ok(_) => return Ok(()),
+        match step().await {
+            Ok(v) => return Ok(v),
             Err(e) if Instant::now() < deadline => {
                 if last_log.elapsed() >= Duration::from_secs(5) {
-                    info!("waiting for a raft leader: {e}");
+                    info!("{what}, retrying: {e}");
                     last_log = Instant::now();
                 } else {
-                    debug!("waiting for a raft leader: {e}");
+                    debug!("{what}, retrying: {e}");
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            Err(e) => return Err(anyhow!("no raft leader after 120 s: {e}")),
+            Err(e) => {
+                return Err(anyhow!(
+                    "{what}: gave up after {} s: {e}",
+                    START_DEADLINE.as_secs()
+                ))
+            }
         }
     }
+}
+
+/// Tells the cluster this incarnation is up (dropping sessions of earlier ones).
+async fn announce_start(node: &Node) -> anyhow::Result<()> {
+    retry_while_starting("announcing this node's start", || {
+        node.replica.propose(node.started())
+    })
+    .await?;
+    Ok(())
 }
 
 /// Creates `root` on the first boot of a fresh cluster; warns while its password is the
 /// default.
 async fn bootstrap_root(node: &Node, root_password: Option<String>) -> anyhow::Result<()> {
     // Read what the cluster has applied, not what this node happened to see so far: a
-    // joining node finds root already created. Apply creates root once whoever proposes.
-    node.replica
-        .raft
-        .read_barrier()
-        .await
-        .map_err(|e| anyhow!("reading the cluster state: {e}"))?;
+    // joining node finds root already created.
+    retry_while_starting("reading the cluster state", || {
+        node.replica.raft.read_barrier()
+    })
+    .await?;
     if !node.replica.read(|s| s.bootstrapped) {
         let pass = root_password.unwrap_or_else(|| DEFAULT_ROOT_PASSWORD.to_string());
         let root_hash = tokio::task::spawn_blocking(move || auth::hash_password(&pass)).await?;
-        node.replica
-            .raft
-            .propose(Command::Bootstrap {
-                root_hash,
+        // Apply creates root once, whoever proposes and however often: a retry of a
+        // proposal that did commit changes nothing.
+        retry_while_starting("bootstrapping root", || {
+            node.replica.raft.propose(Command::Bootstrap {
+                root_hash: root_hash.clone(),
                 at: now_rfc3339(),
             })
-            .await
-            .map_err(|e| anyhow!("bootstrapping root: {e}"))?;
+        })
+        .await?;
         info!("fresh cluster: created user root");
     }
     if let Some(hash) = node

@@ -194,6 +194,7 @@ impl Driver {
             .map_err(|e| StoreError::Corrupt("raft state", e.to_string()))?;
         let stats = Arc::new(RaftStats::default());
         stats.timings.snapshot_bytes.set(snapshot_bytes as i64);
+        let reads = Reads::new(me.raft_id.0);
         let driver = Driver {
             raw,
             storage,
@@ -204,7 +205,7 @@ impl Driver {
             waiters: HashMap::new(),
             unsent: VecDeque::new(),
             staged: Vec::new(),
-            reads: Reads::default(),
+            reads,
             next_proposal: 0,
             snapshots: Snapshotter::new(applied, snapshot_bytes),
             cfg,
@@ -336,7 +337,7 @@ impl Driver {
             self.raw.tick();
             self.on_tick();
         }
-        if let Some(ctx) = self.reads.take_request() {
+        for ctx in self.reads.take_requests() {
             self.raw.read_index(ctx);
         }
         self.append_staged();
