@@ -8,7 +8,7 @@ export ROCKSDB_LIB_DIR ?= /usr/lib/$(shell gcc -print-multiarch 2>/dev/null || e
 
 ARGS ?=
 
-.PHONY: deps test-deps build run cluster test interop chaos bench bench-cluster compare deploy-check lint fmt clean-data
+.PHONY: deps test-deps build run install release cluster test interop chaos bench bench-cluster compare deploy-check lint fmt clean-data
 
 deps:
 	@./scripts/deps.sh
@@ -23,6 +23,18 @@ build: deps
 ## Build and start one node: tcp://127.0.0.1:1717, ws/http://127.0.0.1:8080, data in ./data.
 run: build
 	$(CARGO_TARGET_DIR)/release/nexus serve $(ARGS)
+
+## Put the release `nexus` on the PATH: $(PREFIX)/bin (as root), or
+## make install PREFIX=~/.local.
+PREFIX ?= /usr/local
+install: build
+	install -D -m 755 $(CARGO_TARGET_DIR)/release/nexus $(DESTDIR)$(PREFIX)/bin/nexus
+	@echo "installed $(DESTDIR)$(PREFIX)/bin/nexus: $$($(DESTDIR)$(PREFIX)/bin/nexus --version)"
+
+## A release: dist/nexus-VERSION-ARCH-linux.tar.gz (+ .sha256) and the image nexus-rs:VERSION
+## where Docker runs (CHANGELOG.md: versions and tags).
+release: deps
+	./scripts/release.sh
 
 ## Three local nodes forming one cluster (ports 1717-1719, 8080-8082; data in ./data-cluster).
 cluster: build
@@ -75,4 +87,4 @@ fmt:
 	cargo fmt --all
 
 clean-data:
-	rm -rf ./data ./data-cluster
+	rm -rf ./data ./data-cluster ./dist

@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(
     name = "nexus",
-    version,
+    version = nexus_server::build_info::VERSION_LINE,
     about = "Nexus-rs: a clustered JSON-RPC message broker (Nexus API 1.9)"
 )]
 pub struct Cli {

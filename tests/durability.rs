@@ -134,7 +134,7 @@ fn sigterm_closes_sessions_and_exits_zero() {
 }
 
 #[test]
-fn version_flag_prints_program_version() {
+fn version_flag_prints_program_version_and_commit() {
     let out = Command::new(env!("CARGO_BIN_EXE_nexus"))
         .arg("--version")
         .output()
@@ -142,7 +142,11 @@ fn version_flag_prints_program_version() {
     assert!(out.status.success());
     assert_eq!(
         String::from_utf8(out.stdout).unwrap().trim(),
-        format!("nexus {}", env!("CARGO_PKG_VERSION"))
+        format!(
+            "nexus {} (commit {})",
+            env!("CARGO_PKG_VERSION"),
+            git_commit()
+        )
     );
 }
 

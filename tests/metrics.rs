@@ -8,6 +8,27 @@ use nexus_server::config::Scheme;
 use serde_json::json;
 
 #[test]
+fn build_info_names_the_version_and_the_commit() {
+    let node = TestNode::start();
+    let scrape = scrape(node.http_addr());
+    let commit = git_commit();
+    let labels = [
+        ("version", env!("CARGO_PKG_VERSION")),
+        ("commit", commit.as_str()),
+    ];
+    assert_eq!(
+        metric(&scrape, "nexus_build_info", &labels),
+        Some(1.0),
+        "{:?}",
+        scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric.starts_with("nexus_build"))
+            .collect::<Vec<_>>()
+    );
+}
+
+#[test]
 fn metrics_count_what_clients_did() {
     let node = TestNode::start();
     let mut root = node.root();

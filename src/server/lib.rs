@@ -17,6 +17,7 @@
 //!   `nexus serve`'s settings, and the config file that may give them.
 
 pub mod api;
+pub mod build_info;
 pub mod config;
 pub mod config_file;
 pub mod conn;

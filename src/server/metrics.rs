@@ -16,6 +16,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 use crate::node::Node;
@@ -136,6 +137,14 @@ impl Metrics {
         let connections = Family::<TransportLabels, Gauge>::default();
         let connections_opened = Family::<TransportLabels, Counter>::default();
         let s = Sampled::default();
+        r.register(
+            "build",
+            "The program version and git commit of this node's binary (value 1)",
+            Info::new(vec![
+                ("version", crate::build_info::VERSION),
+                ("commit", crate::build_info::COMMIT),
+            ]),
+        );
         r.register(
             "requests",
             "JSON-RPC requests handled by this node, by method and outcome",

@@ -334,3 +334,15 @@ pub fn tls_node(cert: &str, key: &str) -> TestNode {
         key,
     ])
 }
+
+/// The commit a build of this checkout records (`git rev-parse --short=12 HEAD`), or
+/// `unknown` outside a git checkout, as the build script does.
+pub fn git_commit() -> String {
+    std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".to_string())
+}
