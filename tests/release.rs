@@ -56,6 +56,6 @@ fn a_release_tarball_holds_the_binary_and_its_papers_and_names_the_commit() {
     ] {
         assert!(top.join(needed).exists(), "{needed} missing from {file}");
     }
-    let said = run(&mut Command::new(top.join("bin/nexus")).arg("--version"));
+    let said = run(Command::new(top.join("bin/nexus")).arg("--version"));
     assert_eq!(said.trim(), format!("nexus {version} (commit {commit})"));
 }
