@@ -62,6 +62,9 @@ pub async fn entry(
     if req.method() == actix_web::http::Method::GET && matches!(req.path(), "/ui" | "/ui/") {
         return dashboard();
     }
+    if req.method() == actix_web::http::Method::GET && req.path() == "/openrpc.json" {
+        return openrpc();
+    }
     bridge(req, body, node, if secure { "https" } else { "http" }).await
 }
 
@@ -318,6 +321,15 @@ async fn metrics(node: &Node) -> HttpResponse {
     HttpResponse::Ok()
         .content_type(crate::metrics::CONTENT_TYPE)
         .body(text)
+}
+
+/// `GET /openrpc.json`: the API's OpenRPC description, from the method table dispatch uses.
+fn openrpc() -> HttpResponse {
+    static DOC: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let doc = DOC.get_or_init(|| crate::api::openrpc::document().to_string());
+    cors(&mut HttpResponse::Ok())
+        .content_type("application/json")
+        .body(doc.as_str())
 }
 
 /// The web dashboard: one page, embedded in the binary, that talks JSON-RPC over a
