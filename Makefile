@@ -40,7 +40,8 @@ release: deps
 cluster: build
 	./scripts/cluster.sh $(ARGS)
 
-## The whole suite: formatting, clippy, unit and integration tests, pynexus2 interop.
+## The whole suite: formatting, clippy, unit and integration tests, pynexus2 interop, and
+## the deploy files (make deploy-check).
 test: test-deps lint
 	@# The previous release, for the rolling-upgrade test: built once per machine, before the
 	@# tests start, so that its build does not compete with them for the cores.
@@ -51,6 +52,7 @@ test: test-deps lint
 		cargo test --workspace --no-fail-fast; \
 	fi
 	./scripts/interop.sh
+	./scripts/check-deploy.sh
 
 ## Ten minutes of mixed faults (kill, leader kill, pause, isolation as root) against a fresh
 ## 3-node release cluster, with the history checked; exits non-zero on any violation.
@@ -71,7 +73,8 @@ bench-cluster: deps
 compare: deps
 	./scripts/compare.sh $(ARGS)
 
-## Validate deploy/ (compose, Kubernetes manifests, systemd unit; the image where Docker runs).
+## Validate deploy/ (compose, Kubernetes manifests, systemd unit; the image and a 3-node
+## compose smoke test where Docker runs).
 deploy-check:
 	./scripts/check-deploy.sh
 

@@ -4,8 +4,9 @@
 set -euo pipefail
 
 packages=(librocksdb-dev libclang-dev clang protobuf-compiler pkg-config)
-# `--test`: the test suite also drives the web dashboard in a headless Chromium.
-if [ "${1:-}" = "--test" ]; then packages+=(chromium chromium-driver); fi
+# `--test`: the test suite also drives the web dashboard in a headless Chromium, and
+# validates deploy/docker-compose.yml with docker-compose (no engine needed for that).
+if [ "${1:-}" = "--test" ]; then packages+=(chromium chromium-driver docker-compose); fi
 # Network namespaces for the chaos tests' isolation faults; only usable as root.
 if [ "$(id -u)" -eq 0 ]; then packages+=(iproute2 iptables); fi
 
