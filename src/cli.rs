@@ -33,6 +33,12 @@ pub enum Command {
     /// Seeds an empty data dir from a backup (`nexus backup`): started on it, the node is
     /// the only member of a new cluster, with a new identity, that other nodes join.
     Restore(RestoreArgs),
+    /// Prints a shell completion script: `source <(nexus completions bash)`, or put it
+    /// where your shell loads completions from (zsh: a file `_nexus` in $fpath).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     #[command(flatten)]
     Admin(nexus_admin::AdminCmd),
 }

@@ -60,11 +60,21 @@ fn main() -> std::process::ExitCode {
     raise_open_files_limit();
     let cli = parse();
     match cli.command {
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            use std::io::Write;
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "nexus", &mut script);
+            // A reader that stops early (`| head`) is not an error of ours.
+            let _ = std::io::stdout().write_all(&script);
+            std::process::ExitCode::SUCCESS
+        }
         Command::Admin(nexus_admin::AdminCmd::Cluster(nexus_admin::ClusterCmd::Secret)) => {
             println!("{}", nexus_cluster::secret::generate());
             std::process::ExitCode::SUCCESS
         }
-        // 1: the node refused (the error's line says why); 2: no answer (connection, input).
+        // 1: the node refused, or the cluster is unhealthy (the error's line says why);
+        // 2: no answer (connection, input).
         Command::Admin(cmd) => match nexus_admin::run(cli.connection, cmd) {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
@@ -72,7 +82,7 @@ fn main() -> std::process::ExitCode {
                 let refused = matches!(
                     e.downcast_ref::<nexus_client::CallError>(),
                     Some(nexus_client::CallError::Rpc(_))
-                );
+                ) || e.downcast_ref::<nexus_admin::Unhealthy>().is_some();
                 std::process::ExitCode::from(if refused { 1 } else { 2 })
             }
         },

@@ -776,3 +776,215 @@ fn serve_reads_a_config_file_beneath_flags_and_variables() {
     assert!(out.status.success(), "{out:?}");
     assert!(shown.contains("log-format = \"json\""), "{shown}");
 }
+
+#[test]
+fn completions_are_printed_for_each_shell_and_bash_loads_them() {
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let out = run(&["completions", shell], &[]);
+        assert!(out.status.success(), "{shell}: {out:?}");
+        let script = String::from_utf8_lossy(&out.stdout);
+        for word in ["serve", "context", "health"] {
+            assert!(script.contains(word), "{shell} completions lack {word}");
+        }
+    }
+    let bin = env!("CARGO_BIN_EXE_nexus");
+    let out = Command::new("bash")
+        .args([
+            "-c",
+            &format!("source <('{bin}' completions bash) && complete -p nexus"),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("-F _nexus nexus"));
+    // An unknown shell is refused by name.
+    assert_eq!(run(&["completions", "tcsh"], &[]).status.code(), Some(2));
+}
+
+#[test]
+fn watch_prints_a_frame_per_refresh_and_sees_changes() {
+    use std::io::BufRead;
+    let node = TestNode::start();
+    let url = ws_url(&node);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nexus"))
+        .args(["--url", &url, "--user", "root", "--json"])
+        .args(["-w", "0.2", "--watch-count", "25", "user", "count"])
+        .env("HOME", "/nonexistent")
+        .env("NEXUS_PASSWORD", ROOT_PASS)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let count = |line: String| -> i64 {
+        serde_json::from_str::<Value>(&line).unwrap()["count"]
+            .as_i64()
+            .unwrap()
+    };
+    let first = count(lines.next().unwrap().unwrap());
+    create_user(&mut node.root(), "watched.one", "watched-pass");
+    // The refreshes after the change show it (25 at most, 0.2 s apart: bounded).
+    let mut frames = 1;
+    let mut saw = false;
+    for line in lines {
+        frames += 1;
+        if count(line.unwrap()) == first + 1 {
+            saw = true;
+        }
+    }
+    assert!(child.wait().unwrap().success());
+    assert!(saw, "no refresh showed the new user");
+    assert_eq!(frames, 25, "one frame per refresh, --watch-count of them");
+    // A command that changes something is not repeated.
+    let out = nexus(&node, &["-w", "1", "user", "delete", "watched.one"]);
+    let err = fails(out, 2);
+    assert!(err.contains("--watch"), "{err}");
+}
+
+#[test]
+fn health_is_zero_when_every_member_is_ready_and_one_when_one_is_not() {
+    let node = TestNode::start();
+    let out = nexus(&node, &["health"]);
+    let said = ok(out);
+    assert_eq!(said["healthy"], json!(true));
+    assert_eq!(said["members"], json!(1));
+
+    // Three nodes, one killed: the others answer, and say which member is not ready.
+    let root = tempfile::tempdir().unwrap();
+    let mut nodes = common::cluster::three_joined(root.path(), &[]);
+    common::cluster::wait_voters(&nodes[0], 3);
+    let url = format!("tcp://127.0.0.1:{}", nodes[0].tcp);
+    let health = |url: &str| {
+        run(
+            &["--url", url, "--user", "root", "health"],
+            &[("NEXUS_PASSWORD", ROOT_PASS)],
+        )
+    };
+    assert!(eventually(Duration::from_secs(30), || health(&url)
+        .status
+        .success()));
+    nodes[2].kill9();
+    let mut last = None;
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            let out = health(&url);
+            let unhealthy = out.status.code() == Some(1);
+            last = Some(out);
+            unhealthy
+        }),
+        "{last:?}"
+    );
+    let err = String::from_utf8_lossy(&last.unwrap().stderr).to_string();
+    assert!(
+        err.starts_with("nexus: unhealthy: 2 of 3 members ready"),
+        "{err}"
+    );
+}
+
+#[test]
+fn named_contexts_choose_where_commands_go() {
+    let node = TestNode::start();
+    let home = tempfile::tempdir().unwrap();
+    let home_dir = home.path().to_str().unwrap();
+    let env = [("HOME", home_dir), ("NEXUS_PASSWORD", ROOT_PASS)];
+    let ws = ws_url(&node);
+    let json = |args: &[&str]| {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        ok(run(&all, &env))
+    };
+    json(&["context", "add", "here", "--url", &ws, "--user", "root"]);
+    json(&[
+        "context",
+        "add",
+        "nowhere",
+        "--url",
+        "tcp://127.0.0.1:1",
+        "--user",
+        "root",
+    ]);
+    let file = home.path().join(".config/nexus/cli.toml");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the CLI config is its owner's only");
+
+    // No current context: the default URL, where no node listens in this test... so
+    // choose one: by name, then as the current one.
+    assert_eq!(
+        json(&["--context", "here", "health"])["healthy"],
+        json!(true)
+    );
+    assert_eq!(
+        run(&["--context", "nowhere", "health"], &env).status.code(),
+        Some(2)
+    );
+    json(&["context", "use", "here"]);
+    assert_eq!(json(&["health"])["healthy"], json!(true));
+    let listed = json(&["context", "list"]);
+    let current: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["current"] == json!(true))
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(current, ["here"]);
+    // A flag beats the context, and a context that is not there is an error.
+    assert_eq!(
+        run(&["--url", "tcp://127.0.0.1:1", "health"], &env)
+            .status
+            .code(),
+        Some(2)
+    );
+    let err = fails(run(&["--context", "gone", "health"], &env), 2);
+    assert!(err.contains("no context gone"), "{err}");
+    json(&["context", "remove", "here"]);
+    assert_eq!(json(&["context", "list"]).as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn several_urls_fail_over_to_the_first_that_answers() {
+    let node = TestNode::start();
+    let ws = ws_url(&node);
+    // Two dead addresses first, as flags and as a comma-separated variable.
+    let out = nexus_with(
+        &node,
+        &[
+            "--url",
+            "tcp://127.0.0.1:1",
+            "--url",
+            "tcp://127.0.0.1:2",
+            "--url",
+            &ws,
+            "health",
+        ],
+        &[],
+    );
+    assert_eq!(ok(out)["healthy"], json!(true));
+    let list = format!("tcp://127.0.0.1:1,{ws}");
+    let out = run(
+        &["--user", "root", "--json", "health"],
+        &[("NEXUS_URL", list.as_str()), ("NEXUS_PASSWORD", ROOT_PASS)],
+    );
+    assert_eq!(ok(out)["healthy"], json!(true));
+    // None answers: one line naming each.
+    let err = fails(
+        run(
+            &["--url", "tcp://127.0.0.1:1,tcp://127.0.0.1:2", "health"],
+            &[],
+        ),
+        2,
+    );
+    assert!(
+        err.contains("no node answered") && err.contains(":2"),
+        "{err}"
+    );
+    // A refused login is not tried elsewhere: it is the same everywhere.
+    let err = fails(
+        run(
+            &["--url", &format!("{ws},{ws}"), "--user", "root", "health"],
+            &[("NEXUS_PASSWORD", "wrong")],
+        ),
+        1,
+    );
+    assert!(err.contains("login as root"), "{err}");
+}

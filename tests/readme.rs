@@ -87,8 +87,10 @@ fn the_one_node_quick_start_checks_pass() {
     ];
     let url = format!("ws://127.0.0.1:{http}/");
     for line in checks("Quick start: one node") {
-        if line.contains("cluster status") {
-            run_until(&line, &ports, &url, |s| s.contains("1 members, 1 ready"));
+        if line.contains(" health") {
+            run_until(&line, &ports, &url, |s| {
+                s.contains("healthy: 1 of 1 members ready")
+            });
         } else {
             run_until(&line, &ports, &url, |s| {
                 s.contains(r#""result":{"ok":true}"#)
@@ -105,11 +107,14 @@ fn the_three_node_quick_start_checks_pass() {
     let ports = [
         ("127.0.0.1:8180", format!("127.0.0.1:{}", nodes[0].health)),
         ("127.0.0.1:1717", format!("127.0.0.1:{}", nodes[0].tcp)),
+        ("127.0.0.1:1718", format!("127.0.0.1:{}", nodes[1].tcp)),
     ];
     let url = format!("tcp://127.0.0.1:{}", nodes[0].tcp);
     for line in checks("Quick start: three nodes") {
-        if line.contains("cluster status") {
-            run_until(&line, &ports, &url, |s| s.contains("3 members, 3 ready"));
+        if line.contains(" health") {
+            run_until(&line, &ports, &url, |s| {
+                s.contains("healthy: 3 of 3 members ready")
+            });
         } else {
             run_until(&line, &ports, &url, |s| s.trim() == "ok");
         }

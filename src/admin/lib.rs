@@ -3,6 +3,7 @@
 //! could not do, and permissions are the node's.
 
 mod backup;
+pub mod contexts;
 mod output;
 mod passwords;
 
@@ -11,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use clap::{Args, Subcommand};
-use serde::Deserialize;
 use serde_json::{json, Value};
 
 pub use nexus_client::{CallError, Client};
@@ -21,9 +21,14 @@ pub use nexus_client::{CallError, Client};
 #[derive(Debug, Clone, Args)]
 pub struct Connection {
     /// Node to talk to: ws://host:port/, wss://host:port/, tcp://host:port or
-    /// ssl://host:port [default: ws://127.0.0.1:8080/]
-    #[arg(long, env = "NEXUS_URL")]
-    pub url: Option<String>,
+    /// ssl://host:port. Several (repeat, or comma-separated) are tried in order until one
+    /// answers [default: ws://127.0.0.1:8080/]
+    #[arg(long, env = "NEXUS_URL", value_delimiter = ',')]
+    pub url: Vec<String>,
+    /// A named context of the config file (`nexus context add`) to take the URLs, CA and
+    /// user from [default: the file's current context]
+    #[arg(long, env = "NEXUS_CONTEXT")]
+    pub context: Option<String>,
     /// PEM file with the certificate authority (or the self-signed certificate) that
     /// wss:// and ssl:// nodes are checked against [default: the system's roots]
     #[arg(long, env = "NEXUS_CA", value_name = "FILE")]
@@ -47,15 +52,12 @@ pub struct Connection {
     /// Seconds to wait for the node at each step.
     #[arg(long, default_value_t = 10.0)]
     pub timeout: f64,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ConfigFile {
-    url: Option<String>,
-    ca: Option<PathBuf>,
-    user: Option<String>,
-    password: Option<String>,
+    /// Run a list, count, status or health command again every SECS seconds [default: 2]
+    #[arg(short = 'w', long, value_name = "SECS", num_args = 0..=1, default_missing_value = "2")]
+    pub watch: Option<f64>,
+    /// With --watch: stop after this many refreshes [default: until interrupted]
+    #[arg(long, value_name = "N", requires = "watch")]
+    pub watch_count: Option<u64>,
 }
 
 /// Listing options shared by the `list` commands.
@@ -71,7 +73,7 @@ pub struct Listing {
     pub skip: Option<i64>,
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 pub enum UserCmd {
     /// Users under a prefix, with their tags.
     List(Listing),
@@ -148,7 +150,7 @@ pub enum UserCmd {
     Enable { user: String },
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 pub enum SessionCmd {
     /// Sessions of users under a prefix.
     List(Listing),
@@ -163,7 +165,7 @@ pub enum SessionCmd {
     Reload { connid: String },
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 pub enum ListCmd {
     /// Entries under a prefix.
     List(Listing),
@@ -174,7 +176,7 @@ pub enum ListCmd {
     },
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 pub enum NodeCmd {
     /// The cluster's nodes as the connected node sees them.
     List {
@@ -187,7 +189,7 @@ pub enum NodeCmd {
     Reload,
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 pub enum ClusterCmd {
     /// Members, their roles and health, and the leader.
     Status,
@@ -198,7 +200,7 @@ pub enum ClusterCmd {
 }
 
 /// The admin groups, flattened into the binary's top-level commands.
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 pub enum AdminCmd {
     /// Users, passwords, tags, templates, address lists.
     #[command(subcommand)]
@@ -221,6 +223,12 @@ pub enum AdminCmd {
     /// Cluster status and membership.
     #[command(subcommand)]
     Cluster(ClusterCmd),
+    /// Whether the cluster is healthy: every member ready and one leader. Exits 0 when it
+    /// is, 1 when it is not (with what is wrong), 2 when no node answered.
+    Health,
+    /// Named contexts: the clusters this CLI talks to (kept in the config file).
+    #[command(subcommand)]
+    Context(contexts::ContextCmd),
     /// Takes an online backup through the connected node and writes it to FILE: the
     /// cluster's state at one committed index (printed), which `nexus restore` starts a
     /// new cluster from. Writes go on meanwhile.
@@ -256,12 +264,36 @@ fn seconds(flag: &str, secs: f64) -> anyhow::Result<Duration> {
         .map_err(|_| anyhow!("{flag} must be a number of seconds, not {secs}"))
 }
 
+/// The cluster is not healthy: `nexus health` exits 1 with this line.
+#[derive(Debug)]
+pub struct Unhealthy(pub String);
+
+impl std::fmt::Display for Unhealthy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "unhealthy: {}", self.0)
+    }
+}
+
+impl std::error::Error for Unhealthy {}
+
+/// Whether `cmd` only reads, so that `--watch` may run it again and again.
+fn watchable(cmd: &AdminCmd) -> bool {
+    matches!(
+        cmd,
+        AdminCmd::User(UserCmd::List(_) | UserCmd::Count { .. })
+            | AdminCmd::Session(SessionCmd::List(_) | SessionCmd::Count { .. })
+            | AdminCmd::Task(_)
+            | AdminCmd::Lock(_)
+            | AdminCmd::Topic(_)
+            | AdminCmd::Node(NodeCmd::List { .. })
+            | AdminCmd::Cluster(ClusterCmd::Status)
+            | AdminCmd::Health
+    )
+}
+
 /// Runs one admin command; errors are one line for the user.
 pub fn run(conn: Connection, cmd: AdminCmd) -> anyhow::Result<()> {
     let json_out = conn.json;
-    let timeout = seconds("--timeout", conn.timeout)?.max(Duration::from_millis(100));
-    let mut stdin = passwords::Stdin::default();
-    let mut client = connect(conn, timeout, &mut stdin)?;
     let print = |v: &Value| {
         if json_out {
             println!("{v}");
@@ -269,22 +301,94 @@ pub fn run(conn: Connection, cmd: AdminCmd) -> anyhow::Result<()> {
             print!("{}", output::human(v));
         }
     };
-    let answer = match cmd {
-        AdminCmd::User(c) => user(&mut client, c, &mut stdin)?,
-        AdminCmd::Session(c) => session(&mut client, c, json_out)?,
-        AdminCmd::Task(c) => listing(&mut client, "task", c)?,
-        AdminCmd::Lock(c @ ListCmd::List(_)) if !json_out => {
-            one_row_per_party(&listing(&mut client, "sync", c)?)
+    if let AdminCmd::Context(c) = cmd {
+        print(&contexts::run(conn.config.as_deref(), c)?);
+        return Ok(());
+    }
+    let timeout = seconds("--timeout", conn.timeout)?.max(Duration::from_millis(100));
+    let watch = match conn.watch {
+        Some(secs) if !watchable(&cmd) => {
+            bail!("--watch {secs} works with list, count, status and health commands only")
         }
-        AdminCmd::Lock(c) => listing(&mut client, "sync", c)?,
-        AdminCmd::Topic(c) => listing(&mut client, "topic", c)?,
+        Some(secs) => Some(seconds("--watch", secs)?.max(Duration::from_millis(100))),
+        None => None,
+    };
+    let refreshes = conn.watch_count;
+    let mut stdin = passwords::Stdin::default();
+    let mut client = connect(conn, timeout, &mut stdin)?;
+    let Some(every) = watch else {
+        let answer = one(&mut client, cmd, json_out, timeout, &mut stdin)?;
+        if !answer.is_null() {
+            print(&answer);
+        }
+        return Ok(());
+    };
+    // Watching: the command again every `every`, on a cleared screen when it is a
+    // terminal, else one frame after another under a time line.
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let mut shown = 0u64;
+    loop {
+        if terminal && !json_out {
+            print!("\x1b[2J\x1b[H");
+        }
+        if !json_out {
+            println!("every {:.1} s, at {}", every.as_secs_f64(), clock());
+        }
+        match one(&mut client, cmd.clone(), json_out, timeout, &mut stdin) {
+            Ok(answer) if answer.is_null() => {}
+            Ok(answer) => print(&answer),
+            // An unhealthy cluster is what a watch is for: say so and go on.
+            Err(e) if e.downcast_ref::<Unhealthy>().is_some() => println!("{e}"),
+            Err(e) => return Err(e),
+        }
+        shown += 1;
+        if refreshes.is_some_and(|n| shown >= n) {
+            return Ok(());
+        }
+        std::thread::sleep(every);
+    }
+}
+
+/// The time of day, UTC, for the watch header.
+fn clock() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    format!(
+        "{:02}:{:02}:{:02} UTC",
+        secs / 3600 % 24,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+/// One command's answer (`Null`: it printed what it had to say itself).
+fn one(
+    client: &mut Client,
+    cmd: AdminCmd,
+    json_out: bool,
+    timeout: Duration,
+    stdin: &mut passwords::Stdin,
+) -> anyhow::Result<Value> {
+    Ok(match cmd {
+        AdminCmd::User(c) => user(client, c, stdin)?,
+        AdminCmd::Session(c) => session(client, c, json_out)?,
+        AdminCmd::Task(c) => listing(client, "task", c)?,
+        AdminCmd::Lock(c @ ListCmd::List(_)) if !json_out => {
+            one_row_per_party(&listing(client, "sync", c)?)
+        }
+        AdminCmd::Lock(c) => listing(client, "sync", c)?,
+        AdminCmd::Topic(c) => listing(client, "topic", c)?,
         AdminCmd::Node(NodeCmd::List { all }) => {
             client.call("sys.node.list", json!({"all": all}))?
         }
         AdminCmd::Node(NodeCmd::Reload) => client.call("sys.node.reload", json!({}))?,
-        AdminCmd::Cluster(ClusterCmd::Status) => cluster_status(&mut client, json_out)?,
-        // The binary answers it without connecting (it knows the secret's format).
+        AdminCmd::Cluster(ClusterCmd::Status) => cluster_status(client, json_out)?,
+        AdminCmd::Health => health(client, json_out)?,
+        // The binary answers these without connecting.
         AdminCmd::Cluster(ClusterCmd::Secret) => bail!("`nexus cluster secret` needs no node"),
+        AdminCmd::Context(_) => bail!("`nexus context` needs no node"),
         AdminCmd::Cluster(ClusterCmd::Remove { raft_id }) => {
             client.call("sys.node.remove", json!({"raftId": raft_id}))?
         }
@@ -301,19 +405,20 @@ pub fn run(conn: Connection, cmd: AdminCmd) -> anyhow::Result<()> {
             let msg = serde_json::from_str(&msg).unwrap_or(Value::String(msg));
             client.call("topic.pub", json!({"topic": topic, "msg": msg}))?
         }
-        AdminCmd::Backup { file, overwrite } => backup::take(&mut client, &file, overwrite)?,
+        AdminCmd::Backup { file, overwrite } => backup::take(client, &file, overwrite)?,
         AdminCmd::Sub {
             topic,
             count,
             seconds,
         } => {
-            return subscribe(&mut client, &topic, count, seconds, timeout, json_out);
+            subscribe(client, &topic, count, seconds, timeout, json_out)?;
+            Value::Null
         }
-    };
-    print(&answer);
-    Ok(())
+    })
 }
 
+/// Connects to the first of the URLs that answers (and logs in there): flags or
+/// `NEXUS_URL`, else the context in force, else the file's `url`, else the default.
 fn connect(
     conn: Connection,
     timeout: Duration,
@@ -322,59 +427,74 @@ fn connect(
     if conn.password.is_some() {
         return Err(passwords::refuse_argv("--password"));
     }
-    let file = read_config(conn.config.as_deref())?;
-    let url = conn
-        .url
-        .or(file.url)
-        .unwrap_or_else(|| "ws://127.0.0.1:8080/".to_string());
-    let user = conn.user.or(file.user);
-    let password = if conn.password_stdin {
+    let file = contexts::read(conn.config.as_deref())?;
+    let context = contexts::in_force(&file, conn.context.as_deref())?.cloned();
+    let urls: Vec<String> = if !conn.url.is_empty() {
+        conn.url
+    } else {
+        context
+            .as_ref()
+            .map(|c| c.url.clone())
+            .or(file.url.clone())
+            .unwrap_or_else(|| "ws://127.0.0.1:8080/".to_string())
+            .split(',')
+            .map(|u| u.trim().to_string())
+            .filter(|u| !u.is_empty())
+            .collect()
+    };
+    let user = conn
+        .user
+        .or(context.as_ref().and_then(|c| c.user.clone()))
+        .or(file.user);
+    let mut password = if conn.password_stdin {
         Some(stdin.line("the login password")?)
     } else {
         std::env::var("NEXUS_PASSWORD").ok().or(file.password)
     };
-    let ca = conn.ca.or(file.ca);
+    let ca = conn.ca.or(context.and_then(|c| c.ca)).or(file.ca);
     let opts = nexus_client::Options {
         ca,
         connect_timeout: timeout,
         answer_timeout: timeout,
     };
-    let mut client = Client::connect(&url, &opts)?;
-    match (user, password) {
-        (Some(user), Some(pass)) => {
-            client
-                .call("sys.login", json!({"user": user, "pass": pass}))
-                .with_context(|| format!("login as {user}"))?;
+    let mut failures = Vec::new();
+    for url in &urls {
+        let mut client = match Client::connect(url, &opts) {
+            Ok(c) => c,
+            Err(e) => {
+                failures.push(format!("{url}: {e:#}"));
+                continue;
+            }
+        };
+        if let Some(user) = &user {
+            // Asked only once a node answered: a wrong URL is said before any prompt.
+            let pass = match &password {
+                Some(p) => p.clone(),
+                None => {
+                    let hint = "use --password-stdin, NEXUS_PASSWORD or the config file";
+                    let p = passwords::ask(&format!("Password for {user}"), hint)?;
+                    password = Some(p.clone());
+                    p
+                }
+            };
+            match client.call("sys.login", json!({"user": user, "pass": pass})) {
+                Ok(_) => {}
+                // A refused login is the same on every node: no point trying the next.
+                Err(e @ CallError::Rpc(_)) => {
+                    return Err(anyhow::Error::new(e).context(format!("login as {user}")))
+                }
+                Err(e) => {
+                    failures.push(format!("{url}: login: {e}"));
+                    continue;
+                }
+            }
         }
-        (Some(user), None) => {
-            let hint = "use --password-stdin, NEXUS_PASSWORD or the config file";
-            let pass = passwords::ask(&format!("Password for {user}"), hint)?;
-            client
-                .call("sys.login", json!({"user": user, "pass": pass}))
-                .with_context(|| format!("login as {user}"))?;
-        }
-        (None, _) => {}
+        return Ok(client);
     }
-    Ok(client)
-}
-
-/// The config file named, else `~/.config/nexus/cli.toml` when it exists.
-fn read_config(path: Option<&std::path::Path>) -> anyhow::Result<ConfigFile> {
-    let (path, required) = match path {
-        Some(p) => (p.to_path_buf(), true),
-        None => match std::env::var_os("HOME") {
-            Some(home) => (PathBuf::from(home).join(".config/nexus/cli.toml"), false),
-            None => return Ok(ConfigFile::default()),
-        },
-    };
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(ConfigFile::default())
-        }
-        Err(e) => return Err(anyhow!("reading {}: {e}", path.display())),
-    };
-    toml::from_str(&text).map_err(|e| anyhow!("{}: {}", path.display(), e.message()))
+    match failures.as_slice() {
+        [one] => bail!("{one}"),
+        _ => bail!("no node answered: {}", failures.join("; ")),
+    }
 }
 
 fn list_params(l: &Listing) -> Value {
@@ -543,6 +663,56 @@ fn cluster_status(c: &mut Client, json_out: bool) -> anyhow::Result<Value> {
         "{} members, {ready} ready, leader {leader}",
         list.len()
     )))
+}
+
+/// Healthy: every member is ready and one of them leads. For people one line (and what
+/// is wrong); for scripts `{"healthy", "members", "ready", "leader", "problems"}`. An
+/// unhealthy cluster is an error (`Unhealthy`) once that is printed.
+fn health(c: &mut Client, json_out: bool) -> anyhow::Result<Value> {
+    let nodes = c.call("sys.node.list", json!({"all": true, "limit": 0}))?;
+    let list = nodes.as_array().cloned().unwrap_or_default();
+    let leaders: Vec<u64> = list
+        .iter()
+        .filter(|n| n["role"] == "leader")
+        .filter_map(|n| n["raftId"].as_u64())
+        .collect();
+    let mut problems: Vec<String> = list
+        .iter()
+        .filter(|n| n["status"] != "ready")
+        .map(|n| {
+            format!(
+                "member {} is {}",
+                n["raftId"],
+                n["status"].as_str().unwrap_or("unknown")
+            )
+        })
+        .collect();
+    if leaders.len() != 1 {
+        problems.push(format!("{} leaders", leaders.len()));
+    }
+    let ready = list.iter().filter(|n| n["status"] == "ready").count();
+    let leader = leaders
+        .first()
+        .map_or("none".to_string(), |id| id.to_string());
+    let summary = format!("{ready} of {} members ready, leader {leader}", list.len());
+    if json_out {
+        println!(
+            "{}",
+            json!({
+                "healthy": problems.is_empty(),
+                "members": list.len(),
+                "ready": ready,
+                "leader": leaders.first(),
+                "problems": problems,
+            })
+        );
+    } else if problems.is_empty() {
+        println!("healthy: {summary}");
+    }
+    if problems.is_empty() {
+        return Ok(Value::Null);
+    }
+    Err(Unhealthy(format!("{summary}; {}", problems.join("; "))).into())
 }
 
 /// Subscribes a new pipe to `topic` and prints what arrives until `count` messages or
