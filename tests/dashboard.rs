@@ -1,6 +1,8 @@
 //! The web dashboard (`/ui`) in a real headless Chromium driven over WebDriver
 //! (chromedriver): log in, see the three nodes of a cluster, kick a session and watch it
-//! disappear. `make test` installs `chromium` and `chromium-driver`.
+//! disappear; manage users, page through more than a page of them, see each member's
+//! lag, remove a dead member, log out. `make test` installs `chromium` and
+//! `chromium-driver`. Each test leaves a screenshot in the temp dir (docs/img has them).
 
 mod common;
 
@@ -78,6 +80,268 @@ where
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// A headless Chromium on `driver`.
+async fn browser(driver: &Driver) -> fantoccini::Client {
+    let caps = json!({"goog:chromeOptions": {"args": [
+        "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+        "--window-size=1400,1000", driver.profile_arg(),
+    ]}});
+    ClientBuilder::new(HttpConnector::new())
+        .capabilities(caps.as_object().unwrap().clone())
+        .connect(&format!("http://127.0.0.1:{}", driver.port))
+        .await
+        .expect("a Chromium session through chromedriver")
+}
+
+/// Types into the field `id`, replacing what it held.
+async fn type_into(browser: &fantoccini::Client, id: &str, text: &str) {
+    let field = browser.find(Locator::Id(id)).await.unwrap();
+    field.clear().await.unwrap();
+    field.send_keys(text).await.unwrap();
+}
+
+/// Runs `script` until it answers true: tables are rebuilt every 2 s, so each look (and
+/// each click) is one script that finds its element afresh.
+async fn until_js(
+    browser: &fantoccini::Client,
+    what: &str,
+    script: &str,
+    args: Vec<serde_json::Value>,
+) {
+    until(Duration::from_secs(30), what, || async {
+        browser.execute(script, args.clone()).await.unwrap() == json!(true)
+    })
+    .await;
+}
+
+/// Clicks the button `[data-action=action][data-target=target]` when there is one.
+const CLICK: &str = "const b = document.querySelector(`button[data-action='${arguments[0]}'][data-target='${arguments[1]}']`);
+    if (b && !b.disabled) { b.click(); return true; } return false;";
+
+async fn screenshot(browser: &fantoccini::Client, name: &str) {
+    let png = browser.screenshot().await.unwrap();
+    assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
+    let shot = std::env::temp_dir().join(name);
+    std::fs::write(&shot, &png).unwrap();
+    eprintln!(
+        "dashboard screenshot ({} bytes): {}",
+        png.len(),
+        shot.display()
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn manage_users_page_beyond_a_page_see_lag_remove_a_dead_member_and_log_out() {
+    let root = tempfile::tempdir().unwrap();
+    let http: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let mut nodes = three_joined_each(root.path(), |i| {
+        vec!["-l".into(), format!("http://127.0.0.1:{}", http[i])]
+    });
+    wait_voters(&nodes[0], 3);
+    let mut admin = nodes[0].root();
+    // More users than one page (100) holds: the count is the true one.
+    for i in 0..150 {
+        create_user(&mut admin, &format!("page.u{i:03}"), "paged-pw");
+    }
+
+    let driver = Driver::start();
+    let browser = browser(&driver).await;
+    browser
+        .goto(&format!("http://127.0.0.1:{}/ui", http[0]))
+        .await
+        .unwrap();
+    type_into(&browser, "login-user", "root").await;
+    type_into(&browser, "login-pass", ROOT_PASS).await;
+    browser
+        .find(Locator::Id("login-button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+
+    // 151 users (root too), 100 on the first page, the rest on the next.
+    until_js(
+        &browser,
+        "the true user count",
+        "return document.getElementById('users-count').innerText === '(151)'
+        && document.querySelectorAll('#users tbody tr').length === 100",
+        vec![],
+    )
+    .await;
+    until_js(
+        &browser,
+        "the next page",
+        "const b = document.querySelector('#users-pager button[data-page=next]');
+        if (b && !b.disabled) { b.click(); return true; } return false;",
+        vec![],
+    )
+    .await;
+    until_js(
+        &browser,
+        "the second page",
+        "return document.querySelectorAll('#users tbody tr').length === 51
+        && document.querySelector('#users-pager .range').innerText === 'users 101–151 of 151'",
+        vec![],
+    )
+    .await;
+    until_js(
+        &browser,
+        "the first page again",
+        "const b = document.querySelector('#users-pager button[data-page=prev]');
+        if (b && !b.disabled) { b.click(); return true; } return false;",
+        vec![],
+    )
+    .await;
+
+    // Each member's applied index and lag are numbers.
+    until_js(
+        &browser,
+        "applied and lag per node",
+        "const rows = Array.from(document.querySelectorAll('#nodes tbody tr'));
+        return rows.length === 3 && rows.every(r => /^[0-9]+$/.test(r.cells[3].innerText)
+            && Number(r.cells[3].innerText) > 0 && /^[0-9]+$/.test(r.cells[4].innerText));",
+        vec![],
+    )
+    .await;
+
+    // Create a user, give it tags, disable it: each seen by another client.
+    type_into(&browser, "new-user", "ui.made").await;
+    type_into(&browser, "new-pass", "made-pw-1").await;
+    browser
+        .find(Locator::Id("user-create-button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    assert!(eventually(Duration::from_secs(20), || {
+        admin
+            .call("user.getTags", json!({"user": "ui.made"}))
+            .is_ok()
+    }));
+    let mut made = Client::tcp(format!("127.0.0.1:{}", nodes[1].tcp).parse().unwrap());
+    expect_ok(made.login("ui.made", "made-pw-1"));
+    type_into(&browser, "tags-user", "ui.made").await;
+    type_into(&browser, "tags-prefix", "jobs").await;
+    type_into(&browser, "tags-json", r#"{"@task.pull": true}"#).await;
+    browser
+        .find(Locator::Id("user-tags-button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    assert!(eventually(Duration::from_secs(20), || {
+        expect_ok(admin.call("user.getTags", json!({"user": "ui.made"})))["tags"]["jobs"]
+            ["@task.pull"]
+            == json!(true)
+    }));
+    // ui.made sorts after page.*: on the second page.
+    until_js(
+        &browser,
+        "the disable button",
+        "const b = document.querySelector('#users-pager button[data-page=next]');
+        if (b && !b.disabled) b.click();
+        const d = document.querySelector(`button[data-action='disable'][data-target='ui.made']`);
+        if (d && !d.disabled) { d.click(); return true; } return false;",
+        vec![],
+    )
+    .await;
+    assert!(eventually(Duration::from_secs(20), || {
+        let list = expect_ok(admin.call("user.list", json!({"prefix": "ui"})));
+        list[0]["disabled"] == json!(true)
+    }));
+    let mut refused = Client::tcp(format!("127.0.0.1:{}", nodes[1].tcp).parse().unwrap());
+    assert_eq!(
+        refused.login("ui.made", "made-pw-1").unwrap_err().code,
+        -32010
+    );
+
+    // Delete takes two clicks: one arms, the second deletes.
+    until_js(
+        &browser,
+        "the delete button armed",
+        CLICK,
+        vec![json!("delete"), json!("user:ui.made")],
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        admin
+            .call("user.getTags", json!({"user": "ui.made"}))
+            .is_ok(),
+        "one click deletes nothing"
+    );
+    until_js(&browser, "the delete confirmed", "const b = document.querySelector(`button[data-action='delete'][data-target='user:ui.made']`);
+        if (b && b.classList.contains('armed') && !b.disabled) { b.click(); return true; } return false;", vec![]).await;
+    assert!(eventually(Duration::from_secs(20), || {
+        admin
+            .call("user.getTags", json!({"user": "ui.made"}))
+            .is_err()
+    }));
+
+    // A dead member is shown as such and removed with two clicks.
+    let dead = nodes[2].raft_id();
+    nodes[2].kill9();
+    let target = format!("node:{dead}");
+    until_js(
+        &browser,
+        "the dead member",
+        "const r = document.querySelector(`#nodes tbody tr[data-key='${arguments[0]}']`);
+        return !!r && r.cells[2].innerText !== 'ready';",
+        vec![json!(dead.to_string())],
+    )
+    .await;
+    screenshot(&browser, "nexus-dashboard-manage.png").await;
+    until_js(
+        &browser,
+        "the remove button armed",
+        CLICK,
+        vec![json!("remove"), json!(target)],
+    )
+    .await;
+    until_js(&browser, "the remove confirmed", "const b = document.querySelector(`button[data-action='remove'][data-target='${arguments[0]}']`);
+        if (b && b.classList.contains('armed') && !b.disabled) { b.click(); return true; } return false;", vec![json!(target)]).await;
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            let list = expect_ok(admin.call("sys.node.list", json!({"all": true})));
+            list.as_array()
+                .unwrap()
+                .iter()
+                .all(|n| n["raftId"].as_u64() != Some(dead))
+        }),
+        "the member was not removed"
+    );
+
+    // Logging out ends the page's session on the node.
+    let root_sessions = |admin: &mut Client| {
+        expect_ok(admin.call("sys.session.count", json!({"prefix": "root"})))["count"]
+            .as_u64()
+            .unwrap()
+    };
+    let before = root_sessions(&mut admin);
+    browser
+        .find(Locator::Id("logout"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until_js(
+        &browser,
+        "the login form",
+        "return !document.getElementById('login').classList.contains('hidden')
+        && document.getElementById('app').classList.contains('hidden')",
+        vec![],
+    )
+    .await;
+    assert!(eventually(Duration::from_secs(20), || root_sessions(
+        &mut admin
+    ) == before - 1));
+    browser.close().await.unwrap();
 }
 
 #[tokio::test(flavor = "current_thread")]

@@ -234,7 +234,8 @@ async fn start_cluster(
     })
 }
 
-/// Keeps what this node gossips about itself current: clients, load, listeners, status.
+/// Keeps what this node gossips about itself current: clients, load, listeners, status,
+/// Raft indexes.
 async fn publish_gossip(node: Arc<Node>, gossip: Arc<Gossip>) {
     loop {
         let listening = node
@@ -255,6 +256,16 @@ async fn publish_gossip(node: Arc<Node>, gossip: Arc<Gossip>) {
             .set(gossip::KEY_LOAD, format!("{l1},{l5},{l15}"))
             .await;
         gossip.set(gossip::KEY_STATUS, status).await;
+        let stats = &node.replica.raft.stats;
+        let commit = stats
+            .commit_index
+            .load(std::sync::atomic::Ordering::Relaxed);
+        gossip
+            .set(
+                gossip::KEY_RAFT_INDEX,
+                format!("{},{commit}", stats.applied_index()),
+            )
+            .await;
         tokio::time::sleep(Duration::from_secs(1)).await;
         if Arc::strong_count(&node) <= 1 {
             return;

@@ -29,6 +29,8 @@ pub const KEY_API_VERSION: &str = "api_version";
 pub const KEY_CLIENTS: &str = "clients";
 pub const KEY_LOAD: &str = "load";
 pub const KEY_STATUS: &str = "status";
+/// "APPLIED,COMMIT": the node's Raft applied and commit indexes (for lag per node).
+pub const KEY_RAFT_INDEX: &str = "raft_index";
 /// The newest Raft log format the node applies (`codec::LOG_VERSION`; absent: 1).
 pub const KEY_LOG_VERSION: &str = "log_version";
 
@@ -63,6 +65,10 @@ pub struct Member {
     pub status: String,
     /// The newest log format it applies (1 for a build that does not say).
     pub log_version: u32,
+    /// Its Raft applied and commit indexes when it last gossiped (0: a build that does
+    /// not say).
+    pub applied: u64,
+    pub commit: u64,
 }
 
 impl Member {
@@ -73,7 +79,12 @@ impl Member {
         for (slot, v) in load.iter_mut().zip(get(KEY_LOAD).split(',')) {
             *slot = v.parse().unwrap_or(0.0);
         }
+        let index = get(KEY_RAFT_INDEX);
+        let mut index = index.split(',').map(|v| v.parse::<u64>().unwrap_or(0));
+        let (applied, commit) = (index.next().unwrap_or(0), index.next().unwrap_or(0));
         Some(Member {
+            applied,
+            commit,
             raft_id,
             generation: get(KEY_GENERATION).parse().unwrap_or(0),
             incarnation: get(KEY_INCARNATION),

@@ -190,7 +190,7 @@ pub static METHODS: &[Method] = &[
         ],
         result: (
             Ty::Array,
-            "[{\"id\", \"version\", \"clients\", \"load\", \"listening\", \"raftId\", \"role\", \"cluster\", \"status\"}]",
+            "[{\"id\", \"version\", \"clients\", \"load\", \"listening\", \"raftId\", \"role\", \"cluster\", \"status\", \"applied\", \"commit\"}]",
         ),
         permission: "sys.node",
         errors: &[ERR_PERMISSION_DENIED],

@@ -143,6 +143,8 @@ async fn node_list(node: &Node, conn: &Conn, p: &Params<'_>) -> RpcResult {
                 "role": role_of(*id),
                 "cluster": addr,
                 "status": status,
+                "applied": stats.applied_index(),
+                "commit": stats.commit_index.load(std::sync::atomic::Ordering::Relaxed),
             })
         } else {
             let m = live.get(id).cloned().unwrap_or_default();
@@ -163,6 +165,9 @@ async fn node_list(node: &Node, conn: &Conn, p: &Params<'_>) -> RpcResult {
                 "role": role_of(*id),
                 "cluster": addr,
                 "status": status,
+                // Unknown for a member gossip does not hear from (not a stale 0).
+                "applied": live.contains_key(id).then_some(m.applied),
+                "commit": live.contains_key(id).then_some(m.commit),
             })
         };
         out.push(entry);
