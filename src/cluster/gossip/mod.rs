@@ -65,10 +65,10 @@ pub struct Member {
     pub status: String,
     /// The newest log format it applies (1 for a build that does not say).
     pub log_version: u32,
-    /// Its Raft applied and commit indexes when it last gossiped (0: a build that does
-    /// not say).
-    pub applied: u64,
-    pub commit: u64,
+    /// Its Raft applied and commit indexes when it last gossiped (`None`: a build that
+    /// does not say).
+    pub applied: Option<u64>,
+    pub commit: Option<u64>,
 }
 
 impl Member {
@@ -80,8 +80,8 @@ impl Member {
             *slot = v.parse().unwrap_or(0.0);
         }
         let index = get(KEY_RAFT_INDEX);
-        let mut index = index.split(',').map(|v| v.parse::<u64>().unwrap_or(0));
-        let (applied, commit) = (index.next().unwrap_or(0), index.next().unwrap_or(0));
+        let mut index = index.split(',').map(|v| v.parse::<u64>().ok());
+        let (applied, commit) = (index.next().flatten(), index.next().flatten());
         Some(Member {
             applied,
             commit,

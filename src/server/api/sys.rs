@@ -165,9 +165,10 @@ async fn node_list(node: &Node, conn: &Conn, p: &Params<'_>) -> RpcResult {
                 "role": role_of(*id),
                 "cluster": addr,
                 "status": status,
-                // Unknown for a member gossip does not hear from (not a stale 0).
-                "applied": live.contains_key(id).then_some(m.applied),
-                "commit": live.contains_key(id).then_some(m.commit),
+                // Unknown (null) for a member gossip does not hear from, or whose build
+                // does not say.
+                "applied": live.get(id).and_then(|m| m.applied),
+                "commit": live.get(id).and_then(|m| m.commit),
             })
         };
         out.push(entry);
