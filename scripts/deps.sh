@@ -4,9 +4,10 @@
 set -euo pipefail
 
 packages=(librocksdb-dev libclang-dev clang protobuf-compiler pkg-config)
-# `--test`: the test suite also drives the web dashboard in a headless Chromium, and
-# validates deploy/docker-compose.yml with docker-compose (no engine needed for that).
-if [ "${1:-}" = "--test" ]; then packages+=(chromium chromium-driver docker-compose); fi
+# `--test`: the test suite also drives the web dashboard in a headless Chromium, validates
+# deploy/docker-compose.yml with docker-compose (no engine needed for that), and runs the
+# Node.js client example (nodejs, npm).
+if [ "${1:-}" = "--test" ]; then packages+=(chromium chromium-driver docker-compose nodejs npm); fi
 # Network namespaces for the chaos tests' isolation faults; only usable as root.
 if [ "$(id -u)" -eq 0 ]; then packages+=(iproute2 iptables); fi
 

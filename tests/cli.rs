@@ -595,7 +595,12 @@ fn bench_ends_with_a_table_and_draws_its_run() {
 fn the_client_docs_show_the_examples_that_make_test_runs() {
     let root = env!("CARGO_MANIFEST_DIR");
     let doc = std::fs::read_to_string(format!("{root}/docs/clients.md")).unwrap();
-    for example in ["bridge.sh", "websocket_plain.py", "pynexus2_worker.py"] {
+    for example in [
+        "bridge.sh",
+        "websocket_plain.py",
+        "pynexus2_worker.py",
+        "node_client.mjs",
+    ] {
         let code = std::fs::read_to_string(format!("{root}/docs/examples/{example}")).unwrap();
         assert!(
             doc.contains(&code),
