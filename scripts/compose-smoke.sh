@@ -18,7 +18,14 @@ for port in 8180 8181 8182; do
   done
   curl -fsS "http://127.0.0.1:$port/" >/dev/null || { "${compose[@]}" logs; exit 1; }
 done
-out=$(curl -fsS -u "root:$NEXUS_ROOT_PASSWORD" -d '{"id":1,"method":"sys.node.list","params":{}}' http://127.0.0.1:8080/)
-ready=$(grep -o '"status":"ready"' <<<"$out" | wc -l)
+# Gossip brings each member's status a moment after its own health: ask until all three
+# are listed ready, for two minutes at most.
+ready=0
+for _ in $(seq 120); do
+  out=$(curl -fsS -u "root:$NEXUS_ROOT_PASSWORD" -d '{"id":1,"method":"sys.node.list","params":{}}' http://127.0.0.1:8080/ || true)
+  ready=$(grep -o '"status":"ready"' <<<"$out" | wc -l)
+  [ "$ready" -eq 3 ] && break
+  sleep 1
+done
 [ "$ready" -eq 3 ] || { echo "compose smoke: $ready ready nodes: $out" >&2; exit 1; }
 echo "compose smoke: three nodes formed one cluster, all ready"

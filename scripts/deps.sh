@@ -7,7 +7,13 @@ packages=(librocksdb-dev libclang-dev clang protobuf-compiler pkg-config)
 # `--test`: the test suite also drives the web dashboard in a headless Chromium, validates
 # deploy/docker-compose.yml with docker-compose (no engine needed for that), and runs the
 # Node.js client example (nodejs, npm).
-if [ "${1:-}" = "--test" ]; then packages+=(chromium chromium-driver docker-compose nodejs npm); fi
+# Node.js may come from elsewhere (NodeSource's nodejs bundles npm): only what is missing.
+if [ "${1:-}" = "--test" ]; then
+  packages+=(chromium chromium-driver)
+  command -v docker-compose >/dev/null 2>&1 || packages+=(docker-compose)
+  command -v node >/dev/null 2>&1 || packages+=(nodejs)
+  command -v npm >/dev/null 2>&1 || packages+=(npm)
+fi
 # Network namespaces for the chaos tests' isolation faults; only usable as root.
 if [ "$(id -u)" -eq 0 ]; then packages+=(iproute2 iptables); fi
 

@@ -6,6 +6,7 @@
 #
 #   scripts/release.sh [OUT_DIR]     (default: dist)
 #   NEXUS_BIN=path scripts/release.sh   packs that binary instead of building one
+#   NEXUS_RELEASE_IMAGE=0                builds no image (the tarball only)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-dist}"
@@ -44,7 +45,9 @@ tar -C "$tmp" -czf "$tarball" "$stage"
 (cd "$out" && sha256sum "$stage.tar.gz" > "$stage.tar.gz.sha256")
 echo "tarball: $tarball"
 
-if docker info >/dev/null 2>&1; then
+if [ "${NEXUS_RELEASE_IMAGE:-1}" = 0 ]; then
+  echo "image: not built (NEXUS_RELEASE_IMAGE=0)"
+elif docker info >/dev/null 2>&1; then
   docker build -f deploy/Dockerfile --build-arg "NEXUS_BUILD_COMMIT=$commit" \
     -t "nexus-rs:$name" .
   echo "image: nexus-rs:$name"

@@ -811,9 +811,10 @@ fn watch_prints_a_frame_per_refresh_and_sees_changes() {
     use std::io::BufRead;
     let node = TestNode::start();
     let url = ws_url(&node);
+    // Bounded: 300 refreshes 0.1 s apart at most; killed once the change shows.
     let mut child = Command::new(env!("CARGO_BIN_EXE_nexus"))
         .args(["--url", &url, "--user", "root", "--json"])
-        .args(["-w", "0.2", "--watch-count", "25", "user", "count"])
+        .args(["--watch=0.1", "--watch-count", "300", "user", "count"])
         .env("HOME", "/nonexistent")
         .env("NEXUS_PASSWORD", ROOT_PASS)
         .stdout(Stdio::piped())
@@ -827,20 +828,21 @@ fn watch_prints_a_frame_per_refresh_and_sees_changes() {
     };
     let first = count(lines.next().unwrap().unwrap());
     create_user(&mut node.root(), "watched.one", "watched-pass");
-    // The refreshes after the change show it (25 at most, 0.2 s apart: bounded).
-    let mut frames = 1;
-    let mut saw = false;
-    for line in lines {
-        frames += 1;
-        if count(line.unwrap()) == first + 1 {
-            saw = true;
-        }
-    }
-    assert!(child.wait().unwrap().success());
+    let saw = lines.any(|line| count(line.unwrap()) == first + 1);
+    let _ = child.kill();
+    let _ = child.wait();
     assert!(saw, "no refresh showed the new user");
-    assert_eq!(frames, 25, "one frame per refresh, --watch-count of them");
+
+    // --watch-count refreshes, one JSON value each, then exit 0; `-w` alone (every 2 s)
+    // before a command is not taken for its interval.
+    let out = nexus(&node, &["--watch=0.1", "--watch-count", "3", "health"]);
+    assert!(out.status.success(), "{out:?}");
+    let frames = String::from_utf8_lossy(&out.stdout).lines().count();
+    assert_eq!(frames, 3, "{out:?}");
+    let out = nexus(&node, &["--watch-count", "1", "-w", "cluster", "status"]);
+    assert!(out.status.success(), "{out:?}");
     // A command that changes something is not repeated.
-    let out = nexus(&node, &["-w", "1", "user", "delete", "watched.one"]);
+    let out = nexus(&node, &["-w", "user", "delete", "watched.one"]);
     let err = fails(out, 2);
     assert!(err.contains("--watch"), "{err}");
 }
@@ -944,6 +946,16 @@ fn named_contexts_choose_where_commands_go() {
     assert!(err.contains("no context gone"), "{err}");
     json(&["context", "remove", "here"]);
     assert_eq!(json(&["context", "list"]).as_array().unwrap().len(), 1);
+
+    // The file's top-level password belongs to its top-level URL: with a context in force
+    // it is not sent (no terminal to ask on here, so the command says so instead).
+    let config = home.path().join(".config/nexus/cli.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("password = \"{ROOT_PASS}\"\n{text}")).unwrap();
+    json(&["context", "add", "other", "--url", &ws, "--user", "root"]);
+    let out = run(&["--context", "other", "health"], &[("HOME", home_dir)]);
+    let err = fails(out, 2);
+    assert!(err.contains("no password given"), "{err}");
 }
 
 #[test]

@@ -268,7 +268,16 @@ async fn manage_users_page_beyond_a_page_see_lag_remove_a_dead_member_and_log_ou
         vec![json!("delete"), json!("user:ui.made")],
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Armed, it says so; the user is still there (a delete on the first click would
+    // have left no armed button to find, the refresh showing the user gone).
+    until_js(
+        &browser,
+        "the delete button saying confirm",
+        "const b = document.querySelector(`button[data-action='delete'][data-target='user:ui.made']`);
+        return !!b && b.classList.contains('armed') && b.innerText === 'confirm delete';",
+        vec![],
+    )
+    .await;
     assert!(
         admin
             .call("user.getTags", json!({"user": "ui.made"}))

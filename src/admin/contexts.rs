@@ -91,16 +91,19 @@ fn write(named: Option<&Path>, file: &ConfigFile) -> anyhow::Result<PathBuf> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let (path, _) = path(named).ok_or_else(|| anyhow!("no HOME: name a file with --config"))?;
+    // A symlinked config (dotfiles) is written where it points, not replaced by a file.
+    let path = std::fs::canonicalize(&path).unwrap_or(path);
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| anyhow!("creating {}: {e}", dir.display()))?;
     }
     let text = toml::to_string(file).map_err(|e| anyhow!("encoding the config: {e}"))?;
     // Written beside it, then renamed over it: a crash leaves the old file or the new one.
+    // Made afresh (a leftover of a crash could have another mode): 0600 from the start.
     let tmp = path.with_extension("toml.new");
+    let _ = std::fs::remove_file(&tmp);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
         .open(&tmp)
         .map_err(|e| anyhow!("writing {}: {e}", tmp.display()))?;

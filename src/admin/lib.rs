@@ -16,6 +16,9 @@ use serde_json::{json, Value};
 
 pub use nexus_client::{CallError, Client};
 
+/// `sys.login` refused the credentials (Nexus 1.9's code).
+const ERR_PERMISSION_DENIED: i64 = -32010;
+
 /// Where the CLI connects and as whom: flags, else `NEXUS_*` environment variables, else
 /// the config file.
 #[derive(Debug, Clone, Args)]
@@ -52,8 +55,16 @@ pub struct Connection {
     /// Seconds to wait for the node at each step.
     #[arg(long, default_value_t = 10.0)]
     pub timeout: f64,
-    /// Run a list, count, status or health command again every SECS seconds [default: 2]
-    #[arg(short = 'w', long, value_name = "SECS", num_args = 0..=1, default_missing_value = "2")]
+    /// Run a list, count, status or health command again every SECS seconds: `-w` for
+    /// every 2 s, `--watch=5` for another interval
+    #[arg(
+        short = 'w',
+        long,
+        value_name = "SECS",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "2"
+    )]
     pub watch: Option<f64>,
     /// With --watch: stop after this many refreshes [default: until interrupted]
     #[arg(long, value_name = "N", requires = "watch")]
@@ -442,14 +453,20 @@ fn connect(
             .filter(|u| !u.is_empty())
             .collect()
     };
+    // A context names its own cluster: the file's top-level user and password belong to
+    // the top-level URL and are never sent to a context's nodes.
+    let (file_user, file_password) = match &context {
+        Some(_) => (None, None),
+        None => (file.user, file.password),
+    };
     let user = conn
         .user
         .or(context.as_ref().and_then(|c| c.user.clone()))
-        .or(file.user);
+        .or(file_user);
     let mut password = if conn.password_stdin {
         Some(stdin.line("the login password")?)
     } else {
-        std::env::var("NEXUS_PASSWORD").ok().or(file.password)
+        std::env::var("NEXUS_PASSWORD").ok().or(file_password)
     };
     let ca = conn.ca.or(context.and_then(|c| c.ca)).or(file.ca);
     let opts = nexus_client::Options {
@@ -479,9 +496,12 @@ fn connect(
             };
             match client.call("sys.login", json!({"user": user, "pass": pass})) {
                 Ok(_) => {}
-                // A refused login is the same on every node: no point trying the next.
-                Err(e @ CallError::Rpc(_)) => {
-                    return Err(anyhow::Error::new(e).context(format!("login as {user}")))
+                // Refused credentials are refused by every node: no point trying the next.
+                // Anything else (no leader, a node cut off) is that node's trouble.
+                Err(CallError::Rpc(e)) if e.code == ERR_PERMISSION_DENIED => {
+                    return Err(
+                        anyhow::Error::new(CallError::Rpc(e)).context(format!("login as {user}"))
+                    )
                 }
                 Err(e) => {
                     failures.push(format!("{url}: login: {e}"));

@@ -29,6 +29,10 @@ pub struct Reads {
     /// Leads every context, so that requests of two nodes never share one: the leader
     /// keeps one pending request per context and drops a second with the same bytes.
     node: u64,
+    /// Random per process start, after the node: an answer to a context of this node's
+    /// previous run (queued in a peer link across the restart) matches no context of
+    /// this one, so it cannot confirm a read at an index from before the read began.
+    run: u64,
     /// Not yet sent to raft.
     queued: Vec<ReadWaiter>,
     /// Sent, by request context.
@@ -42,6 +46,7 @@ impl Reads {
     pub fn new(node: u64) -> Self {
         Reads {
             node,
+            run: rand::random(),
             queued: Vec::new(),
             issued: HashMap::new(),
             confirmed: Vec::new(),
@@ -69,6 +74,7 @@ impl Reads {
         if !self.queued.is_empty() {
             self.next_ctx += 1;
             let mut ctx = self.node.to_be_bytes().to_vec();
+            ctx.extend_from_slice(&self.run.to_be_bytes());
             ctx.extend_from_slice(&self.next_ctx.to_be_bytes());
             let waiters = std::mem::take(&mut self.queued);
             self.issued.insert(

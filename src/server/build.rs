@@ -15,12 +15,15 @@ fn git(args: &[&str]) -> Option<String> {
 
 fn main() {
     println!("cargo:rerun-if-env-changed=NEXUS_BUILD_COMMIT");
-    // Build again when HEAD moves: HEAD itself, the branch it names, and packed refs.
-    if let Some(dir) = git(&["rev-parse", "--absolute-git-dir"]) {
-        println!("cargo:rerun-if-changed={dir}/HEAD");
-        println!("cargo:rerun-if-changed={dir}/packed-refs");
-        if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]) {
-            println!("cargo:rerun-if-changed={dir}/{branch}");
+    // Build again when HEAD moves: HEAD itself, the branch refs (a directory: a ref
+    // created or rewritten there counts) and the packed refs. Only paths that exist are
+    // named: cargo takes a missing one for changed and would rerun on every build.
+    // `--git-path` finds the refs of a worktree in the shared git dir.
+    for what in ["HEAD", "refs/heads", "packed-refs"] {
+        if let Some(path) = git(&["rev-parse", "--path-format=absolute", "--git-path", what]) {
+            if std::path::Path::new(&path).exists() {
+                println!("cargo:rerun-if-changed={path}");
+            }
         }
     }
     let commit = std::env::var("NEXUS_BUILD_COMMIT")

@@ -45,6 +45,17 @@ pub struct Param {
     pub doc: &'static str,
 }
 
+/// Who may call a method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Any connection, logged in or not.
+    Anyone,
+    /// A caller holding the tag `@<method>` (or `@admin`) in force at this path.
+    Tag(&'static str),
+    /// Only this party (the pipe's owner, the task's worker); no tag is checked.
+    Owner(&'static str),
+}
+
 #[derive(Debug)]
 pub struct Method {
     pub name: &'static str,
@@ -52,8 +63,8 @@ pub struct Method {
     pub params: &'static [Param],
     /// The answer's JSON type and what it holds.
     pub result: (Ty, &'static str),
-    /// The permission checked: the tag `@<name>` (or `@admin`) at this path.
-    pub permission: &'static str,
+    /// Who may call it.
+    pub access: Access,
     /// The method's own errors, beyond -32602 (bad params) and -32603 (retry), which any
     /// method can answer.
     pub errors: &'static [i64],
@@ -112,7 +123,7 @@ const SUBPREFIXES: Param = opt(
     "one count per label right below prefix",
 );
 const LIST: &[Param] = &[PREFIX, DEPTH, FILTER, LIMIT, SKIP];
-const COUNT: &[Param] = &[PREFIX, FILTER, SUBPREFIXES];
+const COUNT: &[Param] = &[PREFIX, DEPTH, FILTER, SUBPREFIXES];
 const USER: Param = req("user", Ty::String, "the user's name");
 const PIPEID: Param = req("pipeid", Ty::String, "the pipe's id");
 const TASKID: Param = req("taskid", Ty::String, "the task's id");
@@ -129,7 +140,7 @@ pub static METHODS: &[Method] = &[
         summary: "Answers ok.",
         params: &[],
         result: OK,
-        permission: "",
+        access: Access::Anyone,
         errors: &[],
     },
     Method {
@@ -137,7 +148,7 @@ pub static METHODS: &[Method] = &[
         summary: "The API level implemented (1.9.0).",
         params: &[],
         result: (Ty::Object, "{\"version\": \"1.9.0\"}"),
-        permission: "",
+        access: Access::Anyone,
         errors: &[],
     },
     Method {
@@ -149,7 +160,7 @@ pub static METHODS: &[Method] = &[
             "seconds, clamped to 10..1800 (default --watchdog, 90)",
         )],
         result: (Ty::Object, "{\"watchdog\": seconds}"),
-        permission: "",
+        access: Access::Anyone,
         errors: &[],
     },
     Method {
@@ -169,7 +180,7 @@ pub static METHODS: &[Method] = &[
             Ty::Object,
             "{\"ok\": true, \"connid\", \"user\", \"tags\", \"metadata\"}",
         ),
-        permission: "",
+        access: Access::Anyone,
         errors: &[ERR_PERMISSION_DENIED],
     },
     Method {
@@ -177,7 +188,7 @@ pub static METHODS: &[Method] = &[
         summary: "Reads the connection's own user data (tags, limits) again.",
         params: &[],
         result: OK,
-        permission: "",
+        access: Access::Anyone,
         errors: &[ERR_INVALID_REQUEST],
     },
     Method {
@@ -192,7 +203,7 @@ pub static METHODS: &[Method] = &[
             Ty::Array,
             "[{\"id\", \"version\", \"clients\", \"load\", \"listening\", \"raftId\", \"role\", \"cluster\", \"status\", \"applied\", \"commit\"}]",
         ),
-        permission: "sys.node",
+        access: Access::Tag("sys.node"),
         errors: &[ERR_PERMISSION_DENIED],
     },
     Method {
@@ -200,7 +211,7 @@ pub static METHODS: &[Method] = &[
         summary: "Removes a member that is gone for good (extension).",
         params: &[req("raftId", Ty::Integer, "the member's raft id")],
         result: OK,
-        permission: "sys.node",
+        access: Access::Tag("sys.node"),
         errors: &[ERR_PERMISSION_DENIED, ERR_INVALID_REQUEST],
     },
     Method {
@@ -208,7 +219,7 @@ pub static METHODS: &[Method] = &[
         summary: "This node reads its TLS files and cluster secrets again (extension).",
         params: &[],
         result: (Ty::Object, "{\"ok\": true, \"reloaded\": [what]}"),
-        permission: "sys.node",
+        access: Access::Tag("sys.node"),
         errors: &[ERR_PERMISSION_DENIED, ERR_INTERNAL],
     },
     Method {
@@ -219,7 +230,7 @@ pub static METHODS: &[Method] = &[
             Ty::Object,
             "{\"index\", \"bytes\", \"sha256\", \"cluster\", \"format\"}",
         ),
-        permission: "sys.backup",
+        access: Access::Tag("sys.backup"),
         errors: &[ERR_PERMISSION_DENIED],
     },
     Method {
@@ -230,7 +241,7 @@ pub static METHODS: &[Method] = &[
             opt("length", Ty::Integer, "1048576", "bytes, at most 4194304"),
         ],
         result: (Ty::Object, "{\"offset\", \"data\", \"eof\"}"),
-        permission: "sys.backup",
+        access: Access::Tag("sys.backup"),
         errors: &[ERR_PERMISSION_DENIED],
     },
     Method {
@@ -241,7 +252,7 @@ pub static METHODS: &[Method] = &[
             Ty::Array,
             "[{\"user\", \"n\", \"sessions\": [{\"connid\", \"nodeid\", \"remoteAddress\", \"creationTime\", \"protocol\"}]}]",
         ),
-        permission: ON_PREFIX,
+        access: Access::Tag(ON_PREFIX),
         errors: &[ERR_PERMISSION_DENIED],
     },
     Method {
@@ -249,7 +260,7 @@ pub static METHODS: &[Method] = &[
         summary: "How many sessions, by user prefix.",
         params: COUNT,
         result: (Ty::Object, "{\"count\"}, or one entry per subprefix"),
-        permission: ON_PREFIX,
+        access: Access::Tag(ON_PREFIX),
         errors: &[ERR_PERMISSION_DENIED],
     },
     Method {
@@ -257,7 +268,7 @@ pub static METHODS: &[Method] = &[
         summary: "Closes every session whose connid starts with the given one.",
         params: &[req("connid", Ty::String, "at least 16 characters")],
         result: (Ty::Object, "{\"kicked\": N}"),
-        permission: "the user owning each session",
+        access: Access::Tag("the user owning each session"),
         errors: &[ERR_PERMISSION_DENIED],
     },
     Method {
@@ -265,7 +276,7 @@ pub static METHODS: &[Method] = &[
         summary: "The matched sessions read their user data again.",
         params: &[req("connid", Ty::String, "at least 16 characters")],
         result: (Ty::Object, "{\"reloaded\": N}"),
-        permission: "the user owning each session",
+        access: Access::Tag("the user owning each session"),
         errors: &[ERR_PERMISSION_DENIED],
     },
     // user
@@ -277,7 +288,7 @@ pub static METHODS: &[Method] = &[
             req("pass", Ty::String, "4..500 characters"),
         ],
         result: OK,
-        permission: TARGET_USER,
+        access: Access::Tag(TARGET_USER),
         errors: &[ERR_PERMISSION_DENIED, ERR_USER_EXISTS],
     },
     Method {
@@ -285,7 +296,7 @@ pub static METHODS: &[Method] = &[
         summary: "Deletes a user.",
         params: &[USER],
         result: OK,
-        permission: TARGET_USER,
+        access: Access::Tag(TARGET_USER),
         errors: &[ERR_PERMISSION_DENIED, ERR_INVALID_USER],
     },
     Method {
@@ -293,7 +304,7 @@ pub static METHODS: &[Method] = &[
         summary: "Renames a user, atomically.",
         params: &[USER, req("new", Ty::String, "the new name")],
         result: OK,
-        permission: "both names",
+        access: Access::Tag("both names"),
         errors: &[ERR_PERMISSION_DENIED, ERR_INVALID_USER, ERR_USER_EXISTS],
     },
     Method {
@@ -304,7 +315,7 @@ pub static METHODS: &[Method] = &[
             Ty::Array,
             "[{\"user\", \"tags\", \"templates\", \"whitelist\", \"blacklist\", \"maxsessions\", \"disabled\", \"createdAt\"}]",
         ),
-        permission: ON_PREFIX,
+        access: Access::Tag(ON_PREFIX),
         errors: &[ERR_PERMISSION_DENIED],
     },
     Method {
@@ -312,7 +323,7 @@ pub static METHODS: &[Method] = &[
         summary: "How many users under a prefix.",
         params: COUNT,
         result: (Ty::Object, "{\"count\"}, or one entry per subprefix"),
-        permission: ON_PREFIX,
+        access: Access::Tag(ON_PREFIX),
         errors: &[ERR_PERMISSION_DENIED],
     },
     Method {
@@ -324,7 +335,7 @@ pub static METHODS: &[Method] = &[
             req("tags", Ty::Object, "tag name to JSON value"),
         ],
         result: OK,
-        permission: ON_PREFIX,
+        access: Access::Tag(ON_PREFIX),
         errors: &[ERR_PERMISSION_DENIED, ERR_INVALID_USER],
     },
     Method {
@@ -336,7 +347,7 @@ pub static METHODS: &[Method] = &[
             req("tags", Ty::Array, "tag names"),
         ],
         result: OK,
-        permission: ON_PREFIX,
+        access: Access::Tag(ON_PREFIX),
         errors: &[ERR_PERMISSION_DENIED, ERR_INVALID_USER],
     },
     Method {
@@ -344,7 +355,7 @@ pub static METHODS: &[Method] = &[
         summary: "The user's tag maps by prefix.",
         params: &[USER],
         result: (Ty::Object, "{\"tags\": {prefix: {tag: value}}}"),
-        permission: "the target user (allowed on oneself)",
+        access: Access::Tag("the target user (allowed on oneself)"),
         errors: &[ERR_PERMISSION_DENIED],
     },
     Method {
@@ -352,7 +363,7 @@ pub static METHODS: &[Method] = &[
         summary: "The tags in force for the user at a prefix, templates included.",
         params: &[USER, req("prefix", Ty::String, "the path")],
         result: (Ty::Object, "{\"tags\": {tag: value}}"),
-        permission: "the target user (allowed on oneself)",
+        access: Access::Tag("the target user (allowed on oneself)"),
         errors: &[ERR_PERMISSION_DENIED],
     },
     Method {
@@ -360,7 +371,7 @@ pub static METHODS: &[Method] = &[
         summary: "Sets the user's password.",
         params: &[USER, req("pass", Ty::String, "4..500 characters")],
         result: OK,
-        permission: "the target user (allowed on oneself unless @user.setPass is false)",
+        access: Access::Tag("the target user (allowed on oneself unless @user.setPass is false)"),
         errors: &[ERR_PERMISSION_DENIED, ERR_INVALID_USER],
     },
     Method {
@@ -368,7 +379,7 @@ pub static METHODS: &[Method] = &[
         summary: "Adds a template (another user whose tags apply under the user's own).",
         params: &[USER, req("template", Ty::String, "the template user")],
         result: OK,
-        permission: "the target user, and @user.useTemplate at the template",
+        access: Access::Tag("the target user, and @user.useTemplate at the template"),
         errors: &[ERR_PERMISSION_DENIED, ERR_INVALID_USER],
     },
     Method {
@@ -376,7 +387,7 @@ pub static METHODS: &[Method] = &[
         summary: "Removes a template.",
         params: &[USER, req("template", Ty::String, "the template user")],
         result: OK,
-        permission: "the target user, and @user.useTemplate at the template",
+        access: Access::Tag("the target user, and @user.useTemplate at the template"),
         errors: &[ERR_PERMISSION_DENIED, ERR_INVALID_USER],
     },
     Method {
@@ -384,7 +395,7 @@ pub static METHODS: &[Method] = &[
         summary: "Adds a regexp a login's ip:port must match.",
         params: &[USER, req("ip", Ty::String, "a regexp matched against ip:port")],
         result: OK,
-        permission: TARGET_USER,
+        access: Access::Tag(TARGET_USER),
         errors: &[ERR_PERMISSION_DENIED, ERR_INVALID_USER],
     },
     Method {
@@ -392,7 +403,7 @@ pub static METHODS: &[Method] = &[
         summary: "Removes a whitelist regexp.",
         params: &[USER, req("ip", Ty::String, "the regexp")],
         result: OK,
-        permission: TARGET_USER,
+        access: Access::Tag(TARGET_USER),
         errors: &[ERR_PERMISSION_DENIED, ERR_INVALID_USER],
     },
     Method {
@@ -400,7 +411,7 @@ pub static METHODS: &[Method] = &[
         summary: "Adds a regexp that refuses a login from a matching ip:port.",
         params: &[USER, req("ip", Ty::String, "a regexp matched against ip:port")],
         result: OK,
-        permission: TARGET_USER,
+        access: Access::Tag(TARGET_USER),
         errors: &[ERR_PERMISSION_DENIED, ERR_INVALID_USER],
     },
     Method {
@@ -408,7 +419,7 @@ pub static METHODS: &[Method] = &[
         summary: "Removes a blacklist regexp.",
         params: &[USER, req("ip", Ty::String, "the regexp")],
         result: OK,
-        permission: TARGET_USER,
+        access: Access::Tag(TARGET_USER),
         errors: &[ERR_PERMISSION_DENIED, ERR_INVALID_USER],
     },
     Method {
@@ -416,7 +427,7 @@ pub static METHODS: &[Method] = &[
         summary: "Sets how many sessions the user may hold cluster-wide.",
         params: &[USER, req("maxsessions", Ty::Integer, "0: no limit")],
         result: OK,
-        permission: TARGET_USER,
+        access: Access::Tag(TARGET_USER),
         errors: &[ERR_PERMISSION_DENIED, ERR_INVALID_USER],
     },
     Method {
@@ -424,7 +435,7 @@ pub static METHODS: &[Method] = &[
         summary: "Disables or enables the user's logins.",
         params: &[USER, req("disabled", Ty::Boolean, "true refuses logins")],
         result: OK,
-        permission: TARGET_USER,
+        access: Access::Tag(TARGET_USER),
         errors: &[ERR_PERMISSION_DENIED, ERR_INVALID_USER],
     },
     // pipe
@@ -438,7 +449,7 @@ pub static METHODS: &[Method] = &[
             "messages it holds; <= 0: 1000; at most 100000",
         )],
         result: (Ty::Object, "{\"pipeid\"}"),
-        permission: "",
+        access: Access::Anyone,
         errors: &[],
     },
     Method {
@@ -455,7 +466,7 @@ pub static METHODS: &[Method] = &[
             ),
         ],
         result: OK,
-        permission: "",
+        access: Access::Anyone,
         errors: &[ERR_INVALID_PIPE],
     },
     Method {
@@ -470,7 +481,7 @@ pub static METHODS: &[Method] = &[
             Ty::Object,
             "{\"msgs\": [{\"msg\", \"count\"}], \"waiting\", \"drops\"}",
         ),
-        permission: "the pipe's owner",
+        access: Access::Owner("the pipe's owner"),
         errors: &[ERR_INVALID_PIPE],
     },
     Method {
@@ -478,7 +489,7 @@ pub static METHODS: &[Method] = &[
         summary: "Closes the connection's own pipe.",
         params: &[PIPEID],
         result: OK,
-        permission: "the pipe's owner",
+        access: Access::Owner("the pipe's owner"),
         errors: &[ERR_INVALID_PIPE],
     },
     // topic
@@ -487,7 +498,7 @@ pub static METHODS: &[Method] = &[
         summary: "Subscribes a pipe to a topic (x.* matches x and below).",
         params: &[PIPEID, req("topic", Ty::String, "the topic or pattern")],
         result: OK,
-        permission: "topic",
+        access: Access::Tag("topic"),
         errors: &[ERR_PERMISSION_DENIED, ERR_INVALID_PIPE],
     },
     Method {
@@ -495,7 +506,7 @@ pub static METHODS: &[Method] = &[
         summary: "Unsubscribes a pipe from a topic.",
         params: &[PIPEID, req("topic", Ty::String, "the topic or pattern")],
         result: OK,
-        permission: "",
+        access: Access::Anyone,
         errors: &[ERR_INVALID_PIPE],
     },
     Method {
@@ -506,7 +517,7 @@ pub static METHODS: &[Method] = &[
             req("msg", Ty::Any, "the message"),
         ],
         result: (Ty::Object, "{\"ok\": true, \"sent\": pipes reached}"),
-        permission: "topic",
+        access: Access::Tag("topic"),
         errors: &[ERR_PERMISSION_DENIED],
     },
     Method {
@@ -514,7 +525,7 @@ pub static METHODS: &[Method] = &[
         summary: "Topics under a prefix with their subscriber counts.",
         params: LIST,
         result: (Ty::Array, "[{\"topic\", \"subscribers\"}]"),
-        permission: ON_PREFIX,
+        access: Access::Tag(ON_PREFIX),
         errors: &[ERR_PERMISSION_DENIED],
     },
     Method {
@@ -522,7 +533,7 @@ pub static METHODS: &[Method] = &[
         summary: "How many topics under a prefix.",
         params: COUNT,
         result: (Ty::Object, "{\"count\"}, or one entry per subprefix"),
-        permission: ON_PREFIX,
+        access: Access::Tag(ON_PREFIX),
         errors: &[ERR_PERMISSION_DENIED],
     },
     // sync
@@ -542,7 +553,7 @@ pub static METHODS: &[Method] = &[
             Ty::Object,
             "{\"ok\": true, \"token\": N}, and \"ticket\" with wait",
         ),
-        permission: "lock",
+        access: Access::Tag("lock"),
         errors: &[ERR_PERMISSION_DENIED, ERR_LOCK_NOT_OWNED],
     },
     Method {
@@ -550,7 +561,7 @@ pub static METHODS: &[Method] = &[
         summary: "Releases a lock this connection holds.",
         params: &[LOCK],
         result: OK,
-        permission: "",
+        access: Access::Anyone,
         errors: &[ERR_LOCK_NOT_OWNED],
     },
     Method {
@@ -558,7 +569,7 @@ pub static METHODS: &[Method] = &[
         summary: "Locks under a prefix, their owners and waiters.",
         params: LIST,
         result: (Ty::Array, "[{\"id\", \"owner\", \"waiters\"?}]"),
-        permission: ON_PREFIX,
+        access: Access::Tag(ON_PREFIX),
         errors: &[ERR_PERMISSION_DENIED],
     },
     Method {
@@ -566,7 +577,7 @@ pub static METHODS: &[Method] = &[
         summary: "How many locks under a prefix.",
         params: COUNT,
         result: (Ty::Object, "{\"count\"}, or one entry per subprefix"),
-        permission: ON_PREFIX,
+        access: Access::Tag(ON_PREFIX),
         errors: &[ERR_PERMISSION_DENIED],
     },
     // task
@@ -582,7 +593,7 @@ pub static METHODS: &[Method] = &[
             opt("detach", Ty::Boolean, "false", "answer ok at once"),
         ],
         result: (Ty::Any, "the worker's result, or its error as the error"),
-        permission: "method",
+        access: Access::Tag("method"),
         errors: &[
             ERR_PERMISSION_DENIED,
             ERR_TIMEOUT,
@@ -601,7 +612,7 @@ pub static METHODS: &[Method] = &[
             Ty::Object,
             "{\"taskid\", \"path\", \"method\", \"params\", \"tags\", \"prio\", \"detach\", \"user\", \"ttl\", \"creationTime\", \"deadLine\"}",
         ),
-        permission: ON_PREFIX,
+        access: Access::Tag(ON_PREFIX),
         errors: &[ERR_PERMISSION_DENIED, ERR_TIMEOUT, ERR_CANCEL],
     },
     Method {
@@ -609,7 +620,7 @@ pub static METHODS: &[Method] = &[
         summary: "Ends a task this connection works on with a result.",
         params: &[TASKID, req("result", Ty::Any, "the answer to the pusher")],
         result: OK,
-        permission: "the task's worker",
+        access: Access::Owner("the task's worker"),
         errors: &[ERR_INVALID_TASK],
     },
     Method {
@@ -622,7 +633,7 @@ pub static METHODS: &[Method] = &[
             may("data", Ty::Any, "the error data"),
         ],
         result: OK,
-        permission: "the task's worker",
+        access: Access::Owner("the task's worker"),
         errors: &[ERR_INVALID_TASK],
     },
     Method {
@@ -630,19 +641,22 @@ pub static METHODS: &[Method] = &[
         summary: "Puts a task back to waiting, ttl - 1.",
         params: &[TASKID],
         result: OK,
-        permission: "the task's worker",
+        access: Access::Owner("the task's worker"),
         errors: &[ERR_INVALID_TASK],
     },
     Method {
         name: "task.cancel",
         summary: "Cancels this connection's own pending push or pull by its request id.",
-        params: &[req(
-            "id",
-            Ty::Any,
-            "the JSON-RPC id of the push or pull (or taskid)",
-        )],
+        params: &[
+            may(
+                "id",
+                Ty::Any,
+                "the JSON-RPC id of the push or pull; id or taskid is required",
+            ),
+            may("taskid", Ty::Any, "the same id, under the name taskid"),
+        ],
         result: OK,
-        permission: "",
+        access: Access::Anyone,
         errors: &[ERR_INVALID_TASK],
     },
     Method {
@@ -653,7 +667,7 @@ pub static METHODS: &[Method] = &[
             Ty::Array,
             "[{\"id\", \"state\", \"path\", \"priority\", \"ttl\", \"detached\", \"user\", \"method\", \"params\", ...}]",
         ),
-        permission: ON_PREFIX,
+        access: Access::Tag(ON_PREFIX),
         errors: &[ERR_PERMISSION_DENIED],
     },
     Method {
@@ -664,7 +678,7 @@ pub static METHODS: &[Method] = &[
             Ty::Object,
             "{\"count\", \"pushCount\", \"pullCount\"}, or one entry per subprefix",
         ),
-        permission: ON_PREFIX,
+        access: Access::Tag(ON_PREFIX),
         errors: &[ERR_PERMISSION_DENIED],
     },
 ];

@@ -3,7 +3,7 @@
 
 use serde_json::{json, Map, Value};
 
-use super::methods::{Method, Param, Ty, ERRORS, METHODS};
+use super::methods::{Access, Method, Param, Ty, ERRORS, METHODS};
 use nexus_core::rpc::{standard_text, ERR_INTERNAL, ERR_INVALID_PARAMS};
 
 fn schema(ty: Ty) -> Value {
@@ -32,14 +32,18 @@ fn param(p: &Param) -> Value {
 }
 
 fn method(m: &Method) -> Value {
-    let permission = if m.permission.is_empty() {
-        "No permission needed.".to_string()
-    } else {
-        let tag = format!("@{}", m.name);
-        format!(
-            "Needs the tag {tag} (or @admin) in force at: {}.",
-            m.permission
-        )
+    let (access, path, permission) = match m.access {
+        Access::Anyone => ("anyone", "", "Any connection may call it.".to_string()),
+        Access::Tag(path) => (
+            "tag",
+            path,
+            format!("Needs the tag @{} (or @admin) in force at: {path}.", m.name),
+        ),
+        Access::Owner(who) => (
+            "owner",
+            who,
+            format!("Only {who} may call it; no tag is checked."),
+        ),
     };
     // Any method can answer bad params and a retryable internal error.
     let mut codes = m.errors.to_vec();
@@ -54,7 +58,8 @@ fn method(m: &Method) -> Value {
         "params": m.params.iter().map(param).collect::<Vec<_>>(),
         "result": {"name": "result", "description": m.result.1, "schema": schema(m.result.0)},
         "errors": codes.into_iter().map(error).collect::<Vec<_>>(),
-        "x-permission": m.permission,
+        "x-access": access,
+        "x-permission": path,
     })
 }
 
