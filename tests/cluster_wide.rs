@@ -158,6 +158,16 @@ fn a_publish_reaches_subscribers_on_every_node_in_order() {
     }
 }
 
+/// Three joined nodes, all voters, node 2 applying every batch `delay_ms` late.
+fn three_with_node_2_applying_late(root: &std::path::Path, delay_ms: u64) -> Vec<Proc> {
+    let nodes = three_joined_each(root, |i| match i {
+        2 => vec!["--test-apply-delay-ms".into(), delay_ms.to_string()],
+        _ => vec![],
+    });
+    wait_voters(&nodes[0], 3);
+    nodes
+}
+
 /// A subscription answered on one node is seen by the very next publish on any node, and
 /// an unsubscription likewise (followers learn of a commit a little after the node that
 /// proposed it, so this needs `topic.sub` to wait for them). Node 2 applies every batch
@@ -165,11 +175,7 @@ fn a_publish_reaches_subscribers_on_every_node_in_order() {
 #[test]
 fn a_publish_right_after_a_subscription_answer_reaches_it_from_every_node() {
     let root = tempfile::tempdir().unwrap();
-    let nodes = three_joined_each(root.path(), |i| match i {
-        2 => vec!["--test-apply-delay-ms".into(), "30".into()],
-        _ => vec![],
-    });
-    wait_voters(&nodes[0], 3);
+    let nodes = three_with_node_2_applying_late(root.path(), 30);
     let mut clients: Vec<Client> = nodes.iter().map(Proc::root).collect();
     for i in 0..60 {
         let (home, topic) = (i % 3, format!("fresh.t{i}"));
@@ -215,11 +221,7 @@ fn publish_from_the_others(
 #[test]
 fn a_pipe_of_a_just_restarted_node_is_found_by_a_node_that_lags() {
     let root = tempfile::tempdir().unwrap();
-    let mut nodes = three_joined_each(root.path(), |i| match i {
-        2 => vec!["--test-apply-delay-ms".into(), "1000".into()],
-        _ => vec![],
-    });
-    wait_voters(&nodes[0], 3);
+    let mut nodes = three_with_node_2_applying_late(root.path(), 1000);
     let mut lagging = nodes[2].root();
     nodes[1].kill9();
     nodes[1].spawn();
@@ -537,11 +539,7 @@ fn answer_of_ok(v: Value) -> Value {
 #[test]
 fn linearizable_reads_are_answered_on_a_node_whose_turns_are_slow() {
     let root = tempfile::tempdir().unwrap();
-    let nodes = three_joined_each(root.path(), |i| match i {
-        2 => vec!["--test-apply-delay-ms".into(), "500".into()],
-        _ => vec![],
-    });
-    wait_voters(&nodes[0], 3);
+    let nodes = three_with_node_2_applying_late(root.path(), 500);
     let stop = Arc::new(AtomicBool::new(false));
     let writer = {
         let stop = stop.clone();

@@ -9,7 +9,7 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::cluster::{three_joined_each, wait_voters};
+use common::cluster::{three_joined_each, wait_voters, Proc};
 use common::{connid, create_user, eventually, expect_ok, free_port, Client, ROOT_PASS};
 use fantoccini::{ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -82,17 +82,39 @@ where
     }
 }
 
-/// A headless Chromium on `driver`.
-async fn browser(driver: &Driver) -> fantoccini::Client {
+/// Three joined nodes, each with an http listener (its port returned) for the dashboard.
+fn three_with_dashboards(root: &std::path::Path) -> (Vec<u16>, Vec<Proc>) {
+    let http: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let nodes = three_joined_each(root, |i| {
+        vec!["-l".into(), format!("http://127.0.0.1:{}", http[i])]
+    });
+    wait_voters(&nodes[0], 3);
+    (http, nodes)
+}
+
+/// A headless Chromium on `driver`, showing the dashboard of the node on `http`.
+async fn open_dashboard(driver: &Driver, http: u16) -> fantoccini::Client {
     let caps = json!({"goog:chromeOptions": {"args": [
         "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
         "--window-size=1400,1000", driver.profile_arg(),
     ]}});
-    ClientBuilder::new(HttpConnector::new())
+    let browser = ClientBuilder::new(HttpConnector::new())
         .capabilities(caps.as_object().unwrap().clone())
         .connect(&format!("http://127.0.0.1:{}", driver.port))
         .await
-        .expect("a Chromium session through chromedriver")
+        .expect("a Chromium session through chromedriver");
+    browser
+        .goto(&format!("http://127.0.0.1:{http}/ui"))
+        .await
+        .unwrap();
+    browser
+}
+
+/// Submits the login form as root with `pass`.
+async fn log_in(browser: &fantoccini::Client, pass: &str) {
+    type_into(browser, "login-user", "root").await;
+    type_into(browser, "login-pass", pass).await;
+    press(browser, "login-button").await;
 }
 
 /// Types into the field `id`, replacing what it held.
@@ -116,9 +138,28 @@ async fn until_js(
     .await;
 }
 
-/// Clicks the button `[data-action=action][data-target=target]` when there is one.
-const CLICK: &str = "const b = document.querySelector(`button[data-action='${arguments[0]}'][data-target='${arguments[1]}']`);
-    if (b && !b.disabled) { b.click(); return true; } return false;";
+/// Clicks the enabled button `css` finds, as soon as there is one.
+async fn click(browser: &fantoccini::Client, what: &str, css: &str) {
+    until_js(
+        browser,
+        what,
+        "const b = document.querySelector(arguments[0]);
+        if (b && !b.disabled) { b.click(); return true; } return false;",
+        vec![json!(css)],
+    )
+    .await;
+}
+
+/// The button of `action` on the row of `target`.
+fn action(action: &str, target: &str) -> String {
+    format!("button[data-action='{action}'][data-target='{target}']")
+}
+
+/// Clicks the element with this id (forms and the header: not rebuilt by refreshes).
+async fn press(browser: &fantoccini::Client, id: &str) {
+    let element = browser.find(Locator::Id(id)).await.unwrap();
+    element.click().await.unwrap();
+}
 
 async fn screenshot(browser: &fantoccini::Client, name: &str) {
     let png = browser.screenshot().await.unwrap();
@@ -135,11 +176,7 @@ async fn screenshot(browser: &fantoccini::Client, name: &str) {
 #[tokio::test(flavor = "current_thread")]
 async fn manage_users_page_beyond_a_page_see_lag_remove_a_dead_member_and_log_out() {
     let root = tempfile::tempdir().unwrap();
-    let http: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let mut nodes = three_joined_each(root.path(), |i| {
-        vec!["-l".into(), format!("http://127.0.0.1:{}", http[i])]
-    });
-    wait_voters(&nodes[0], 3);
+    let (http, mut nodes) = three_with_dashboards(root.path());
     let mut admin = nodes[0].root();
     // More users than one page (100) holds: the count is the true one.
     for i in 0..150 {
@@ -147,20 +184,8 @@ async fn manage_users_page_beyond_a_page_see_lag_remove_a_dead_member_and_log_ou
     }
 
     let driver = Driver::start();
-    let browser = browser(&driver).await;
-    browser
-        .goto(&format!("http://127.0.0.1:{}/ui", http[0]))
-        .await
-        .unwrap();
-    type_into(&browser, "login-user", "root").await;
-    type_into(&browser, "login-pass", ROOT_PASS).await;
-    browser
-        .find(Locator::Id("login-button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    let browser = open_dashboard(&driver, http[0]).await;
+    log_in(&browser, ROOT_PASS).await;
 
     // 151 users (root too), 100 on the first page, the rest on the next.
     until_js(
@@ -171,12 +196,10 @@ async fn manage_users_page_beyond_a_page_see_lag_remove_a_dead_member_and_log_ou
         vec![],
     )
     .await;
-    until_js(
+    click(
         &browser,
         "the next page",
-        "const b = document.querySelector('#users-pager button[data-page=next]');
-        if (b && !b.disabled) { b.click(); return true; } return false;",
-        vec![],
+        "#users-pager button[data-page=next]",
     )
     .await;
     until_js(
@@ -187,12 +210,10 @@ async fn manage_users_page_beyond_a_page_see_lag_remove_a_dead_member_and_log_ou
         vec![],
     )
     .await;
-    until_js(
+    click(
         &browser,
         "the first page again",
-        "const b = document.querySelector('#users-pager button[data-page=prev]');
-        if (b && !b.disabled) { b.click(); return true; } return false;",
-        vec![],
+        "#users-pager button[data-page=prev]",
     )
     .await;
 
@@ -210,13 +231,7 @@ async fn manage_users_page_beyond_a_page_see_lag_remove_a_dead_member_and_log_ou
     // Create a user, give it tags, disable it: each seen by another client.
     type_into(&browser, "new-user", "ui.made").await;
     type_into(&browser, "new-pass", "made-pw-1").await;
-    browser
-        .find(Locator::Id("user-create-button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    press(&browser, "user-create-button").await;
     assert!(eventually(Duration::from_secs(20), || {
         admin
             .call("user.getTags", json!({"user": "ui.made"}))
@@ -227,13 +242,7 @@ async fn manage_users_page_beyond_a_page_see_lag_remove_a_dead_member_and_log_ou
     type_into(&browser, "tags-user", "ui.made").await;
     type_into(&browser, "tags-prefix", "jobs").await;
     type_into(&browser, "tags-json", r#"{"@task.pull": true}"#).await;
-    browser
-        .find(Locator::Id("user-tags-button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    press(&browser, "user-tags-button").await;
     assert!(eventually(Duration::from_secs(20), || {
         expect_ok(admin.call("user.getTags", json!({"user": "ui.made"})))["tags"]["jobs"]
             ["@task.pull"]
@@ -261,21 +270,16 @@ async fn manage_users_page_beyond_a_page_see_lag_remove_a_dead_member_and_log_ou
     );
 
     // Delete takes two clicks: one arms, the second deletes.
-    until_js(
-        &browser,
-        "the delete button armed",
-        CLICK,
-        vec![json!("delete"), json!("user:ui.made")],
-    )
-    .await;
+    let delete = action("delete", "user:ui.made");
+    click(&browser, "the delete button armed", &delete).await;
     // Armed, it says so; the user is still there (a delete on the first click would
     // have left no armed button to find, the refresh showing the user gone).
     until_js(
         &browser,
         "the delete button saying confirm",
-        "const b = document.querySelector(`button[data-action='delete'][data-target='user:ui.made']`);
+        "const b = document.querySelector(arguments[0]);
         return !!b && b.classList.contains('armed') && b.innerText === 'confirm delete';",
-        vec![],
+        vec![json!(delete)],
     )
     .await;
     assert!(
@@ -284,8 +288,7 @@ async fn manage_users_page_beyond_a_page_see_lag_remove_a_dead_member_and_log_ou
             .is_ok(),
         "one click deletes nothing"
     );
-    until_js(&browser, "the delete confirmed", "const b = document.querySelector(`button[data-action='delete'][data-target='user:ui.made']`);
-        if (b && b.classList.contains('armed') && !b.disabled) { b.click(); return true; } return false;", vec![]).await;
+    click(&browser, "the delete confirmed", &format!("{delete}.armed")).await;
     assert!(eventually(Duration::from_secs(20), || {
         admin
             .call("user.getTags", json!({"user": "ui.made"}))
@@ -295,7 +298,7 @@ async fn manage_users_page_beyond_a_page_see_lag_remove_a_dead_member_and_log_ou
     // A dead member is shown as such and removed with two clicks.
     let dead = nodes[2].raft_id();
     nodes[2].kill9();
-    let target = format!("node:{dead}");
+    let remove = action("remove", &format!("node:{dead}"));
     until_js(
         &browser,
         "the dead member",
@@ -305,15 +308,8 @@ async fn manage_users_page_beyond_a_page_see_lag_remove_a_dead_member_and_log_ou
     )
     .await;
     screenshot(&browser, "nexus-dashboard-manage.png").await;
-    until_js(
-        &browser,
-        "the remove button armed",
-        CLICK,
-        vec![json!("remove"), json!(target)],
-    )
-    .await;
-    until_js(&browser, "the remove confirmed", "const b = document.querySelector(`button[data-action='remove'][data-target='${arguments[0]}']`);
-        if (b && b.classList.contains('armed') && !b.disabled) { b.click(); return true; } return false;", vec![json!(target)]).await;
+    click(&browser, "the remove button armed", &remove).await;
+    click(&browser, "the remove confirmed", &format!("{remove}.armed")).await;
     assert!(
         eventually(Duration::from_secs(30), || {
             let list = expect_ok(admin.call("sys.node.list", json!({"all": true})));
@@ -332,13 +328,7 @@ async fn manage_users_page_beyond_a_page_see_lag_remove_a_dead_member_and_log_ou
             .unwrap()
     };
     let before = root_sessions(&mut admin);
-    browser
-        .find(Locator::Id("logout"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    press(&browser, "logout").await;
     until_js(
         &browser,
         "the login form",
@@ -356,11 +346,7 @@ async fn manage_users_page_beyond_a_page_see_lag_remove_a_dead_member_and_log_ou
 #[tokio::test(flavor = "current_thread")]
 async fn log_in_see_three_nodes_and_kick_a_session() {
     let root = tempfile::tempdir().unwrap();
-    let http: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let nodes = three_joined_each(root.path(), |i| {
-        vec!["-l".into(), format!("http://127.0.0.1:{}", http[i])]
-    });
-    wait_voters(&nodes[0], 3);
+    let (http, nodes) = three_with_dashboards(root.path());
     let raft_ids: Vec<String> = nodes.iter().map(|n| n.raft_id().to_string()).collect();
 
     // The session to kick lives on another node than the one serving the page.
@@ -370,48 +356,15 @@ async fn log_in_see_three_nodes_and_kick_a_session() {
     let connid = connid(&mut victim, "ui.victim", "victim-pw");
 
     let driver = Driver::start();
-    let caps = json!({"goog:chromeOptions": {"args": [
-        "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-        "--window-size=1400,1000", driver.profile_arg(),
-    ]}});
-    let browser = ClientBuilder::new(HttpConnector::new())
-        .capabilities(caps.as_object().unwrap().clone())
-        .connect(&format!("http://127.0.0.1:{}", driver.port))
-        .await
-        .expect("a Chromium session through chromedriver");
-
-    browser
-        .goto(&format!("http://127.0.0.1:{}/ui", http[0]))
-        .await
-        .unwrap();
+    let browser = open_dashboard(&driver, http[0]).await;
     // A wrong password is refused on the page.
-    let field = |id: &'static str| browser.find(Locator::Id(id));
-    field("login-user")
-        .await
-        .unwrap()
-        .send_keys("root")
-        .await
-        .unwrap();
-    field("login-pass")
-        .await
-        .unwrap()
-        .send_keys("wrong")
-        .await
-        .unwrap();
-    field("login-button").await.unwrap().click().await.unwrap();
+    log_in(&browser, "wrong").await;
     until(Duration::from_secs(20), "the login error", || async {
-        let text = field("login-error").await.unwrap().text().await.unwrap();
-        text.contains("-32010")
+        let error = browser.find(Locator::Id("login-error")).await.unwrap();
+        error.text().await.unwrap().contains("-32010")
     })
     .await;
-    field("login-pass").await.unwrap().clear().await.unwrap();
-    field("login-pass")
-        .await
-        .unwrap()
-        .send_keys(ROOT_PASS)
-        .await
-        .unwrap();
-    field("login-button").await.unwrap().click().await.unwrap();
+    log_in(&browser, ROOT_PASS).await;
 
     // Three nodes, one leader, each by its raft id, all ready. The table is rebuilt every
     // 2 s, so each look reads it whole in one script (no element kept across calls).
@@ -443,31 +396,13 @@ async fn log_in_see_three_nodes_and_kick_a_session() {
         || async { browser.find(Locator::Css(&row)).await.is_ok() },
     )
     .await;
-    let png = browser.screenshot().await.unwrap();
-    let shot = std::env::temp_dir().join("nexus-dashboard.png");
-    std::fs::write(&shot, &png).unwrap();
-    eprintln!(
-        "dashboard screenshot ({} bytes): {}",
-        png.len(),
-        shot.display()
-    );
-    assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
+    screenshot(&browser, "nexus-dashboard.png").await;
 
-    // Clicked from a script for the same reason: a refresh may replace the button.
-    let kick = format!("button.kick[data-connid='{connid}']");
-    until(
-        Duration::from_secs(30),
+    // Clicked from a script: a refresh may replace the button.
+    click(
+        &browser,
         "the kick button clicked",
-        || async {
-            let clicked = browser
-                .execute(
-                    "const b = document.querySelector(arguments[0]); if (b) b.click(); return !!b",
-                    vec![json!(kick)],
-                )
-                .await
-                .unwrap();
-            clicked == json!(true)
-        },
+        &action("kick", &connid),
     )
     .await;
     until(

@@ -650,25 +650,53 @@ fn user(c: &mut Client, cmd: UserCmd, stdin: &mut passwords::Stdin) -> anyhow::R
     Ok(c.call(method, params)?)
 }
 
+/// Every member as the connected node sees them (down ones too), with what both
+/// `cluster status` and `health` sum up from the list.
+struct Members {
+    list: Vec<Value>,
+    leaders: Vec<u64>,
+    ready: usize,
+}
+
+impl Members {
+    fn fetch(c: &mut Client) -> anyhow::Result<Members> {
+        let nodes = c.call("sys.node.list", json!({"all": true, "limit": 0}))?;
+        let list = nodes.as_array().cloned().unwrap_or_default();
+        let leaders = list
+            .iter()
+            .filter(|n| n["role"] == "leader")
+            .filter_map(|n| n["raftId"].as_u64())
+            .collect();
+        let ready = list.iter().filter(|n| n["status"] == "ready").count();
+        Ok(Members {
+            list,
+            leaders,
+            ready,
+        })
+    }
+
+    /// The leader's raft id, or "none".
+    fn leader(&self) -> String {
+        self.leaders
+            .first()
+            .map_or("none".to_string(), |id| id.to_string())
+    }
+}
+
 /// The members as the connected node sees them, with a summary: for people a table and
 /// one line, for scripts `{"leader", "members", "ready", "nodes"}`.
 fn cluster_status(c: &mut Client, json_out: bool) -> anyhow::Result<Value> {
-    let nodes = c.call("sys.node.list", json!({"all": true, "limit": 0}))?;
-    let list = nodes.as_array().cloned().unwrap_or_default();
-    let leader = list
-        .iter()
-        .find(|n| n["role"] == "leader")
-        .and_then(|n| n["raftId"].as_u64());
-    let ready = list.iter().filter(|n| n["status"] == "ready").count();
+    let m = Members::fetch(c)?;
     if json_out {
         return Ok(json!({
-            "leader": leader,
-            "members": list.len(),
-            "ready": ready,
-            "nodes": list,
+            "leader": m.leaders.first(),
+            "members": m.list.len(),
+            "ready": m.ready,
+            "nodes": m.list,
         }));
     }
-    let rows: Vec<Value> = list
+    let rows: Vec<Value> = m
+        .list
         .iter()
         .map(|n| {
             json!({
@@ -678,10 +706,11 @@ fn cluster_status(c: &mut Client, json_out: bool) -> anyhow::Result<Value> {
         })
         .collect();
     print!("{}", output::human(&Value::Array(rows)));
-    let leader = leader.map_or("none".to_string(), |id| id.to_string());
     Ok(Value::String(format!(
-        "{} members, {ready} ready, leader {leader}",
-        list.len()
+        "{} members, {} ready, leader {}",
+        m.list.len(),
+        m.ready,
+        m.leader()
     )))
 }
 
@@ -689,14 +718,9 @@ fn cluster_status(c: &mut Client, json_out: bool) -> anyhow::Result<Value> {
 /// is wrong); for scripts `{"healthy", "members", "ready", "leader", "problems"}`. An
 /// unhealthy cluster is an error (`Unhealthy`) once that is printed.
 fn health(c: &mut Client, json_out: bool) -> anyhow::Result<Value> {
-    let nodes = c.call("sys.node.list", json!({"all": true, "limit": 0}))?;
-    let list = nodes.as_array().cloned().unwrap_or_default();
-    let leaders: Vec<u64> = list
-        .iter()
-        .filter(|n| n["role"] == "leader")
-        .filter_map(|n| n["raftId"].as_u64())
-        .collect();
-    let mut problems: Vec<String> = list
+    let m = Members::fetch(c)?;
+    let mut problems: Vec<String> = m
+        .list
         .iter()
         .filter(|n| n["status"] != "ready")
         .map(|n| {
@@ -707,22 +731,23 @@ fn health(c: &mut Client, json_out: bool) -> anyhow::Result<Value> {
             )
         })
         .collect();
-    if leaders.len() != 1 {
-        problems.push(format!("{} leaders", leaders.len()));
+    if m.leaders.len() != 1 {
+        problems.push(format!("{} leaders", m.leaders.len()));
     }
-    let ready = list.iter().filter(|n| n["status"] == "ready").count();
-    let leader = leaders
-        .first()
-        .map_or("none".to_string(), |id| id.to_string());
-    let summary = format!("{ready} of {} members ready, leader {leader}", list.len());
+    let summary = format!(
+        "{} of {} members ready, leader {}",
+        m.ready,
+        m.list.len(),
+        m.leader()
+    );
     if json_out {
         println!(
             "{}",
             json!({
                 "healthy": problems.is_empty(),
-                "members": list.len(),
-                "ready": ready,
-                "leader": leaders.first(),
+                "members": m.list.len(),
+                "ready": m.ready,
+                "leader": m.leaders.first(),
                 "problems": problems,
             })
         );

@@ -237,6 +237,11 @@ impl RaftStats {
         self.applied_index.load(Ordering::Relaxed)
     }
 
+    /// The highest index this node knows to be committed.
+    pub fn commit_index(&self) -> u64 {
+        self.commit_index.load(Ordering::Relaxed)
+    }
+
     /// Records the applied index (it only grows) and wakes the tasks waiting for it.
     pub fn set_applied(&self, index: u64) {
         // Called after every driver turn: the watch (a lock) only when the index grew. The
@@ -338,7 +343,7 @@ impl RaftStats {
         if self.leader().is_none() {
             return Err("no raft leader known".into());
         }
-        let commit = self.commit_index.load(Ordering::Relaxed);
+        let commit = self.commit_index();
         let applied = self.applied_index();
         if commit > applied + 1000 {
             return Err(format!("apply lags: applied {applied} of {commit}"));

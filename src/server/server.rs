@@ -140,7 +140,7 @@ async fn start_cluster(
         raft_id: me.raft_id.0,
         generation: me.generation,
         cluster_addr: advertised.clone(),
-        program_version: env!("CARGO_PKG_VERSION").to_string(),
+        program_version: crate::build_info::VERSION.to_string(),
         has_state: !fresh,
         cluster_id: hello_cluster_id(storage)?,
         bootstrap_expect: c.bootstrap_expect.unwrap_or(0) as u32,
@@ -175,7 +175,10 @@ async fn start_cluster(
             (gossip::KEY_GENERATION.into(), me.generation.to_string()),
             (gossip::KEY_INCARNATION.into(), me.incarnation.clone()),
             (gossip::KEY_CLUSTER_ADDR.into(), advertised.clone()),
-            (gossip::KEY_VERSION.into(), env!("CARGO_PKG_VERSION").into()),
+            (
+                gossip::KEY_VERSION.into(),
+                crate::build_info::VERSION.into(),
+            ),
             (
                 gossip::KEY_API_VERSION.into(),
                 crate::api::sys::API_VERSION.into(),
@@ -257,13 +260,10 @@ async fn publish_gossip(node: Arc<Node>, gossip: Arc<Gossip>) {
             .await;
         gossip.set(gossip::KEY_STATUS, status).await;
         let stats = &node.replica.raft.stats;
-        let commit = stats
-            .commit_index
-            .load(std::sync::atomic::Ordering::Relaxed);
         gossip
             .set(
                 gossip::KEY_RAFT_INDEX,
-                format!("{},{commit}", stats.applied_index()),
+                format!("{},{}", stats.applied_index(), stats.commit_index()),
             )
             .await;
         tokio::time::sleep(Duration::from_secs(1)).await;

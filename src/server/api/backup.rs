@@ -26,7 +26,7 @@ pub async fn begin(node: &Arc<Node>, conn: &Conn) -> RpcResult {
     // Encoding a large state takes a while: off the session's thread.
     let file = tokio::task::spawn_blocking(move || {
         let portable = state.portable();
-        let version = env!("CARGO_PKG_VERSION");
+        let version = crate::build_info::VERSION;
         let file = backup::encode(&portable, index, &cluster, &now_rfc3339(), version);
         let sha = hex::encode(Sha256::digest(&file));
         (file, sha, cluster)

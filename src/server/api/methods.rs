@@ -683,9 +683,15 @@ pub static METHODS: &[Method] = &[
     },
 ];
 
-/// The method named `name`, if this node answers it.
+/// The method named `name`, if this node answers it (every request asks: a map, built
+/// once).
 pub fn find(name: &str) -> Option<&'static Method> {
-    METHODS.iter().find(|m| m.name == name)
+    static BY_NAME: std::sync::OnceLock<std::collections::HashMap<&'static str, &'static Method>> =
+        std::sync::OnceLock::new();
+    BY_NAME
+        .get_or_init(|| METHODS.iter().map(|m| (m.name, m)).collect())
+        .get(name)
+        .copied()
 }
 
 /// Every error code and its text, in code order (the API's error table).

@@ -25,10 +25,10 @@ use nexus_core::rpc::{Params, Request, Response, RpcError, RpcResult, ERR_METHOD
 /// Runs one request; `None` for a notification (executed, never answered).
 pub async fn dispatch(node: Arc<Node>, conn: Rc<Conn>, req: Request) -> Option<Response> {
     let start = std::time::Instant::now();
-    let result = call(&node, &conn, &req).await;
-    // Only the table's names label metrics: anything else a client sends counts as
-    // "(unknown)", so labels stay bounded.
+    // Looked up once: the gate of `call`, and the metrics label (only the table's names
+    // label metrics; anything else counts as "(unknown)", so labels stay bounded).
     let known = methods::find(&req.method).is_some();
+    let result = call(&node, &conn, &req, known).await;
     node.metrics
         .request(&req.method, known, result.is_ok(), start.elapsed());
     match req.id {
@@ -42,12 +42,12 @@ pub async fn dispatch(node: Arc<Node>, conn: Rc<Conn>, req: Request) -> Option<R
     }
 }
 
-async fn call(node: &Arc<Node>, conn: &Rc<Conn>, req: &Request) -> RpcResult {
+async fn call(node: &Arc<Node>, conn: &Rc<Conn>, req: &Request, known: bool) -> RpcResult {
     let p = Params::new(&req.params)?;
     let method = req.method.as_str();
     // The table is the gate: what it does not name is not answered, whatever a namespace
     // module would match.
-    if methods::find(method).is_none() {
+    if !known {
         return Err(RpcError::new(ERR_METHOD_NOT_FOUND));
     }
     // Each namespace's future is boxed: inline, every request's future would be as large

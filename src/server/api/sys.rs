@@ -135,7 +135,7 @@ async fn node_list(node: &Node, conn: &Conn, p: &Params<'_>) -> RpcResult {
             };
             json!({
                 "id": node.incarnation,
-                "version": env!("CARGO_PKG_VERSION"),
+                "version": crate::build_info::VERSION,
                 "clients": node.local.session_count(),
                 "load": {"load1": load1, "load5": load5, "load15": load15},
                 "listening": *node.listening.lock().unwrap_or_else(|e| e.into_inner()),
@@ -144,7 +144,7 @@ async fn node_list(node: &Node, conn: &Conn, p: &Params<'_>) -> RpcResult {
                 "cluster": addr,
                 "status": status,
                 "applied": stats.applied_index(),
-                "commit": stats.commit_index.load(std::sync::atomic::Ordering::Relaxed),
+                "commit": stats.commit_index(),
             })
         } else {
             let m = live.get(id).cloned().unwrap_or_default();
